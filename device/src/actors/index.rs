@@ -1,0 +1,215 @@
+//! [`IndexActor`]: owns the vector index; inserts what the encoder made, ranks query vectors
+//! in place, counts progress and publishes the retained status (throttled).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgeclip_link::LinkMsg;
+use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit};
+use edgeclip_messages::topics;
+use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, EncodeReply, Received};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::warn;
+
+use crate::index::{Entry, Index};
+
+/// Failures kept for the status message.
+const RECENT_FAILURES: usize = 10;
+
+/// Messages of the index actor.
+pub enum IndexMsg {
+    /// `n` more pictures were queued for encoding.
+    Queued(u64),
+    /// A picture was encoded.
+    Insert {
+        /// The picture.
+        entry: Entry,
+        /// Its unit vector.
+        vector: Vec<f32>,
+    },
+    /// A picture could not be encoded.
+    Failed {
+        /// The picture.
+        path: PathBuf,
+        /// Why.
+        error: String,
+    },
+    /// These pictures are gone from disk.
+    Remove(Vec<PathBuf>),
+    /// Rank the index against the vector in a validated cloud reply, read in place.
+    Rank {
+        /// The cloud's reply (must hold a vector).
+        reply: Received<EncodeReply>,
+        /// Hits wanted.
+        k: usize,
+        /// The answer: model id and hits, or why not.
+        port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
+    },
+    /// The current status.
+    Status(RpcReplyPort<DeviceStatus>),
+    /// The device's lifecycle changed (starting, stopping).
+    SetState(DeviceState),
+    /// Timer: publish the status if it changed.
+    PublishStatus,
+}
+
+/// Arguments of the index actor.
+pub struct IndexArgs {
+    /// The index to serve.
+    pub index: Index,
+    /// Device id (for topics and status).
+    pub device_id: String,
+    /// Folders indexed (for status).
+    pub folders: Vec<String>,
+    /// Least time between status messages.
+    pub status_interval: Duration,
+    /// The MQTT link.
+    pub link: ActorRef<LinkMsg>,
+}
+
+/// State of the index actor.
+pub struct IndexState {
+    args: IndexArgs,
+    pending: u64,
+    failed: u64,
+    recent: VecDeque<Failure>,
+    lifecycle: Option<DeviceState>,
+    dirty: bool,
+    timer_armed: bool,
+}
+
+impl IndexState {
+    fn status(&self) -> DeviceStatus {
+        let index = &self.args.index;
+        let state = self.lifecycle.unwrap_or(if self.pending > 0 { DeviceState::Indexing } else { DeviceState::Idle });
+        DeviceStatus {
+            device_id: self.args.device_id.clone(),
+            state,
+            indexed: index.len() as u64,
+            pending: self.pending,
+            failed: self.failed,
+            model: index.model().to_string(),
+            dim: index.dim(),
+            folders: self.args.folders.clone(),
+            recent_failures: self.recent.iter().cloned().collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn publish(&mut self) {
+        let status = self.status();
+        match serde_json::to_vec(&status) {
+            Ok(json) => edgeclip_link::publish(&self.args.link, topics::status(&self.args.device_id), json, true),
+            Err(e) => warn!(error = %e, "status not serialisable"),
+        }
+        self.dirty = false;
+    }
+
+    /// Marks the status changed; publishes now if idle was reached, else at the next tick.
+    fn changed(&mut self, myself: &ActorRef<IndexMsg>) {
+        self.dirty = true;
+        if self.pending == 0 {
+            self.publish();
+        } else if !self.timer_armed {
+            self.timer_armed = true;
+            myself.send_after(self.args.status_interval, || IndexMsg::PublishStatus);
+        }
+    }
+}
+
+/// The index actor.
+pub struct IndexActor;
+
+impl Actor for IndexActor {
+    type Msg = IndexMsg;
+    type State = IndexState;
+    type Arguments = IndexArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<IndexMsg>, args: IndexArgs) -> Result<IndexState, ActorProcessingErr> {
+        let mut state = IndexState {
+            args,
+            pending: 0,
+            failed: 0,
+            recent: VecDeque::new(),
+            lifecycle: Some(DeviceState::Starting),
+            dirty: true,
+            timer_armed: false,
+        };
+        state.publish();
+        Ok(state)
+    }
+
+    async fn handle(&self, myself: ActorRef<IndexMsg>, msg: IndexMsg, state: &mut IndexState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            IndexMsg::Queued(n) => {
+                state.pending += n;
+                state.changed(&myself);
+            }
+            IndexMsg::Insert { entry, vector } => {
+                state.pending = state.pending.saturating_sub(1);
+                if let Err(e) = state.args.index.upsert(entry.clone(), &vector) {
+                    record_failure(state, entry.path, e.to_string());
+                }
+                state.changed(&myself);
+            }
+            IndexMsg::Failed { path, error } => {
+                state.pending = state.pending.saturating_sub(1);
+                record_failure(state, path, error);
+                state.changed(&myself);
+            }
+            IndexMsg::Remove(paths) => {
+                let mut any = false;
+                for p in &paths {
+                    any |= state.args.index.remove(p);
+                }
+                if any {
+                    state.changed(&myself);
+                }
+            }
+            IndexMsg::Rank { reply, k, port } => {
+                let _ = port.send(rank(&state.args.index, &reply, k));
+            }
+            IndexMsg::Status(port) => {
+                let _ = port.send(state.status());
+            }
+            IndexMsg::SetState(s) => {
+                state.lifecycle = match s {
+                    DeviceState::Indexing | DeviceState::Idle => None,
+                    other => Some(other),
+                };
+                state.publish();
+            }
+            IndexMsg::PublishStatus => {
+                state.timer_armed = false;
+                if state.dirty {
+                    state.publish();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
+    warn!(path = %path.display(), %error, "picture skipped");
+    state.failed += 1;
+    if state.recent.len() == RECENT_FAILURES {
+        state.recent.pop_front();
+    }
+    state.recent.push_back(Failure { path: path.display().to_string(), error });
+}
+
+/// Ranks directly on the archived vector of the reply: no copy, no deserialisation.
+fn rank(index: &Index, reply: &Received<EncodeReply>, k: usize) -> Result<(String, Vec<Hit>), String> {
+    let ArchivedReplyBody::Vector { model, vector } = &reply.get().body else {
+        return Err("the cloud's reply holds no vector".into());
+    };
+    let query = vector_view(vector);
+    validate_vector(&query).map_err(|e| format!("the cloud's vector is unusable: {e}"))?;
+    let hits = index.search(model.as_str(), &query, k).map_err(|e| e.to_string())?;
+    Ok((
+        model.to_string(),
+        hits.into_iter().map(|r| Hit { path: r.entry.path.display().to_string(), score: r.score }).collect(),
+    ))
+}

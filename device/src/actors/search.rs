@@ -1,0 +1,183 @@
+//! [`SearchActor`]: the search coordinator. Takes a search (from the dashboard topic or a
+//! caller), asks the cloud for the text vector with a timeout, has the index rank, answers.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use edgeclip_link::LinkMsg;
+use edgeclip_messages::dashboard::{SearchError, SearchRequest, SearchResponse, SearchResults};
+use edgeclip_messages::topics;
+use edgeclip_messages::wire::{self, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use super::index::IndexMsg;
+
+/// How long the index may take to rank (it is in-process and fast; this only guards
+/// against a stuck actor).
+const RANK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages of the search actor.
+pub enum SearchMsg {
+    /// A payload from the device's search topic (text or JSON).
+    Payload(Vec<u8>),
+    /// A search from inside the process; the answer also goes to the results topic.
+    Search(SearchRequest, Option<RpcReplyPort<SearchResponse>>),
+    /// A payload from the cloud reply topic.
+    CloudReply(Vec<u8>),
+    /// Timer: the cloud did not answer this request in time.
+    Timeout(u64),
+}
+
+/// Arguments of the search actor.
+pub struct SearchArgs {
+    /// Device id.
+    pub device_id: String,
+    /// Model id of the index, named in requests to the cloud.
+    pub model: String,
+    /// Wait for the cloud.
+    pub cloud_timeout: Duration,
+    /// Default hits.
+    pub default_k: usize,
+    /// Most hits.
+    pub max_k: usize,
+    /// Longest search text.
+    pub max_text_bytes: usize,
+    /// Largest reply accepted from the cloud.
+    pub max_reply_bytes: usize,
+    /// The MQTT link.
+    pub link: ActorRef<LinkMsg>,
+    /// The index.
+    pub index: ActorRef<IndexMsg>,
+}
+
+struct Pending {
+    id: String,
+    text: String,
+    k: usize,
+    started: Instant,
+    port: Option<RpcReplyPort<SearchResponse>>,
+}
+
+/// State of the search actor.
+pub struct SearchState {
+    args: SearchArgs,
+    next_request: u64,
+    pending: HashMap<u64, Pending>,
+}
+
+/// The search actor.
+pub struct SearchActor;
+
+impl Actor for SearchActor {
+    type Msg = SearchMsg;
+    type State = SearchState;
+    type Arguments = SearchArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<SearchMsg>, args: SearchArgs) -> Result<SearchState, ActorProcessingErr> {
+        // Start request ids from the clock so that a late reply to a previous run of the
+        // device cannot be mistaken for an answer to this one.
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Ok(SearchState { args, next_request: seed, pending: HashMap::new() })
+    }
+
+    async fn handle(&self, myself: ActorRef<SearchMsg>, msg: SearchMsg, state: &mut SearchState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SearchMsg::Payload(bytes) => match SearchRequest::parse(&bytes, state.args.max_text_bytes) {
+                Ok(request) => start(&myself, state, request, None),
+                Err(e) => {
+                    warn!(error = %e, "search refused");
+                    let id = json_id(&bytes).unwrap_or_default();
+                    answer(state, None, SearchResponse::Error(SearchError { id, error: format!("bad search: {e}") }));
+                }
+            },
+            SearchMsg::Search(request, port) => start(&myself, state, request, port),
+            SearchMsg::CloudReply(bytes) => on_cloud_reply(state, bytes).await,
+            SearchMsg::Timeout(request_id) => {
+                if let Some(p) = state.pending.remove(&request_id) {
+                    let error = format!(
+                        "the cloud did not answer within {} ms (is edgeclip-cloud running and connected to the broker?)",
+                        state.args.cloud_timeout.as_millis()
+                    );
+                    warn!(id = %p.id, "search timed out");
+                    answer(state, p.port, SearchResponse::Error(SearchError { id: p.id, error }));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: SearchRequest, port: Option<RpcReplyPort<SearchResponse>>) {
+    state.next_request = state.next_request.wrapping_add(1);
+    let request_id = state.next_request;
+    let id = request.id.clone().unwrap_or_else(|| format!("{request_id:x}"));
+    let k = request.k.unwrap_or(state.args.default_k).min(state.args.max_k);
+    let frame = wire::encode(&EncodeRequest {
+        request_id,
+        reply_to: topics::cloud_reply(&state.args.device_id),
+        model: state.args.model.clone(),
+        text: request.text.clone(),
+    });
+    match frame {
+        Ok(frame) => edgeclip_link::publish(&state.args.link, topics::CLOUD_ENCODE.to_string(), frame, false),
+        Err(e) => {
+            answer(state, port, SearchResponse::Error(SearchError { id, error: format!("cannot encode request: {e}") }));
+            return;
+        }
+    }
+    state.pending.insert(request_id, Pending { id, text: request.text, k, started: Instant::now(), port });
+    myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
+}
+
+async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
+    let reply = match Received::<EncodeReply>::decode(&bytes, state.args.max_reply_bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "malformed reply from the cloud ignored");
+            return;
+        }
+    };
+    let request_id = reply.get().request_id.to_native();
+    let Some(p) = state.pending.remove(&request_id) else {
+        info!(request_id, "reply to an unknown or expired request ignored");
+        return;
+    };
+    let response = match &reply.get().body {
+        ArchivedReplyBody::Error { code, message } => {
+            SearchResponse::Error(SearchError { id: p.id.clone(), error: format!("the cloud refused the search ({code:?}): {message}") })
+        }
+        ArchivedReplyBody::Vector { .. } => {
+            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { reply, k: p.k, port }, RANK_TIMEOUT.as_millis() as u64);
+            match ranked {
+                Ok(Ok((model, hits))) => SearchResponse::Results(SearchResults {
+                    id: p.id.clone(),
+                    text: p.text.clone(),
+                    model,
+                    took_ms: p.started.elapsed().as_millis() as u64,
+                    hits,
+                }),
+                Ok(Err(error)) => SearchResponse::Error(SearchError { id: p.id.clone(), error }),
+                Err(e) => SearchResponse::Error(SearchError { id: p.id.clone(), error: format!("index did not answer: {e}") }),
+            }
+        }
+    };
+    answer(state, p.port, response);
+}
+
+/// Publishes the answer on the results topic and hands it to the in-process caller, if any.
+fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, response: SearchResponse) {
+    match serde_json::to_vec(&response) {
+        Ok(json) => edgeclip_link::publish(&state.args.link, topics::results(&state.args.device_id), json, false),
+        Err(e) => warn!(error = %e, "answer not serialisable"),
+    }
+    if let Some(port) = port {
+        let _ = port.send(response);
+    }
+}
+
+/// The `id` of a JSON search that failed validation, so the error can still be correlated.
+fn json_id(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    value.get("id")?.as_str().map(|s| s.chars().take(128).collect())
+}

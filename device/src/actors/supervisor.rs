@@ -1,0 +1,191 @@
+//! [`DeviceSupervisor`]: loads the model, spawns the device's actors linked to itself, routes
+//! MQTT traffic to them, and shuts them down in order (stop finding, finish encoding, say
+//! offline, disconnect).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, LinkOptions, Presence};
+use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, SearchRequest, SearchResponse};
+use edgeclip_messages::topics;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info};
+
+use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
+use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
+use super::index::{IndexActor, IndexArgs, IndexMsg};
+use super::search::{SearchActor, SearchArgs, SearchMsg};
+use crate::config::DeviceConfig;
+use crate::encode::ImageTower;
+use crate::index::Index;
+use crate::model::ModelFolder;
+use crate::preprocess::DecodeLimits;
+
+/// How long shutdown waits for pictures being encoded: one picture on a slow board.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an actor may take to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages of the supervisor.
+pub enum SupervisorMsg {
+    /// Run a search in-process (the answer is also published on the results topic).
+    Search(SearchRequest, RpcReplyPort<SearchResponse>),
+    /// The device's status.
+    Status(RpcReplyPort<DeviceStatus>),
+    /// Scan the folders now.
+    Rescan,
+    /// Stop everything in order, then answer.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// State of the supervisor: its children.
+pub struct SupervisorState {
+    link: ActorRef<LinkMsg>,
+    index: ActorRef<IndexMsg>,
+    encoder: ActorRef<ImageEncoderMsg>,
+    search: ActorRef<SearchMsg>,
+    capture: ActorRef<CaptureMsg>,
+    stopping: bool,
+}
+
+/// The device supervisor.
+pub struct DeviceSupervisor;
+
+impl Actor for DeviceSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = DeviceConfig;
+
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, config: DeviceConfig) -> Result<SupervisorState, ActorProcessingErr> {
+        let model = ModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
+        let (onnx, size, dim) = (model.visual_onnx(), model.preprocess.size as usize, model.dim);
+        let started = std::time::Instant::now();
+        let tower = tokio::task::spawn_blocking(move || ImageTower::load(&onnx, size, dim)).await??;
+        info!(model = %model.id, dim, took = ?started.elapsed(), "image tower loaded");
+
+        let device = config.device_id.clone();
+        let options = LinkOptions {
+            url: config.broker.url.clone(),
+            client_id: config.broker.client_id.clone(),
+            keep_alive: Duration::from_secs(config.broker.keep_alive_s),
+            max_packet_bytes: config.broker.max_packet_bytes,
+            subscriptions: vec![topics::search(&device), topics::cloud_reply(&device)],
+            presence: Some(Presence {
+                topic: topics::availability(&device),
+                online: topics::ONLINE.into(),
+                offline: topics::OFFLINE.into(),
+            }),
+            reconnect_min: Duration::from_millis(config.broker.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
+        };
+        let cell = myself.get_cell();
+        let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
+        let index_args = IndexArgs {
+            index: Index::new(model.id.clone(), model.dim),
+            device_id: device.clone(),
+            folders: config.folders.iter().map(|f| f.display().to_string()).collect(),
+            status_interval: Duration::from_millis(config.status.interval_ms),
+            link: link.clone(),
+        };
+        let (index, _) = Actor::spawn_linked(None, IndexActor, index_args, cell.clone()).await?;
+        let encoder_args = ImageEncoderArgs {
+            tower,
+            preprocess: model.preprocess.clone(),
+            limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
+            workers: config.encoder.workers,
+            index: index.clone(),
+        };
+        let (encoder, _) = Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
+        let search_args = SearchArgs {
+            device_id: device.clone(),
+            model: model.id.clone(),
+            cloud_timeout: config.cloud_timeout(),
+            default_k: config.search.default_k,
+            max_k: config.search.max_k,
+            max_text_bytes: config.search.max_text_bytes,
+            max_reply_bytes: config.broker.max_packet_bytes,
+            link: link.clone(),
+            index: index.clone(),
+        };
+        let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
+        let capture_args = CaptureArgs {
+            folders: config.folders.clone(),
+            extensions: config.encoder.extensions.clone(),
+            rescan: (config.capture.rescan_s > 0).then(|| Duration::from_secs(config.capture.rescan_s)),
+            encoder: encoder.clone(),
+            index: index.clone(),
+        };
+        let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell).await?;
+
+        let (search_topic, reply_topic) = (topics::search(&device), topics::cloud_reply(&device));
+        let to_search = search.clone();
+        let router = Arc::new(move |msg: Incoming| {
+            let routed = if msg.topic == search_topic {
+                to_search.cast(SearchMsg::Payload(msg.payload.to_vec()))
+            } else if msg.topic == reply_topic {
+                to_search.cast(SearchMsg::CloudReply(msg.payload.to_vec()))
+            } else {
+                Ok(())
+            };
+            if routed.is_err() {
+                tracing::debug!("search actor gone; publish dropped");
+            }
+        });
+        link.cast(LinkMsg::Start(router))?;
+        index.cast(IndexMsg::SetState(DeviceState::Idle))?;
+        capture.cast(CaptureMsg::Scan)?;
+        info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
+        Ok(SupervisorState { link, index, encoder, search, capture, stopping: false })
+    }
+
+    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Search(request, port) => {
+                state.search.cast(SearchMsg::Search(request, Some(port)))?;
+            }
+            SupervisorMsg::Status(port) => {
+                state.index.cast(IndexMsg::Status(port))?;
+            }
+            SupervisorMsg::Rescan => {
+                state.capture.cast(CaptureMsg::Scan)?;
+            }
+            SupervisorMsg::Shutdown(port) => {
+                state.stopping = true;
+                info!("device shutting down");
+                let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                let _ = state.index.cast(IndexMsg::SetState(DeviceState::Stopping));
+                let drained = ractor::call_t!(state.encoder, |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p), DRAIN_TIMEOUT.as_millis() as u64 + 1000);
+                if drained.is_err() {
+                    error!("encoder did not drain in time");
+                }
+                let _ = state.encoder.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                let _ = state.search.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                // Let the index publish its last status before the link goes.
+                let _ = state.index.drain_and_wait(Some(STOP_TIMEOUT)).await;
+                let _ = ractor::call_t!(state.link, LinkMsg::Disconnect, 5000);
+                let _ = state.link.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                let _ = port.send(());
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        if state.stopping {
+            return Ok(());
+        }
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                error!(actor = ?cell.get_id(), error = %err, "device actor failed; stopping the device");
+                myself.stop(Some(format!("actor failed: {err}")));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                error!(actor = ?cell.get_id(), ?reason, "device actor stopped unexpectedly; stopping the device");
+                myself.stop(Some("actor stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

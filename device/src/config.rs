@@ -1,0 +1,241 @@
+//! Device configuration: built-in defaults, then a file, then `EDGECLIP_*` environment
+//! variables, then command-line overrides; validated once at start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::DeviceError;
+
+/// The built-in defaults, documented.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The whole device configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Id in topic names; empty means the host name.
+    pub device_id: String,
+    /// Folders indexed recursively.
+    pub folders: Vec<PathBuf>,
+    /// State folder.
+    pub state_dir: PathBuf,
+    /// Model folder.
+    pub model: ModelConfig,
+    /// Broker connection.
+    pub broker: BrokerConfig,
+    /// Image encoding.
+    pub encoder: EncoderConfig,
+    /// Folder scanning.
+    pub capture: CaptureConfig,
+    /// Search handling.
+    pub search: SearchConfig,
+    /// Status publishing.
+    pub status: StatusConfig,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model folder.
+    pub dir: PathBuf,
+    /// Model id override.
+    pub id: String,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// MQTT client id; empty means `edgeclip-device-<device_id>`.
+    pub client_id: String,
+    /// Keep-alive, seconds.
+    pub keep_alive_s: u64,
+    /// Shortest reconnect delay.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// Largest packet.
+    pub max_packet_bytes: usize,
+}
+
+/// `[encoder]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Concurrent encodings; 0 means one per core.
+    pub workers: usize,
+    /// Largest width or height decoded.
+    pub max_side: u32,
+    /// Largest decoder allocation, MiB.
+    pub max_alloc_mib: u64,
+    /// Picture file extensions.
+    pub extensions: Vec<String>,
+}
+
+/// `[capture]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Seconds between rescans; 0 scans once.
+    pub rescan_s: u64,
+}
+
+/// `[search]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Wait for the cloud's vector.
+    pub cloud_timeout_ms: u64,
+    /// Default hits.
+    pub default_k: usize,
+    /// Most hits.
+    pub max_k: usize,
+    /// Longest text.
+    pub max_text_bytes: usize,
+}
+
+/// `[status]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Least time between status messages.
+    pub interval_ms: u64,
+}
+
+impl DeviceConfig {
+    /// Layers defaults, the optional file, the environment and `overrides` (key, value), then
+    /// validates. Keys are dotted paths such as `broker.url`.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, config::Value)]) -> Result<Self, DeviceError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(DeviceError::Config(format!("config file {} does not exist", file.display())));
+            }
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("EDGECLIP")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("folders")
+                .with_list_parse_key("encoder.extensions"),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.clone()).map_err(|e| DeviceError::Config(e.to_string()))?;
+        }
+        let cfg: DeviceConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| DeviceError::Config(e.to_string()))?;
+        cfg.validated()
+    }
+
+    /// Fills derived defaults (device id, client id, workers) and checks every value.
+    pub fn validated(mut self) -> Result<Self, DeviceError> {
+        let bad = |m: String| Err(DeviceError::Config(m));
+        if self.device_id.is_empty() {
+            self.device_id = host_device_id();
+        }
+        edgeclip_messages::topics::validate_device_id(&self.device_id)
+            .map_err(|e| DeviceError::Config(format!("device_id {:?}: {e}", self.device_id)))?;
+        if self.broker.client_id.is_empty() {
+            self.broker.client_id = format!("edgeclip-device-{}", self.device_id);
+        }
+        edgeclip_link::options::parse_broker_url(&self.broker.url).map_err(|e| DeviceError::Config(e.to_string()))?;
+        if self.encoder.workers == 0 {
+            self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        if self.encoder.workers > 64 {
+            return bad(format!("encoder.workers = {} is more than 64", self.encoder.workers));
+        }
+        if self.encoder.max_side < 16 {
+            return bad("encoder.max_side must be at least 16".into());
+        }
+        if self.encoder.extensions.is_empty() {
+            return bad("encoder.extensions must not be empty".into());
+        }
+        for e in &mut self.encoder.extensions {
+            *e = e.trim_start_matches('.').to_ascii_lowercase();
+        }
+        if self.search.cloud_timeout_ms == 0 || self.search.cloud_timeout_ms > 600_000 {
+            return bad("search.cloud_timeout_ms must be in 1..=600000".into());
+        }
+        if self.search.default_k == 0 || self.search.max_k == 0 || self.search.default_k > self.search.max_k {
+            return bad("search.default_k and search.max_k must be >= 1 with default_k <= max_k".into());
+        }
+        if self.search.max_text_bytes == 0 {
+            return bad("search.max_text_bytes must be >= 1".into());
+        }
+        if self.broker.reconnect_min_ms == 0 || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms {
+            return bad("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms".into());
+        }
+        if self.broker.max_packet_bytes < 4096 {
+            return bad("broker.max_packet_bytes must be at least 4096".into());
+        }
+        Ok(self)
+    }
+
+    /// The search timeout.
+    pub fn cloud_timeout(&self) -> Duration {
+        Duration::from_millis(self.search.cloud_timeout_ms)
+    }
+}
+
+/// The host name, reduced to the characters a device id may hold.
+pub fn host_device_id() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let id: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(64)
+        .collect();
+    if id.is_empty() || id == "cloud" {
+        "edgeclip".into()
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let cfg = DeviceConfig::load(None, &[("device_id", "nas".into())]).unwrap();
+        assert_eq!(cfg.device_id, "nas");
+        assert_eq!(cfg.broker.client_id, "edgeclip-device-nas");
+        assert!(cfg.encoder.workers >= 1);
+        assert_eq!(cfg.search.default_k, 10);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("device.toml");
+        std::fs::write(&file, "device_id = \"cam\"\n[search]\ncloud_timeout_ms = 1234\n").unwrap();
+        let cfg = DeviceConfig::load(Some(&file), &[]).unwrap();
+        assert_eq!((cfg.device_id.as_str(), cfg.search.cloud_timeout_ms), ("cam", 1234));
+        std::fs::write(&file, "[search]\ndefault_k = 0\n").unwrap();
+        let err = DeviceConfig::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("default_k"), "{err}");
+        std::fs::write(&file, "[search]\nno_such_key = 1\n").unwrap();
+        assert!(DeviceConfig::load(Some(&file), &[]).is_err());
+        let err = DeviceConfig::load(Some(&file.with_extension("missing")), &[]).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        let err = DeviceConfig::load(None, &[("device_id", "a/b".into())]).unwrap_err().to_string();
+        assert!(err.contains("device_id"), "{err}");
+        let err = DeviceConfig::load(None, &[("broker.url", "http://x".into())]).unwrap_err().to_string();
+        assert!(err.contains("mqtt://"), "{err}");
+    }
+}

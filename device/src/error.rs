@@ -1,0 +1,52 @@
+//! The one error enum of the device crate.
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can go wrong on the device side.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A model file is missing or malformed.
+    #[error("model {path}: {reason}")]
+    Model {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// tract failed to load or run the image tower.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// A picture could not be read or decoded.
+    #[error("cannot decode picture: {0}")]
+    Decode(String),
+    /// Reading a file failed.
+    #[error("io error on {path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A vector does not fit the index (other model, other dimension).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A payload from the network was refused.
+    #[error(transparent)]
+    Wire(#[from] edgeclip_messages::WireError),
+    /// The MQTT client refused a request.
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    /// An actor did not answer or is gone.
+    #[error("actor: {0}")]
+    Actor(String),
+}
+
+impl DeviceError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DeviceError::Io { path: path.into(), source }
+    }
+}

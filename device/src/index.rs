@@ -1,0 +1,172 @@
+//! The vector index: one row per picture, vectors in one contiguous table for the ranker.
+//!
+//! Kept in memory in this version; rows are removed by swapping the last row in, so the
+//! table stays dense.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::DeviceError;
+use crate::rank::{top_k, Scored};
+
+/// What the index knows of a picture besides its vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path of the picture.
+    pub path: PathBuf,
+    /// File size in bytes when it was encoded.
+    pub size: u64,
+    /// Modification time (nanoseconds since the epoch) when it was encoded.
+    pub mtime_ns: i128,
+}
+
+/// A picture and its score for one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked<'a> {
+    /// The picture.
+    pub entry: &'a Entry,
+    /// Its cosine similarity with the query.
+    pub score: f32,
+}
+
+/// Vectors of one model, with their pictures.
+#[derive(Debug)]
+pub struct Index {
+    model: String,
+    dim: usize,
+    entries: Vec<Entry>,
+    vectors: Vec<f32>,
+    rows: HashMap<PathBuf, usize>,
+}
+
+impl Index {
+    /// An empty index for vectors of `model`, of dimension `dim`.
+    pub fn new(model: impl Into<String>, dim: usize) -> Self {
+        Self { model: model.into(), dim, entries: Vec::new(), vectors: Vec::new(), rows: HashMap::new() }
+    }
+
+    /// Model id of the vectors.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of pictures.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no picture is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry of `path`, if indexed.
+    pub fn get(&self, path: &Path) -> Option<&Entry> {
+        self.rows.get(path).map(|&r| &self.entries[r])
+    }
+
+    /// Every indexed path.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.iter().map(|e| e.path.as_path())
+    }
+
+    /// Adds or replaces the picture's vector.
+    pub fn upsert(&mut self, entry: Entry, vector: &[f32]) -> Result<(), DeviceError> {
+        if vector.len() != self.dim {
+            return Err(DeviceError::Mismatch(format!(
+                "vector of dimension {} does not fit an index of dimension {}",
+                vector.len(),
+                self.dim
+            )));
+        }
+        match self.rows.get(&entry.path) {
+            Some(&row) => {
+                self.vectors[row * self.dim..(row + 1) * self.dim].copy_from_slice(vector);
+                self.entries[row] = entry;
+            }
+            None => {
+                self.rows.insert(entry.path.clone(), self.entries.len());
+                self.entries.push(entry);
+                self.vectors.extend_from_slice(vector);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a picture; true if it was indexed.
+    pub fn remove(&mut self, path: &Path) -> bool {
+        let Some(row) = self.rows.remove(path) else { return false };
+        let last = self.entries.len() - 1;
+        self.entries.swap_remove(row);
+        if row != last {
+            let (head, tail) = self.vectors.split_at_mut(last * self.dim);
+            head[row * self.dim..(row + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
+            self.rows.insert(self.entries[row].path.clone(), row);
+        }
+        self.vectors.truncate(last * self.dim);
+        true
+    }
+
+    /// The `k` pictures most similar to `query` (a unit vector of `model`), best first.
+    pub fn search(&self, model: &str, query: &[f32], k: usize) -> Result<Vec<Ranked<'_>>, DeviceError> {
+        if model != self.model {
+            return Err(DeviceError::Mismatch(format!(
+                "query vector comes from model {model}, but the index holds vectors of {}",
+                self.model
+            )));
+        }
+        if query.len() != self.dim {
+            return Err(DeviceError::Mismatch(format!(
+                "query vector has dimension {}, the index {}",
+                query.len(),
+                self.dim
+            )));
+        }
+        Ok(top_k(query, &self.vectors, k)
+            .into_iter()
+            .map(|Scored { row, score }| Ranked { entry: &self.entries[row], score })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(p: &str) -> Entry {
+        Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0 }
+    }
+
+    #[test]
+    fn upsert_remove_and_search_keep_rows_consistent() {
+        let mut index = Index::new("m", 2);
+        index.upsert(entry("a"), &[1.0, 0.0]).unwrap();
+        index.upsert(entry("b"), &[0.0, 1.0]).unwrap();
+        index.upsert(entry("c"), &[0.6, 0.8]).unwrap();
+        assert_eq!(index.len(), 3);
+        assert!(index.remove(Path::new("a")));
+        assert!(!index.remove(Path::new("a")));
+        let hits = index.search("m", &[0.0, 1.0], 5).unwrap();
+        let paths: Vec<_> = hits.iter().map(|h| h.entry.path.to_str().unwrap()).collect();
+        assert_eq!(paths, vec!["b", "c"]);
+        index.upsert(entry("b"), &[1.0, 0.0]).unwrap();
+        assert_eq!(index.len(), 2);
+        let hits = index.search("m", &[0.0, 1.0], 1).unwrap();
+        assert_eq!(hits[0].entry.path, PathBuf::from("c"));
+    }
+
+    #[test]
+    fn vectors_of_another_model_or_dimension_are_refused() {
+        let mut index = Index::new("m", 2);
+        assert!(index.upsert(entry("a"), &[1.0]).is_err());
+        index.upsert(entry("a"), &[1.0, 0.0]).unwrap();
+        let err = index.search("other", &[1.0, 0.0], 1).unwrap_err().to_string();
+        assert!(err.contains("other") && err.contains('m'), "{err}");
+        assert!(index.search("m", &[1.0, 0.0, 0.0], 1).is_err());
+    }
+}

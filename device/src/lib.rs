@@ -1,0 +1,34 @@
+//! edgeclip's device side: it holds only CLIP's image tower. It finds pictures, encodes them
+//! with tract on its own CPU, keeps the vectors, and ranks them against text vectors that the
+//! cloud computes. No picture ever leaves the device.
+//!
+//! # Layout
+//! Pure engines (no IO beyond reading the file they are given, no actors; unit-tested here):
+//! - [`model`]: the model folder (config.json, visual/).
+//! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
+//! - [`encode`]: the image tower on tract.
+//! - [`rank`]: simsimd dot products and bounded top-k.
+//! - [`index`]: vectors and their pictures.
+//! - [`scan`]: walking picture folders.
+//!
+//! Shells: [`actors`] (one actor per file), [`service`] (start, search, shutdown),
+//! [`config`] (layered configuration), [`error`].
+//!
+//! Architecture invariant: this crate does not depend on a tokenizer or on the text tower;
+//! the device binary cannot encode text.
+#![warn(missing_docs)]
+
+pub mod actors;
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod index;
+pub mod model;
+pub mod preprocess;
+pub mod rank;
+pub mod scan;
+pub mod service;
+
+pub use config::DeviceConfig;
+pub use error::DeviceError;
+pub use service::Device;

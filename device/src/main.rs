@@ -1,0 +1,62 @@
+//! `edgeclip-device`: the device side as its own program, against any MQTT broker.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use edgeclip_device::{Device, DeviceConfig};
+
+/// Indexes local pictures with CLIP's image tower and answers text searches over MQTT.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); built-in defaults and EDGECLIP_* variables apply too.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the built-in default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", edgeclip_device::config::DEFAULTS);
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let config = DeviceConfig::load(args.config.as_deref(), &[]).context("loading the device configuration")?;
+    let mut device = Device::start(config).await.context("starting the device")?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            device.shutdown().await.context("shutting down")?;
+            Ok(())
+        }
+        _ = device.stopped() => anyhow::bail!("the device stopped after an internal failure (see the log)"),
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

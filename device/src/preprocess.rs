@@ -1,0 +1,345 @@
+//! Picture decoding and CLIP preprocessing, exactly as `visual/preprocess_cfg.json` says.
+//!
+//! Decoding is bounded (image crate limits: dimensions and allocation) and applies the EXIF
+//! orientation, which the image crate does not do by itself. Preprocessing follows open_clip /
+//! torchvision on PIL: resize (bicubic by default) so the shortest side equals `size`, centre
+//! crop with Python's rounding, RGB, `/255`, minus mean, over std, NCHW. Pictures with alpha
+//! are resized premultiplied and their alpha then dropped, as PIL does.
+
+use std::io::{BufRead, Cursor, Seek};
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use serde::Deserialize;
+
+use crate::error::DeviceError;
+
+/// How the picture is fitted into the square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Shortest side to `size`, then centre crop (CLIP's default).
+    Shortest,
+    /// Longest side to `size`, then pad with `fill_color`.
+    Longest,
+    /// Both sides to `size`, ignoring the aspect ratio.
+    Squash,
+}
+
+/// `visual/preprocess_cfg.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PreprocessCfg {
+    /// Side of the square input.
+    #[serde(deserialize_with = "size_from_int_or_pair")]
+    pub size: u32,
+    /// Colour mode; only `RGB` is supported.
+    #[serde(default = "rgb")]
+    pub mode: String,
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation.
+    pub std: [f32; 3],
+    /// `bicubic`, `bilinear`, `nearest` or `lanczos`.
+    #[serde(default = "bicubic")]
+    pub interpolation: String,
+    /// How the picture is fitted.
+    #[serde(default = "shortest")]
+    pub resize_mode: ResizeMode,
+    /// Padding value for `longest`.
+    #[serde(default)]
+    pub fill_color: u8,
+}
+
+fn rgb() -> String {
+    "RGB".into()
+}
+fn bicubic() -> String {
+    "bicubic".into()
+}
+fn shortest() -> ResizeMode {
+    ResizeMode::Shortest
+}
+
+fn size_from_int_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        One(u32),
+        Pair([u32; 2]),
+    }
+    match Size::deserialize(d)? {
+        Size::One(s) => Ok(s),
+        Size::Pair([h, w]) if h == w => Ok(h),
+        Size::Pair(_) => Err(serde::de::Error::custom("only square input sizes are supported")),
+    }
+}
+
+impl PreprocessCfg {
+    /// Parses and checks a `preprocess_cfg.json`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let cfg: PreprocessCfg = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !(16..=2048).contains(&cfg.size) {
+            return Err(format!("size {} is out of 16..=2048", cfg.size));
+        }
+        if cfg.mode != "RGB" {
+            return Err(format!("mode {} is not supported (only RGB)", cfg.mode));
+        }
+        if cfg.std.iter().any(|s| !s.is_finite() || *s <= 0.0) || cfg.mean.iter().any(|m| !m.is_finite()) {
+            return Err("mean must be finite and std positive".into());
+        }
+        cfg.filter()?;
+        Ok(cfg)
+    }
+
+    fn filter(&self) -> Result<FilterType, String> {
+        match self.interpolation.as_str() {
+            "bicubic" => Ok(FilterType::CatmullRom),
+            "bilinear" => Ok(FilterType::Triangle),
+            "nearest" => Ok(FilterType::Nearest),
+            "lanczos" => Ok(FilterType::Lanczos3),
+            other => Err(format!("interpolation {other} is not supported")),
+        }
+    }
+
+    /// Number of f32 values in one preprocessed picture (`3 * size * size`).
+    pub fn tensor_len(&self) -> usize {
+        3 * self.size as usize * self.size as usize
+    }
+
+    /// Turns a decoded picture into the model's input, NCHW with N = 1.
+    pub fn tensor(&self, img: &DynamicImage) -> Vec<f32> {
+        let size = self.size;
+        let filter = self.filter().unwrap_or(FilterType::CatmullRom);
+        let (w, h) = (img.width().max(1), img.height().max(1));
+        let (nw, nh) = match self.resize_mode {
+            ResizeMode::Squash => (size, size),
+            ResizeMode::Shortest => scale_side(w, h, size, w <= h),
+            ResizeMode::Longest => scale_side(w, h, size, w >= h),
+        };
+        let rgb = resize_rgb(img, nw, nh, filter);
+        let mut out = vec![0.0f32; self.tensor_len()];
+        let plane = (size * size) as usize;
+        // Offsets of the output window in the resized picture (crop) or of the picture in the
+        // output (pad), as torchvision computes them.
+        let (crop_x, crop_y) = (centre_offset(nw, size), centre_offset(nh, size));
+        let (pad_x, pad_y) = (centre_offset(size, nw), centre_offset(size, nh));
+        for c in 0..3 {
+            let fill = (self.fill_color as f32 / 255.0 - self.mean[c]) / self.std[c];
+            let channel = &mut out[c * plane..(c + 1) * plane];
+            for y in 0..size {
+                for x in 0..size {
+                    let (sx, sy) = match self.resize_mode {
+                        ResizeMode::Longest => (x as i64 - pad_x as i64, y as i64 - pad_y as i64),
+                        _ => ((x + crop_x) as i64, (y + crop_y) as i64),
+                    };
+                    let v = if sx >= 0 && sy >= 0 && (sx as u32) < nw && (sy as u32) < nh {
+                        let p = rgb.get_pixel(sx as u32, sy as u32).0[c];
+                        (p as f32 / 255.0 - self.mean[c]) / self.std[c]
+                    } else {
+                        fill
+                    };
+                    channel[(y * size + x) as usize] = v;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// New size with the chosen side set to `target` and the other scaled, truncated like
+/// torchvision's `int(size * long / short)`.
+fn scale_side(w: u32, h: u32, target: u32, width_is_the_side: bool) -> (u32, u32) {
+    if width_is_the_side {
+        (target, ((target as u64 * h as u64) / w as u64).max(1) as u32)
+    } else {
+        (((target as u64 * w as u64) / h as u64).max(1) as u32, target)
+    }
+}
+
+/// `int(round((outer - inner) / 2))` with Python's round-half-to-even; 0 when inner >= outer.
+fn centre_offset(outer: u32, inner: u32) -> u32 {
+    if inner >= outer {
+        return 0;
+    }
+    let twice = outer - inner;
+    let half = twice / 2;
+    if twice % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+/// Resizes to RGB8. Pictures with alpha are resized premultiplied, then un-premultiplied and
+/// the alpha dropped (what PIL does for RGBA before open_clip's RGB conversion).
+fn resize_rgb(img: &DynamicImage, w: u32, h: u32, filter: FilterType) -> image::RgbImage {
+    if !img.color().has_alpha() {
+        let rgb = img.to_rgb8();
+        if rgb.dimensions() == (w, h) {
+            return rgb;
+        }
+        return image::imageops::resize(&rgb, w, h, filter);
+    }
+    let mut rgba = img.to_rgba32f();
+    for p in rgba.pixels_mut() {
+        let a = p.0[3];
+        for c in 0..3 {
+            p.0[c] *= a;
+        }
+    }
+    let resized = image::imageops::resize(&rgba, w, h, filter);
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let p = resized.get_pixel(x, y).0;
+        let a = p[3].clamp(0.0, 1.0);
+        let un = |v: f32| if a > 0.0 { ((v / a).clamp(0.0, 1.0) * 255.0).round() as u8 } else { 0 };
+        image::Rgb([un(p[0]), un(p[1]), un(p[2])])
+    })
+}
+
+/// Bounds on what a picture may cost to decode.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest accepted width or height, in pixels.
+    pub max_side: u32,
+    /// Largest allocation the decoder may make, in bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        // 16384 px covers 100+ megapixel cameras and panoramas; 512 MiB bounds memory per worker.
+        Self { max_side: 16_384, max_alloc: 512 << 20 }
+    }
+}
+
+/// Decodes a picture file, bounded by `limits`, with its EXIF orientation applied.
+pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
+    let file = std::fs::File::open(path).map_err(|e| DeviceError::io(path, e))?;
+    decode_reader(std::io::BufReader::new(file), limits)
+}
+
+/// Decodes a picture held in memory, bounded by `limits`, with its EXIF orientation applied.
+pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
+    decode_reader(Cursor::new(bytes), limits)
+}
+
+fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
+    let mut reader = ImageReader::new(reader)
+        .with_guessed_format()
+        .map_err(|e| DeviceError::Decode(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(DeviceError::Decode("not a picture format edgeclip reads".into()));
+    }
+    let mut image_limits = Limits::default();
+    image_limits.max_image_width = Some(limits.max_side);
+    image_limits.max_image_height = Some(limits.max_side);
+    image_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(image_limits);
+    let mut decoder = reader.into_decoder().map_err(|e| DeviceError::Decode(e.to_string()))?;
+    // A broken EXIF block must not cost the picture: fall back to "no rotation".
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DeviceError::Decode(e.to_string()))?;
+    img.apply_orientation(orientation);
+    if img.width() == 0 || img.height() == 0 {
+        return Err(DeviceError::Decode("picture has no pixels".into()));
+    }
+    Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip_cfg(size: u32) -> PreprocessCfg {
+        PreprocessCfg::from_json(
+            format!(
+                r#"{{"size": {size}, "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
+                "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
+                "resize_mode": "shortest", "fill_color": 0}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn centre_offsets_round_half_to_even_like_python() {
+        assert_eq!(centre_offset(224, 224), 0);
+        assert_eq!(centre_offset(225, 224), 0); // round(0.5) == 0
+        assert_eq!(centre_offset(227, 224), 2); // round(1.5) == 2
+        assert_eq!(centre_offset(229, 224), 2); // round(2.5) == 2
+        assert_eq!(centre_offset(298, 224), 37);
+    }
+
+    #[test]
+    fn shortest_side_scaling_truncates_like_torchvision() {
+        assert_eq!(scale_side(4000, 3000, 224, false), (298, 224));
+        assert_eq!(scale_side(200, 300, 224, true), (224, 336));
+    }
+
+    #[test]
+    fn a_uniform_picture_normalises_to_the_expected_constant() {
+        let cfg = clip_cfg(32);
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(50, 40, image::Rgb([255, 0, 128])));
+        let t = cfg.tensor(&img);
+        assert_eq!(t.len(), 3 * 32 * 32);
+        let expect = |c: usize, v: f32| (v / 255.0 - cfg.mean[c]) / cfg.std[c];
+        assert!((t[0] - expect(0, 255.0)).abs() < 1e-5);
+        assert!((t[32 * 32] - expect(1, 0.0)).abs() < 1e-5);
+        assert!((t[2 * 32 * 32 + 5] - expect(2, 128.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        assert!(PreprocessCfg::from_json(br#"{"size": 224, "mean": [0,0,0], "std": [0,1,1]}"#).is_err());
+        assert!(PreprocessCfg::from_json(br#"{"size": 224, "mean": [0,0,0], "std": [1,1,1], "interpolation": "magic"}"#).is_err());
+        assert!(PreprocessCfg::from_json(br#"{"size": [224, 200], "mean": [0,0,0], "std": [1,1,1]}"#).is_err());
+        assert!(PreprocessCfg::from_json(br#"{"size": [224, 224], "mean": [0,0,0], "std": [1,1,1]}"#).is_ok());
+    }
+
+    #[test]
+    fn garbage_and_empty_files_are_errors_not_panics() {
+        let limits = DecodeLimits::default();
+        assert!(decode_bytes(b"", limits).is_err());
+        assert!(decode_bytes(b"this is not a jpeg", limits).is_err());
+        assert!(decode_bytes(&[0xff, 0xd8, 0xff, 0xe0, 0, 16], limits).is_err());
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 4x2 JPEG with Orientation=6 (rotate 90 degrees clockwise) decodes as 2x4.
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30])));
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        let exif: Vec<u8> = {
+            let mut e = b"Exif\0\0".to_vec();
+            e.extend_from_slice(b"II*\0\x08\0\0\0"); // TIFF header, IFD at 8
+            e.extend_from_slice(&1u16.to_le_bytes()); // one entry
+            e.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+            e.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+            e.extend_from_slice(&1u32.to_le_bytes()); // count
+            e.extend_from_slice(&6u16.to_le_bytes());
+            e.extend_from_slice(&[0, 0]);
+            e.extend_from_slice(&0u32.to_le_bytes()); // next IFD
+            e
+        };
+        let mut with_exif = jpeg[..2].to_vec();
+        with_exif.extend_from_slice(&[0xff, 0xe1]);
+        with_exif.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
+        with_exif.extend_from_slice(&exif);
+        with_exif.extend_from_slice(&jpeg[2..]);
+        let decoded = decode_bytes(&with_exif, DecodeLimits::default()).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (2, 4));
+    }
+
+    #[test]
+    fn pictures_over_the_limits_are_refused() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(64, 64));
+        let mut png = Vec::new();
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let tight = DecodeLimits { max_side: 32, max_alloc: 1 << 20 };
+        assert!(decode_bytes(&png, tight).is_err());
+        assert!(decode_bytes(&png, DecodeLimits::default()).is_ok());
+    }
+}

@@ -1,0 +1,109 @@
+//! Ranking: dot products (cosine on unit vectors) with simsimd, top-k with a bounded heap.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use simsimd::SpatialSimilarity;
+
+/// One ranked row: its position in the vector table and its score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Row of the vector in the table.
+    pub row: usize,
+    /// Dot product with the query.
+    pub score: f32,
+}
+
+#[derive(PartialEq)]
+struct ByScore(Scored);
+impl Eq for ByScore {}
+impl PartialOrd for ByScore {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByScore {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Higher score first; on ties, the lower row wins so results are deterministic.
+        self.0.score.total_cmp(&other.0.score).then_with(|| other.0.row.cmp(&self.0.row))
+    }
+}
+
+/// Dot product of two equally long vectors with simsimd's SIMD kernels.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    match f32::dot(a, b) {
+        Some(d) => d as f32,
+        None => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+    }
+}
+
+/// The `k` rows of `table` (row-major, `query.len()` values per row) with the highest dot
+/// product with `query`, best first. Rows whose score is NaN are never returned.
+pub fn top_k(query: &[f32], table: &[f32], k: usize) -> Vec<Scored> {
+    let dim = query.len();
+    if dim == 0 || k == 0 {
+        return Vec::new();
+    }
+    let mut heap: BinaryHeap<Reverse<ByScore>> = BinaryHeap::with_capacity(k + 1);
+    for (row, v) in table.chunks_exact(dim).enumerate() {
+        let score = dot(query, v);
+        if score.is_nan() {
+            continue;
+        }
+        let candidate = ByScore(Scored { row, score });
+        if heap.len() < k {
+            heap.push(Reverse(candidate));
+        } else if let Some(Reverse(worst)) = heap.peek() {
+            if candidate > *worst {
+                heap.pop();
+                heap.push(Reverse(candidate));
+            }
+        }
+    }
+    let mut out: Vec<Scored> = heap.into_iter().map(|Reverse(s)| s.0).collect();
+    out.sort_by(|a, b| ByScore(*b).cmp(&ByScore(*a)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute_force(query: &[f32], table: &[f32], k: usize) -> Vec<usize> {
+        let mut all: Vec<(usize, f32)> =
+            table.chunks_exact(query.len()).enumerate().map(|(i, v)| (i, v.iter().zip(query).map(|(a, b)| a * b).sum())).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.into_iter().take(k).map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let dim = 67;
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let table: Vec<f32> = (0..dim * 1000).map(|_| next()).collect();
+        let query: Vec<f32> = (0..dim).map(|_| next()).collect();
+        for k in [1, 5, 10, 999, 1000, 2000] {
+            let got: Vec<usize> = top_k(&query, &table, k).iter().map(|s| s.row).collect();
+            assert_eq!(got, brute_force(&query, &table, k), "k={k}");
+        }
+    }
+
+    #[test]
+    fn scores_are_best_first_and_nan_rows_are_skipped() {
+        let table = [1.0, 0.0, f32::NAN, 0.0, 0.0, 1.0, 0.7, 0.7];
+        let got = top_k(&[0.0, 1.0], &table, 10);
+        assert_eq!(got.iter().map(|s| s.row).collect::<Vec<_>>(), vec![2, 3, 0]);
+        assert!((got[0].score - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn empty_inputs_rank_nothing() {
+        assert!(top_k(&[], &[1.0], 3).is_empty());
+        assert!(top_k(&[1.0], &[], 3).is_empty());
+        assert!(top_k(&[1.0], &[1.0], 0).is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! Walking picture folders: which files are pictures, with their size and modification time.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// A picture file as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSeen {
+    /// Its path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Picture files, sorted by path.
+    pub files: Vec<FileSeen>,
+    /// Folders or entries that could not be read, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Walks `folders` recursively (not following symbolic links, so loops cannot trap it) and
+/// lists the regular files whose extension is in `extensions` (lower case, no dot).
+pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
+    let mut scan = Scan::default();
+    for folder in folders {
+        if !folder.is_dir() {
+            scan.problems.push(format!("{} is not a folder", folder.display()));
+            continue;
+        }
+        for item in walkdir::WalkDir::new(folder).follow_links(false) {
+            let entry = match item {
+                Ok(e) => e,
+                Err(e) => {
+                    scan.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if !entry.file_type().is_file() || !has_extension(entry.path(), extensions) {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) => scan.files.push(FileSeen {
+                    path: entry.path().to_path_buf(),
+                    size: meta.len(),
+                    mtime_ns: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos() as i128)
+                        .unwrap_or(0),
+                }),
+                Err(e) => scan.problems.push(format!("{}: {e}", entry.path().display())),
+            }
+        }
+    }
+    scan.files.sort_by(|a, b| a.path.cmp(&b.path));
+    scan.files.dedup_by(|a, b| a.path == b.path);
+    scan
+}
+
+fn has_extension(path: &Path, extensions: &[String]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_pictures_recursively_and_skips_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/one.JPG"), b"x").unwrap();
+        std::fs::write(dir.path().join("a/b/two.png"), b"xy").unwrap();
+        std::fs::write(dir.path().join("a/notes.txt"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("c.jpg")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("a/loop")).unwrap();
+        let exts = vec!["jpg".to_string(), "png".to_string()];
+        let scan = scan_folders(&[dir.path().to_path_buf(), dir.path().join("missing")], &exts);
+        let names: Vec<_> = scan.files.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, vec!["one.JPG", "two.png"]);
+        assert_eq!(scan.files[1].size, 2);
+        assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+    }
+}

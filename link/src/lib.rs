@@ -1,0 +1,29 @@
+//! edgeclip's MQTT link, shared by the device and the cloud.
+//!
+//! # Layout
+//! - [`options`]: broker URL parsing into rumqttc options, last will, limits.
+//! - [`backoff`]: reconnect delays, exponential with jitter (rumqttc itself retries at once).
+//! - [`actor`]: [`LinkActor`], the one place that owns a rumqttc event loop. Other actors
+//!   publish by casting [`LinkMsg::Publish`]; incoming publishes go to a [`Router`] given at start.
+//!
+//! Architecture invariant: nothing here knows edgeclip's topics or messages; the device and
+//! the cloud bring their subscriptions, their online/offline messages and their router.
+#![warn(missing_docs)]
+
+pub mod actor;
+pub mod backoff;
+pub mod options;
+
+pub use actor::{publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};
+pub use options::{LinkOptions, Presence};
+
+/// Why the link could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The broker URL or an option is invalid.
+    #[error("invalid broker option: {0}")]
+    Options(String),
+    /// The client refused a request (the event loop is gone).
+    #[error("mqtt client: {0}")]
+    Client(String),
+}

@@ -1,0 +1,98 @@
+//! Broker options: `mqtt://host:port` URLs into rumqttc options, with last will and limits.
+
+use std::time::Duration;
+
+use rumqttc::{LastWill, MqttOptions, QoS};
+
+use crate::LinkError;
+
+/// A retained presence message: published on connect, and set as the last will.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// Topic of the presence message.
+    pub topic: String,
+    /// Payload while connected.
+    pub online: String,
+    /// Payload once gone (last will, and on clean disconnect).
+    pub offline: String,
+}
+
+/// Everything the link needs to connect.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// `mqtt://host:port` or `tcp://host:port` (port defaults to 1883).
+    pub url: String,
+    /// MQTT client id; must be unique on the broker.
+    pub client_id: String,
+    /// Keep-alive interval: a dead connection is noticed after ~1.5x this.
+    pub keep_alive: Duration,
+    /// Largest packet sent or accepted, in bytes.
+    pub max_packet_bytes: usize,
+    /// Topic filters subscribed (again) after every connection.
+    pub subscriptions: Vec<String>,
+    /// Presence topic, if any.
+    pub presence: Option<Presence>,
+    /// Shortest delay before reconnecting.
+    pub reconnect_min: Duration,
+    /// Longest delay before reconnecting.
+    pub reconnect_max: Duration,
+}
+
+impl LinkOptions {
+    /// Builds rumqttc options; refuses URLs other than `mqtt://` / `tcp://` with host and port.
+    pub fn mqtt_options(&self) -> Result<MqttOptions, LinkError> {
+        let (host, port) = parse_broker_url(&self.url)?;
+        if self.client_id.is_empty() || self.client_id.len() > 128 {
+            return Err(LinkError::Options("client id must be 1 to 128 bytes".into()));
+        }
+        let mut options = MqttOptions::new(self.client_id.clone(), host, port);
+        options.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
+        options.set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes);
+        // A clean session: subscriptions are made again on every connection, and replies that
+        // arrive while disconnected are worthless anyway (searches time out on their own).
+        options.set_clean_session(true);
+        options.set_request_channel_capacity(256);
+        if let Some(p) = &self.presence {
+            options.set_last_will(LastWill::new(&p.topic, p.offline.clone(), QoS::AtLeastOnce, true));
+        }
+        Ok(options)
+    }
+}
+
+/// Splits `mqtt://host:port` into host and port.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), LinkError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| LinkError::Options(format!("broker URL {url:?} must start with mqtt:// or tcp://")))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '?', '@']) {
+        return Err(LinkError::Options(format!("broker URL {url:?} must be mqtt://HOST[:PORT]")));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+            let port = p.parse::<u16>().map_err(|_| LinkError::Options(format!("broker URL {url:?} has a bad port")))?;
+            (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+        }
+        _ => (rest.to_string(), 1883),
+    };
+    if host.is_empty() || port == 0 {
+        return Err(LinkError::Options(format!("broker URL {url:?} must name a host and a non-zero port")));
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_broker_urls() {
+        assert_eq!(parse_broker_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
+        assert_eq!(parse_broker_url("tcp://broker.lan").unwrap(), ("broker.lan".into(), 1883));
+        assert_eq!(parse_broker_url("mqtt://[::1]:1884").unwrap(), ("::1".into(), 1884));
+        for bad in ["127.0.0.1:1883", "http://x:1", "mqtt://", "mqtt://h:0", "mqtt://h:port", "mqtt://u@h:1", "mqtt://h:1/x"] {
+            assert!(parse_broker_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! JSON messages on the dashboard-facing topics (Home Assistant, Node-RED, MQTT Explorer, CLI).
+
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+/// A search as a dashboard sends it: plain UTF-8 text, or this JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// The search text.
+    pub text: String,
+    /// How many hits to return (device default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// Correlation id echoed in the answer (the device makes one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl SearchRequest {
+    /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise
+    /// the whole payload is the search text. Texts are trimmed; empty, over-long, non-UTF-8 or
+    /// wrongly-shaped payloads are refused.
+    pub fn parse(payload: &[u8], max_text_bytes: usize) -> Result<Self, WireError> {
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| WireError::Field { field: "text", reason: format!("not UTF-8: {e}") })?;
+        let trimmed = text.trim();
+        let mut request = if trimmed.starts_with('{') {
+            serde_json::from_str::<SearchRequest>(trimmed).map_err(|e| WireError::Json(e.to_string()))?
+        } else {
+            SearchRequest { text: trimmed.to_string(), k: None, id: None }
+        };
+        request.text = request.text.trim().to_string();
+        if request.text.is_empty() {
+            return Err(WireError::Field { field: "text", reason: "is empty".into() });
+        }
+        if request.text.len() > max_text_bytes {
+            return Err(WireError::Field {
+                field: "text",
+                reason: format!("{} bytes is over the limit of {max_text_bytes}", request.text.len()),
+            });
+        }
+        if request.k == Some(0) {
+            return Err(WireError::Field { field: "k", reason: "must be at least 1".into() });
+        }
+        if let Some(id) = &request.id {
+            if id.len() > 128 {
+                return Err(WireError::Field { field: "id", reason: "longer than 128 bytes".into() });
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// One ranked picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Path of the picture on the device.
+    pub path: String,
+    /// Cosine similarity between the search text and the picture.
+    pub score: f32,
+}
+
+/// The answer to a search, on `edgeclip/<device>/results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SearchResponse {
+    /// The ranked hits.
+    Results(SearchResults),
+    /// Why the search failed.
+    Error(SearchError),
+}
+
+impl SearchResponse {
+    /// The correlation id of the search this answers.
+    pub fn id(&self) -> &str {
+        match self {
+            SearchResponse::Results(r) => &r.id,
+            SearchResponse::Error(e) => &e.id,
+        }
+    }
+}
+
+/// A successful search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchResults {
+    /// Correlation id of the search.
+    pub id: String,
+    /// The search text.
+    pub text: String,
+    /// Model id of the vectors that were compared.
+    pub model: String,
+    /// Milliseconds from receiving the search to publishing the answer.
+    pub took_ms: u64,
+    /// Best hits first.
+    pub hits: Vec<Hit>,
+}
+
+/// A failed search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchError {
+    /// Correlation id of the search (empty when the request could not be parsed at all).
+    pub id: String,
+    /// What went wrong, one line.
+    pub error: String,
+}
+
+/// What the device is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Loading the model and opening the index.
+    Starting,
+    /// Pictures are waiting to be encoded.
+    Indexing,
+    /// Everything found is indexed.
+    Idle,
+    /// Shutting down.
+    Stopping,
+}
+
+/// A picture that could not be indexed, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Path of the picture.
+    pub path: String,
+    /// Why it was skipped.
+    pub error: String,
+}
+
+/// The retained status of a device, on `edgeclip/<device>/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// The device id.
+    pub device_id: String,
+    /// What the device is doing.
+    pub state: DeviceState,
+    /// Pictures in the index.
+    pub indexed: u64,
+    /// Pictures found but not yet encoded.
+    pub pending: u64,
+    /// Pictures skipped because they could not be read or decoded.
+    pub failed: u64,
+    /// Model id of the index.
+    pub model: String,
+    /// Vector dimension of the model.
+    pub dim: usize,
+    /// The folders the device indexes.
+    pub folders: Vec<String>,
+    /// The most recent failures, newest last (bounded).
+    pub recent_failures: Vec<Failure>,
+    /// edgeclip version of the device.
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_and_json_searches_are_both_accepted() {
+        let plain = SearchRequest::parse(b"  a red circle \n", 100).unwrap();
+        assert_eq!(plain, SearchRequest { text: "a red circle".into(), k: None, id: None });
+        let json = SearchRequest::parse(br#"{"text":"a blue star","k":3,"id":"q1"}"#, 100).unwrap();
+        assert_eq!(json, SearchRequest { text: "a blue star".into(), k: Some(3), id: Some("q1".into()) });
+    }
+
+    #[test]
+    fn bad_searches_are_refused_with_a_reason() {
+        assert!(SearchRequest::parse(b"", 100).is_err());
+        assert!(SearchRequest::parse(b"   ", 100).is_err());
+        assert!(SearchRequest::parse(&[0xff, 0xfe, b'a'], 100).is_err());
+        assert!(SearchRequest::parse(br#"{"txt":"x"}"#, 100).is_err());
+        assert!(SearchRequest::parse(br#"{"text":5}"#, 100).is_err());
+        assert!(SearchRequest::parse(br#"{"text":"x","k":0}"#, 100).is_err());
+        assert!(SearchRequest::parse("x".repeat(101).as_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn responses_parse_back_into_the_right_variant() {
+        let ok = r#"{"id":"1","text":"t","model":"m","took_ms":3,"hits":[{"path":"a.jpg","score":0.5}]}"#;
+        assert!(matches!(serde_json::from_str::<SearchResponse>(ok).unwrap(), SearchResponse::Results(_)));
+        let err = r#"{"id":"1","error":"cloud did not answer within 5000 ms"}"#;
+        let parsed = serde_json::from_str::<SearchResponse>(err).unwrap();
+        assert!(matches!(parsed, SearchResponse::Error(_)));
+        assert_eq!(parsed.id(), "1");
+    }
+}

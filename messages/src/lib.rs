@@ -1,0 +1,20 @@
+//! edgeclip's wire protocol: every byte that crosses MQTT is defined here, and nothing else is.
+//!
+//! # Layout
+//! - [`topics`]: topic names and builders, device-id validation.
+//! - [`wire`]: the rkyv messages between device and cloud (encode request, reply), framed with
+//!   a magic and a protocol version, decoded only through validated access.
+//! - [`dashboard`]: the JSON messages on the dashboard-facing topics (search, results, status).
+//! - [`model_id`]: how a model folder is named on the wire, so device and cloud agree.
+//! - [`error`]: the crate's one error enum.
+//!
+//! Architecture invariant: this crate does no IO and depends on no other edgeclip crate.
+#![warn(missing_docs)]
+
+pub mod dashboard;
+pub mod error;
+pub mod model_id;
+pub mod topics;
+pub mod wire;
+
+pub use error::WireError;

@@ -1,0 +1,140 @@
+//! MQTT topic names: the one place that spells them.
+//!
+//! Dashboard-facing (JSON or plain text):
+//! - `edgeclip/<device>/search` <- a search text, or a JSON [`crate::dashboard::SearchRequest`]
+//! - `edgeclip/<device>/results` -> JSON results or error
+//! - `edgeclip/<device>/status` (retained) -> JSON status
+//! - `edgeclip/<device>/availability` (retained) -> `online` / `offline` (last will)
+//!
+//! Device <-> cloud (rkyv frames):
+//! - `edgeclip/cloud/encode` <- [`crate::wire::EncodeRequest`], consumed by the cloud through the
+//!   shared subscription [`CLOUD_ENCODE_SHARED`] so several cloud workers split the load.
+//! - `edgeclip/<device>/cloud/reply` -> [`crate::wire::EncodeReply`], the reply topic a device
+//!   names in its requests.
+
+use crate::WireError;
+
+/// First level of every edgeclip topic.
+pub const ROOT: &str = "edgeclip";
+/// Where devices publish text-encoding requests.
+pub const CLOUD_ENCODE: &str = "edgeclip/cloud/encode";
+/// Name of the shared-subscription group of the cloud workers.
+pub const CLOUD_SHARE_GROUP: &str = "edgeclip-cloud";
+/// The filter cloud workers subscribe to: one request goes to one worker of the group.
+pub const CLOUD_ENCODE_SHARED: &str = "$share/edgeclip-cloud/edgeclip/cloud/encode";
+/// Filter matching every device's availability topic.
+pub const ALL_AVAILABILITY: &str = "edgeclip/+/availability";
+/// Payload of the availability topic while the device is connected.
+pub const ONLINE: &str = "online";
+/// Payload of the availability topic once the device is gone (also its last will).
+pub const OFFLINE: &str = "offline";
+
+/// Topic a dashboard publishes searches to.
+pub fn search(device: &str) -> String {
+    format!("{ROOT}/{device}/search")
+}
+/// Topic the device answers searches on.
+pub fn results(device: &str) -> String {
+    format!("{ROOT}/{device}/results")
+}
+/// Retained status topic of a device.
+pub fn status(device: &str) -> String {
+    format!("{ROOT}/{device}/status")
+}
+/// Retained availability topic of a device (`online` / `offline`).
+pub fn availability(device: &str) -> String {
+    format!("{ROOT}/{device}/availability")
+}
+/// Topic on which a device receives the cloud's replies.
+pub fn cloud_reply(device: &str) -> String {
+    format!("{ROOT}/{device}/cloud/reply")
+}
+
+/// The device id in an availability topic, if the topic is one.
+pub fn device_of_availability(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("edgeclip/")?;
+    let device = rest.strip_suffix("/availability")?;
+    (!device.is_empty() && !device.contains('/')).then_some(device)
+}
+
+/// Checks that a device id can stand as one topic level: 1..=64 characters of
+/// `[A-Za-z0-9._-]` (no `/`, `+`, `#`, spaces or control characters), and not `cloud`.
+pub fn validate_device_id(id: &str) -> Result<(), WireError> {
+    let bad = |reason: &str| WireError::Field { field: "device_id", reason: reason.to_string() };
+    if id.is_empty() || id.len() > 64 {
+        return Err(bad("must be 1 to 64 characters"));
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(bad("may only hold letters, digits, '.', '_' and '-'"));
+    }
+    if id == "cloud" {
+        return Err(bad("'cloud' is reserved for the cloud's topics"));
+    }
+    Ok(())
+}
+
+/// Checks a reply topic named in a request: a concrete topic under `edgeclip/<device>/`, so
+/// that a request cannot make the cloud publish into wildcards or other applications' topics.
+pub fn validate_reply_topic(topic: &str) -> Result<(), WireError> {
+    let bad = |reason: &str| WireError::Field { field: "reply_to", reason: reason.to_string() };
+    if topic.len() > 256 {
+        return Err(bad("longer than 256 bytes"));
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(bad("must not contain wildcards or NUL"));
+    }
+    let mut levels = topic.split('/');
+    if levels.next() != Some(ROOT) {
+        return Err(bad("must start with 'edgeclip/'"));
+    }
+    match levels.next() {
+        Some(device) => validate_device_id(device).map_err(|_| bad("second level must be a device id"))?,
+        None => return Err(bad("must name a device")),
+    }
+    if levels.next().is_none() {
+        return Err(bad("must be below the device's level"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_device_topics() {
+        assert_eq!(search("cam1"), "edgeclip/cam1/search");
+        assert_eq!(results("cam1"), "edgeclip/cam1/results");
+        assert_eq!(status("cam1"), "edgeclip/cam1/status");
+        assert_eq!(availability("cam1"), "edgeclip/cam1/availability");
+        assert_eq!(cloud_reply("cam1"), "edgeclip/cam1/cloud/reply");
+        assert!(CLOUD_ENCODE_SHARED.ends_with(CLOUD_ENCODE));
+        assert!(CLOUD_ENCODE_SHARED.contains(CLOUD_SHARE_GROUP));
+    }
+
+    #[test]
+    fn finds_the_device_in_an_availability_topic() {
+        assert_eq!(device_of_availability("edgeclip/nas-2/availability"), Some("nas-2"));
+        assert_eq!(device_of_availability("edgeclip/a/b/availability"), None);
+        assert_eq!(device_of_availability("edgeclip//availability"), None);
+        assert_eq!(device_of_availability("other/nas/availability"), None);
+    }
+
+    #[test]
+    fn rejects_device_ids_that_would_break_topics() {
+        for ok in ["nas", "cam-1", "pi_4.local", "A9"] {
+            assert!(validate_device_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a+", "#", "with space", "cloud", "é", &"x".repeat(65)] {
+            assert!(validate_device_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reply_topics_must_stay_under_a_device() {
+        assert!(validate_reply_topic("edgeclip/cam1/cloud/reply").is_ok());
+        for bad in ["edgeclip/cam1", "edgeclip/+/x", "other/cam1/x", "edgeclip/cloud/encode", "edgeclip/#"] {
+            assert!(validate_reply_topic(bad).is_err(), "{bad}");
+        }
+    }
+}

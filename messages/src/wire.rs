@@ -1,0 +1,328 @@
+//! The rkyv messages between device and cloud, and their framing.
+//!
+//! Every payload is a frame: an 8-byte header (`b"EC"`, protocol version as u16 LE, message
+//! kind, three zero bytes) followed by an rkyv archive. The header lets a receiver refuse a
+//! foreign payload or another protocol version with a clear error before looking at the
+//! archive. Archives are only ever read through [`Received`], which copies the archive once
+//! into a 16-byte-aligned buffer (MQTT payloads sit at arbitrary offsets of the read buffer)
+//! and validates it with bytecheck; after that, fields are read in place, without
+//! deserialising — the device ranks directly on the received vector via [`vector_view`].
+
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+use rkyv::api::high::HighValidator;
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+use crate::WireError;
+
+/// Version of the device<->cloud protocol spoken by this build.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Magic at the start of every frame.
+pub const MAGIC: [u8; 2] = *b"EC";
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 8;
+/// Largest vector dimension accepted from the wire (real CLIP models use 512..1024).
+pub const MAX_DIM: usize = 4096;
+
+/// Kind byte of a frame: which message type its archive holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`EncodeRequest`].
+    EncodeRequest = 1,
+    /// [`EncodeReply`].
+    EncodeReply = 2,
+}
+
+/// A message type that travels in a frame.
+pub trait WireMessage: Archive {
+    /// Kind byte written in the header.
+    const KIND: Kind;
+}
+
+/// Device -> cloud: encode this search text with the text tower of `model`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct EncodeRequest {
+    /// Correlates the reply with the request; unique per device.
+    pub request_id: u64,
+    /// Topic the reply must be published to (see [`crate::topics::cloud_reply`]).
+    pub reply_to: String,
+    /// Model id the device's index was built with; the cloud refuses other models.
+    pub model: String,
+    /// The search text, UTF-8.
+    pub text: String,
+}
+
+impl WireMessage for EncodeRequest {
+    const KIND: Kind = Kind::EncodeRequest;
+}
+
+/// Why the cloud could not answer with a vector.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum ErrorCode {
+    /// The request was malformed (bad text, bad reply topic...).
+    BadRequest,
+    /// The cloud serves another model than the one the request names.
+    ModelMismatch,
+    /// The cloud failed while encoding.
+    Internal,
+}
+
+/// The body of a reply: a vector or an error.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum ReplyBody {
+    /// The L2-normalised text vector.
+    Vector {
+        /// Model id whose text tower produced the vector.
+        model: String,
+        /// The vector itself.
+        vector: Vec<f32>,
+    },
+    /// The request failed.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// Cloud -> device: the answer to one [`EncodeRequest`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct EncodeReply {
+    /// The request this answers.
+    pub request_id: u64,
+    /// Vector or error.
+    pub body: ReplyBody,
+}
+
+impl WireMessage for EncodeReply {
+    const KIND: Kind = Kind::EncodeReply;
+}
+
+/// Serialises a message into a frame ready to publish.
+pub fn encode<T>(message: &T) -> Result<Vec<u8>, WireError>
+where
+    T: WireMessage
+        + for<'a> Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+{
+    let archive = rkyv::to_bytes::<rancor::Error>(message).map_err(|e| WireError::Invalid(e.to_string()))?;
+    let mut frame = Vec::with_capacity(HEADER_LEN + archive.len());
+    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    frame.extend_from_slice(&[T::KIND as u8, 0, 0, 0]);
+    frame.extend_from_slice(&archive);
+    Ok(frame)
+}
+
+/// A validated frame whose archive is read in place.
+pub struct Received<T> {
+    archive: AlignedVec<16>,
+    _message: PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for Received<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received").field("archive_len", &self.archive.len()).finish()
+    }
+}
+
+impl<T> Received<T>
+where
+    T: WireMessage,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    /// Checks the frame header, copies the archive into an aligned buffer and validates it.
+    /// `limit` bounds the payload size before anything is copied.
+    pub fn decode(payload: &[u8], limit: usize) -> Result<Self, WireError> {
+        if payload.len() > limit {
+            return Err(WireError::TooLarge { size: payload.len(), limit });
+        }
+        if payload.len() < HEADER_LEN {
+            return Err(WireError::TooShort(payload.len()));
+        }
+        if payload[..2] != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let version = u16::from_le_bytes([payload[2], payload[3]]);
+        if version != PROTOCOL_VERSION {
+            return Err(WireError::Version { got: version, expected: PROTOCOL_VERSION });
+        }
+        if payload[4] != T::KIND as u8 {
+            return Err(WireError::Kind { got: payload[4], expected: T::KIND as u8 });
+        }
+        let mut archive = AlignedVec::<16>::with_capacity(payload.len() - HEADER_LEN);
+        archive.extend_from_slice(&payload[HEADER_LEN..]);
+        rkyv::access::<T::Archived, rancor::Error>(&archive).map_err(|e| WireError::Invalid(e.to_string()))?;
+        Ok(Self { archive, _message: PhantomData })
+    }
+
+    /// The archived message, read in place.
+    pub fn get(&self) -> &T::Archived {
+        // SAFETY: `decode` validated these exact bytes with `rkyv::access` (bytecheck), and the
+        // buffer is private and never mutated afterwards.
+        unsafe { rkyv::access_unchecked::<T::Archived>(&self.archive) }
+    }
+}
+
+impl ArchivedEncodeRequest {
+    /// Checks the fields a cloud relies on: a non-empty text of at most `max_text_bytes`, a
+    /// reply topic under a device, a model id.
+    pub fn validate(&self, max_text_bytes: usize) -> Result<(), WireError> {
+        if self.text.is_empty() {
+            return Err(WireError::Field { field: "text", reason: "is empty".into() });
+        }
+        if self.text.len() > max_text_bytes {
+            return Err(WireError::Field {
+                field: "text",
+                reason: format!("{} bytes is over the limit of {max_text_bytes}", self.text.len()),
+            });
+        }
+        if self.model.is_empty() || self.model.len() > 256 {
+            return Err(WireError::Field { field: "model", reason: "must be 1 to 256 bytes".into() });
+        }
+        crate::topics::validate_reply_topic(self.reply_to.as_str())
+    }
+}
+
+/// Checks a received vector: non-empty, at most [`MAX_DIM`] values, all finite.
+pub fn validate_vector(vector: &[f32]) -> Result<(), WireError> {
+    if vector.is_empty() || vector.len() > MAX_DIM {
+        return Err(WireError::Field { field: "vector", reason: format!("dimension {} out of 1..={MAX_DIM}", vector.len()) });
+    }
+    if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
+        return Err(WireError::Field { field: "vector", reason: format!("value {i} is not finite") });
+    }
+    Ok(())
+}
+
+/// The archived vector as `&[f32]`, without copying on little-endian targets (all of
+/// edgeclip's: x86-64, aarch64, armv7); big-endian targets get a converted copy.
+pub fn vector_view(vector: &rkyv::vec::ArchivedVec<rkyv::rend::f32_le>) -> Cow<'_, [f32]> {
+    #[cfg(target_endian = "little")]
+    {
+        const _: () = assert!(std::mem::size_of::<rkyv::rend::f32_le>() == std::mem::size_of::<f32>());
+        const _: () = assert!(std::mem::align_of::<rkyv::rend::f32_le>() == std::mem::align_of::<f32>());
+        let slice = vector.as_slice();
+        // SAFETY: on a little-endian target `f32_le` is a `repr(C)` wrapper over the native bytes
+        // of an f32, with the same size and alignment (checked above); every bit pattern is a
+        // valid f32.
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<f32>(), slice.len()) })
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        Cow::Owned(vector.iter().map(|v| v.to_native()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> EncodeRequest {
+        EncodeRequest {
+            request_id: 42,
+            reply_to: "edgeclip/cam1/cloud/reply".into(),
+            model: "clip-shapes@0123456789ab".into(),
+            text: "a red circle".into(),
+        }
+    }
+
+    #[test]
+    fn request_round_trips_through_a_frame() {
+        let frame = encode(&request()).unwrap();
+        let got = Received::<EncodeRequest>::decode(&frame, 1 << 20).unwrap();
+        let r = got.get();
+        assert_eq!(r.request_id, 42);
+        assert_eq!(r.text.as_str(), "a red circle");
+        assert!(r.validate(1024).is_ok());
+    }
+
+    #[test]
+    fn reply_vector_is_read_in_place_even_from_a_misaligned_payload() {
+        let reply = EncodeReply {
+            request_id: 7,
+            body: ReplyBody::Vector { model: "m".into(), vector: vec![0.6, -0.8, 0.0] },
+        };
+        let frame = encode(&reply).unwrap();
+        let mut shifted = vec![0u8; 3];
+        shifted.extend_from_slice(&frame);
+        let got = Received::<EncodeReply>::decode(&shifted[3..], 1 << 20).unwrap();
+        match &got.get().body {
+            ArchivedReplyBody::Vector { model, vector } => {
+                assert_eq!(model.as_str(), "m");
+                assert_eq!(&*vector_view(vector), &[0.6, -0.8, 0.0]);
+                assert!(matches!(vector_view(vector), Cow::Borrowed(_)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_foreign_and_future_frames() {
+        let mut frame = encode(&request()).unwrap();
+        assert_eq!(Received::<EncodeRequest>::decode(b"hello", 100).unwrap_err(), WireError::TooShort(5));
+        assert_eq!(Received::<EncodeRequest>::decode(b"XX\x01\x00\x01\0\0\0abcd", 100).unwrap_err(), WireError::BadMagic);
+        assert!(matches!(Received::<EncodeReply>::decode(&frame, 1 << 20), Err(WireError::Kind { got: 1, expected: 2 })));
+        assert!(matches!(Received::<EncodeRequest>::decode(&frame, 10), Err(WireError::TooLarge { .. })));
+        frame[2] = 9;
+        assert_eq!(
+            Received::<EncodeRequest>::decode(&frame, 1 << 20).unwrap_err(),
+            WireError::Version { got: 9, expected: PROTOCOL_VERSION }
+        );
+    }
+
+    #[test]
+    fn truncated_and_bit_flipped_archives_are_rejected_not_trusted() {
+        let frame = encode(&request()).unwrap();
+        for cut in HEADER_LEN..frame.len() {
+            assert!(Received::<EncodeRequest>::decode(&frame[..cut], 1 << 20).is_err(), "cut at {cut}");
+        }
+        // Every single-bit flip either fails validation or yields a structurally valid message;
+        // none may panic or read out of bounds.
+        for byte in HEADER_LEN..frame.len() {
+            for bit in 0..8 {
+                let mut flipped = frame.clone();
+                flipped[byte] ^= 1 << bit;
+                if let Ok(msg) = Received::<EncodeRequest>::decode(&flipped, 1 << 20) {
+                    let _ = msg.get().validate(1024);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_fields_are_checked() {
+        let mut r = request();
+        r.text = String::new();
+        let f = Received::<EncodeRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
+        assert!(f.get().validate(1024).is_err());
+        let mut r = request();
+        r.text = "x".repeat(2000);
+        let f = Received::<EncodeRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
+        assert!(f.get().validate(1024).is_err());
+        let mut r = request();
+        r.reply_to = "edgeclip/#".into();
+        let f = Received::<EncodeRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
+        assert!(f.get().validate(1024).is_err());
+    }
+
+    #[test]
+    fn vectors_with_nan_or_bad_dimensions_are_rejected() {
+        assert!(validate_vector(&[0.1, 0.2]).is_ok());
+        assert!(validate_vector(&[]).is_err());
+        assert!(validate_vector(&[0.1, f32::NAN]).is_err());
+        assert!(validate_vector(&[f32::INFINITY]).is_err());
+        assert!(validate_vector(&vec![0.0; MAX_DIM + 1]).is_err());
+    }
+}

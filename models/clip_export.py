@@ -1,0 +1,163 @@
+"""Writing a CLIP model folder in the Immich export layout (shared by make_clip_shapes.py
+and export_full.py):
+
+    MODEL_DIR/config.json                 open_clip model config ({"embed_dim", "vision_cfg", "text_cfg"})
+    MODEL_DIR/visual/model.onnx           image [N,3,224,224] f32 -> embedding [N,D] (L2-normalised)
+    MODEL_DIR/visual/preprocess_cfg.json  open_clip preprocessing parameters
+    MODEL_DIR/textual/model.onnx          text [N,77] int64 -> embedding [N,D] (L2-normalised)
+    MODEL_DIR/textual/tokenizer.json      HF tokenizers file made from open_clip's BPE vocabulary
+    MODEL_DIR/textual/tokenizer_config.json (+ special_tokens_map.json where transformers writes it)
+    MODEL_DIR/SHA256SUMS                  sha256sum of every other file (relative paths)
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+
+import torch
+
+INPUT_IMAGE = "image"
+INPUT_TEXT = "text"
+OUTPUT = "embedding"
+OPSET = 17
+
+
+class ImageTower(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model.encode_image(image, normalize=True)
+
+
+class TextTower(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text):
+        return self.model.encode_text(text, normalize=True)
+
+
+def export_towers(model, out_dir: str, context_length: int = 77, image_size: int = 224):
+    """Export both towers exactly as FEASIBILITY.md prescribes (TorchScript exporter, opset 17,
+    constant folding, dynamic batch axis, traced with batch 2)."""
+    torch.backends.mha.set_fastpath_enabled(False)
+    model = model.eval()
+    os.makedirs(os.path.join(out_dir, "visual"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "textual"), exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 3, image_size, image_size, generator=gen)
+    text = torch.zeros(2, context_length, dtype=torch.long)
+    text[:, 0] = 49406
+    text[0, 1:4] = torch.tensor([320, 736, 2138])
+    text[0, 4] = 49407
+    text[1, 1:3] = torch.tensor([320, 2368])
+    text[1, 3] = 49407
+    with torch.no_grad():
+        torch.onnx.export(
+            ImageTower(model), (image,), os.path.join(out_dir, "visual", "model.onnx"),
+            dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=[INPUT_IMAGE], output_names=[OUTPUT],
+            dynamic_axes={INPUT_IMAGE: {0: "batch_size"}, OUTPUT: {0: "batch_size"}},
+        )
+        torch.onnx.export(
+            TextTower(model), (text,), os.path.join(out_dir, "textual", "model.onnx"),
+            dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=[INPUT_TEXT], output_names=[OUTPUT],
+            dynamic_axes={INPUT_TEXT: {0: "batch_size"}, OUTPUT: {0: "batch_size"}},
+        )
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _bytes_to_unicode():
+    from open_clip.tokenizer import bytes_to_unicode
+    return bytes_to_unicode()
+
+
+def write_tokenizer(textual_dir: str, context_length: int = 77) -> None:
+    """tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) from open_clip's
+    bundled bpe_simple_vocab_16e6.txt.gz, via vocab.json/merges.txt and CLIPTokenizerFast."""
+    from open_clip.tokenizer import default_bpe
+    from transformers import CLIPTokenizerFast
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]  # the same 48,894 merges open_clip uses
+    assert len(merges) == 48894
+    b2u = _bytes_to_unicode()
+    vocab = list(b2u.values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    for m in merges:
+        vocab.append("".join(m.split()))
+    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
+    assert len(vocab) == 49408
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+            f.write("\n".join(merges) + "\n")
+        tok = CLIPTokenizerFast.from_pretrained(tmp, model_max_length=context_length)
+        save = os.path.join(tmp, "saved")
+        tok.save_pretrained(save)
+        os.makedirs(textual_dir, exist_ok=True)
+        for name in sorted(os.listdir(save)):
+            if name in ("tokenizer_config.json", "special_tokens_map.json"):
+                with open(os.path.join(save, name), encoding="utf-8") as f:
+                    cfg = json.load(f)
+                # keys describing the temporary folder, not the tokenizer
+                cfg.pop("is_local", None)
+                cfg.pop("local_files_only", None)
+                write_json(os.path.join(textual_dir, name), cfg)
+        # tokenizer.json: compact, merges as "a b" strings (the format every tokenizers
+        # version reads; byte-level symbols never contain a space)
+        with open(os.path.join(save, "tokenizer.json"), encoding="utf-8") as f:
+            tj = json.load(f)
+        tj["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+        assert all(len(m.split(" ")) == 2 for m in tj["model"]["merges"])
+        with open(os.path.join(textual_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tj, f, ensure_ascii=False, separators=(",", ":"))
+    # sanity: same ids as open_clip for a plain caption
+    from tokenizers import Tokenizer
+    import open_clip
+    t = Tokenizer.from_file(os.path.join(textual_dir, "tokenizer.json"))
+    text = "a small red circle on the left"
+    ids = t.encode(text).ids
+    ref = open_clip.tokenize(text)[0].tolist()
+    assert ids == ref[:len(ids)], (ids, ref)
+
+
+def write_sha256sums(model_dir: str) -> None:
+    entries = []
+    for root, _, files in os.walk(model_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, model_dir)
+            if rel == "SHA256SUMS" or rel.startswith("parity" + os.sep):
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            entries.append((rel, h.hexdigest()))
+    entries.sort()
+    with open(os.path.join(model_dir, "SHA256SUMS"), "w") as f:
+        for rel, digest in entries:
+            f.write(f"{digest}  {rel}\n")
+
+
+def dir_size(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            total += os.path.getsize(os.path.join(root, name))
+    return total
