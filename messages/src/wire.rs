@@ -74,24 +74,34 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// A text vector computed by the cloud.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TextVector {
+    /// Model id whose text tower produced the vector.
+    pub model: String,
+    /// The L2-normalised vector.
+    pub vector: Vec<f32>,
+}
+
+/// Why the cloud could not produce a vector.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct CloudFailure {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
 /// The body of a reply: a vector or an error.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+#[rkyv(derive(Debug))]
 pub enum ReplyBody {
-    /// The L2-normalised text vector.
-    Vector {
-        /// Model id whose text tower produced the vector.
-        model: String,
-        /// The vector itself.
-        vector: Vec<f32>,
-    },
+    /// The text vector.
+    Vector(TextVector),
     /// The request failed.
-    Error {
-        /// Machine-readable reason.
-        code: ErrorCode,
-        /// Human-readable reason.
-        message: String,
-    },
+    Error(CloudFailure),
 }
 
 /// Cloud -> device: the answer to one [`EncodeRequest`].
@@ -252,17 +262,17 @@ mod tests {
     fn reply_vector_is_read_in_place_even_from_a_misaligned_payload() {
         let reply = EncodeReply {
             request_id: 7,
-            body: ReplyBody::Vector { model: "m".into(), vector: vec![0.6, -0.8, 0.0] },
+            body: ReplyBody::Vector(TextVector { model: "m".into(), vector: vec![0.6, -0.8, 0.0] }),
         };
         let frame = encode(&reply).unwrap();
         let mut shifted = vec![0u8; 3];
         shifted.extend_from_slice(&frame);
         let got = Received::<EncodeReply>::decode(&shifted[3..], 1 << 20).unwrap();
         match &got.get().body {
-            ArchivedReplyBody::Vector { model, vector } => {
-                assert_eq!(model.as_str(), "m");
-                assert_eq!(&*vector_view(vector), &[0.6, -0.8, 0.0]);
-                assert!(matches!(vector_view(vector), Cow::Borrowed(_)));
+            ArchivedReplyBody::Vector(v) => {
+                assert_eq!(v.model.as_str(), "m");
+                assert_eq!(&*vector_view(&v.vector), &[0.6, -0.8, 0.0]);
+                assert!(matches!(vector_view(&v.vector), Cow::Borrowed(_)));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -202,10 +202,10 @@ fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
 
 /// Ranks directly on the archived vector of the reply: no copy, no deserialisation.
 fn rank(index: &Index, reply: &Received<EncodeReply>, k: usize) -> Result<(String, Vec<Hit>), String> {
-    let ArchivedReplyBody::Vector { model, vector } = &reply.get().body else {
+    let ArchivedReplyBody::Vector(text) = &reply.get().body else {
         return Err("the cloud's reply holds no vector".into());
     };
-    let query = vector_view(vector);
+    let (model, query) = (&text.model, vector_view(&text.vector));
     validate_vector(&query).map_err(|e| format!("the cloud's vector is unusable: {e}"))?;
     let hits = index.search(model.as_str(), &query, k).map_err(|e| e.to_string())?;
     Ok((

@@ -144,10 +144,11 @@ async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
         return;
     };
     let response = match &reply.get().body {
-        ArchivedReplyBody::Error { code, message } => {
-            SearchResponse::Error(SearchError { id: p.id.clone(), error: format!("the cloud refused the search ({code:?}): {message}") })
-        }
-        ArchivedReplyBody::Vector { .. } => {
+        ArchivedReplyBody::Error(f) => SearchResponse::Error(SearchError {
+            id: p.id.clone(),
+            error: format!("the cloud refused the search ({:?}): {}", f.code, f.message),
+        }),
+        ArchivedReplyBody::Vector(_) => {
             let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { reply, k: p.k, port }, RANK_TIMEOUT.as_millis() as u64);
             match ranked {
                 Ok(Ok((model, hits))) => SearchResponse::Results(SearchResults {

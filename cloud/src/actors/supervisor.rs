@@ -1,0 +1,125 @@
+//! [`CloudSupervisor`]: loads the tokenizer and the text tower, spawns the MQTT link (on the
+//! shared subscription) and the text encoder, and shuts them down in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, LinkOptions, Presence};
+use edgeclip_messages::topics;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info};
+
+use super::text_encoder::{TextEncoderActor, TextEncoderArgs, TextEncoderMsg};
+use crate::config::CloudConfig;
+use crate::encode::TextTower;
+use crate::model::TextModelFolder;
+use crate::tokenize::ClipTokenizer;
+
+/// How long an actor may take to stop; the encoder's in-flight texts take milliseconds.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages of the cloud supervisor.
+pub enum CloudSupervisorMsg {
+    /// Stop in order, then answer.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// State of the cloud supervisor.
+pub struct CloudSupervisorState {
+    link: ActorRef<LinkMsg>,
+    encoder: ActorRef<TextEncoderMsg>,
+    stopping: bool,
+}
+
+/// The cloud supervisor.
+pub struct CloudSupervisor;
+
+/// The presence topic of a cloud worker.
+pub fn worker_presence_topic(worker_id: &str) -> String {
+    format!("{}/cloud/workers/{worker_id}", topics::ROOT)
+}
+
+impl Actor for CloudSupervisor {
+    type Msg = CloudSupervisorMsg;
+    type State = CloudSupervisorState;
+    type Arguments = CloudConfig;
+
+    async fn pre_start(&self, myself: ActorRef<CloudSupervisorMsg>, config: CloudConfig) -> Result<CloudSupervisorState, ActorProcessingErr> {
+        let model = TextModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
+        let tokenizer = Arc::new(ClipTokenizer::from_file(&model.tokenizer_json(), model.context_length)?);
+        let (onnx, ctx, dim) = (model.textual_onnx(), model.context_length, model.dim);
+        let started = std::time::Instant::now();
+        let tower = tokio::task::spawn_blocking(move || TextTower::load(&onnx, ctx, dim)).await??;
+        info!(model = %model.id, dim, took = ?started.elapsed(), "text tower loaded");
+
+        let options = LinkOptions {
+            url: config.broker.url.clone(),
+            client_id: config.broker.client_id.clone(),
+            keep_alive: Duration::from_secs(config.broker.keep_alive_s),
+            max_packet_bytes: config.broker.max_packet_bytes,
+            subscriptions: vec![topics::CLOUD_ENCODE_SHARED.to_string()],
+            presence: Some(Presence {
+                topic: worker_presence_topic(&config.worker_id),
+                online: model.id.clone(),
+                offline: String::new(),
+            }),
+            reconnect_min: Duration::from_millis(config.broker.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
+        };
+        let cell = myself.get_cell();
+        let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
+        let args = TextEncoderArgs {
+            tower,
+            tokenizer,
+            model: model.id.clone(),
+            workers: config.encoder.workers,
+            cache_entries: config.encoder.cache_entries,
+            max_text_bytes: config.encoder.max_text_bytes,
+            max_request_bytes: config.broker.max_packet_bytes,
+            link: link.clone(),
+        };
+        let (encoder, _) = Actor::spawn_linked(None, TextEncoderActor, args, cell).await?;
+        let to_encoder = encoder.clone();
+        let router = Arc::new(move |msg: Incoming| {
+            if msg.topic == topics::CLOUD_ENCODE && to_encoder.cast(TextEncoderMsg::Request(msg.payload.to_vec())).is_err() {
+                tracing::debug!("encoder gone; request dropped");
+            }
+        });
+        link.cast(LinkMsg::Start(router))?;
+        info!(worker = %config.worker_id, broker = %config.broker.url, model = %model.id, "cloud worker started");
+        Ok(CloudSupervisorState { link, encoder, stopping: false })
+    }
+
+    async fn handle(&self, myself: ActorRef<CloudSupervisorMsg>, msg: CloudSupervisorMsg, state: &mut CloudSupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CloudSupervisorMsg::Shutdown(port) => {
+                state.stopping = true;
+                info!("cloud worker shutting down");
+                let _ = state.encoder.drain_and_wait(Some(STOP_TIMEOUT)).await;
+                let _ = ractor::call_t!(state.link, LinkMsg::Disconnect, 5000);
+                let _ = state.link.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                let _ = port.send(());
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<CloudSupervisorMsg>, event: SupervisionEvent, state: &mut CloudSupervisorState) -> Result<(), ActorProcessingErr> {
+        if state.stopping {
+            return Ok(());
+        }
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                error!(actor = ?cell.get_id(), error = %err, "cloud actor failed; stopping");
+                myself.stop(Some(format!("actor failed: {err}")));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                error!(actor = ?cell.get_id(), ?reason, "cloud actor stopped unexpectedly; stopping");
+                myself.stop(Some("actor stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

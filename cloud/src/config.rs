@@ -1,0 +1,138 @@
+//! Cloud configuration: built-in defaults, then a file, then `EDGECLIP_*` environment
+//! variables, then command-line overrides; validated once at start.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::CloudError;
+
+/// The built-in defaults, documented.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The whole cloud configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Worker id; empty means `<host>-<pid>`.
+    pub worker_id: String,
+    /// Model folder.
+    pub model: ModelConfig,
+    /// Broker connection.
+    pub broker: BrokerConfig,
+    /// Text encoding.
+    pub encoder: EncoderConfig,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model folder.
+    pub dir: PathBuf,
+    /// Model id override.
+    pub id: String,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// MQTT client id; empty means `edgeclip-cloud-<worker_id>`.
+    pub client_id: String,
+    /// Keep-alive, seconds.
+    pub keep_alive_s: u64,
+    /// Shortest reconnect delay.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// Largest packet.
+    pub max_packet_bytes: usize,
+}
+
+/// `[encoder]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Concurrent encodings; 0 means one per core.
+    pub workers: usize,
+    /// LRU cache size.
+    pub cache_entries: usize,
+    /// Longest text.
+    pub max_text_bytes: usize,
+}
+
+impl CloudConfig {
+    /// Layers defaults, the optional file, the environment and `overrides`, then validates.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, config::Value)]) -> Result<Self, CloudError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(CloudError::Config(format!("config file {} does not exist", file.display())));
+            }
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("EDGECLIP").prefix_separator("_").separator("__").try_parsing(true),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.clone()).map_err(|e| CloudError::Config(e.to_string()))?;
+        }
+        let cfg: CloudConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| CloudError::Config(e.to_string()))?;
+        cfg.validated()
+    }
+
+    /// Fills derived defaults and checks every value.
+    pub fn validated(mut self) -> Result<Self, CloudError> {
+        let bad = |m: &str| Err(CloudError::Config(m.to_string()));
+        if self.worker_id.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "cloud".into());
+            let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(48).collect();
+            self.worker_id = format!("{host}-{}", std::process::id());
+        }
+        if !self.worker_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) || self.worker_id.len() > 64 {
+            return bad("worker_id may only hold up to 64 letters, digits, '.', '_' and '-'");
+        }
+        if self.broker.client_id.is_empty() {
+            self.broker.client_id = format!("edgeclip-cloud-{}", self.worker_id);
+        }
+        edgeclip_link::options::parse_broker_url(&self.broker.url).map_err(|e| CloudError::Config(e.to_string()))?;
+        if self.encoder.workers == 0 {
+            self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        if self.encoder.workers > 64 {
+            return bad("encoder.workers must be at most 64");
+        }
+        if self.encoder.max_text_bytes == 0 {
+            return bad("encoder.max_text_bytes must be >= 1");
+        }
+        if self.broker.reconnect_min_ms == 0 || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms {
+            return bad("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms");
+        }
+        if self.broker.max_packet_bytes < 4096 {
+            return bad("broker.max_packet_bytes must be at least 4096");
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_bad_values_are_named() {
+        let cfg = CloudConfig::load(None, &[("worker_id", "w1".into())]).unwrap();
+        assert_eq!(cfg.broker.client_id, "edgeclip-cloud-w1");
+        assert!(cfg.encoder.workers >= 1);
+        let err = CloudConfig::load(None, &[("broker.url", "localhost".into())]).unwrap_err().to_string();
+        assert!(err.contains("mqtt://"), "{err}");
+        let err = CloudConfig::load(None, &[("worker_id", "a b".into())]).unwrap_err().to_string();
+        assert!(err.contains("worker_id"), "{err}");
+    }
+}

@@ -1,0 +1,42 @@
+//! `edgeclip status`: print a device's retained status.
+
+use std::time::Duration;
+
+use clap::Args;
+use edgeclip::client::Client;
+use edgeclip::output::status_summary;
+
+/// Flags of `status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// MQTT broker.
+    #[arg(long, default_value = super::DEFAULT_BROKER, env = "EDGECLIP_BROKER")]
+    pub broker: String,
+    /// Device; default: the only device online.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Seconds to wait.
+    #[arg(long, default_value = "5", value_parser = super::parse_seconds)]
+    pub timeout: Duration,
+    /// Print the status message itself (JSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `status`.
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = Client::connect(&args.broker, args.timeout).await?;
+    let device = client.resolve_device(args.device.as_deref(), args.timeout).await;
+    let status = match device {
+        Ok(d) => client.status(&d, args.timeout).await,
+        Err(e) => Err(e),
+    };
+    client.disconnect().await;
+    let (raw, status) = status?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&raw));
+    } else {
+        print!("{}", status_summary(&status));
+    }
+    Ok(())
+}

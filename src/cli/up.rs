@@ -1,0 +1,151 @@
+//! `edgeclip up`: the whole system in one process on embedded defaults — an MQTT broker, the
+//! cloud text encoder and a device indexing the sample pictures — with a search prompt.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use edgeclip::broker::EmbeddedBroker;
+use edgeclip::output::results_table;
+use edgeclip_cloud::{Cloud, CloudConfig};
+use edgeclip_device::{Device, DeviceConfig};
+use edgeclip_messages::dashboard::{DeviceState, SearchRequest};
+use tokio::io::AsyncBufReadExt;
+
+/// Flags of `up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// A folder of pictures to index (repeatable); default: the bundled sample pictures.
+    #[arg(long = "photos", value_name = "DIR")]
+    pub photos: Vec<PathBuf>,
+    /// Address of the embedded MQTT broker.
+    #[arg(long, default_value = "127.0.0.1:1883", value_name = "HOST:PORT")]
+    pub listen: SocketAddr,
+    /// The device's state folder.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// CLIP model folder (open_clip/Immich layout); default: the bundled small model.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Device id; default: the host name.
+    #[arg(long, value_name = "ID")]
+    pub device_id: Option<String>,
+    /// Do not read searches from standard input; serve until Ctrl-C.
+    #[arg(long)]
+    pub no_prompt: bool,
+}
+
+/// A bundled folder: relative to the working directory, else to the source checkout.
+fn bundled(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    if here.exists() {
+        return here;
+    }
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    if checkout.exists() {
+        checkout
+    } else {
+        here
+    }
+}
+
+/// Runs `up`.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let model = args.model.clone().unwrap_or_else(|| bundled("models/clip-shapes"));
+    let photos = if args.photos.is_empty() { vec![bundled("models/samples")] } else { args.photos.clone() };
+    let broker = EmbeddedBroker::start(args.listen)?;
+    let url = broker.url();
+    let model_str = model.display().to_string();
+
+    let cloud_config = CloudConfig::load(None, &[("broker.url", url.clone().into()), ("model.dir", model_str.clone().into())])
+        .context("cloud configuration")?;
+    let mut overrides: Vec<(&str, config::Value)> = vec![
+        ("broker.url", url.clone().into()),
+        ("model.dir", model_str.into()),
+        ("folders", photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().into()),
+    ];
+    if let Some(state) = &args.state {
+        overrides.push(("state_dir", state.display().to_string().into()));
+    }
+    if let Some(id) = &args.device_id {
+        overrides.push(("device_id", id.clone().into()));
+    }
+    let device_config = DeviceConfig::load(None, &overrides).context("device configuration")?;
+    let device_id = device_config.device_id.clone();
+
+    let cloud = Cloud::start(cloud_config).await.context("starting the cloud text encoder")?;
+    let device = Device::start(device_config).await.context("starting the device")?;
+    let started = Instant::now();
+    println!("edgeclip is up: broker {url}, device {device_id}, pictures from {}", photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("Search from another terminal:  edgeclip search \"a red circle\" --broker {url}");
+    println!("Device status:                 edgeclip status --broker {url}");
+
+    let served = serve(&device, &args, started).await;
+    println!("shutting down...");
+    let d = device.shutdown().await;
+    let c = cloud.shutdown().await;
+    served?;
+    d.context("stopping the device")?;
+    c.context("stopping the cloud")?;
+    Ok(())
+}
+
+async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Result<()> {
+    let mut announced = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut lines = (!args.no_prompt).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    if lines.is_some() {
+        println!("Type a search and press Enter (Ctrl-C or Ctrl-D to stop).");
+    }
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tick.tick(), if !announced => {
+                let status = device.status().await?;
+                if status.state == DeviceState::Idle {
+                    announced = true;
+                    println!(
+                        "indexed {} pictures ({} skipped) in {:.1} s",
+                        status.indexed, status.failed, started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            line = async { lines.as_mut().map(|l| l.next_line()).expect("guarded").await }, if lines.is_some() => {
+                match line {
+                    Ok(Some(text)) if text.trim().is_empty() => {}
+                    Ok(Some(text)) => {
+                        let request = SearchRequest { text: text.trim().to_string(), k: None, id: None };
+                        match device.search(request).await {
+                            Ok(response) => print!("{}", results_table(&response)),
+                            Err(e) => println!("error: {e}"),
+                        }
+                    }
+                    // End of input: stop, like a shell does on Ctrl-D.
+                    Ok(None) | Err(_) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,167 @@
+//! A short-lived MQTT client for dashboards and scripts: finds online devices, sends a search
+//! and waits for the answer with the same id, reads a device's retained status. Every wait
+//! has a deadline.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use edgeclip_messages::dashboard::{DeviceStatus, SearchRequest, SearchResponse};
+use edgeclip_messages::topics;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How long retained messages are awaited after a subscription is acknowledged.
+const RETAINED_GRACE: Duration = Duration::from_millis(400);
+
+enum Note {
+    Publish(String, Vec<u8>),
+    SubAck,
+}
+
+/// A connected client.
+pub struct Client {
+    client: AsyncClient,
+    notes: mpsc::UnboundedReceiver<Note>,
+    poll: JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects to `url` (`mqtt://host:port`) within `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let (host, port) = edgeclip_link::options::parse_broker_url(url)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let id = format!("edgeclip-cli-{}-{nanos:x}", std::process::id());
+        let mut options = MqttOptions::new(id, host, port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(crate::broker::MAX_PAYLOAD * 2, crate::broker::MAX_PAYLOAD * 2);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let connected = tokio::time::timeout(timeout, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("broker unreachable at {url}: {e}"),
+            Err(_) => bail!("broker unreachable at {url}: no answer within {} ms", timeout.as_millis()),
+        }
+        let (tx, notes) = mpsc::unbounded_channel();
+        let poll = tokio::spawn(async move {
+            loop {
+                let note = match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => Note::Publish(p.topic, p.payload.to_vec()),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Note::SubAck,
+                    Ok(_) => continue,
+                    Err(_) => return,
+                };
+                if tx.send(note).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { client, notes, poll })
+    }
+
+    /// Subscribes and waits for the acknowledgement.
+    async fn subscribe(&mut self, filter: &str, deadline: Instant) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let mut early = Vec::new();
+        loop {
+            match self.next_note(deadline).await? {
+                Note::SubAck => return Ok(early),
+                Note::Publish(t, p) => early.push((t, p)),
+            }
+        }
+    }
+
+    async fn next_note(&mut self, deadline: Instant) -> anyhow::Result<Note> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.notes.recv()).await {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => bail!("connection to the broker was lost"),
+            Err(_) => bail!("timed out"),
+        }
+    }
+
+    /// Retained messages on `filter`, collected for a short while after subscribing.
+    async fn retained(&mut self, filter: &str, deadline: Instant) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut got = self.subscribe(filter, deadline).await?;
+        let until = (Instant::now() + RETAINED_GRACE).min(deadline);
+        while let Ok(Note::Publish(t, p)) = self.next_note(until).await {
+            got.push((t, p));
+        }
+        Ok(got)
+    }
+
+    /// Devices whose retained availability is `online`, sorted.
+    pub async fn online_devices(&mut self, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = BTreeMap::new();
+        for (topic, payload) in self.retained(topics::ALL_AVAILABILITY, deadline).await? {
+            if let Some(device) = topics::device_of_availability(&topic) {
+                state.insert(device.to_string(), payload == topics::ONLINE.as_bytes());
+            }
+        }
+        Ok(state.into_iter().filter(|(_, online)| *online).map(|(d, _)| d).collect())
+    }
+
+    /// The device to address: the one given, or the only one online.
+    pub async fn resolve_device(&mut self, given: Option<&str>, timeout: Duration) -> anyhow::Result<String> {
+        if let Some(d) = given {
+            topics::validate_device_id(d).map_err(|e| anyhow!("--device {d:?}: {e}"))?;
+            return Ok(d.to_string());
+        }
+        let online = self.online_devices(timeout).await?;
+        match online.as_slice() {
+            [] => bail!("no edgeclip device is online on this broker"),
+            [one] => Ok(one.clone()),
+            many => bail!("{} devices are online ({}); choose one with --device", many.len(), many.join(", ")),
+        }
+    }
+
+    /// Sends a search to `device` and waits for the answer with the same id.
+    pub async fn search(&mut self, device: &str, text: &str, k: Option<usize>, timeout: Duration) -> anyhow::Result<SearchResponse> {
+        let deadline = Instant::now() + timeout;
+        self.subscribe(&topics::results(device), deadline).await?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let id = format!("cli-{}-{nanos:x}", std::process::id());
+        let request = SearchRequest { text: text.to_string(), k, id: Some(id.clone()) };
+        self.client.publish(topics::search(device), QoS::AtLeastOnce, false, serde_json::to_vec(&request)?).await?;
+        loop {
+            let note = self
+                .next_note(deadline)
+                .await
+                .with_context(|| format!("device {device} did not answer within {} ms", timeout.as_millis()))?;
+            if let Note::Publish(_, payload) = note {
+                if let Ok(response) = serde_json::from_slice::<SearchResponse>(&payload) {
+                    if response.id() == id {
+                        return Ok(response);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The retained status of `device`, raw JSON and parsed.
+    pub async fn status(&mut self, device: &str, timeout: Duration) -> anyhow::Result<(Vec<u8>, DeviceStatus)> {
+        let deadline = Instant::now() + timeout;
+        let topic = topics::status(device);
+        let got = self.retained(&topic, deadline).await?;
+        let (_, raw) = got.into_iter().rev().find(|(t, _)| *t == topic).ok_or_else(|| anyhow!("device {device} has published no status"))?;
+        let status = serde_json::from_slice(&raw).with_context(|| format!("device {device} published a status this version cannot read"))?;
+        Ok((raw, status))
+    }
+
+    /// Disconnects cleanly.
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.poll).await;
+    }
+}
