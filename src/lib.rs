@@ -6,9 +6,11 @@
 //! - [`client`]: a short-lived MQTT client for dashboards and scripts: finds online devices,
 //!   sends a search and waits for its answer, reads the retained status.
 //! - [`output`]: how answers are printed.
+//! - [`parity`]: the tract-versus-onnxruntime check of a model folder.
 //! - `cli/` (in the binary): one file per subcommand.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod client;
 pub mod output;
+pub mod parity;

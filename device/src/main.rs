@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
         .init();
     let config = DeviceConfig::load(args.config.as_deref(), &[]).context("loading the device configuration")?;
     let mut device = Device::start(config).await.context("starting the device")?;

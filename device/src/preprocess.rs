@@ -3,8 +3,9 @@
 //! Decoding is bounded (image crate limits: dimensions and allocation) and applies the EXIF
 //! orientation, which the image crate does not do by itself. Preprocessing follows open_clip /
 //! torchvision on PIL: resize (bicubic by default) so the shortest side equals `size`, centre
-//! crop with Python's rounding, RGB, `/255`, minus mean, over std, NCHW. Pictures with alpha
-//! are resized premultiplied and their alpha then dropped, as PIL does.
+//! crop with Python's rounding, RGB, `/255`, minus mean, over std, NCHW. Alpha is dropped
+//! before resizing, as Immich does (open_clip on a raw RGBA picture would resize it
+//! premultiplied first; transparent photos are rare and the difference is at their edges).
 
 use std::io::{BufRead, Cursor, Seek};
 use std::path::Path;
@@ -171,30 +172,14 @@ fn centre_offset(outer: u32, inner: u32) -> u32 {
     }
 }
 
-/// Resizes to RGB8. Pictures with alpha are resized premultiplied, then un-premultiplied and
-/// the alpha dropped (what PIL does for RGBA before open_clip's RGB conversion).
+/// Resizes to RGB8. Alpha is dropped before resizing (not composited), as Immich does; the
+/// colour under transparent pixels is kept.
 fn resize_rgb(img: &DynamicImage, w: u32, h: u32, filter: FilterType) -> image::RgbImage {
-    if !img.color().has_alpha() {
-        let rgb = img.to_rgb8();
-        if rgb.dimensions() == (w, h) {
-            return rgb;
-        }
-        return image::imageops::resize(&rgb, w, h, filter);
+    let rgb = img.to_rgb8();
+    if rgb.dimensions() == (w, h) {
+        return rgb;
     }
-    let mut rgba = img.to_rgba32f();
-    for p in rgba.pixels_mut() {
-        let a = p.0[3];
-        for c in 0..3 {
-            p.0[c] *= a;
-        }
-    }
-    let resized = image::imageops::resize(&rgba, w, h, filter);
-    image::RgbImage::from_fn(w, h, |x, y| {
-        let p = resized.get_pixel(x, y).0;
-        let a = p[3].clamp(0.0, 1.0);
-        let un = |v: f32| if a > 0.0 { ((v / a).clamp(0.0, 1.0) * 255.0).round() as u8 } else { 0 };
-        image::Rgb([un(p[0]), un(p[1]), un(p[2])])
-    })
+    image::imageops::resize(&rgb, w, h, filter)
 }
 
 /// Bounds on what a picture may cost to decode.

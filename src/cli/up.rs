@@ -54,7 +54,7 @@ fn bundled(relative: &str) -> PathBuf {
 /// Runs `up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()))
         .with_writer(std::io::stderr)
         .init();
     let model = args.model.clone().unwrap_or_else(|| bundled("models/clip-shapes"));

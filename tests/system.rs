@@ -1,0 +1,447 @@
+//! Whole-system tests: a real broker (rumqttd in-process on a free port), the real cloud and
+//! device actors on the real model files, driven over MQTT as a dashboard would.
+
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use edgeclip::client::Client;
+use edgeclip_cloud::Cloud;
+use edgeclip_device::Device;
+use edgeclip_messages::dashboard::{SearchRequest, SearchResponse};
+use edgeclip_messages::topics;
+use util::*;
+
+async fn search(client: &mut Client, device: &str, text: &str, k: usize) -> SearchResponse {
+    bounded("search", client.search(device, text, Some(k), Duration::from_secs(20))).await.expect("search answered")
+}
+
+fn hits(response: &SearchResponse) -> Vec<String> {
+    match response {
+        SearchResponse::Results(r) => r.hits.iter().map(|h| file_name(&h.path)).collect(),
+        SearchResponse::Error(e) => panic!("search failed: {}", e.error),
+    }
+}
+
+fn has(label: &SceneLabel, colour: &str, shape: &str) -> bool {
+    label.shapes.iter().any(|s| s.colour == colour && s.shape == shape)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_search_over_mqtt_finds_the_red_circle_first() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let pictures = copy_pictures(&shapes);
+    let system = System::start("finder", &[pictures.path()]).await;
+    let status = system.device.status().await.expect("status");
+    assert_eq!(status.indexed as usize, labels.len(), "{status:?}");
+    assert_eq!(status.failed, 0);
+
+    let mut client = bounded("connect", Client::connect(&system.broker.url(), Duration::from_secs(5))).await.expect("connect");
+    assert_eq!(client.online_devices(Duration::from_secs(5)).await.expect("online"), vec!["finder".to_string()]);
+    for (colour, shape) in [("red", "circle"), ("blue", "square")] {
+        let response = search(&mut client, "finder", &format!("a {colour} {shape}"), 3).await;
+        let top = hits(&response);
+        assert_eq!(top.len(), 3);
+        assert!(has(&labels[&top[0]], colour, shape), "a {colour} {shape}: top hit {} is {:?}", top[0], labels[&top[0]]);
+    }
+    client.disconnect().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_quality_through_the_whole_system_meets_the_model_bar() {
+    let samples = repo().join("models/samples");
+    let labels = labels(&samples);
+    let system = System::start("quality", &[samples.as_path()]).await;
+    let mut client = Client::connect(&system.broker.url(), Duration::from_secs(5)).await.expect("connect");
+    let mut precisions = Vec::new();
+    for colour in ["red", "green", "blue", "yellow", "orange", "purple", "white", "black"] {
+        for shape in ["circle", "square", "triangle", "star"] {
+            let article = if colour == "orange" { "an" } else { "a" };
+            let response = search(&mut client, "quality", &format!("{article} {colour} {shape}"), 5).await;
+            let top = hits(&response);
+            let good = top.iter().filter(|f| has(&labels[f.as_str()], colour, shape)).count();
+            precisions.push(good as f64 / 5.0);
+        }
+    }
+    let p_at_5 = precisions.iter().sum::<f64>() / precisions.len() as f64;
+    println!("whole-system precision@5 over {} colour+shape queries on {} samples: {p_at_5:.3}", precisions.len(), labels.len());
+    assert!(p_at_5 >= 0.90, "precision@5 {p_at_5:.3} < 0.90");
+    client.disconnect().await;
+    system.stop().await;
+}
+
+/// Every 64-byte slice at a few offsets of every picture: a payload holding a copy of a
+/// picture (or of a large part of it) would contain one of them.
+fn picture_fingerprints(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        if bytes.len() < 256 {
+            continue;
+        }
+        for i in 0..8 {
+            let at = (bytes.len() - 64) * i / 8;
+            out.push(bytes[at..at + 64].to_vec());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_picture_bytes_ever_leave_the_device() {
+    let pictures = copy_pictures(&data("shapes"));
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let recorder = Recorder::start(&broker.url(), "#").await;
+    let cloud = Cloud::start(cloud_config(&broker.url(), "privacy-w")).await.expect("cloud");
+    let device = Device::start(device_config(&broker.url(), "privacy", &[pictures.path()])).await.expect("device");
+    wait_idle(&device).await;
+    let mut client = Client::connect(&broker.url(), Duration::from_secs(5)).await.expect("connect");
+    for text in ["a red circle", "a yellow star and a purple square"] {
+        hits(&search(&mut client, "privacy", text, 5).await);
+    }
+    client.disconnect().await;
+    device.shutdown().await.expect("device shutdown");
+    cloud.shutdown().await.expect("cloud shutdown");
+
+    let seen = recorder.all();
+    let fingerprints = picture_fingerprints(pictures.path());
+    assert!(seen.len() >= 6, "recorded too little to judge: {}", seen.len());
+    let magics: [&[u8]; 5] = [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM"];
+    for (topic, payload) in &seen {
+        assert!(payload.len() < 16 * 1024, "{topic}: {} bytes is more than any edgeclip message needs", payload.len());
+        for m in magics {
+            assert!(!payload.starts_with(m), "{topic} carries a picture header");
+        }
+        for f in &fingerprints {
+            assert!(!payload.windows(f.len()).any(|w| w == f.as_slice()), "{topic} carries bytes of a picture");
+        }
+    }
+    let topics_seen: std::collections::BTreeSet<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(topics_seen.contains(topics::CLOUD_ENCODE), "{topics_seen:?}");
+    assert!(topics_seen.contains(topics::cloud_reply("privacy").as_str()), "{topics_seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
+    let pictures = copy_pictures(&data("shapes"));
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let device = Device::start(device_config(&broker.url(), "lonely", &[pictures.path()])).await.expect("device");
+    wait_idle(&device).await;
+    let started = std::time::Instant::now();
+    let response = bounded("search", device.search(SearchRequest { text: "a red circle".into(), k: None, id: None })).await.expect("answer");
+    let SearchResponse::Error(e) = response else { panic!("expected an error without a cloud") };
+    assert!(e.error.contains("did not answer within 3000 ms"), "{}", e.error);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let cloud = Cloud::start(cloud_config(&broker.url(), "late-w")).await.expect("cloud");
+    // The cloud subscribes right after connecting; give it that moment.
+    let mut answered = None;
+    for _ in 0..20 {
+        let r = device.search(SearchRequest { text: "a red circle".into(), k: Some(2), id: None }).await.expect("answer");
+        if let SearchResponse::Results(r) = r {
+            answered = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let results = answered.expect("searches work once the cloud is back");
+    assert_eq!(results.hits.len(), 2);
+    device.shutdown().await.expect("device shutdown");
+    cloud.shutdown().await.expect("cloud shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cloud_serving_another_model_is_refused_with_a_clear_error() {
+    let pictures = copy_pictures(&data("shapes"));
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let mut config = cloud_config(&broker.url(), "other-w");
+    config.model.id = "some-other-model@000000000000".into();
+    let cloud = Cloud::start(config).await.expect("cloud");
+    let device = Device::start(device_config(&broker.url(), "mismatch", &[pictures.path()])).await.expect("device");
+    wait_idle(&device).await;
+    let response = bounded("search", device.search(SearchRequest { text: "a red circle".into(), k: None, id: None })).await.expect("answer");
+    let SearchResponse::Error(e) = response else { panic!("a vector of another model must not be ranked") };
+    assert!(e.error.contains("some-other-model") && e.error.contains("ModelMismatch"), "{}", e.error);
+    device.shutdown().await.expect("device shutdown");
+    cloud.shutdown().await.expect("cloud shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_messages_are_answered_or_dropped_and_everyone_keeps_serving() {
+    let pictures = copy_pictures(&data("shapes"));
+    let system = System::start("hardened", &[pictures.path()]).await;
+    let recorder = Recorder::start(&system.broker.url(), "edgeclip/hardened/results").await;
+    let search_topic = topics::search("hardened");
+    recorder.publish(&search_topic, vec![0xff, 0xfe, 0x00]).await;
+    recorder.publish(&search_topic, r#"{"text": 42, "id": "bad-json"}"#).await;
+    recorder.publish(&search_topic, "x".repeat(5000)).await;
+    // Garbage on the device<->cloud topics: random bytes, a truncated frame, another version.
+    let good = edgeclip_messages::wire::encode(&edgeclip_messages::wire::EncodeRequest {
+        request_id: 1,
+        reply_to: topics::cloud_reply("hardened"),
+        model: "x".into(),
+        text: "y".into(),
+    })
+    .expect("frame");
+    let mut future = good.clone();
+    future[2] = 99;
+    for junk in [b"random bytes".to_vec(), good[..good.len() / 2].to_vec(), future] {
+        recorder.publish(topics::CLOUD_ENCODE, junk.clone()).await;
+        recorder.publish(&topics::cloud_reply("hardened"), junk).await;
+    }
+    let bad_json = recorder.wait_for(&topics::results("hardened"), |p| String::from_utf8_lossy(p).contains("bad-json")).await;
+    let parsed: SearchResponse = serde_json::from_slice(&bad_json).expect("answer is JSON");
+    assert!(matches!(parsed, SearchResponse::Error(_)), "{parsed:?}");
+    let errors = recorder.all().into_iter().filter(|(_, p)| String::from_utf8_lossy(p).contains("\"error\"")).count();
+    assert!(errors >= 2, "expected error answers for the bad searches, got {errors}");
+
+    let mut client = Client::connect(&system.broker.url(), Duration::from_secs(5)).await.expect("connect");
+    let response = search(&mut client, "hardened", "a red circle", 1).await;
+    assert_eq!(hits(&response).len(), 1);
+    client.disconnect().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_shutdown_announces_offline() {
+    let pictures = copy_pictures(&data("shapes"));
+    let system = System::start("leaver", &[pictures.path()]).await;
+    let url = system.broker.url();
+    let availability = topics::availability("leaver");
+    let recorder = Recorder::start(&url, &availability).await;
+    recorder.wait_for(&availability, |p| p == b"online").await;
+    system.stop().await;
+    recorder.wait_for(&availability, |p| p == b"offline").await;
+}
+
+// ---- the command line, as a user runs it ----
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+fn edgeclip() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgeclip"));
+    c.env_remove("EDGECLIP_BROKER").env("RUST_LOG", "warn");
+    c
+}
+
+/// Lines of a child's stdout, read on a thread, received with a deadline.
+fn line_reader(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = pred(&line);
+                lines.push(line);
+                if done {
+                    return lines;
+                }
+            }
+            Err(_) => panic!("expected line never came; got {lines:#?}"),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[test]
+fn up_search_and_status_work_from_the_command_line() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let pictures = copy_pictures(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let port = free_port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let mut up = edgeclip()
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device-id", "cli-dev"])
+        .arg("--photos")
+        .arg(pictures.path())
+        .arg("--state")
+        .arg(state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("edgeclip up starts");
+    let out = line_reader(up.stdout.take().expect("stdout"));
+    let banner = wait_line(&out, |l| l.starts_with("indexed "));
+    assert!(banner.iter().any(|l| l.contains("edgeclip search")), "{banner:#?}");
+    assert!(banner.last().expect("line").starts_with(&format!("indexed {} pictures (0 skipped)", labels.len())), "{banner:#?}");
+
+    // `search` without --device finds the only device online.
+    let search = edgeclip().args(["search", "a red circle", "-k", "3", "--broker", &broker]).output().expect("search runs");
+    assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
+    let table = String::from_utf8_lossy(&search.stdout).to_string();
+    let first = table.lines().nth(1).expect("a first hit").split_whitespace().last().expect("path").to_string();
+    assert!(has(&labels[&file_name(&first)], "red", "circle"), "{table}");
+
+    let json = edgeclip().args(["search", "a blue square", "--json", "--device", "cli-dev", "--broker", &broker]).output().expect("runs");
+    assert!(json.status.success());
+    let parsed: SearchResponse = serde_json::from_slice(&json.stdout).expect("--json prints the result message");
+    assert_eq!(hits(&parsed).len(), 10);
+
+    let status = edgeclip().args(["status", "--json", "--broker", &broker]).output().expect("status runs");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["indexed"], labels.len());
+    assert_eq!(status["device_id"], "cli-dev");
+    let human = edgeclip().args(["status", "--broker", &broker]).output().expect("status runs");
+    assert!(String::from_utf8_lossy(&human.stdout).contains(&format!("indexed  {} pictures", labels.len())));
+
+    // The prompt answers with a ranked table; end of input stops everything cleanly.
+    let mut stdin = up.stdin.take().expect("stdin");
+    writeln!(stdin, "a yellow star").expect("type");
+    let answer = wait_line(&out, |l| l.contains("hits for"));
+    assert!(answer.iter().any(|l| l.trim_start().starts_with("1 ")), "{answer:#?}");
+    drop(stdin);
+    let end = wait_line(&out, |l| l.contains("shutting down"));
+    assert!(!end.is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(code) = up.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(std::time::Instant::now() < deadline, "edgeclip up did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success());
+}
+
+#[test]
+fn command_line_failures_exit_non_zero_with_a_one_line_reason() {
+    let port = free_port();
+    let unreachable = edgeclip()
+        .args(["search", "a red circle", "--timeout", "2", "--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .output()
+        .expect("runs");
+    assert!(!unreachable.status.success());
+    let err = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(err.contains("broker unreachable"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let nobody = edgeclip().args(["status", "--timeout", "2", "--broker", &broker.url()]).output().expect("runs");
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no edgeclip device is online"));
+
+    let bad = edgeclip().args(["search", "x", "--device", "a/b", "--broker", &broker.url()]).output().expect("runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--device"));
+}
+
+// ---- a real deployment: separate programs against Mosquitto ----
+
+/// A program of the workspace built next to `edgeclip` (the README's test command builds them).
+fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
+    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    path
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(port: u16, dir: &Path) -> Killed {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")).expect("conf");
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("Mosquitto is not installed: the README's test command (bash .ci/run) installs it");
+    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Killed(child)
+}
+
+#[test]
+fn device_and_cloud_programs_work_against_mosquitto_and_a_killed_device_goes_offline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let pictures = copy_pictures(&shapes);
+    let port = free_port();
+    let _broker = mosquitto(port, tmp.path());
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let model = model_dir();
+    std::fs::write(
+        tmp.path().join("cloud.toml"),
+        format!("worker_id = \"w1\"\n[model]\ndir = {:?}\n[broker]\nurl = {url:?}\n", model.display().to_string()),
+    )
+    .expect("cloud.toml");
+    std::fs::write(
+        tmp.path().join("device.toml"),
+        format!(
+            "device_id = \"pi\"\nfolders = [{:?}]\nstate_dir = {:?}\n[model]\ndir = {:?}\n[broker]\nurl = {url:?}\n",
+            pictures.path().display().to_string(),
+            tmp.path().join("state").display().to_string(),
+            model.display().to_string()
+        ),
+    )
+    .expect("device.toml");
+    let _cloud = Killed(
+        Command::new(sibling_binary("edgeclip-cloud")).arg("--config").arg(tmp.path().join("cloud.toml")).stderr(Stdio::null()).spawn().expect("cloud"),
+    );
+    let mut device = Killed(
+        Command::new(sibling_binary("edgeclip-device")).arg("--config").arg(tmp.path().join("device.toml")).stderr(Stdio::null()).spawn().expect("device"),
+    );
+
+    // Wait until the device reports everything indexed, through its retained status.
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    loop {
+        let out = edgeclip().args(["status", "--json", "--broker", &url, "--device", "pi"]).output().expect("status");
+        if out.status.success() {
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            if s["state"] == "idle" && s["indexed"] == labels.len() {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "device never finished indexing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = edgeclip().args(["search", "a red circle", "--json", "--broker", &url]).output().expect("search");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parsed: SearchResponse = serde_json::from_slice(&out.stdout).expect("json");
+    let top = hits(&parsed);
+    assert!(has(&labels[&top[0]], "red", "circle"), "{top:?}");
+
+    // A power cut: no clean disconnect; the broker publishes the device's last will.
+    let _ = device.0.kill();
+    let _ = device.0.wait();
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    loop {
+        let out = edgeclip().args(["status", "--timeout", "2", "--broker", &url]).output().expect("status");
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no edgeclip device is online") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "killed device still listed as online");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,223 @@
+//! Helpers shared by the whole-system tests: paths of the fixtures, a broker on a free port,
+//! device and cloud configurations, and waits that always have a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edgeclip::broker::EmbeddedBroker;
+use edgeclip_cloud::{Cloud, CloudConfig};
+use edgeclip_device::{Device, DeviceConfig};
+use edgeclip_messages::dashboard::{DeviceState, DeviceStatus};
+use serde::Deserialize;
+
+/// Every await in a test is bounded by this, so a hang fails instead of stalling the suite.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Root of the checkout.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled small model.
+pub fn model_dir() -> PathBuf {
+    repo().join("models/clip-shapes")
+}
+
+/// Fixture folder under tests/data.
+pub fn data(rel: &str) -> PathBuf {
+    repo().join("tests/data").join(rel)
+}
+
+/// Runs `fut` with [`TEST_TIMEOUT`].
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(TEST_TIMEOUT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {TEST_TIMEOUT:?}"),
+    }
+}
+
+/// One shape in a labels.json.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShapeLabel {
+    pub colour: String,
+    pub shape: String,
+    pub size: String,
+    pub position: String,
+}
+
+/// One picture in a labels.json.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SceneLabel {
+    pub background: String,
+    pub shapes: Vec<ShapeLabel>,
+}
+
+/// labels.json of a generated picture folder: file name -> scene.
+pub fn labels(dir: &Path) -> BTreeMap<String, SceneLabel> {
+    let raw = std::fs::read(dir.join("labels.json")).expect("labels.json");
+    serde_json::from_slice(&raw).expect("labels.json parses")
+}
+
+/// Copies a fixture folder's pictures (not labels.json) into a fresh temporary folder.
+pub fn copy_pictures(from: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(from).expect("fixture folder") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e != "json") {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
+/// Device configuration for tests: given broker and folders, quick timeouts.
+pub fn device_config(url: &str, id: &str, folders: &[&Path]) -> DeviceConfig {
+    let folders: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+    DeviceConfig::load(
+        None,
+        &[
+            ("device_id", id.into()),
+            ("broker.url", url.into()),
+            ("model.dir", model_dir().display().to_string().into()),
+            ("folders", folders.into()),
+            ("search.cloud_timeout_ms", 3000.into()),
+            ("capture.rescan_s", 0.into()),
+            ("status.interval_ms", 200.into()),
+        ],
+    )
+    .expect("device config")
+}
+
+/// Cloud configuration for tests.
+pub fn cloud_config(url: &str, worker: &str) -> CloudConfig {
+    CloudConfig::load(
+        None,
+        &[
+            ("worker_id", worker.into()),
+            ("broker.url", url.into()),
+            ("model.dir", model_dir().display().to_string().into()),
+        ],
+    )
+    .expect("cloud config")
+}
+
+/// A broker, a cloud worker and a device on `folders`, indexed.
+pub struct System {
+    pub broker: EmbeddedBroker,
+    pub cloud: Option<Cloud>,
+    pub device: Device,
+    pub device_id: String,
+}
+
+impl System {
+    pub async fn start(id: &str, folders: &[&Path]) -> System {
+        let broker = EmbeddedBroker::start_on_free_port().expect("broker");
+        let cloud = bounded("cloud start", Cloud::start(cloud_config(&broker.url(), &format!("{id}-w")))).await.expect("cloud");
+        let device = bounded("device start", Device::start(device_config(&broker.url(), id, folders))).await.expect("device");
+        wait_idle(&device).await;
+        System { broker, cloud: Some(cloud), device, device_id: id.to_string() }
+    }
+
+    pub async fn stop(self) {
+        bounded("device shutdown", self.device.shutdown()).await.expect("device shutdown");
+        if let Some(cloud) = self.cloud {
+            bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+        }
+    }
+}
+
+/// Waits until the device has indexed everything it found.
+pub async fn wait_idle(device: &Device) -> DeviceStatus {
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    loop {
+        let status = device.status().await.expect("status");
+        if status.state == DeviceState::Idle && status.pending == 0 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "device never became idle: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// File name of a hit's path.
+pub fn file_name(path: &str) -> String {
+    Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Records every publish matching a filter, from a separate MQTT client.
+pub struct Recorder {
+    pub client: rumqttc::AsyncClient,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    /// Connects, subscribes to `filter` and waits for the acknowledgement.
+    pub async fn start(url: &str, filter: &str) -> Recorder {
+        let (host, port) = edgeclip_link::options::parse_broker_url(url).expect("url");
+        let id = format!("recorder-{}", rand_suffix());
+        let mut options = rumqttc::MqttOptions::new(id, host, port);
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Some(acked_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = acked.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        sink.lock().expect("lock").push((p.topic, p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        bounded("recorder subscription", acked_rx).await.expect("suback");
+        Recorder { client, seen, task }
+    }
+
+    /// Publishes from the recorder's client.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into()).await.expect("publish");
+    }
+
+    /// Everything recorded so far.
+    pub fn all(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Waits until a publish on `topic` satisfies `pred`, and returns it.
+    pub async fn wait_for(&self, topic: &str, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + TEST_TIMEOUT;
+        loop {
+            if let Some((_, p)) = self.all().into_iter().find(|(t, p)| t == topic && pred(p)) {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "nothing matching arrived on {topic}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A short random suffix for client ids.
+pub fn rand_suffix() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), n)
+}
