@@ -61,7 +61,7 @@ pub fn top_k(query: &[f32], table: &[f32], k: usize) -> Vec<Scored> {
         }
     }
     let mut out: Vec<Scored> = heap.into_iter().map(|Reverse(s)| s.0).collect();
-    out.sort_by(|a, b| ByScore(*b).cmp(&ByScore(*a)));
+    out.sort_by_key(|s| Reverse(ByScore(*s)));
     out
 }
 

@@ -147,10 +147,13 @@ pub fn file_name(path: &str) -> String {
     Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// Publishes seen: (topic, payload).
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Records every publish matching a filter, from a separate MQTT client.
 pub struct Recorder {
     pub client: rumqttc::AsyncClient,
-    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    pub seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
