@@ -28,7 +28,7 @@ pub fn results_table(response: &SearchResponse) -> String {
 pub fn status_summary(s: &DeviceStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "device   {} ({:?}, edgeclip {})", s.device_id, s.state, s.version);
-    let _ = writeln!(out, "indexed  {} pictures, {} pending, {} failed", s.indexed, s.pending, s.failed);
+    let _ = writeln!(out, "indexed  {} pictures, {} pending, {} failed ({} encoded since start)", s.indexed, s.pending, s.failed, s.encoded);
     let _ = writeln!(out, "model    {} (dimension {})", s.model, s.dim);
     let _ = writeln!(out, "folders  {}", s.folders.join(", "));
     for f in &s.recent_failures {

@@ -93,10 +93,11 @@ fn picture_fingerprints(dir: &Path) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_picture_bytes_ever_leave_the_device() {
     let pictures = copy_pictures(&data("shapes"));
+    let state = tempfile::tempdir().expect("state");
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     let recorder = Recorder::start(&broker.url(), "#").await;
     let cloud = Cloud::start(cloud_config(&broker.url(), "privacy-w")).await.expect("cloud");
-    let device = Device::start(device_config(&broker.url(), "privacy", &[pictures.path()])).await.expect("device");
+    let device = Device::start(device_config(&broker.url(), "privacy", &[pictures.path()], state.path())).await.expect("device");
     wait_idle(&device).await;
     let mut client = Client::connect(&broker.url(), Duration::from_secs(5)).await.expect("connect");
     for text in ["a red circle", "a yellow star and a purple square"] {
@@ -127,8 +128,9 @@ async fn no_picture_bytes_ever_leave_the_device() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
     let pictures = copy_pictures(&data("shapes"));
+    let state = tempfile::tempdir().expect("state");
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
-    let device = Device::start(device_config(&broker.url(), "lonely", &[pictures.path()])).await.expect("device");
+    let device = Device::start(device_config(&broker.url(), "lonely", &[pictures.path()], state.path())).await.expect("device");
     wait_idle(&device).await;
     let started = std::time::Instant::now();
     let response = bounded("search", device.search(SearchRequest { text: "a red circle".into(), k: None, id: None })).await.expect("answer");
@@ -156,11 +158,12 @@ async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cloud_serving_another_model_is_refused_with_a_clear_error() {
     let pictures = copy_pictures(&data("shapes"));
+    let state = tempfile::tempdir().expect("state");
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     let mut config = cloud_config(&broker.url(), "other-w");
     config.model.id = "some-other-model@000000000000".into();
     let cloud = Cloud::start(config).await.expect("cloud");
-    let device = Device::start(device_config(&broker.url(), "mismatch", &[pictures.path()])).await.expect("device");
+    let device = Device::start(device_config(&broker.url(), "mismatch", &[pictures.path()], state.path())).await.expect("device");
     wait_idle(&device).await;
     let response = bounded("search", device.search(SearchRequest { text: "a red circle".into(), k: None, id: None })).await.expect("answer");
     let SearchResponse::Error(e) = response else { panic!("a vector of another model must not be ranked") };
@@ -225,7 +228,7 @@ use std::sync::mpsc;
 
 fn edgeclip() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgeclip"));
-    c.env_remove("EDGECLIP_BROKER").env("RUST_LOG", "warn");
+    c.env_remove("EDGECLIP_BROKER").env("RUST_LOG", "warn,rumqttd=off");
     c
 }
 
@@ -444,4 +447,126 @@ fn device_and_cloud_programs_work_against_mosquitto_and_a_killed_device_goes_off
         assert!(std::time::Instant::now() < deadline, "killed device still listed as online");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+// ---- the persistent index ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_encodes_nothing_and_changes_on_disk_are_followed() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let pictures = copy_pictures(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let cloud = Cloud::start(cloud_config(&broker.url(), "restart-w")).await.expect("cloud");
+    let config = device_config(&broker.url(), "restarter", &[pictures.path()], state.path());
+
+    let device = Device::start(config.clone()).await.expect("device");
+    let first = wait_idle(&device).await;
+    assert_eq!((first.indexed as usize, first.encoded as usize), (labels.len(), labels.len()));
+    let before = device.search(SearchRequest { text: "a red circle".into(), k: Some(5), id: None }).await.expect("search");
+    device.shutdown().await.expect("shutdown");
+
+    let device = Device::start(config.clone()).await.expect("device again");
+    let second = wait_idle(&device).await;
+    assert_eq!((second.indexed as usize, second.encoded), (labels.len(), 0), "{second:?}");
+    let after = device.search(SearchRequest { text: "a red circle".into(), k: Some(5), id: None }).await.expect("search");
+    assert_eq!(hits(&before), hits(&after));
+
+    // Delete one picture, rewrite another with a third's content, add a copy under a new name.
+    let mut names: Vec<&String> = labels.keys().collect();
+    names.sort();
+    let (gone, changed, source) = (names[0], names[1], names[2]);
+    std::fs::remove_file(pictures.path().join(gone)).expect("delete");
+    std::fs::copy(pictures.path().join(source), pictures.path().join(changed)).expect("rewrite");
+    std::fs::copy(pictures.path().join(source), pictures.path().join("new.jpg")).expect("add");
+    device.rescan();
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    let third = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = wait_idle(&device).await;
+        if s.encoded >= 2 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "changes never picked up: {s:?}");
+    };
+    assert_eq!((third.indexed as usize, third.encoded), (labels.len(), 2), "{third:?}");
+    // The rewritten file now carries the source's content: searching for the source's first
+    // shape ranks the source, the rewritten file and the copy together at the top.
+    let s = &labels[source.as_str()].shapes[0];
+    let r = device.search(SearchRequest { text: format!("a {} {}", s.colour, s.shape), k: Some(3), id: None }).await.expect("search");
+    let mut top = hits(&r);
+    top.sort();
+    let mut expected = vec![changed.clone(), "new.jpg".to_string(), source.clone()];
+    expected.sort();
+    assert_eq!(top, expected);
+    device.shutdown().await.expect("shutdown");
+    cloud.shutdown().await.expect("cloud shutdown");
+}
+
+#[test]
+fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
+    let samples = repo().join("models/samples");
+    let labels = labels(&samples);
+    let pictures = copy_pictures(&samples);
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let config = state.path().join("device.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"crashy\"\nfolders = [{:?}]\nstate_dir = {:?}\n[model]\ndir = {:?}\n[broker]\nurl = {:?}\n",
+            pictures.path().display().to_string(),
+            state.path().join("state").display().to_string(),
+            model_dir().display().to_string(),
+            broker.url()
+        ),
+    )
+    .expect("config");
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64;
+    let mut kills = 0;
+    for round in 0..20 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let wait = Duration::from_millis(150 + (seed >> 33) % 1500);
+        let mut child = Command::new(sibling_binary("edgeclip-device")).arg("--config").arg(&config).stderr(Stdio::null()).spawn().expect("device");
+        std::thread::sleep(wait);
+        if child.try_wait().expect("wait").is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        println!("round {round}: killed after {wait:?}");
+    }
+    assert!(kills >= 15, "only {kills} kills landed while the device ran");
+
+    // What survived is consistent: every picture at most once, nothing corrupt.
+    let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
+    let (_, index, report) = edgeclip_device::store::Store::open(&state.path().join("state/index"), &model.id, model.dim).expect("store opens");
+    println!("after {kills} kills: {} pictures indexed, {} bytes of torn tail cut", index.len(), report.truncated_bytes);
+    assert!(index.len() <= labels.len());
+    let paths: std::collections::HashSet<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
+    assert_eq!(paths.len(), index.len(), "a picture is indexed twice");
+    drop(index);
+
+    // One more run to the end: every picture exactly once, and the same vectors as a clean run.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let crashed = Device::start(edgeclip_device::DeviceConfig::load(Some(&config), &[]).expect("config")).await.expect("device");
+        let status = wait_idle(&crashed).await;
+        assert_eq!((status.indexed as usize, status.failed), (labels.len(), 0), "{status:?}");
+        crashed.shutdown().await.expect("shutdown");
+        let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
+        let (_, survived, _) = edgeclip_device::store::Store::open(&state.path().join("state/index"), &model.id, model.dim).expect("store");
+        let clean_state = tempfile::tempdir().expect("clean state");
+        let clean = Device::start(device_config(&broker.url(), "clean", &[pictures.path()], clean_state.path())).await.expect("clean device");
+        wait_idle(&clean).await;
+        clean.shutdown().await.expect("shutdown");
+        let (_, reference, _) = edgeclip_device::store::Store::open(&clean_state.path().join("index"), &model.id, model.dim).expect("store");
+        assert_eq!(survived.len(), reference.len());
+        for (entry, vector) in reference.iter() {
+            let (_, v) = survived.iter().find(|(e, _)| e.path == entry.path).unwrap_or_else(|| panic!("{} lost", entry.path.display()));
+            let cos: f32 = v.iter().zip(vector).map(|(a, b)| a * b).sum();
+            assert!(cos > 0.9999, "{}: cosine {cos}", entry.path.display());
+        }
+    });
 }

@@ -73,6 +73,8 @@ pub struct EncoderConfig {
     pub max_side: u32,
     /// Largest decoder allocation, MiB.
     pub max_alloc_mib: u64,
+    /// Largest picture file read, MiB.
+    pub max_file_mib: u64,
     /// Picture file extensions.
     pub extensions: Vec<String>,
 }

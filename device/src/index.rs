@@ -18,6 +18,14 @@ pub struct Entry {
     pub size: u64,
     /// Modification time (nanoseconds since the epoch) when it was encoded.
     pub mtime_ns: i128,
+    /// SHA-256 of the file's bytes.
+    pub hash: [u8; 32],
+    /// Width in pixels, EXIF orientation applied.
+    pub width: u32,
+    /// Height in pixels, EXIF orientation applied.
+    pub height: u32,
+    /// Capture time, seconds since the epoch: EXIF DateTimeOriginal, else the modification time.
+    pub taken_s: i64,
 }
 
 /// A picture and its score for one query.
@@ -70,9 +78,9 @@ impl Index {
         self.rows.get(path).map(|&r| &self.entries[r])
     }
 
-    /// Every indexed path.
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.entries.iter().map(|e| e.path.as_path())
+    /// Every picture with its vector.
+    pub fn iter(&self) -> impl Iterator<Item = (&Entry, &[f32])> {
+        self.entries.iter().zip(self.vectors.chunks_exact(self.dim.max(1)))
     }
 
     /// Adds or replaces the picture's vector.
@@ -139,7 +147,7 @@ mod tests {
     use super::*;
 
     fn entry(p: &str) -> Entry {
-        Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0 }
+        Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0 }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`index`]: vectors and their pictures.
 //! - [`scan`]: walking picture folders.
+//! - [`metadata`]: capture time from EXIF.
+//! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
 //!
 //! Shells: [`actors`] (one actor per file), [`service`] (start, search, shutdown),
 //! [`config`] (layered configuration), [`error`].
@@ -23,11 +25,13 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod index;
+pub mod metadata;
 pub mod model;
 pub mod preprocess;
 pub mod rank;
 pub mod scan;
 pub mod service;
+pub mod store;
 
 pub use config::DeviceConfig;
 pub use error::DeviceError;

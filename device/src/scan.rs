@@ -87,8 +87,8 @@ mod tests {
         let exts = vec!["jpg".to_string(), "png".to_string()];
         let scan = scan_folders(&[dir.path().to_path_buf(), dir.path().join("missing")], &exts);
         let names: Vec<_> = scan.files.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap()).collect();
-        assert_eq!(names, vec!["one.JPG", "two.png"]);
-        assert_eq!(scan.files[1].size, 2);
+        assert_eq!(names, vec!["two.png", "one.JPG"], "sorted by path: a/b/two.png < a/one.JPG");
+        assert_eq!(scan.files[0].size, 2);
         assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
     }
 }

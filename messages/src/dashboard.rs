@@ -144,6 +144,8 @@ pub struct DeviceStatus {
     pub pending: u64,
     /// Pictures skipped because they could not be read or decoded.
     pub failed: u64,
+    /// Pictures encoded since the device started (unchanged pictures are never re-encoded).
+    pub encoded: u64,
     /// Model id of the index.
     pub model: String,
     /// Vector dimension of the model.

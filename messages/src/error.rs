@@ -26,6 +26,14 @@ pub enum WireError {
         /// Kind byte expected on this topic.
         expected: u8,
     },
+    /// The archive is not as long as the header says (a truncated or padded payload).
+    #[error("archive of {got} bytes, the header says {declared}")]
+    Length {
+        /// Length in the header.
+        declared: usize,
+        /// Length received.
+        got: usize,
+    },
     /// The payload is larger than the configured limit.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

@@ -1,7 +1,7 @@
 //! The rkyv messages between device and cloud, and their framing.
 //!
-//! Every payload is a frame: an 8-byte header (`b"EC"`, protocol version as u16 LE, message
-//! kind, three zero bytes) followed by an rkyv archive. The header lets a receiver refuse a
+//! Every payload is a frame: a 12-byte header (`b"EC"`, protocol version as u16 LE, message
+//! kind, three zero bytes, archive length as u32 LE) followed by the rkyv archive. The header lets a receiver refuse a
 //! foreign payload or another protocol version with a clear error before looking at the
 //! archive. Archives are only ever read through [`Received`], which copies the archive once
 //! into a 16-byte-aligned buffer (MQTT payloads sit at arbitrary offsets of the read buffer)
@@ -24,7 +24,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Magic at the start of every frame.
 pub const MAGIC: [u8; 2] = *b"EC";
 /// Size of the frame header.
-pub const HEADER_LEN: usize = 8;
+pub const HEADER_LEN: usize = 12;
 /// Largest vector dimension accepted from the wire (real CLIP models use 512..1024).
 pub const MAX_DIM: usize = 4096;
 
@@ -131,6 +131,7 @@ where
     frame.extend_from_slice(&MAGIC);
     frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     frame.extend_from_slice(&[T::KIND as u8, 0, 0, 0]);
+    frame.extend_from_slice(&(archive.len() as u32).to_le_bytes());
     frame.extend_from_slice(&archive);
     Ok(frame)
 }
@@ -170,6 +171,10 @@ where
         }
         if payload[4] != T::KIND as u8 {
             return Err(WireError::Kind { got: payload[4], expected: T::KIND as u8 });
+        }
+        let declared = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
+        if declared != payload.len() - HEADER_LEN {
+            return Err(WireError::Length { declared, got: payload.len() - HEADER_LEN });
         }
         let mut archive = AlignedVec::<16>::with_capacity(payload.len() - HEADER_LEN);
         archive.extend_from_slice(&payload[HEADER_LEN..]);
@@ -282,7 +287,7 @@ mod tests {
     fn refuses_foreign_and_future_frames() {
         let mut frame = encode(&request()).unwrap();
         assert_eq!(Received::<EncodeRequest>::decode(b"hello", 100).unwrap_err(), WireError::TooShort(5));
-        assert_eq!(Received::<EncodeRequest>::decode(b"XX\x01\x00\x01\0\0\0abcd", 100).unwrap_err(), WireError::BadMagic);
+        assert_eq!(Received::<EncodeRequest>::decode(b"XX\x01\x00\x01\0\0\0\x04\0\0\0abcd", 100).unwrap_err(), WireError::BadMagic);
         assert!(matches!(Received::<EncodeReply>::decode(&frame, 1 << 20), Err(WireError::Kind { got: 1, expected: 2 })));
         assert!(matches!(Received::<EncodeRequest>::decode(&frame, 10), Err(WireError::TooLarge { .. })));
         frame[2] = 9;

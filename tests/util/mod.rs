@@ -74,12 +74,13 @@ pub fn copy_pictures(from: &Path) -> tempfile::TempDir {
 }
 
 /// Device configuration for tests: given broker and folders, quick timeouts.
-pub fn device_config(url: &str, id: &str, folders: &[&Path]) -> DeviceConfig {
+pub fn device_config(url: &str, id: &str, folders: &[&Path], state: &Path) -> DeviceConfig {
     let folders: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
     DeviceConfig::load(
         None,
         &[
             ("device_id", id.into()),
+            ("state_dir", state.display().to_string().into()),
             ("broker.url", url.into()),
             ("model.dir", model_dir().display().to_string().into()),
             ("folders", folders.into()),
@@ -106,6 +107,7 @@ pub fn cloud_config(url: &str, worker: &str) -> CloudConfig {
 
 /// A broker, a cloud worker and a device on `folders`, indexed.
 pub struct System {
+    pub state: tempfile::TempDir,
     pub broker: EmbeddedBroker,
     pub cloud: Option<Cloud>,
     pub device: Device,
@@ -116,9 +118,10 @@ impl System {
     pub async fn start(id: &str, folders: &[&Path]) -> System {
         let broker = EmbeddedBroker::start_on_free_port().expect("broker");
         let cloud = bounded("cloud start", Cloud::start(cloud_config(&broker.url(), &format!("{id}-w")))).await.expect("cloud");
-        let device = bounded("device start", Device::start(device_config(&broker.url(), id, folders))).await.expect("device");
+        let state = tempfile::tempdir().expect("state");
+        let device = bounded("device start", Device::start(device_config(&broker.url(), id, folders, state.path()))).await.expect("device");
         wait_idle(&device).await;
-        System { broker, cloud: Some(cloud), device, device_id: id.to_string() }
+        System { state, broker, cloud: Some(cloud), device, device_id: id.to_string() }
     }
 
     pub async fn stop(self) {

@@ -12,7 +12,6 @@ use tracing::{info, warn};
 
 use super::image_encoder::ImageEncoderMsg;
 use super::index::IndexMsg;
-use crate::index::Entry;
 use crate::scan::{scan_folders, FileSeen};
 
 /// Messages of the capture actor.
@@ -40,6 +39,8 @@ pub struct CaptureState {
     args: CaptureArgs,
     /// What was queued for each path, so an unchanged picture is never queued twice.
     queued: HashMap<PathBuf, FileSeen>,
+    /// Whether `queued` was filled from the index yet.
+    seeded: bool,
 }
 
 /// The capture actor.
@@ -51,12 +52,19 @@ impl Actor for CaptureActor {
     type Arguments = CaptureArgs;
 
     async fn pre_start(&self, _myself: ActorRef<CaptureMsg>, args: CaptureArgs) -> Result<CaptureState, ActorProcessingErr> {
-        Ok(CaptureState { args, queued: HashMap::new() })
+        Ok(CaptureState { args, queued: HashMap::new(), seeded: false })
     }
 
     async fn handle(&self, myself: ActorRef<CaptureMsg>, msg: CaptureMsg, state: &mut CaptureState) -> Result<(), ActorProcessingErr> {
         match msg {
             CaptureMsg::Scan => {
+                if !state.seeded {
+                    // What the persistent index already holds counts as queued: an unchanged
+                    // picture is never encoded again after a restart.
+                    let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
+                    state.queued.extend(known.into_iter().map(|f| (f.path.clone(), f)));
+                    state.seeded = true;
+                }
                 let folders = state.args.folders.clone();
                 let extensions = state.args.extensions.clone();
                 let scan = tokio::task::spawn_blocking(move || scan_folders(&folders, &extensions)).await?;
@@ -77,14 +85,11 @@ impl Actor for CaptureActor {
                 if !gone.is_empty() {
                     let _ = state.args.index.cast(IndexMsg::Remove(gone.clone()));
                 }
-                if !fresh.is_empty() {
-                    let _ = state.args.index.cast(IndexMsg::Queued(fresh.len() as u64));
-                }
+                let _ = state.args.index.cast(IndexMsg::Scanned(fresh.len() as u64));
                 info!(found = scan.files.len(), queued = fresh.len(), removed = gone.len(), "scanned folders");
                 for seen in fresh {
                     state.queued.insert(seen.path.clone(), seen.clone());
-                    let entry = Entry { path: seen.path, size: seen.size, mtime_ns: seen.mtime_ns };
-                    if state.args.encoder.cast(ImageEncoderMsg::Encode(entry)).is_err() {
+                    if state.args.encoder.cast(ImageEncoderMsg::Encode(seen)).is_err() {
                         break;
                     }
                 }

@@ -5,18 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::index::IndexMsg;
 use crate::encode::ImageTower;
+use crate::error::DeviceError;
 use crate::index::Entry;
-use crate::preprocess::{decode_file, DecodeLimits, PreprocessCfg};
+use crate::preprocess::{decode_bytes, DecodeLimits, PreprocessCfg};
+use crate::scan::FileSeen;
 
 /// Messages of the image encoder.
 pub enum ImageEncoderMsg {
     /// Encode this picture and give the result to the index.
-    Encode(Entry),
+    Encode(FileSeen),
     /// Answer once every queued and running encoding has finished (or the timeout passed).
     Drain(Duration, RpcReplyPort<()>),
 }
@@ -31,6 +34,8 @@ pub struct ImageEncoderArgs {
     pub limits: DecodeLimits,
     /// Pictures encoded at once.
     pub workers: usize,
+    /// Larger files are skipped without being read.
+    pub max_file_bytes: u64,
     /// Where results go.
     pub index: ActorRef<IndexMsg>,
 }
@@ -56,29 +61,22 @@ impl Actor for ImageEncoderActor {
 
     async fn handle(&self, _myself: ActorRef<ImageEncoderMsg>, msg: ImageEncoderMsg, state: &mut ImageEncoderState) -> Result<(), ActorProcessingErr> {
         match msg {
-            ImageEncoderMsg::Encode(entry) => {
+            ImageEncoderMsg::Encode(seen) => {
                 // Waiting for a free worker here is the backpressure: further pictures stay in
                 // the mailbox instead of piling up as decoded images in memory.
                 let permit = state.slots.clone().acquire_owned().await?;
                 let tower = state.args.tower.clone();
                 let preprocess = state.args.preprocess.clone();
                 let limits = state.args.limits;
+                let max_file_bytes = state.args.max_file_bytes;
                 let index = state.args.index.clone();
                 tokio::spawn(async move {
-                    let path = entry.path.clone();
-                    let work = tokio::task::spawn_blocking(move || {
-                        let started = std::time::Instant::now();
-                        let img = decode_file(&path, limits)?;
-                        let decoded = started.elapsed();
-                        let vector = tower.encode(preprocess.tensor(&img))?;
-                        debug!(path = %path.display(), ?decoded, total = ?started.elapsed(), "encoded");
-                        Ok::<_, crate::error::DeviceError>(vector)
-                    })
-                    .await;
+                    let path = seen.path.clone();
+                    let work = tokio::task::spawn_blocking(move || encode_file(&seen, &tower, &preprocess, limits, max_file_bytes)).await;
                     let msg = match work {
-                        Ok(Ok(vector)) => IndexMsg::Insert { entry, vector },
-                        Ok(Err(e)) => IndexMsg::Failed { path: entry.path, error: e.to_string() },
-                        Err(join) => IndexMsg::Failed { path: entry.path, error: format!("encoder crashed: {join}") },
+                        Ok(Ok((entry, vector))) => IndexMsg::Insert { entry, vector },
+                        Ok(Err(e)) => IndexMsg::Failed { path, error: e.to_string() },
+                        Err(join) => IndexMsg::Failed { path, error: format!("encoder crashed: {join}") },
                     };
                     let _ = index.cast(msg);
                     drop(permit);
@@ -93,4 +91,35 @@ impl Actor for ImageEncoderActor {
         }
         Ok(())
     }
+}
+
+/// Reads, hashes, decodes, preprocesses and encodes one picture (on a blocking thread).
+fn encode_file(
+    seen: &FileSeen,
+    tower: &ImageTower,
+    preprocess: &PreprocessCfg,
+    limits: DecodeLimits,
+    max_file_bytes: u64,
+) -> Result<(Entry, Vec<f32>), DeviceError> {
+    let started = std::time::Instant::now();
+    if seen.size > max_file_bytes {
+        return Err(DeviceError::Decode(format!("file of {} bytes is larger than the limit of {max_file_bytes}", seen.size)));
+    }
+    let bytes = std::fs::read(&seen.path).map_err(|e| DeviceError::io(&seen.path, e))?;
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    let img = decode_bytes(&bytes, limits)?;
+    let taken_s = crate::metadata::exif_capture_time(&bytes).unwrap_or((seen.mtime_ns / 1_000_000_000) as i64);
+    let decoded = started.elapsed();
+    let vector = tower.encode(preprocess.tensor(&img))?;
+    debug!(path = %seen.path.display(), ?decoded, total = ?started.elapsed(), "encoded");
+    let entry = Entry {
+        path: seen.path.clone(),
+        size: bytes.len() as u64,
+        mtime_ns: seen.mtime_ns,
+        hash,
+        width: img.width(),
+        height: img.height(),
+        taken_s,
+    };
+    Ok((entry, vector))
 }

@@ -13,14 +13,17 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::warn;
 
 use crate::index::{Entry, Index};
+use crate::scan::FileSeen;
+use crate::store::Store;
 
 /// Failures kept for the status message.
 const RECENT_FAILURES: usize = 10;
 
 /// Messages of the index actor.
 pub enum IndexMsg {
-    /// `n` more pictures were queued for encoding.
-    Queued(u64),
+    /// A scan of the folders finished and queued `n` pictures for encoding. The first one ends
+    /// the `starting` state: before it, "nothing pending" does not mean "everything indexed".
+    Scanned(u64),
     /// A picture was encoded.
     Insert {
         /// The picture.
@@ -37,6 +40,8 @@ pub enum IndexMsg {
     },
     /// These pictures are gone from disk.
     Remove(Vec<PathBuf>),
+    /// What is indexed, as the capture actor compares it with the disk.
+    Known(RpcReplyPort<Vec<FileSeen>>),
     /// Rank the index against the vector in a validated cloud reply, read in place.
     Rank {
         /// The cloud's reply (must hold a vector).
@@ -48,16 +53,18 @@ pub enum IndexMsg {
     },
     /// The current status.
     Status(RpcReplyPort<DeviceStatus>),
-    /// The device's lifecycle changed (starting, stopping).
-    SetState(DeviceState),
+    /// The device is shutting down.
+    Stopping,
     /// Timer: publish the status if it changed.
     PublishStatus,
 }
 
 /// Arguments of the index actor.
 pub struct IndexArgs {
-    /// The index to serve.
+    /// The index to serve, as opened from the store.
     pub index: Index,
+    /// Where every change is made durable first.
+    pub store: Store,
     /// Device id (for topics and status).
     pub device_id: String,
     /// Folders indexed (for status).
@@ -73,6 +80,7 @@ pub struct IndexState {
     args: IndexArgs,
     pending: u64,
     failed: u64,
+    encoded: u64,
     recent: VecDeque<Failure>,
     lifecycle: Option<DeviceState>,
     dirty: bool,
@@ -89,6 +97,7 @@ impl IndexState {
             indexed: index.len() as u64,
             pending: self.pending,
             failed: self.failed,
+            encoded: self.encoded,
             model: index.model().to_string(),
             dim: index.dim(),
             folders: self.args.folders.clone(),
@@ -131,6 +140,7 @@ impl Actor for IndexActor {
             args,
             pending: 0,
             failed: 0,
+            encoded: 0,
             recent: VecDeque::new(),
             lifecycle: Some(DeviceState::Starting),
             dirty: true,
@@ -142,13 +152,17 @@ impl Actor for IndexActor {
 
     async fn handle(&self, myself: ActorRef<IndexMsg>, msg: IndexMsg, state: &mut IndexState) -> Result<(), ActorProcessingErr> {
         match msg {
-            IndexMsg::Queued(n) => {
+            IndexMsg::Scanned(n) => {
                 state.pending += n;
+                if state.lifecycle == Some(DeviceState::Starting) {
+                    state.lifecycle = None;
+                }
                 state.changed(&myself);
             }
             IndexMsg::Insert { entry, vector } => {
                 state.pending = state.pending.saturating_sub(1);
-                if let Err(e) = state.args.index.upsert(entry.clone(), &vector) {
+                state.encoded += 1;
+                if let Err(e) = persist_and_insert(&mut state.args, entry.clone(), &vector) {
                     record_failure(state, entry.path, e.to_string());
                 }
                 state.changed(&myself);
@@ -161,11 +175,26 @@ impl Actor for IndexActor {
             IndexMsg::Remove(paths) => {
                 let mut any = false;
                 for p in &paths {
-                    any |= state.args.index.remove(p);
+                    if state.args.index.get(p).is_none() {
+                        continue;
+                    }
+                    match blocking(|| state.args.store.remove(p)) {
+                        Ok(()) => any |= state.args.index.remove(p),
+                        Err(e) => warn!(path = %p.display(), error = %e, "removal not persisted; picture kept"),
+                    }
                 }
                 if any {
                     state.changed(&myself);
                 }
+            }
+            IndexMsg::Known(port) => {
+                let known = state
+                    .args
+                    .index
+                    .iter()
+                    .map(|(e, _)| FileSeen { path: e.path.clone(), size: e.size, mtime_ns: e.mtime_ns })
+                    .collect();
+                let _ = port.send(known);
             }
             IndexMsg::Rank { reply, k, port } => {
                 let _ = port.send(rank(&state.args.index, &reply, k));
@@ -173,11 +202,8 @@ impl Actor for IndexActor {
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
             }
-            IndexMsg::SetState(s) => {
-                state.lifecycle = match s {
-                    DeviceState::Indexing | DeviceState::Idle => None,
-                    other => Some(other),
-                };
+            IndexMsg::Stopping => {
+                state.lifecycle = Some(DeviceState::Stopping);
                 state.publish();
             }
             IndexMsg::PublishStatus => {
@@ -188,6 +214,31 @@ impl Actor for IndexActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes the picture durable, then visible; compacts the store when its journal is large.
+fn persist_and_insert(args: &mut IndexArgs, entry: Entry, vector: &[f32]) -> Result<(), crate::error::DeviceError> {
+    if vector.len() != args.index.dim() {
+        return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), args.index.dim())));
+    }
+    blocking(|| args.store.upsert(&entry, vector))?;
+    args.index.upsert(entry, vector)?;
+    if args.store.should_compact() {
+        let (store, index) = (&mut args.store, &args.index);
+        if let Err(e) = blocking(|| store.compact(index)) {
+            warn!(error = %e, "compaction failed; the journal keeps growing until it succeeds");
+        }
+    }
+    Ok(())
+}
+
+/// Runs disk IO (fsync, compaction) without stalling the other tasks of a multi-threaded
+/// runtime's worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

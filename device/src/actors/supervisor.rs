@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, LinkOptions, Presence};
-use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, SearchRequest, SearchResponse};
+use edgeclip_messages::dashboard::{DeviceStatus, SearchRequest, SearchResponse};
 use edgeclip_messages::topics;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
 use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
@@ -17,7 +17,7 @@ use super::index::{IndexActor, IndexArgs, IndexMsg};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
-use crate::index::Index;
+use crate::store::Store;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
 
@@ -80,8 +80,19 @@ impl Actor for DeviceSupervisor {
         };
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
+        let store_dir = config.state_dir.join("index");
+        let (store_model, store_dim) = (model.id.clone(), model.dim);
+        let (store, index, report) = tokio::task::spawn_blocking(move || Store::open(&store_dir, &store_model, store_dim)).await??;
+        if let Some(reason) = &report.reset {
+            warn!(%reason, "previous index set aside; pictures will be encoded again");
+        }
+        if report.truncated_bytes > 0 {
+            warn!(bytes = report.truncated_bytes, "cut a torn record off the index journal (power cut while writing)");
+        }
+        info!(pictures = report.pictures, replayed = report.replayed, "index opened");
         let index_args = IndexArgs {
-            index: Index::new(model.id.clone(), model.dim),
+            index,
+            store,
             device_id: device.clone(),
             folders: config.folders.iter().map(|f| f.display().to_string()).collect(),
             status_interval: Duration::from_millis(config.status.interval_ms),
@@ -93,6 +104,7 @@ impl Actor for DeviceSupervisor {
             preprocess: model.preprocess.clone(),
             limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
             workers: config.encoder.workers,
+            max_file_bytes: config.encoder.max_file_mib << 20,
             index: index.clone(),
         };
         let (encoder, _) = Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
@@ -132,7 +144,6 @@ impl Actor for DeviceSupervisor {
             }
         });
         link.cast(LinkMsg::Start(router))?;
-        index.cast(IndexMsg::SetState(DeviceState::Idle))?;
         capture.cast(CaptureMsg::Scan)?;
         info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
         Ok(SupervisorState { link, index, encoder, search, capture, stopping: false })
@@ -153,7 +164,7 @@ impl Actor for DeviceSupervisor {
                 state.stopping = true;
                 info!("device shutting down");
                 let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
-                let _ = state.index.cast(IndexMsg::SetState(DeviceState::Stopping));
+                let _ = state.index.cast(IndexMsg::Stopping);
                 let drained = ractor::call_t!(state.encoder, |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p), DRAIN_TIMEOUT.as_millis() as u64 + 1000);
                 if drained.is_err() {
                     error!("encoder did not drain in time");

@@ -1,0 +1,457 @@
+//! The persistent index: a snapshot plus an append-only journal, power-cut safe.
+//!
+//! ```text
+//! <state>/index/snapshot.bin   header + one Upsert record per picture (replaced atomically)
+//! <state>/index/journal.bin    header + Upsert / Remove records appended since the snapshot
+//! record = [body length u32 LE][CRC-32 of body u32 LE][body]
+//! ```
+//! Every append is written and `fdatasync`ed before the index answers with the new picture,
+//! so a power cut loses at most the pictures being encoded. On open, the journal is replayed
+//! over the snapshot up to its last complete record; a torn tail is cut off. Compaction writes
+//! a new snapshot to a temporary file, syncs it, renames it over the old one, syncs the folder,
+//! then starts an empty journal the same way. Replaying an old journal over a newer snapshot
+//! is harmless (the journal's final state is the snapshot's), so a crash between the two
+//! renames loses nothing. Records are upserts by path, so replays never duplicate a picture.
+//!
+//! Both files name the model id and dimension; an index of another model is set aside
+//! (renamed with a `.old` suffix) and the pictures are encoded again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::DeviceError;
+use crate::index::{Entry, Index};
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"ECIX";
+const JOURNAL_MAGIC: &[u8; 4] = b"ECJL";
+const FORMAT_VERSION: u32 = 1;
+const UPSERT: u8 = 1;
+const REMOVE: u8 = 2;
+/// Records larger than this are corrupt (a path of 4 KiB and a 4096-dim vector fit easily).
+const MAX_RECORD: usize = 64 << 10;
+
+/// What opening the store found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Pictures in the index after opening.
+    pub pictures: usize,
+    /// Journal records replayed.
+    pub replayed: usize,
+    /// Bytes of a torn journal tail that were cut off.
+    pub truncated_bytes: u64,
+    /// Why an existing index was set aside, if it was.
+    pub reset: Option<String>,
+}
+
+/// The open store.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    model: String,
+    dim: usize,
+    journal: File,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` for `model` vectors of dimension `dim`, and
+    /// returns the index it holds.
+    pub fn open(dir: &Path, model: &str, dim: usize) -> Result<(Store, Index, OpenReport), DeviceError> {
+        std::fs::create_dir_all(dir).map_err(|e| DeviceError::io(dir, e))?;
+        let snapshot_path = dir.join("snapshot.bin");
+        let journal_path = dir.join("journal.bin");
+        let mut report = OpenReport::default();
+        let mut index = Index::new(model, dim);
+
+        let mismatch = |path: &Path| -> Result<Option<String>, DeviceError> {
+            match read_header(path, if path == snapshot_path { SNAPSHOT_MAGIC } else { JOURNAL_MAGIC }) {
+                Ok(None) => Ok(None),
+                Ok(Some((_, m, d))) if m == model && d == dim => Ok(None),
+                Ok(Some((_, m, d))) => Ok(Some(format!("index was built with model {m} (dimension {d}); this device runs {model} (dimension {dim})"))),
+                Err(e) => Ok(Some(format!("index header unreadable: {e}"))),
+            }
+        };
+        let reason = mismatch(&snapshot_path)?.or(mismatch(&journal_path)?);
+        if let Some(reason) = reason {
+            for p in [&snapshot_path, &journal_path] {
+                if p.exists() {
+                    let aside = p.with_extension("bin.old");
+                    std::fs::rename(p, &aside).map_err(|e| DeviceError::io(p, e))?;
+                }
+            }
+            report.reset = Some(reason);
+        }
+
+        let mut snapshot_bytes = 0;
+        if snapshot_path.exists() {
+            let (records, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC)?;
+            for r in records {
+                apply(&mut index, r)?;
+            }
+            snapshot_bytes = good;
+        }
+        let journal_bytes = if journal_path.exists() {
+            let (records, _, good, total) = read_records(&journal_path, JOURNAL_MAGIC)?;
+            report.replayed = records.len();
+            for r in records {
+                apply(&mut index, r)?;
+            }
+            if good < total {
+                report.truncated_bytes = total - good;
+                let f = OpenOptions::new().write(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
+                f.set_len(good).map_err(|e| DeviceError::io(&journal_path, e))?;
+                f.sync_all().map_err(|e| DeviceError::io(&journal_path, e))?;
+            }
+            good
+        } else {
+            write_atomically(dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, model, dim))?
+        };
+        let journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
+        report.pictures = index.len();
+        Ok((Store { dir: dir.to_path_buf(), model: model.to_string(), dim, journal, journal_bytes, snapshot_bytes }, index, report))
+    }
+
+    /// Records a picture's vector durably.
+    pub fn upsert(&mut self, entry: &Entry, vector: &[f32]) -> Result<(), DeviceError> {
+        let mut body = Vec::with_capacity(96 + entry.path.as_os_str().len() + 4 * vector.len());
+        encode_upsert(&mut body, entry, vector);
+        self.append(&body)
+    }
+
+    /// Records a picture's removal durably.
+    pub fn remove(&mut self, path: &Path) -> Result<(), DeviceError> {
+        let mut body = vec![REMOVE];
+        put_path(&mut body, path);
+        self.append(&body)
+    }
+
+    fn append(&mut self, body: &[u8]) -> Result<(), DeviceError> {
+        let mut frame = Vec::with_capacity(8 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        frame.extend_from_slice(body);
+        let path = self.dir.join("journal.bin");
+        let result = self.journal.write_all(&frame).and_then(|()| self.journal.sync_data());
+        if let Err(e) = result {
+            // A partial write (disk full) must not leave garbage that later records follow:
+            // cut the journal back to its last good length.
+            let _ = self.journal.set_len(self.journal_bytes);
+            return Err(DeviceError::io(path, e));
+        }
+        self.journal_bytes += frame.len() as u64;
+        Ok(())
+    }
+
+    /// True when the journal has grown past the snapshot (and past 1 MiB): time to compact.
+    pub fn should_compact(&self) -> bool {
+        self.journal_bytes > (1 << 20) && self.journal_bytes > self.snapshot_bytes
+    }
+
+    /// Writes `index` as the new snapshot and starts an empty journal.
+    pub fn compact(&mut self, index: &Index) -> Result<(), DeviceError> {
+        let snapshot_path = self.dir.join("snapshot.bin");
+        let (model, dim) = (self.model.clone(), self.dim);
+        self.snapshot_bytes = write_atomically(&self.dir, &snapshot_path, |w| {
+            let mut n = write_header(w, SNAPSHOT_MAGIC, &model, dim)?;
+            let mut body = Vec::new();
+            for (entry, vector) in index.iter() {
+                body.clear();
+                encode_upsert(&mut body, entry, vector);
+                w.write_all(&(body.len() as u32).to_le_bytes())?;
+                w.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+                w.write_all(&body)?;
+                n += 8 + body.len() as u64;
+            }
+            Ok(n)
+        })?;
+        let journal_path = self.dir.join("journal.bin");
+        self.journal_bytes = write_atomically(&self.dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, &model, dim))?;
+        self.journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
+        Ok(())
+    }
+}
+
+enum Record {
+    Upsert(Entry, Vec<f32>),
+    Remove(PathBuf),
+}
+
+fn apply(index: &mut Index, record: Record) -> Result<(), DeviceError> {
+    match record {
+        Record::Upsert(entry, vector) => index.upsert(entry, &vector),
+        Record::Remove(path) => {
+            index.remove(&path);
+            Ok(())
+        }
+    }
+}
+
+/// Writes a file next to `target`, syncs it, renames it over `target` and syncs the folder.
+fn write_atomically(dir: &Path, target: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<u64>) -> Result<u64, DeviceError> {
+    let tmp = target.with_extension("tmp");
+    let file = File::create(&tmp).map_err(|e| DeviceError::io(&tmp, e))?;
+    let n = {
+        let mut w = BufWriter::new(&file);
+        let n = fill(&mut w).map_err(|e| DeviceError::io(&tmp, e))?;
+        w.flush().map_err(|e| DeviceError::io(&tmp, e))?;
+        n
+    };
+    file.sync_all().map_err(|e| DeviceError::io(&tmp, e))?;
+    std::fs::rename(&tmp, target).map_err(|e| DeviceError::io(target, e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| DeviceError::io(dir, e))?;
+    Ok(n)
+}
+
+fn write_header(w: &mut impl Write, magic: &[u8; 4], model: &str, dim: usize) -> std::io::Result<u64> {
+    w.write_all(magic)?;
+    w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    w.write_all(&(dim as u32).to_le_bytes())?;
+    w.write_all(&(model.len() as u32).to_le_bytes())?;
+    w.write_all(model.as_bytes())?;
+    Ok(16 + model.len() as u64)
+}
+
+/// The header of `path`: (header length, model, dimension); `None` if the file does not exist.
+fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<(u64, String, usize)>, String> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut fixed = [0u8; 16];
+    f.read_exact(&mut fixed).map_err(|e| e.to_string())?;
+    if &fixed[..4] != magic {
+        return Err("bad magic".into());
+    }
+    let version = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+    }
+    let dim = u32::from_le_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]) as usize;
+    let len = u32::from_le_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+    if len > 1024 {
+        return Err("model id too long".into());
+    }
+    let mut model = vec![0u8; len];
+    f.read_exact(&mut model).map_err(|e| e.to_string())?;
+    Ok(Some((16 + len as u64, String::from_utf8(model).map_err(|e| e.to_string())?, dim)))
+}
+
+/// Reads every complete, checksummed record. Returns (records, header length, length up to
+/// the last good record, file length).
+fn read_records(path: &Path, magic: &[u8; 4]) -> Result<(Vec<Record>, u64, u64, u64), DeviceError> {
+    let corrupt = |reason: String| DeviceError::Mismatch(format!("{}: {reason}", path.display()));
+    let (header, _, dim) = read_header(path, magic).map_err(corrupt)?.ok_or_else(|| corrupt("missing".into()))?;
+    let file = File::open(path).map_err(|e| DeviceError::io(path, e))?;
+    let total = file.metadata().map_err(|e| DeviceError::io(path, e))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut skip = vec![0u8; header as usize];
+    r.read_exact(&mut skip).map_err(|e| DeviceError::io(path, e))?;
+    let mut good = header;
+    let mut records = Vec::new();
+    let mut body = Vec::new();
+    loop {
+        let mut head = [0u8; 8];
+        if r.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_RECORD {
+            break;
+        }
+        body.resize(len, 0);
+        if r.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+            break;
+        }
+        match decode(&body, dim) {
+            Some(rec) => records.push(rec),
+            None => break,
+        }
+        good += 8 + len as u64;
+    }
+    Ok((records, header, good, total))
+}
+
+fn put_path(out: &mut Vec<u8>, path: &Path) {
+    let bytes = path_bytes(path);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&bytes);
+}
+
+#[cfg(unix)]
+fn path_bytes(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().to_vec()
+}
+#[cfg(not(unix))]
+fn path_bytes(path: &Path) -> Vec<u8> {
+    path.to_string_lossy().as_bytes().to_vec()
+}
+#[cfg(unix)]
+fn path_from(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+#[cfg(not(unix))]
+fn path_from(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn encode_upsert(out: &mut Vec<u8>, e: &Entry, vector: &[f32]) {
+    out.push(UPSERT);
+    put_path(out, &e.path);
+    out.extend_from_slice(&e.size.to_le_bytes());
+    out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&e.hash);
+    out.extend_from_slice(&e.width.to_le_bytes());
+    out.extend_from_slice(&e.height.to_le_bytes());
+    out.extend_from_slice(&e.taken_s.to_le_bytes());
+    for v in vector {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A cursor over a record body.
+struct Body<'a>(&'a [u8]);
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn path(&mut self) -> Option<PathBuf> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        Some(path_from(self.take(len)?))
+    }
+}
+
+fn decode(body: &[u8], dim: usize) -> Option<Record> {
+    let mut b = Body(body);
+    match b.take(1)?[0] {
+        UPSERT => {
+            let path = b.path()?;
+            let size = u64::from_le_bytes(b.array()?);
+            let mtime_ns = i128::from_le_bytes(b.array()?);
+            let hash = b.array::<32>()?;
+            let width = u32::from_le_bytes(b.array()?);
+            let height = u32::from_le_bytes(b.array()?);
+            let taken_s = i64::from_le_bytes(b.array()?);
+            let raw = b.take(dim * 4)?;
+            if !b.0.is_empty() {
+                return None;
+            }
+            let vector = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            Some(Record::Upsert(Entry { path, size, mtime_ns, hash, width, height, taken_s }, vector))
+        }
+        REMOVE => {
+            let path = b.path()?;
+            b.0.is_empty().then_some(Record::Remove(path))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, n: u8) -> Entry {
+        Entry { path: PathBuf::from(name), size: n as u64, mtime_ns: -5, hash: [n; 32], width: 3, height: 2, taken_s: 1_700_000_000 }
+    }
+
+    fn v(x: f32) -> Vec<f32> {
+        vec![x, 1.0 - x, 0.5]
+    }
+
+    #[test]
+    fn survives_reopen_with_upserts_removes_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!(report, OpenReport::default());
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let e = entry(name, i as u8);
+            store.upsert(&e, &v(i as f32)).unwrap();
+            index.upsert(e, &v(i as f32)).unwrap();
+        }
+        store.remove(Path::new("b")).unwrap();
+        index.remove(Path::new("b"));
+        drop(store);
+        let (mut store, reopened, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!((report.pictures, report.replayed), (2, 4));
+        assert_eq!(reopened.get(Path::new("c")), Some(&entry("c", 2)));
+        assert!(reopened.get(Path::new("b")).is_none());
+        store.compact(&reopened).unwrap();
+        store.upsert(&entry("d", 9), &v(0.25)).unwrap();
+        drop(store);
+        let (_, again, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!((report.pictures, report.replayed), (3, 1));
+        assert_eq!(again.get(Path::new("d")), Some(&entry("d", 9)));
+        let (_, vector) = again.iter().find(|(e, _)| e.path == Path::new("d")).unwrap();
+        assert_eq!(vector, v(0.25).as_slice());
+    }
+
+    #[test]
+    fn a_torn_journal_tail_is_cut_and_earlier_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, _) = Store::open(dir.path(), "m", 3).unwrap();
+        store.upsert(&entry("a", 1), &v(0.1)).unwrap();
+        store.upsert(&entry("b", 2), &v(0.2)).unwrap();
+        drop(store);
+        let journal = dir.path().join("journal.bin");
+        let len = std::fs::metadata(&journal).unwrap().len();
+        for cut in 1..20 {
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::copy(&journal, copy.path().join("journal.bin")).unwrap();
+            let f = OpenOptions::new().write(true).open(copy.path().join("journal.bin")).unwrap();
+            f.set_len(len - cut).unwrap();
+            let (mut store, index, report) = Store::open(copy.path(), "m", 3).unwrap();
+            assert_eq!(index.len(), 1, "cut {cut}");
+            assert!(report.truncated_bytes > 0);
+            // Appends after the cut are readable again.
+            store.upsert(&entry("c", 3), &v(0.3)).unwrap();
+            drop(store);
+            assert_eq!(Store::open(copy.path(), "m", 3).unwrap().1.len(), 2);
+        }
+        // A flipped byte in the last record also ends the replay there.
+        let mut bytes = std::fs::read(&journal).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x40;
+        std::fs::write(&journal, bytes).unwrap();
+        assert_eq!(Store::open(dir.path(), "m", 3).unwrap().1.len(), 1);
+    }
+
+    #[test]
+    fn an_index_of_another_model_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, _) = Store::open(dir.path(), "old-model", 3).unwrap();
+        store.upsert(&entry("a", 1), &v(0.1)).unwrap();
+        drop(store);
+        let (_, index, report) = Store::open(dir.path(), "new-model", 3).unwrap();
+        assert!(index.is_empty());
+        assert!(report.reset.unwrap().contains("old-model"));
+        assert!(dir.path().join("journal.bin.old").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths_round_trip() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/photos/\xff\xfe.jpg"));
+        let (mut store, _, _) = Store::open(dir.path(), "m", 3).unwrap();
+        let mut e = entry("x", 1);
+        e.path = odd.clone();
+        store.upsert(&e, &v(0.1)).unwrap();
+        drop(store);
+        assert!(Store::open(dir.path(), "m", 3).unwrap().1.get(&odd).is_some());
+    }
+}
