@@ -83,8 +83,14 @@ pub struct EncoderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
-    /// Seconds between rescans; 0 scans once.
+    /// Seconds between full rescans; 0: none besides the first and those events trigger.
     pub rescan_s: u64,
+    /// Watch the folders for changes.
+    pub watch: bool,
+    /// Delay between a file-system event and the scan it triggers.
+    pub debounce_ms: u64,
+    /// Files modified more recently than this are read at a later scan.
+    pub settle_ms: u64,
 }
 
 /// `[search]`.

@@ -12,6 +12,7 @@
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
 //! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
+//! - [`watch`]: file-system watching (a trigger for rescans).
 //!
 //! Shells: [`actors`] (one actor per file), [`service`] (start, search, shutdown),
 //! [`config`] (layered configuration), [`error`].
@@ -32,6 +33,7 @@ pub mod rank;
 pub mod scan;
 pub mod service;
 pub mod store;
+pub mod watch;
 
 pub use config::DeviceConfig;
 pub use error::DeviceError;

@@ -19,12 +19,20 @@ pub struct FileSeen {
 pub struct Scan {
     /// Picture files, sorted by path.
     pub files: Vec<FileSeen>,
+    /// Files that look like pictures or videos edgeclip cannot read (HEIC, RAW, video).
+    pub unsupported: Vec<FileSeen>,
     /// Folders or entries that could not be read, one line each.
     pub problems: Vec<String>,
 }
 
+/// Extensions of camera files edgeclip cannot decode, reported instead of silently ignored.
+pub const UNSUPPORTED: &[&str] = &[
+    "heic", "heif", "avif", "jxl", "dng", "cr2", "cr3", "nef", "arw", "orf", "rw2", "raf", "mp4", "mov", "avi", "mkv", "3gp",
+];
+
 /// Walks `folders` recursively (not following symbolic links, so loops cannot trap it) and
-/// lists the regular files whose extension is in `extensions` (lower case, no dot).
+/// lists the regular files whose extension is in `extensions` (lower case, no dot), and
+/// those with an [`UNSUPPORTED`] extension apart.
 pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
     let mut scan = Scan::default();
     for folder in folders {
@@ -40,11 +48,17 @@ pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
                     continue;
                 }
             };
-            if !entry.file_type().is_file() || !has_extension(entry.path(), extensions) {
+            if !entry.file_type().is_file() {
                 continue;
             }
+            let supported = has_extension(entry.path(), extensions);
+            let unsupported = !supported && UNSUPPORTED.iter().any(|u| has_extension(entry.path(), &[u.to_string()]));
+            if !supported && !unsupported {
+                continue;
+            }
+            let list = if supported { &mut scan.files } else { &mut scan.unsupported };
             match entry.metadata() {
-                Ok(meta) => scan.files.push(FileSeen {
+                Ok(meta) => list.push(FileSeen {
                     path: entry.path().to_path_buf(),
                     size: meta.len(),
                     mtime_ns: meta
@@ -81,6 +95,7 @@ mod tests {
         std::fs::write(dir.path().join("a/one.JPG"), b"x").unwrap();
         std::fs::write(dir.path().join("a/b/two.png"), b"xy").unwrap();
         std::fs::write(dir.path().join("a/notes.txt"), b"x").unwrap();
+        std::fs::write(dir.path().join("a/clip.MOV"), b"x").unwrap();
         std::fs::create_dir_all(dir.path().join("c.jpg")).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path(), dir.path().join("a/loop")).unwrap();
@@ -90,5 +105,7 @@ mod tests {
         assert_eq!(names, vec!["two.png", "one.JPG"], "sorted by path: a/b/two.png < a/one.JPG");
         assert_eq!(scan.files[0].size, 2);
         assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+        assert_eq!(scan.unsupported.len(), 1);
+        assert!(scan.unsupported[0].path.ends_with("clip.MOV"));
     }
 }

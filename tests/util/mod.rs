@@ -86,6 +86,8 @@ pub fn device_config(url: &str, id: &str, folders: &[&Path], state: &Path) -> De
             ("folders", folders.into()),
             ("search.cloud_timeout_ms", 3000.into()),
             ("capture.rescan_s", 0.into()),
+            ("capture.settle_ms", 300.into()),
+            ("capture.debounce_ms", 200.into()),
             ("status.interval_ms", 200.into()),
         ],
     )

@@ -1,11 +1,14 @@
-//! [`CaptureActor`]: walks the configured folders and queues new or changed pictures.
+//! [`CaptureActor`]: finds new, changed and vanished pictures in the configured folders.
 //!
-//! A picture is (re)queued when its size or modification time differs from what was queued
-//! before; pictures that disappeared leave the index. Walking runs on a blocking thread.
+//! A scan (at start, on a timer, after file-system events, or on request) compares the disk
+//! with what was queued before: a picture is queued when its size or modification time
+//! differs, and leaves the index when its file is gone. Files modified within the last
+//! `settle` are left for a later scan, so pictures still being written (a camera, a copy in
+//! progress) are read once complete. Walking runs on a blocking thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
@@ -13,11 +16,14 @@ use tracing::{info, warn};
 use super::image_encoder::ImageEncoderMsg;
 use super::index::IndexMsg;
 use crate::scan::{scan_folders, FileSeen};
+use crate::watch::FolderWatcher;
 
 /// Messages of the capture actor.
 pub enum CaptureMsg {
     /// Walk the folders now.
     Scan,
+    /// Something changed on disk: scan after the debounce delay.
+    Changed,
 }
 
 /// Arguments of the capture actor.
@@ -26,8 +32,14 @@ pub struct CaptureArgs {
     pub folders: Vec<PathBuf>,
     /// Picture extensions, lower case.
     pub extensions: Vec<String>,
-    /// Time between scans; `None` scans once.
+    /// Time between periodic scans; `None`: no periodic scans.
     pub rescan: Option<Duration>,
+    /// Watch the folders for changes.
+    pub watch: bool,
+    /// Delay between a file-system event and the scan it triggers (events come in bursts).
+    pub debounce: Duration,
+    /// Files modified more recently than this are not read yet.
+    pub settle: Duration,
     /// Where pictures to encode go.
     pub encoder: ActorRef<ImageEncoderMsg>,
     /// The index (told about queued and vanished pictures).
@@ -37,10 +49,14 @@ pub struct CaptureArgs {
 /// State of the capture actor.
 pub struct CaptureState {
     args: CaptureArgs,
-    /// What was queued for each path, so an unchanged picture is never queued twice.
+    /// What was queued (or found unsupported) for each path, so an unchanged picture is never
+    /// queued twice.
     queued: HashMap<PathBuf, FileSeen>,
     /// Whether `queued` was filled from the index yet.
     seeded: bool,
+    /// Whether a scan is already scheduled by an event or a settling file.
+    scan_scheduled: bool,
+    _watcher: Option<FolderWatcher>,
 }
 
 /// The capture actor.
@@ -51,53 +67,106 @@ impl Actor for CaptureActor {
     type State = CaptureState;
     type Arguments = CaptureArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<CaptureMsg>, args: CaptureArgs) -> Result<CaptureState, ActorProcessingErr> {
-        Ok(CaptureState { args, queued: HashMap::new(), seeded: false })
+    async fn pre_start(&self, myself: ActorRef<CaptureMsg>, args: CaptureArgs) -> Result<CaptureState, ActorProcessingErr> {
+        let watcher = if args.watch {
+            let me = myself.clone();
+            let existing: Vec<PathBuf> = args.folders.iter().filter(|f| f.is_dir()).cloned().collect();
+            match FolderWatcher::start(&existing, move || {
+                let _ = me.cast(CaptureMsg::Changed);
+            }) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    warn!(error = %e, "file-system watching unavailable; relying on periodic scans");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(every) = args.rescan {
+            myself.send_interval(every, || CaptureMsg::Scan);
+        }
+        Ok(CaptureState { args, queued: HashMap::new(), seeded: false, scan_scheduled: false, _watcher: watcher })
     }
 
     async fn handle(&self, myself: ActorRef<CaptureMsg>, msg: CaptureMsg, state: &mut CaptureState) -> Result<(), ActorProcessingErr> {
         match msg {
+            CaptureMsg::Changed => {
+                if !state.scan_scheduled {
+                    state.scan_scheduled = true;
+                    myself.send_after(state.args.debounce, || CaptureMsg::Scan);
+                }
+            }
             CaptureMsg::Scan => {
-                if !state.seeded {
-                    // What the persistent index already holds counts as queued: an unchanged
-                    // picture is never encoded again after a restart.
-                    let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
-                    state.queued.extend(known.into_iter().map(|f| (f.path.clone(), f)));
-                    state.seeded = true;
-                }
-                let folders = state.args.folders.clone();
-                let extensions = state.args.extensions.clone();
-                let scan = tokio::task::spawn_blocking(move || scan_folders(&folders, &extensions)).await?;
-                for problem in &scan.problems {
-                    warn!(%problem, "while scanning");
-                }
-                let mut fresh = Vec::new();
-                for seen in &scan.files {
-                    if state.queued.get(&seen.path) != Some(seen) {
-                        fresh.push(seen.clone());
-                    }
-                }
-                let present: std::collections::HashSet<&PathBuf> = scan.files.iter().map(|f| &f.path).collect();
-                let gone: Vec<PathBuf> = state.queued.keys().filter(|p| !present.contains(p)).cloned().collect();
-                for p in &gone {
-                    state.queued.remove(p);
-                }
-                if !gone.is_empty() {
-                    let _ = state.args.index.cast(IndexMsg::Remove(gone.clone()));
-                }
-                let _ = state.args.index.cast(IndexMsg::Scanned(fresh.len() as u64));
-                info!(found = scan.files.len(), queued = fresh.len(), removed = gone.len(), "scanned folders");
-                for seen in fresh {
-                    state.queued.insert(seen.path.clone(), seen.clone());
-                    if state.args.encoder.cast(ImageEncoderMsg::Encode(seen)).is_err() {
-                        break;
-                    }
-                }
-                if let Some(every) = state.args.rescan {
-                    myself.send_after(every, || CaptureMsg::Scan);
-                }
+                state.scan_scheduled = false;
+                scan(&myself, state).await?;
             }
         }
         Ok(())
     }
+}
+
+async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState) -> Result<(), ActorProcessingErr> {
+    if !state.seeded {
+        // What the persistent index already holds counts as queued: an unchanged picture is
+        // never encoded again after a restart.
+        let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
+        state.queued.extend(known.into_iter().map(|f| (f.path.clone(), f)));
+        state.seeded = true;
+    }
+    let folders = state.args.folders.clone();
+    let extensions = state.args.extensions.clone();
+    let found = tokio::task::spawn_blocking(move || scan_folders(&folders, &extensions)).await?;
+    for problem in &found.problems {
+        warn!(%problem, "while scanning");
+    }
+    let settle_before = SystemTime::now()
+        .checked_sub(state.args.settle)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(i128::MAX);
+    let mut fresh = Vec::new();
+    let mut settling = 0;
+    for seen in &found.files {
+        if state.queued.get(&seen.path) == Some(seen) {
+            continue;
+        }
+        if seen.mtime_ns > settle_before {
+            settling += 1;
+            continue;
+        }
+        fresh.push(seen.clone());
+    }
+    let mut unsupported = Vec::new();
+    for seen in &found.unsupported {
+        if state.queued.get(&seen.path) != Some(seen) {
+            state.queued.insert(seen.path.clone(), seen.clone());
+            unsupported.push(seen.path.clone());
+        }
+    }
+    let present: HashSet<&PathBuf> = found.files.iter().chain(&found.unsupported).map(|f| &f.path).collect();
+    let gone: Vec<PathBuf> = state.queued.keys().filter(|p| !present.contains(p)).cloned().collect();
+    for p in &gone {
+        state.queued.remove(p);
+    }
+    // Removals first: a renamed picture's vector is then found by its content hash and reused.
+    if !gone.is_empty() {
+        let _ = state.args.index.cast(IndexMsg::Remove(gone.clone()));
+    }
+    if !unsupported.is_empty() {
+        let _ = state.args.index.cast(IndexMsg::Unsupported(unsupported.clone()));
+    }
+    let _ = state.args.index.cast(IndexMsg::Scanned { queued: fresh.len() as u64, settling });
+    info!(found = found.files.len(), queued = fresh.len(), removed = gone.len(), settling, unsupported = unsupported.len(), "scanned folders");
+    for seen in fresh {
+        state.queued.insert(seen.path.clone(), seen.clone());
+        if state.args.encoder.cast(ImageEncoderMsg::Encode(seen)).is_err() {
+            break;
+        }
+    }
+    if settling > 0 && !state.scan_scheduled {
+        state.scan_scheduled = true;
+        myself.send_after(state.args.settle, || CaptureMsg::Scan);
+    }
+    Ok(())
 }

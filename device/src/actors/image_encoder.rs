@@ -72,11 +72,9 @@ impl Actor for ImageEncoderActor {
                 let index = state.args.index.clone();
                 tokio::spawn(async move {
                     let path = seen.path.clone();
-                    let work = tokio::task::spawn_blocking(move || encode_file(&seen, &tower, &preprocess, limits, max_file_bytes)).await;
-                    let msg = match work {
-                        Ok(Ok((entry, vector))) => IndexMsg::Insert { entry, vector },
-                        Ok(Err(e)) => IndexMsg::Failed { path, error: e.to_string() },
-                        Err(join) => IndexMsg::Failed { path, error: format!("encoder crashed: {join}") },
+                    let msg = match encode_or_reuse(seen, tower, preprocess, limits, max_file_bytes, &index).await {
+                        Ok((entry, vector, encoded)) => IndexMsg::Insert { entry, vector, encoded },
+                        Err(e) => IndexMsg::Failed { path, error: e.to_string() },
                     };
                     let _ = index.cast(msg);
                     drop(permit);
@@ -93,22 +91,56 @@ impl Actor for ImageEncoderActor {
     }
 }
 
-/// Reads, hashes, decodes, preprocesses and encodes one picture (on a blocking thread).
-fn encode_file(
-    seen: &FileSeen,
-    tower: &ImageTower,
-    preprocess: &PreprocessCfg,
+/// Reads and hashes the file; reuses the vector of a picture with the same content (renamed,
+/// moved, copied) if the index has one, else decodes, preprocesses and encodes it. File and
+/// model work run on blocking threads.
+async fn encode_or_reuse(
+    seen: FileSeen,
+    tower: ImageTower,
+    preprocess: PreprocessCfg,
     limits: DecodeLimits,
     max_file_bytes: u64,
-) -> Result<(Entry, Vec<f32>), DeviceError> {
-    let started = std::time::Instant::now();
+    index: &ActorRef<IndexMsg>,
+) -> Result<(Entry, Vec<f32>, bool), DeviceError> {
     if seen.size > max_file_bytes {
         return Err(DeviceError::Decode(format!("file of {} bytes is larger than the limit of {max_file_bytes}", seen.size)));
     }
-    let bytes = std::fs::read(&seen.path).map_err(|e| DeviceError::io(&seen.path, e))?;
-    let hash: [u8; 32] = Sha256::digest(&bytes).into();
-    let img = decode_bytes(&bytes, limits)?;
-    let taken_s = crate::metadata::exif_capture_time(&bytes).unwrap_or((seen.mtime_ns / 1_000_000_000) as i64);
+    let path = seen.path.clone();
+    let (bytes, hash) = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| DeviceError::io(&path, e))?;
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        Ok::<_, DeviceError>((bytes, hash))
+    })
+    .await
+    .map_err(|e| DeviceError::Actor(format!("reader crashed: {e}")))??;
+    let reused = ractor::call_t!(index, IndexMsg::Reuse, REUSE_TIMEOUT_MS, hash).ok().flatten();
+    if let Some((old, vector)) = reused {
+        debug!(path = %seen.path.display(), from = %old.path.display(), "same content already encoded; vector reused");
+        let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, ..old };
+        return Ok((entry, vector, false));
+    }
+    let (entry, vector) = tokio::task::spawn_blocking(move || encode_bytes(&seen, &bytes, hash, &tower, &preprocess, limits))
+        .await
+        .map_err(|e| DeviceError::Actor(format!("encoder crashed: {e}")))??;
+    Ok((entry, vector, true))
+}
+
+/// How long the index may take to look up a content hash (in memory; this only guards
+/// against a stuck actor).
+const REUSE_TIMEOUT_MS: u64 = 10_000;
+
+/// Decodes, preprocesses and encodes a picture read into memory (on a blocking thread).
+fn encode_bytes(
+    seen: &FileSeen,
+    bytes: &[u8],
+    hash: [u8; 32],
+    tower: &ImageTower,
+    preprocess: &PreprocessCfg,
+    limits: DecodeLimits,
+) -> Result<(Entry, Vec<f32>), DeviceError> {
+    let started = std::time::Instant::now();
+    let img = decode_bytes(bytes, limits)?;
+    let taken_s = crate::metadata::exif_capture_time(bytes).unwrap_or((seen.mtime_ns / 1_000_000_000) as i64);
     let decoded = started.elapsed();
     let vector = tower.encode(preprocess.tensor(&img))?;
     debug!(path = %seen.path.display(), ?decoded, total = ?started.elapsed(), "encoded");

@@ -1,7 +1,7 @@
 //! [`IndexActor`]: owns the vector index; inserts what the encoder made, ranks query vectors
 //! in place, counts progress and publishes the retained status (throttled).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,15 +21,28 @@ const RECENT_FAILURES: usize = 10;
 
 /// Messages of the index actor.
 pub enum IndexMsg {
-    /// A scan of the folders finished and queued `n` pictures for encoding. The first one ends
-    /// the `starting` state: before it, "nothing pending" does not mean "everything indexed".
-    Scanned(u64),
+    /// A scan of the folders finished: it queued `queued` pictures for encoding and left
+    /// `settling` ones (still being written) for a later scan. The first one ends the
+    /// `starting` state: before it, "nothing pending" does not mean "everything indexed".
+    Scanned {
+        /// Pictures queued for encoding.
+        queued: u64,
+        /// Pictures found but still being written.
+        settling: u64,
+    },
+    /// Files in formats edgeclip cannot read (HEIC, RAW, video): reported as skipped.
+    Unsupported(Vec<PathBuf>),
+    /// A vector already computed for a file with this content hash (a renamed, moved or
+    /// copied picture), with the picture's width, height and capture time.
+    Reuse([u8; 32], RpcReplyPort<Option<(Entry, Vec<f32>)>>),
     /// A picture was encoded.
     Insert {
         /// The picture.
         entry: Entry,
         /// Its unit vector.
         vector: Vec<f32>,
+        /// False when the vector was reused from a picture with the same content.
+        encoded: bool,
     },
     /// A picture could not be encoded.
     Failed {
@@ -79,8 +92,13 @@ pub struct IndexArgs {
 pub struct IndexState {
     args: IndexArgs,
     pending: u64,
+    settling: u64,
     failed: u64,
     encoded: u64,
+    /// Vectors of recently removed pictures by content hash, so a renamed or moved picture
+    /// keeps its vector instead of being encoded again.
+    removed: HashMap<[u8; 32], (Entry, Vec<f32>)>,
+    removed_order: VecDeque<[u8; 32]>,
     recent: VecDeque<Failure>,
     lifecycle: Option<DeviceState>,
     dirty: bool,
@@ -90,12 +108,13 @@ pub struct IndexState {
 impl IndexState {
     fn status(&self) -> DeviceStatus {
         let index = &self.args.index;
-        let state = self.lifecycle.unwrap_or(if self.pending > 0 { DeviceState::Indexing } else { DeviceState::Idle });
+        let waiting = self.pending + self.settling;
+        let state = self.lifecycle.unwrap_or(if waiting > 0 { DeviceState::Indexing } else { DeviceState::Idle });
         DeviceStatus {
             device_id: self.args.device_id.clone(),
             state,
             indexed: index.len() as u64,
-            pending: self.pending,
+            pending: waiting,
             failed: self.failed,
             encoded: self.encoded,
             model: index.model().to_string(),
@@ -118,7 +137,7 @@ impl IndexState {
     /// Marks the status changed; publishes now if idle was reached, else at the next tick.
     fn changed(&mut self, myself: &ActorRef<IndexMsg>) {
         self.dirty = true;
-        if self.pending == 0 {
+        if self.pending + self.settling == 0 {
             self.publish();
         } else if !self.timer_armed {
             self.timer_armed = true;
@@ -139,7 +158,10 @@ impl Actor for IndexActor {
         let mut state = IndexState {
             args,
             pending: 0,
+            settling: 0,
             failed: 0,
+            removed: HashMap::new(),
+            removed_order: VecDeque::new(),
             encoded: 0,
             recent: VecDeque::new(),
             lifecycle: Some(DeviceState::Starting),
@@ -152,16 +174,17 @@ impl Actor for IndexActor {
 
     async fn handle(&self, myself: ActorRef<IndexMsg>, msg: IndexMsg, state: &mut IndexState) -> Result<(), ActorProcessingErr> {
         match msg {
-            IndexMsg::Scanned(n) => {
-                state.pending += n;
+            IndexMsg::Scanned { queued, settling } => {
+                state.pending += queued;
+                state.settling = settling;
                 if state.lifecycle == Some(DeviceState::Starting) {
                     state.lifecycle = None;
                 }
                 state.changed(&myself);
             }
-            IndexMsg::Insert { entry, vector } => {
+            IndexMsg::Insert { entry, vector, encoded } => {
                 state.pending = state.pending.saturating_sub(1);
-                state.encoded += 1;
+                state.encoded += u64::from(encoded);
                 if let Err(e) = persist_and_insert(&mut state.args, entry.clone(), &vector) {
                     record_failure(state, entry.path, e.to_string());
                 }
@@ -178,14 +201,36 @@ impl Actor for IndexActor {
                     if state.args.index.get(p).is_none() {
                         continue;
                     }
+                    let kept = state.args.index.iter().find(|(e, _)| e.path == *p).map(|(e, v)| (e.clone(), v.to_vec()));
                     match blocking(|| state.args.store.remove(p)) {
-                        Ok(()) => any |= state.args.index.remove(p),
+                        Ok(()) => {
+                            any |= state.args.index.remove(p);
+                            if let Some((entry, vector)) = kept {
+                                remember_removed(state, entry, vector);
+                            }
+                        }
                         Err(e) => warn!(path = %p.display(), error = %e, "removal not persisted; picture kept"),
                     }
                 }
                 if any {
                     state.changed(&myself);
                 }
+            }
+            IndexMsg::Unsupported(paths) => {
+                for p in paths {
+                    record_failure(state, p, "format not supported (HEIC, RAW and videos are skipped; convert to JPEG to index)".into());
+                }
+                state.changed(&myself);
+            }
+            IndexMsg::Reuse(hash, port) => {
+                let found = state
+                    .args
+                    .index
+                    .iter()
+                    .find(|(e, _)| e.hash == hash)
+                    .map(|(e, v)| (e.clone(), v.to_vec()))
+                    .or_else(|| state.removed.get(&hash).cloned());
+                let _ = port.send(found);
             }
             IndexMsg::Known(port) => {
                 let known = state
@@ -239,6 +284,21 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+/// Vectors of removed pictures kept for reuse (a rename shows up as a removal and a new file).
+const REMOVED_KEPT: usize = 4096;
+
+fn remember_removed(state: &mut IndexState, entry: Entry, vector: Vec<f32>) {
+    let hash = entry.hash;
+    if state.removed.insert(hash, (entry, vector)).is_none() {
+        state.removed_order.push_back(hash);
+    }
+    while state.removed_order.len() > REMOVED_KEPT {
+        if let Some(old) = state.removed_order.pop_front() {
+            state.removed.remove(&old);
+        }
     }
 }
 

@@ -124,6 +124,9 @@ impl Actor for DeviceSupervisor {
             folders: config.folders.clone(),
             extensions: config.encoder.extensions.clone(),
             rescan: (config.capture.rescan_s > 0).then(|| Duration::from_secs(config.capture.rescan_s)),
+            watch: config.capture.watch,
+            debounce: Duration::from_millis(config.capture.debounce_ms),
+            settle: Duration::from_millis(config.capture.settle_ms),
             encoder: encoder.clone(),
             index: index.clone(),
         };
