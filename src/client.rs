@@ -128,11 +128,16 @@ impl Client {
 
     /// Sends a search to `device` and waits for the answer with the same id.
     pub async fn search(&mut self, device: &str, text: &str, k: Option<usize>, timeout: Duration) -> anyhow::Result<SearchResponse> {
+        self.request(device, SearchRequest { k, ..SearchRequest::text(text) }, timeout).await
+    }
+
+    /// Sends any search (filters, "more like this") to `device` and waits for its answer.
+    pub async fn request(&mut self, device: &str, mut request: SearchRequest, timeout: Duration) -> anyhow::Result<SearchResponse> {
         let deadline = Instant::now() + timeout;
         self.subscribe(&topics::results(device), deadline).await?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let id = format!("cli-{}-{nanos:x}", std::process::id());
-        let request = SearchRequest { text: text.to_string(), k, id: Some(id.clone()) };
+        request.id = Some(id.clone());
         self.client.publish(topics::search(device), QoS::AtLeastOnce, false, serde_json::to_vec(&request)?).await?;
         loop {
             let note = self

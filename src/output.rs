@@ -49,7 +49,7 @@ mod tests {
             text: "a red circle".into(),
             model: "m".into(),
             took_ms: 12,
-            hits: vec![Hit { path: "a.jpg".into(), score: 0.5 }, Hit { path: "b.jpg".into(), score: 0.25 }],
+            hits: vec![Hit { path: "a.jpg".into(), score: 0.5, taken_s: 0 }, Hit { path: "b.jpg".into(), score: 0.25, taken_s: 0 }],
         });
         let t = results_table(&r);
         assert!(t.find("a.jpg").unwrap() < t.find("b.jpg").unwrap());

@@ -133,7 +133,7 @@ async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
     let device = Device::start(device_config(&broker.url(), "lonely", &[pictures.path()], state.path())).await.expect("device");
     wait_idle(&device).await;
     let started = std::time::Instant::now();
-    let response = bounded("search", device.search(SearchRequest { text: "a red circle".into(), k: None, id: None })).await.expect("answer");
+    let response = bounded("search", device.search(SearchRequest::text("a red circle"))).await.expect("answer");
     let SearchResponse::Error(e) = response else { panic!("expected an error without a cloud") };
     assert!(e.error.contains("did not answer within 3000 ms"), "{}", e.error);
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -142,7 +142,7 @@ async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
     // The cloud subscribes right after connecting; give it that moment.
     let mut answered = None;
     for _ in 0..20 {
-        let r = device.search(SearchRequest { text: "a red circle".into(), k: Some(2), id: None }).await.expect("answer");
+        let r = device.search(SearchRequest { k: Some(2), ..SearchRequest::text("a red circle") }).await.expect("answer");
         if let SearchResponse::Results(r) = r {
             answered = Some(r);
             break;
@@ -165,7 +165,7 @@ async fn a_cloud_serving_another_model_is_refused_with_a_clear_error() {
     let cloud = Cloud::start(config).await.expect("cloud");
     let device = Device::start(device_config(&broker.url(), "mismatch", &[pictures.path()], state.path())).await.expect("device");
     wait_idle(&device).await;
-    let response = bounded("search", device.search(SearchRequest { text: "a red circle".into(), k: None, id: None })).await.expect("answer");
+    let response = bounded("search", device.search(SearchRequest::text("a red circle"))).await.expect("answer");
     let SearchResponse::Error(e) = response else { panic!("a vector of another model must not be ranked") };
     assert!(e.error.contains("some-other-model") && e.error.contains("ModelMismatch"), "{}", e.error);
     device.shutdown().await.expect("device shutdown");
@@ -464,13 +464,13 @@ async fn a_restart_encodes_nothing_and_changes_on_disk_are_followed() {
     let device = Device::start(config.clone()).await.expect("device");
     let first = wait_idle(&device).await;
     assert_eq!((first.indexed as usize, first.encoded as usize), (labels.len(), labels.len()));
-    let before = device.search(SearchRequest { text: "a red circle".into(), k: Some(5), id: None }).await.expect("search");
+    let before = device.search(SearchRequest { k: Some(5), ..SearchRequest::text("a red circle") }).await.expect("search");
     device.shutdown().await.expect("shutdown");
 
     let device = Device::start(config.clone()).await.expect("device again");
     let second = wait_idle(&device).await;
     assert_eq!((second.indexed as usize, second.encoded), (labels.len(), 0), "{second:?}");
-    let after = device.search(SearchRequest { text: "a red circle".into(), k: Some(5), id: None }).await.expect("search");
+    let after = device.search(SearchRequest { k: Some(5), ..SearchRequest::text("a red circle") }).await.expect("search");
     assert_eq!(hits(&before), hits(&after));
 
     // While it runs, with no rescan asked for: delete one picture, rename one, rewrite one
@@ -573,4 +573,42 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
             assert!(cos > 0.9999, "{}: cosine {cos}", entry.path.display());
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_like_this_needs_no_cloud_and_filters_restrict_the_hits() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let root = tempfile::tempdir().expect("root");
+    for sub in ["a", "b"] {
+        let copy = copy_pictures(&shapes);
+        std::fs::rename(copy.path(), root.path().join(sub)).expect("move");
+    }
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    // No cloud at all: "more like this" is answered by the device alone.
+    let device = Device::start(device_config(&broker.url(), "liker", &[root.path()], state.path())).await.expect("device");
+    let status = wait_idle(&device).await;
+    assert_eq!(status.indexed as usize, 2 * labels.len());
+    let name = labels.keys().next().expect("a picture").clone();
+    let query = root.path().join("a").join(&name).display().to_string();
+    let like = SearchRequest { like: Some(query.clone()), k: Some(3), ..SearchRequest::text("") };
+    let SearchResponse::Results(r) = device.search(like.clone()).await.expect("answer") else { panic!("like search failed") };
+    assert_eq!(r.hits[0].path, root.path().join("b").join(&name).display().to_string(), "{r:?}");
+    assert!(r.hits[0].score > 0.999);
+    assert!(r.hits.iter().all(|h| h.path != query), "the query picture is not its own hit");
+    let strict = SearchRequest { min_score: Some(0.999), ..like.clone() };
+    let SearchResponse::Results(r) = device.search(strict).await.expect("answer") else { panic!("failed") };
+    assert_eq!(r.hits.len(), 1);
+    let only_a = SearchRequest { folder: Some(root.path().join("a").display().to_string()), k: Some(100), ..like.clone() };
+    let SearchResponse::Results(r) = device.search(only_a).await.expect("answer") else { panic!("failed") };
+    assert_eq!(r.hits.len(), labels.len() - 1);
+    assert!(r.hits.iter().all(|h| h.path.contains("/a/")));
+    let future = SearchRequest { after: Some(i64::MAX / 2), ..like.clone() };
+    let SearchResponse::Results(r) = device.search(future).await.expect("answer") else { panic!("failed") };
+    assert!(r.hits.is_empty());
+    let unknown = SearchRequest { like: Some("/nowhere.jpg".into()), ..like };
+    let SearchResponse::Error(e) = device.search(unknown).await.expect("answer") else { panic!("must fail") };
+    assert!(e.error.contains("not an indexed picture"), "{}", e.error);
+    device.shutdown().await.expect("shutdown");
 }

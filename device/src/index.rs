@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::DeviceError;
-use crate::rank::{top_k, Scored};
+use crate::rank::{top_k_where, Scored};
 
 /// What the index knows of a picture besides its vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,30 @@ pub struct Entry {
     pub height: u32,
     /// Capture time, seconds since the epoch: EXIF DateTimeOriginal, else the modification time.
     pub taken_s: i64,
+}
+
+/// Which pictures a search may return.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Only pictures under this folder.
+    pub folder: Option<PathBuf>,
+    /// Only pictures taken at or after this time (seconds since the epoch).
+    pub after: Option<i64>,
+    /// Only pictures taken before this time (seconds since the epoch).
+    pub before: Option<i64>,
+    /// Only hits scoring at least this much.
+    pub min_score: Option<f32>,
+    /// Never this picture (the query picture of a "more like this" search).
+    pub exclude: Option<PathBuf>,
+}
+
+impl Filter {
+    fn keeps(&self, e: &Entry) -> bool {
+        self.folder.as_ref().is_none_or(|f| e.path.starts_with(f))
+            && self.after.is_none_or(|t| e.taken_s >= t)
+            && self.before.is_none_or(|t| e.taken_s < t)
+            && self.exclude.as_ref().is_none_or(|p| &e.path != p)
+    }
 }
 
 /// A picture and its score for one query.
@@ -122,6 +146,16 @@ impl Index {
 
     /// The `k` pictures most similar to `query` (a unit vector of `model`), best first.
     pub fn search(&self, model: &str, query: &[f32], k: usize) -> Result<Vec<Ranked<'_>>, DeviceError> {
+        self.search_filtered(model, query, k, &Filter::default())
+    }
+
+    /// The vector of an indexed picture.
+    pub fn vector_of(&self, path: &Path) -> Option<&[f32]> {
+        self.rows.get(path).map(|&r| &self.vectors[r * self.dim..(r + 1) * self.dim])
+    }
+
+    /// [`Index::search`] among the pictures `filter` keeps.
+    pub fn search_filtered(&self, model: &str, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Ranked<'_>>, DeviceError> {
         if model != self.model {
             return Err(DeviceError::Mismatch(format!(
                 "query vector comes from model {model}, but the index holds vectors of {}",
@@ -135,8 +169,10 @@ impl Index {
                 self.dim
             )));
         }
-        Ok(top_k(query, &self.vectors, k)
+        let unfiltered = *filter == Filter::default();
+        Ok(top_k_where(query, &self.vectors, k, |row| unfiltered || filter.keeps(&self.entries[row]))
             .into_iter()
+            .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
             .map(|Scored { row, score }| Ranked { entry: &self.entries[row], score })
             .collect())
     }
@@ -166,6 +202,28 @@ mod tests {
         assert_eq!(index.len(), 2);
         let hits = index.search("m", &[0.0, 1.0], 1).unwrap();
         assert_eq!(hits[0].entry.path, PathBuf::from("c"));
+    }
+
+    #[test]
+    fn filters_restrict_by_folder_time_score_and_exclusion() {
+        let mut index = Index::new("m", 2);
+        let mut e = |p: &str, t: i64, v: [f32; 2]| {
+            let mut en = entry(p);
+            en.taken_s = t;
+            index.upsert(en, &v).unwrap();
+        };
+        e("/a/1.jpg", 10, [1.0, 0.0]);
+        e("/a/2.jpg", 20, [0.8, 0.6]);
+        e("/b/3.jpg", 30, [0.6, 0.8]);
+        let names = |f: Filter| -> Vec<String> {
+            index.search_filtered("m", &[1.0, 0.0], 10, &f).unwrap().iter().map(|r| r.entry.path.display().to_string()).collect()
+        };
+        assert_eq!(names(Filter { folder: Some("/a".into()), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
+        assert_eq!(names(Filter { after: Some(20), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
+        assert_eq!(names(Filter { before: Some(20), ..Filter::default() }), ["/a/1.jpg"]);
+        assert_eq!(names(Filter { min_score: Some(0.7), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
+        assert_eq!(names(Filter { exclude: Some("/a/1.jpg".into()), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
+        assert_eq!(index.vector_of(Path::new("/b/3.jpg")), Some(&[0.6, 0.8][..]));
     }
 
     #[test]

@@ -40,12 +40,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The `k` rows of `table` (row-major, `query.len()` values per row) with the highest dot
 /// product with `query`, best first. Rows whose score is NaN are never returned.
 pub fn top_k(query: &[f32], table: &[f32], k: usize) -> Vec<Scored> {
+    top_k_where(query, table, k, |_| true)
+}
+
+/// [`top_k`] over the rows for which `keep(row)` is true.
+pub fn top_k_where(query: &[f32], table: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Scored> {
     let dim = query.len();
     if dim == 0 || k == 0 {
         return Vec::new();
     }
     let mut heap: BinaryHeap<Reverse<ByScore>> = BinaryHeap::with_capacity(k + 1);
     for (row, v) in table.chunks_exact(dim).enumerate() {
+        if !keep(row) {
+            continue;
+        }
         let score = dot(query, v);
         if score.is_nan() {
             continue;
@@ -98,6 +106,13 @@ mod tests {
         let got = top_k(&[0.0, 1.0], &table, 10);
         assert_eq!(got.iter().map(|s| s.row).collect::<Vec<_>>(), vec![2, 3, 0]);
         assert!((got[0].score - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn filtered_ranking_skips_rows() {
+        let table = [1.0, 0.0, 0.9, 0.1, 0.0, 1.0];
+        let got = top_k_where(&[1.0, 0.0], &table, 2, |row| row != 0);
+        assert_eq!(got.iter().map(|s| s.row).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]

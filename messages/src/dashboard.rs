@@ -8,7 +8,8 @@ use crate::WireError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
-    /// The search text.
+    /// The search text (may be empty for a `like` search).
+    #[serde(default)]
     pub text: String,
     /// How many hits to return (device default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,9 +17,30 @@ pub struct SearchRequest {
     /// Correlation id echoed in the answer (the device makes one when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// "More like this": rank by the vector of this indexed picture (answered on the device
+    /// alone, no cloud round trip) instead of a text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub like: Option<String>,
+    /// Only pictures under this folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// Only pictures taken at or after this time (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// Only pictures taken before this time (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    /// Only hits scoring at least this much (cosine similarity, -1..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f32>,
 }
 
 impl SearchRequest {
+    /// A plain text search with the device's defaults.
+    pub fn text(text: impl Into<String>) -> Self {
+        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None }
+    }
+
     /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise
     /// the whole payload is the search text. Texts are trimmed; empty, over-long, non-UTF-8 or
     /// wrongly-shaped payloads are refused.
@@ -29,11 +51,14 @@ impl SearchRequest {
         let mut request = if trimmed.starts_with('{') {
             serde_json::from_str::<SearchRequest>(trimmed).map_err(|e| WireError::Json(e.to_string()))?
         } else {
-            SearchRequest { text: trimmed.to_string(), k: None, id: None }
+            SearchRequest::text(trimmed)
         };
         request.text = request.text.trim().to_string();
-        if request.text.is_empty() {
-            return Err(WireError::Field { field: "text", reason: "is empty".into() });
+        if request.text.is_empty() && request.like.is_none() {
+            return Err(WireError::Field { field: "text", reason: "is empty (give a text, or a picture path in like)".into() });
+        }
+        if request.min_score.is_some_and(|m| !m.is_finite()) {
+            return Err(WireError::Field { field: "min_score", reason: "must be a number".into() });
         }
         if request.text.len() > max_text_bytes {
             return Err(WireError::Field {
@@ -60,6 +85,9 @@ pub struct Hit {
     pub path: String,
     /// Cosine similarity between the search text and the picture.
     pub score: f32,
+    /// When the picture was taken (EXIF DateTimeOriginal, else its modification time),
+    /// seconds since the epoch.
+    pub taken_s: i64,
 }
 
 /// The answer to a search, on `edgeclip/<device>/results`.
@@ -165,9 +193,12 @@ mod tests {
     #[test]
     fn plain_text_and_json_searches_are_both_accepted() {
         let plain = SearchRequest::parse(b"  a red circle \n", 100).unwrap();
-        assert_eq!(plain, SearchRequest { text: "a red circle".into(), k: None, id: None });
+        assert_eq!(plain, SearchRequest::text("a red circle"));
         let json = SearchRequest::parse(br#"{"text":"a blue star","k":3,"id":"q1"}"#, 100).unwrap();
-        assert_eq!(json, SearchRequest { text: "a blue star".into(), k: Some(3), id: Some("q1".into()) });
+        assert_eq!(json, SearchRequest { k: Some(3), id: Some("q1".into()), ..SearchRequest::text("a blue star") });
+        let like = SearchRequest::parse(br#"{"like":"/photos/a.jpg","folder":"/photos","after":5,"min_score":0.2}"#, 100).unwrap();
+        assert_eq!(like.like.as_deref(), Some("/photos/a.jpg"));
+        assert_eq!((like.after, like.min_score), (Some(5), Some(0.2)));
     }
 
     #[test]
@@ -183,7 +214,7 @@ mod tests {
 
     #[test]
     fn responses_parse_back_into_the_right_variant() {
-        let ok = r#"{"id":"1","text":"t","model":"m","took_ms":3,"hits":[{"path":"a.jpg","score":0.5}]}"#;
+        let ok = r#"{"id":"1","text":"t","model":"m","took_ms":3,"hits":[{"path":"a.jpg","score":0.5,"taken_s":0}]}"#;
         assert!(matches!(serde_json::from_str::<SearchResponse>(ok).unwrap(), SearchResponse::Results(_)));
         let err = r#"{"id":"1","error":"cloud did not answer within 5000 ms"}"#;
         let parsed = serde_json::from_str::<SearchResponse>(err).unwrap();

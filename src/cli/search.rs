@@ -6,13 +6,29 @@ use anyhow::bail;
 use clap::Args;
 use edgeclip::client::Client;
 use edgeclip::output::results_table;
-use edgeclip_messages::dashboard::SearchResponse;
+use edgeclip_messages::dashboard::{SearchRequest, SearchResponse};
 
 /// Flags of `search`.
 #[derive(Args, Debug)]
 pub struct SearchArgs {
-    /// What to look for, e.g. "a red circle".
+    /// What to look for, e.g. "a red circle" (may be empty with --like).
+    #[arg(default_value = "")]
     pub text: String,
+    /// More like this: rank by an indexed picture (its path on the device) instead of a text.
+    #[arg(long, value_name = "PATH")]
+    pub like: Option<String>,
+    /// Only pictures under this folder (on the device).
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<String>,
+    /// Only pictures taken at or after this time (seconds since the epoch).
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub after: Option<i64>,
+    /// Only pictures taken before this time (seconds since the epoch).
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub before: Option<i64>,
+    /// Only hits scoring at least this (cosine similarity).
+    #[arg(long, value_name = "SCORE")]
+    pub min_score: Option<f32>,
     /// Number of pictures to return.
     #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub k: u16,
@@ -34,7 +50,16 @@ pub struct SearchArgs {
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.broker, args.timeout).await?;
     let device = client.resolve_device(args.device.as_deref(), args.timeout).await?;
-    let response = client.search(&device, &args.text, Some(args.k as usize), args.timeout).await;
+    let request = SearchRequest {
+        k: Some(args.k as usize),
+        like: args.like.clone(),
+        folder: args.folder.clone(),
+        after: args.after,
+        before: args.before,
+        min_score: args.min_score,
+        ..SearchRequest::text(args.text.clone())
+    };
+    let response = client.request(&device, request, args.timeout).await;
     client.disconnect().await;
     let response = response?;
     if args.json {

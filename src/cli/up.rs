@@ -122,7 +122,7 @@ async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Resu
                 match line {
                     Ok(Some(text)) if text.trim().is_empty() => {}
                     Ok(Some(text)) => {
-                        let request = SearchRequest { text: text.trim().to_string(), k: None, id: None };
+                        let request = SearchRequest::text(text.trim());
                         match device.search(request).await {
                             Ok(response) => print!("{}", results_table(&response)),
                             Err(e) => println!("error: {e}"),

@@ -12,7 +12,7 @@ use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, E
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::warn;
 
-use crate::index::{Entry, Index};
+use crate::index::{Entry, Filter, Index, Ranked};
 use crate::scan::FileSeen;
 use crate::store::Store;
 
@@ -61,6 +61,19 @@ pub enum IndexMsg {
         reply: Received<EncodeReply>,
         /// Hits wanted.
         k: usize,
+        /// Which pictures may be returned.
+        filter: Filter,
+        /// The answer: model id and hits, or why not.
+        port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
+    },
+    /// Rank the index against the vector of one of its pictures ("more like this").
+    Like {
+        /// The indexed picture.
+        path: PathBuf,
+        /// Hits wanted.
+        k: usize,
+        /// Which pictures may be returned (the picture itself never is).
+        filter: Filter,
         /// The answer: model id and hits, or why not.
         port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
     },
@@ -241,8 +254,19 @@ impl Actor for IndexActor {
                     .collect();
                 let _ = port.send(known);
             }
-            IndexMsg::Rank { reply, k, port } => {
-                let _ = port.send(rank(&state.args.index, &reply, k));
+            IndexMsg::Rank { reply, k, filter, port } => {
+                let _ = port.send(rank(&state.args.index, &reply, k, &filter));
+            }
+            IndexMsg::Like { path, k, mut filter, port } => {
+                let index = &state.args.index;
+                let answer = match index.vector_of(&path) {
+                    None => Err(format!("{} is not an indexed picture", path.display())),
+                    Some(query) => {
+                        filter.exclude = Some(path);
+                        index.search_filtered(index.model(), query, k, &filter).map(|hits| (index.model().to_string(), to_hits(hits))).map_err(|e| e.to_string())
+                    }
+                };
+                let _ = port.send(answer);
             }
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
@@ -312,15 +336,16 @@ fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
 }
 
 /// Ranks directly on the archived vector of the reply: no copy, no deserialisation.
-fn rank(index: &Index, reply: &Received<EncodeReply>, k: usize) -> Result<(String, Vec<Hit>), String> {
+fn rank(index: &Index, reply: &Received<EncodeReply>, k: usize, filter: &Filter) -> Result<(String, Vec<Hit>), String> {
     let ArchivedReplyBody::Vector(text) = &reply.get().body else {
         return Err("the cloud's reply holds no vector".into());
     };
     let (model, query) = (&text.model, vector_view(&text.vector));
     validate_vector(&query).map_err(|e| format!("the cloud's vector is unusable: {e}"))?;
-    let hits = index.search(model.as_str(), &query, k).map_err(|e| e.to_string())?;
-    Ok((
-        model.to_string(),
-        hits.into_iter().map(|r| Hit { path: r.entry.path.display().to_string(), score: r.score }).collect(),
-    ))
+    let hits = index.search_filtered(model.as_str(), &query, k, filter).map_err(|e| e.to_string())?;
+    Ok((model.to_string(), to_hits(hits)))
+}
+
+fn to_hits(ranked: Vec<Ranked<'_>>) -> Vec<Hit> {
+    ranked.into_iter().map(|r| Hit { path: r.entry.path.display().to_string(), score: r.score, taken_s: r.entry.taken_s }).collect()
 }

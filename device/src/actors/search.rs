@@ -2,16 +2,18 @@
 //! caller), asks the cloud for the text vector with a timeout, has the index rank, answers.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{SearchError, SearchRequest, SearchResponse, SearchResults};
+use edgeclip_messages::dashboard::{Hit, SearchError, SearchRequest, SearchResponse, SearchResults};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{self, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use super::index::IndexMsg;
+use crate::index::Filter;
 
 /// How long the index may take to rank (it is in-process and fast; this only guards
 /// against a stuck actor).
@@ -55,6 +57,7 @@ struct Pending {
     id: String,
     text: String,
     k: usize,
+    filter: Filter,
     started: Instant,
     port: Option<RpcReplyPort<SearchResponse>>,
 }
@@ -84,14 +87,14 @@ impl Actor for SearchActor {
     async fn handle(&self, myself: ActorRef<SearchMsg>, msg: SearchMsg, state: &mut SearchState) -> Result<(), ActorProcessingErr> {
         match msg {
             SearchMsg::Payload(bytes) => match SearchRequest::parse(&bytes, state.args.max_text_bytes) {
-                Ok(request) => start(&myself, state, request, None),
+                Ok(request) => start(&myself, state, request, None).await,
                 Err(e) => {
                     warn!(error = %e, "search refused");
                     let id = json_id(&bytes).unwrap_or_default();
                     answer(state, None, SearchResponse::Error(SearchError { id, error: format!("bad search: {e}") }));
                 }
             },
-            SearchMsg::Search(request, port) => start(&myself, state, request, port),
+            SearchMsg::Search(request, port) => start(&myself, state, request, port).await,
             SearchMsg::CloudReply(bytes) => on_cloud_reply(state, bytes).await,
             SearchMsg::Timeout(request_id) => {
                 if let Some(p) = state.pending.remove(&request_id) {
@@ -108,11 +111,28 @@ impl Actor for SearchActor {
     }
 }
 
-fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: SearchRequest, port: Option<RpcReplyPort<SearchResponse>>) {
+async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: SearchRequest, port: Option<RpcReplyPort<SearchResponse>>) {
     state.next_request = state.next_request.wrapping_add(1);
     let request_id = state.next_request;
     let id = request.id.clone().unwrap_or_else(|| format!("{request_id:x}"));
     let k = request.k.unwrap_or(state.args.default_k).min(state.args.max_k);
+    let filter = Filter {
+        folder: request.folder.as_ref().map(PathBuf::from),
+        after: request.after,
+        before: request.before,
+        min_score: request.min_score,
+        exclude: None,
+    };
+    if let Some(like) = &request.like {
+        // Image to image: the device has the vectors already; no cloud round trip.
+        let started = Instant::now();
+        let path = PathBuf::from(like);
+        let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Like { path, k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
+        let text = if request.text.is_empty() { format!("like {like}") } else { request.text.clone() };
+        let response = respond(ranked, id, text, started);
+        answer(state, port, response);
+        return;
+    }
     let frame = wire::encode(&EncodeRequest {
         request_id,
         reply_to: topics::cloud_reply(&state.args.device_id),
@@ -126,7 +146,7 @@ fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: SearchR
             return;
         }
     }
-    state.pending.insert(request_id, Pending { id, text: request.text, k, started: Instant::now(), port });
+    state.pending.insert(request_id, Pending { id, text: request.text, k, filter, started: Instant::now(), port });
     myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
 }
 
@@ -149,21 +169,21 @@ async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
             error: format!("the cloud refused the search ({:?}): {}", f.code, f.message),
         }),
         ArchivedReplyBody::Vector(_) => {
-            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { reply, k: p.k, port }, RANK_TIMEOUT.as_millis() as u64);
-            match ranked {
-                Ok(Ok((model, hits))) => SearchResponse::Results(SearchResults {
-                    id: p.id.clone(),
-                    text: p.text.clone(),
-                    model,
-                    took_ms: p.started.elapsed().as_millis() as u64,
-                    hits,
-                }),
-                Ok(Err(error)) => SearchResponse::Error(SearchError { id: p.id.clone(), error }),
-                Err(e) => SearchResponse::Error(SearchError { id: p.id.clone(), error: format!("index did not answer: {e}") }),
-            }
+            let filter = p.filter.clone();
+            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { reply, k: p.k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
+            respond(ranked, p.id.clone(), p.text.clone(), p.started)
         }
     };
     answer(state, p.port, response);
+}
+
+/// The answer to a search from the index's ranking.
+fn respond<E: std::fmt::Display>(ranked: Result<Result<(String, Vec<Hit>), String>, E>, id: String, text: String, started: Instant) -> SearchResponse {
+    match ranked {
+        Ok(Ok((model, hits))) => SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits }),
+        Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
+        Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),
+    }
 }
 
 /// Publishes the answer on the results topic and hands it to the in-process caller, if any.
