@@ -174,6 +174,11 @@ pub struct DeviceStatus {
     pub failed: u64,
     /// Pictures encoded since the device started (unchanged pictures are never re-encoded).
     pub encoded: u64,
+    /// Pictures indexed per second in the current indexing run (0 when idle).
+    pub rate_per_s: f64,
+    /// Estimated seconds until everything pending is indexed, while indexing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<u64>,
     /// Model id of the index.
     pub model: String,
     /// Vector dimension of the model.

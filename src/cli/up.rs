@@ -98,6 +98,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Result<()> {
     let mut announced = false;
+    let mut bar: Option<indicatif::ProgressBar> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut lines = (!args.no_prompt).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
     let shutdown = shutdown_signal();
@@ -110,8 +111,28 @@ async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Resu
             _ = &mut shutdown => return Ok(()),
             _ = tick.tick(), if !announced => {
                 let status = device.status().await?;
+                let done = status.indexed + status.failed;
+                if status.state == DeviceState::Indexing {
+                    let b = bar.get_or_insert_with(|| {
+                        let b = indicatif::ProgressBar::new(0);
+                        b.set_style(
+                            indicatif::ProgressStyle::with_template("indexing {bar:30} {pos}/{len} pictures  {msg}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                        b
+                    });
+                    b.set_length(done + status.pending);
+                    b.set_position(done);
+                    b.set_message(match status.eta_s {
+                        Some(eta) => format!("{:.1}/s, {eta} s left", status.rate_per_s),
+                        None => String::new(),
+                    });
+                }
                 if status.state == DeviceState::Idle {
                     announced = true;
+                    if let Some(b) = bar.take() {
+                        b.finish_and_clear();
+                    }
                     println!(
                         "indexed {} pictures ({} skipped) in {:.1} s",
                         status.indexed, status.failed, started.elapsed().as_secs_f64()

@@ -106,6 +106,8 @@ pub struct IndexState {
     args: IndexArgs,
     pending: u64,
     settling: u64,
+    /// Start of the current indexing run and pictures done in it, for rate and ETA.
+    run: Option<(std::time::Instant, u64)>,
     failed: u64,
     encoded: u64,
     /// Vectors of recently removed pictures by content hash, so a renamed or moved picture
@@ -130,11 +132,29 @@ impl IndexState {
             pending: waiting,
             failed: self.failed,
             encoded: self.encoded,
+            rate_per_s: self.rate(),
+            eta_s: (waiting > 0 && self.rate() > 0.0).then(|| (waiting as f64 / self.rate()).ceil() as u64),
             model: index.model().to_string(),
             dim: index.dim(),
             folders: self.args.folders.clone(),
             recent_failures: self.recent.iter().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Pictures per second in the current run.
+    fn rate(&self) -> f64 {
+        match self.run {
+            Some((started, done)) if done > 0 => done as f64 / started.elapsed().as_secs_f64().max(1e-3),
+            _ => 0.0,
+        }
+    }
+
+    /// One queued picture was handled (indexed or failed).
+    fn done_one(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+        if let Some((_, done)) = &mut self.run {
+            *done += 1;
         }
     }
 
@@ -151,6 +171,7 @@ impl IndexState {
     fn changed(&mut self, myself: &ActorRef<IndexMsg>) {
         self.dirty = true;
         if self.pending + self.settling == 0 {
+            self.run = None;
             self.publish();
         } else if !self.timer_armed {
             self.timer_armed = true;
@@ -172,6 +193,7 @@ impl Actor for IndexActor {
             args,
             pending: 0,
             settling: 0,
+            run: None,
             failed: 0,
             removed: HashMap::new(),
             removed_order: VecDeque::new(),
@@ -188,6 +210,9 @@ impl Actor for IndexActor {
     async fn handle(&self, myself: ActorRef<IndexMsg>, msg: IndexMsg, state: &mut IndexState) -> Result<(), ActorProcessingErr> {
         match msg {
             IndexMsg::Scanned { queued, settling } => {
+                if state.pending == 0 && queued > 0 {
+                    state.run = Some((std::time::Instant::now(), 0));
+                }
                 state.pending += queued;
                 state.settling = settling;
                 if state.lifecycle == Some(DeviceState::Starting) {
@@ -196,7 +221,7 @@ impl Actor for IndexActor {
                 state.changed(&myself);
             }
             IndexMsg::Insert { entry, vector, encoded } => {
-                state.pending = state.pending.saturating_sub(1);
+                state.done_one();
                 state.encoded += u64::from(encoded);
                 if let Err(e) = persist_and_insert(&mut state.args, entry.clone(), &vector) {
                     record_failure(state, entry.path, e.to_string());
@@ -204,7 +229,7 @@ impl Actor for IndexActor {
                 state.changed(&myself);
             }
             IndexMsg::Failed { path, error } => {
-                state.pending = state.pending.saturating_sub(1);
+                state.done_one();
                 record_failure(state, path, error);
                 state.changed(&myself);
             }
