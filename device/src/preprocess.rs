@@ -200,13 +200,28 @@ impl Default for DecodeLimits {
 
 /// Decodes a picture file, bounded by `limits`, with its EXIF orientation applied.
 pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
-    let file = std::fs::File::open(path).map_err(|e| DeviceError::io(path, e))?;
-    decode_reader(std::io::BufReader::new(file), limits)
+    let bytes = std::fs::read(path).map_err(|e| DeviceError::io(path, e))?;
+    decode_bytes(&bytes, limits)
 }
 
 /// Decodes a picture held in memory, bounded by `limits`, with its EXIF orientation applied.
+/// A JPEG cut short (a copy or upload that did not finish) is refused, although the decoder
+/// would fill in the missing part: indexing half a picture would give a wrong vector.
 pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
+    if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_is_complete(bytes) {
+        return Err(DeviceError::Decode("truncated JPEG (no end-of-image marker after the last scan)".into()));
+    }
     decode_reader(Cursor::new(bytes), limits)
+}
+
+/// Whether an end-of-image marker follows the last start-of-scan. Inside entropy-coded data
+/// every 0xFF byte is followed by 0x00 or a restart marker, so `FF D9` there is the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xff, 0xd9]),
+        None => false,
+    }
 }
 
 fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
@@ -316,6 +331,21 @@ mod tests {
         with_exif.extend_from_slice(&jpeg[2..]);
         let decoded = decode_bytes(&with_exif, DecodeLimits::default()).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (2, 4));
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_and_complete_ones_accepted() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90])));
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        assert!(decode_bytes(&jpeg, DecodeLimits::default()).is_ok());
+        let mut trailer = jpeg.clone();
+        trailer.extend_from_slice(b"camera maker trailer");
+        assert!(decode_bytes(&trailer, DecodeLimits::default()).is_ok());
+        for cut in [jpeg.len() - 2, jpeg.len() / 2, 300] {
+            let err = decode_bytes(&jpeg[..cut], DecodeLimits::default()).unwrap_err().to_string();
+            assert!(err.contains("truncated"), "cut {cut}: {err}");
+        }
     }
 
     #[test]
