@@ -62,6 +62,8 @@ pub struct EncoderConfig {
     pub cache_entries: usize,
     /// Longest text.
     pub max_text_bytes: usize,
+    /// Most vectors in one server-ranked chunk.
+    pub max_rank_vectors: usize,
 }
 
 impl CloudConfig {

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! Pure engines: [`model`] (config.json, textual/), [`tokenize`] (CLIP BPE via `tokenizers`),
+//! [`rank`] (server-side ranking of int8 vectors, method B),
 //! [`encode`] (the text tower on tract). Shells: [`actors`], [`service`], [`config`], [`error`].
 //!
 //! Architecture invariant: the cloud never receives or reads a picture.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod model;
+pub mod rank;
 pub mod service;
 pub mod tokenize;
 

@@ -105,6 +105,12 @@ pub struct SearchConfig {
     pub max_k: usize,
     /// Longest text.
     pub max_text_bytes: usize,
+    /// Who ranks when a search does not say: `device` (method A) or `server` (method B).
+    pub mode: edgeclip_messages::dashboard::SearchMode,
+    /// Vectors per chunk of a server-ranked search.
+    pub server_chunk_vectors: usize,
+    /// Most vectors one server-ranked search may send.
+    pub max_server_vectors: usize,
 }
 
 /// `[status]`.
@@ -177,6 +183,9 @@ impl DeviceConfig {
         }
         if self.search.default_k == 0 || self.search.max_k == 0 || self.search.default_k > self.search.max_k {
             return bad("search.default_k and search.max_k must be >= 1 with default_k <= max_k".into());
+        }
+        if self.search.server_chunk_vectors == 0 {
+            return bad("search.server_chunk_vectors must be >= 1".into());
         }
         if self.search.max_text_bytes == 0 {
             return bad("search.max_text_bytes must be >= 1".into());

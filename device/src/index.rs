@@ -44,7 +44,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn keeps(&self, e: &Entry) -> bool {
+    /// Whether a picture passes the folder, time and exclusion filters (not the score).
+    pub fn keeps(&self, e: &Entry) -> bool {
         self.folder.as_ref().is_none_or(|f| e.path.starts_with(f))
             && self.after.is_none_or(|t| e.taken_s >= t)
             && self.before.is_none_or(|t| e.taken_s < t)

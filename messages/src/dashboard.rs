@@ -33,12 +33,25 @@ pub struct SearchRequest {
     /// Only hits scoring at least this much (cosine similarity, -1..1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<f32>,
+    /// Who ranks: the device (default, method A) or the cloud (method B).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SearchMode>,
+}
+
+/// Who ranks the pictures of a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// The cloud returns the text vector; the device ranks (method A).
+    Device,
+    /// The device sends the text with its (int8) vectors; the cloud ranks (method B).
+    Server,
 }
 
 impl SearchRequest {
     /// A plain text search with the device's defaults.
     pub fn text(text: impl Into<String>) -> Self {
-        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None }
+        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None }
     }
 
     /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise

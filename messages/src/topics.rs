@@ -18,10 +18,16 @@ use crate::WireError;
 pub const ROOT: &str = "edgeclip";
 /// Where devices publish text-encoding requests.
 pub const CLOUD_ENCODE: &str = "edgeclip/cloud/encode";
-/// Name of the shared-subscription group of the cloud workers.
+/// Name of the shared-subscription group of the cloud workers for encode requests. Each
+/// filter gets its own group name: rumqttd keys shared groups by name alone, so two filters in
+/// one group would share one delivery cursor.
 pub const CLOUD_SHARE_GROUP: &str = "edgeclip-cloud";
 /// The filter cloud workers subscribe to: one request goes to one worker of the group.
 pub const CLOUD_ENCODE_SHARED: &str = "$share/edgeclip-cloud/edgeclip/cloud/encode";
+/// Where devices publish server-ranked searches (method B).
+pub const CLOUD_RANK: &str = "edgeclip/cloud/rank";
+/// The filter cloud workers subscribe to for server-ranked searches.
+pub const CLOUD_RANK_SHARED: &str = "$share/edgeclip-cloud-rank/edgeclip/cloud/rank";
 /// Filter matching every device's availability topic.
 pub const ALL_AVAILABILITY: &str = "edgeclip/+/availability";
 /// Payload of the availability topic while the device is connected.

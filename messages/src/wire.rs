@@ -36,6 +36,23 @@ pub enum Kind {
     EncodeRequest = 1,
     /// [`EncodeReply`].
     EncodeReply = 2,
+    /// [`RankRequest`].
+    RankRequest = 3,
+    /// [`RankReply`].
+    RankReply = 4,
+}
+
+impl Kind {
+    /// The kind of a frame, read from its header without validating the rest.
+    pub fn of(payload: &[u8]) -> Option<Kind> {
+        match payload.get(4)? {
+            1 => Some(Kind::EncodeRequest),
+            2 => Some(Kind::EncodeReply),
+            3 => Some(Kind::RankRequest),
+            4 => Some(Kind::RankReply),
+            _ => None,
+        }
+    }
 }
 
 /// A message type that travels in a frame.
@@ -116,6 +133,127 @@ pub struct EncodeReply {
 
 impl WireMessage for EncodeReply {
     const KIND: Kind = Kind::EncodeReply;
+}
+
+/// Device -> cloud, server-ranked mode (method B): encode `text` and rank these vectors
+/// against it. A search sends one request per chunk of vectors; chunks are independent (any
+/// worker can take any chunk), and the device merges the per-chunk top-k.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RankRequest {
+    /// Correlates the replies with the search.
+    pub request_id: u64,
+    /// Topic the reply must be published to.
+    pub reply_to: String,
+    /// Model id of the vectors.
+    pub model: String,
+    /// The search text.
+    pub text: String,
+    /// Hits wanted from this chunk.
+    pub k: u32,
+    /// Which chunk this is (0-based) of how many.
+    pub chunk: u32,
+    /// Number of chunks of the search.
+    pub chunks: u32,
+    /// Vector dimension.
+    pub dim: u32,
+    /// The device's ids of the vectors, one per vector.
+    pub ids: Vec<u32>,
+    /// Per-vector scale of the int8 codes: value = code * scale.
+    pub scales: Vec<f32>,
+    /// The vectors, int8-quantised, `dim` codes each.
+    pub codes: Vec<i8>,
+}
+
+impl WireMessage for RankRequest {
+    const KIND: Kind = Kind::RankRequest;
+}
+
+/// Ranked ids of one chunk.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RankedIds {
+    /// Model id whose text tower encoded the text.
+    pub model: String,
+    /// The device's ids, best first.
+    pub ids: Vec<u32>,
+    /// Their scores.
+    pub scores: Vec<f32>,
+}
+
+/// The body of a rank reply.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum RankBody {
+    /// The chunk's best ids.
+    Ranked(RankedIds),
+    /// The chunk could not be ranked.
+    Error(CloudFailure),
+}
+
+/// Cloud -> device: the answer to one [`RankRequest`] chunk.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RankReply {
+    /// The search this answers.
+    pub request_id: u64,
+    /// The chunk this answers.
+    pub chunk: u32,
+    /// Ranked ids or error.
+    pub body: RankBody,
+}
+
+impl WireMessage for RankReply {
+    const KIND: Kind = Kind::RankReply;
+}
+
+impl ArchivedRankRequest {
+    /// Checks text, reply topic, model and that ids, scales and codes agree in size.
+    pub fn validate(&self, max_text_bytes: usize, max_vectors: usize) -> Result<(), WireError> {
+        let bad = |field: &'static str, reason: String| Err(WireError::Field { field, reason });
+        if self.text.is_empty() || self.text.len() > max_text_bytes {
+            return bad("text", format!("must be 1 to {max_text_bytes} bytes"));
+        }
+        if self.model.is_empty() || self.model.len() > 256 {
+            return bad("model", "must be 1 to 256 bytes".into());
+        }
+        crate::topics::validate_reply_topic(self.reply_to.as_str())?;
+        let (dim, n) = (self.dim.to_native() as usize, self.ids.len());
+        if dim == 0 || dim > MAX_DIM {
+            return bad("dim", format!("{dim} out of 1..={MAX_DIM}"));
+        }
+        if n > max_vectors {
+            return bad("ids", format!("{n} vectors in one chunk, the limit is {max_vectors}"));
+        }
+        if self.scales.len() != n || self.codes.len() != n * dim {
+            return bad("codes", format!("{n} ids, {} scales and {} codes do not fit dimension {dim}", self.scales.len(), self.codes.len()));
+        }
+        if self.scales.iter().any(|s| !s.to_native().is_finite()) {
+            return bad("scales", "not finite".into());
+        }
+        let k = self.k.to_native();
+        if k == 0 || k > 10_000 {
+            return bad("k", format!("{k} out of 1..=10000"));
+        }
+        if self.chunks.to_native() == 0 || self.chunk.to_native() >= self.chunks.to_native() {
+            return bad("chunk", "chunk must be below chunks".into());
+        }
+        Ok(())
+    }
+}
+
+/// int8 quantisation of unit vectors for server-ranked searches: each vector is scaled so its
+/// largest magnitude maps to 127; a dot product with a float query is `scale * sum(q_i * x_i)`.
+pub fn quantise(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
+    let max = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    codes.extend(vector.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+    scale
+}
+
+/// Dot product of a float query with an int8-quantised vector.
+pub fn dot_quantised(query: &[f32], scale: f32, codes: &[i8]) -> f32 {
+    scale * query.iter().zip(codes).map(|(q, &c)| q * c as f32).sum::<f32>()
 }
 
 /// Serialises a message into a frame ready to publish.
@@ -330,6 +468,42 @@ mod tests {
         r.reply_to = "edgeclip/#".into();
         let f = Received::<EncodeRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
         assert!(f.get().validate(1024).is_err());
+    }
+
+    #[test]
+    fn quantised_dot_products_stay_close_to_float_ones() {
+        let v: Vec<f32> = (0..64).map(|i| ((i * 37 % 19) as f32 - 9.0) / 30.0).collect();
+        let q: Vec<f32> = (0..64).map(|i| ((i * 11 % 13) as f32 - 6.0) / 20.0).collect();
+        let mut codes = Vec::new();
+        let scale = quantise(&v, &mut codes);
+        let exact: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+        assert!((dot_quantised(&q, scale, &codes) - exact).abs() < 0.01, "{exact}");
+    }
+
+    #[test]
+    fn rank_requests_are_checked_for_consistent_sizes() {
+        let mut codes = Vec::new();
+        let scale = quantise(&[0.6, 0.8], &mut codes);
+        let mut r = RankRequest {
+            request_id: 1,
+            reply_to: "edgeclip/cam/cloud/reply".into(),
+            model: "m".into(),
+            text: "a red circle".into(),
+            k: 5,
+            chunk: 0,
+            chunks: 1,
+            dim: 2,
+            ids: vec![7],
+            scales: vec![scale],
+            codes,
+        };
+        let ok = Received::<RankRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
+        assert!(ok.get().validate(100, 10).is_ok());
+        assert!(ok.get().validate(100, 0).is_err());
+        r.ids.push(8);
+        let bad = Received::<RankRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
+        assert!(bad.get().validate(100, 10).is_err());
+        assert_eq!(Kind::of(&encode(&r).unwrap()), Some(Kind::RankRequest));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 use edgeclip::client::Client;
 use edgeclip::output::results_table;
-use edgeclip_messages::dashboard::{SearchRequest, SearchResponse};
+use edgeclip_messages::dashboard::{SearchMode, SearchRequest, SearchResponse};
 
 /// Flags of `search`.
 #[derive(Args, Debug)]
@@ -29,6 +29,10 @@ pub struct SearchArgs {
     /// Only hits scoring at least this (cosine similarity).
     #[arg(long, value_name = "SCORE")]
     pub min_score: Option<f32>,
+    /// Who ranks: `device` (the cloud returns the text vector) or `server` (the device sends
+    /// its vectors and the cloud ranks); default: the device's configuration.
+    #[arg(long, value_parser = ["device", "server"])]
+    pub mode: Option<String>,
     /// Number of pictures to return.
     #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub k: u16,
@@ -57,6 +61,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
         after: args.after,
         before: args.before,
         min_score: args.min_score,
+        mode: args.mode.as_deref().map(|m| if m == "server" { SearchMode::Server } else { SearchMode::Device }),
         ..SearchRequest::text(args.text.clone())
     };
     let response = client.request(&device, request, args.timeout).await;

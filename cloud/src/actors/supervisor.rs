@@ -57,7 +57,7 @@ impl Actor for CloudSupervisor {
             client_id: config.broker.client_id.clone(),
             keep_alive: Duration::from_secs(config.broker.keep_alive_s),
             max_packet_bytes: config.broker.max_packet_bytes,
-            subscriptions: vec![topics::CLOUD_ENCODE_SHARED.to_string()],
+            subscriptions: vec![topics::CLOUD_ENCODE_SHARED.to_string(), topics::CLOUD_RANK_SHARED.to_string()],
             presence: Some(Presence {
                 topic: worker_presence_topic(&config.worker_id),
                 online: model.id.clone(),
@@ -76,12 +76,14 @@ impl Actor for CloudSupervisor {
             cache_entries: config.encoder.cache_entries,
             max_text_bytes: config.encoder.max_text_bytes,
             max_request_bytes: config.broker.max_packet_bytes,
+            max_rank_vectors: config.encoder.max_rank_vectors,
             link: link.clone(),
         };
         let (encoder, _) = Actor::spawn_linked(None, TextEncoderActor, args, cell).await?;
         let to_encoder = encoder.clone();
         let router = Arc::new(move |msg: Incoming| {
-            if msg.topic == topics::CLOUD_ENCODE && to_encoder.cast(TextEncoderMsg::Request(msg.payload.to_vec())).is_err() {
+            let ours = msg.topic == topics::CLOUD_ENCODE || msg.topic == topics::CLOUD_RANK;
+            if ours && to_encoder.cast(TextEncoderMsg::Request(msg.payload.to_vec())).is_err() {
                 tracing::debug!("encoder gone; request dropped");
             }
         });

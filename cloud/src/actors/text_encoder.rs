@@ -1,4 +1,5 @@
-//! [`TextEncoderActor`]: turns encode requests into text vectors.
+//! [`TextEncoderActor`]: turns encode requests into text vectors (method A), and rank
+//! requests into the best ids of a chunk of the device's vectors (method B).
 //!
 //! Every request is validated (frame, protocol version, text, reply topic, model); a request
 //! whose reply topic is known gets an error reply, anything else is logged and dropped. Texts
@@ -8,7 +9,10 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::wire::{self, CloudFailure, EncodeReply, EncodeRequest, ErrorCode, Received, ReplyBody, TextVector};
+use edgeclip_messages::wire::{
+    self, CloudFailure, EncodeReply, EncodeRequest, ErrorCode, Kind, RankBody, RankReply, RankRequest, RankedIds, Received, ReplyBody,
+    TextVector,
+};
 use lru::LruCache;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
@@ -17,23 +21,33 @@ use tracing::{debug, warn};
 use crate::encode::TextTower;
 use crate::tokenize::ClipTokenizer;
 
-/// Messages of the text encoder.
-pub enum TextEncoderMsg {
-    /// A payload from the encode topic.
-    Request(Vec<u8>),
-    /// A worker finished a text.
-    Encoded {
+/// What a text is encoded for.
+pub enum Job {
+    /// Method A: reply with the text vector.
+    Vector {
         /// Request being answered.
         request_id: u64,
         /// Where the reply goes.
         reply_to: String,
+    },
+    /// Method B: rank this chunk of the device's vectors against the text.
+    Rank(Box<Received<RankRequest>>),
+}
+
+/// Messages of the text encoder.
+pub enum TextEncoderMsg {
+    /// A payload from the encode or rank topic.
+    Request(Vec<u8>),
+    /// A worker finished a text.
+    Encoded {
         /// The text (cache key).
         text: String,
+        /// What it was encoded for.
+        job: Job,
         /// The vector, or why not.
         result: Result<Vec<f32>, String>,
     },
 }
-
 /// Arguments of the text encoder.
 pub struct TextEncoderArgs {
     /// The text tower.
@@ -50,6 +64,8 @@ pub struct TextEncoderArgs {
     pub max_text_bytes: usize,
     /// Largest request payload.
     pub max_request_bytes: usize,
+    /// Most vectors in one server-ranked chunk.
+    pub max_rank_vectors: usize,
     /// The MQTT link.
     pub link: ActorRef<LinkMsg>,
 }
@@ -77,52 +93,95 @@ impl Actor for TextEncoderActor {
 
     async fn handle(&self, myself: ActorRef<TextEncoderMsg>, msg: TextEncoderMsg, state: &mut TextEncoderState) -> Result<(), ActorProcessingErr> {
         match msg {
-            TextEncoderMsg::Request(bytes) => on_request(&myself, state, &bytes).await?,
-            TextEncoderMsg::Encoded { request_id, reply_to, text, result } => {
-                let body = match result {
-                    Ok(vector) => {
-                        if let Some(cache) = &mut state.cache {
-                            cache.put(text, vector.clone());
-                        }
-                        ReplyBody::Vector(TextVector { model: state.args.model.clone(), vector })
-                    }
-                    Err(message) => ReplyBody::Error(CloudFailure { code: ErrorCode::Internal, message }),
-                };
-                reply(state, request_id, &reply_to, body);
+            TextEncoderMsg::Request(bytes) => {
+                if let Some((text, job)) = accept(state, &bytes) {
+                    encode(&myself, state, text, job).await?;
+                }
+            }
+            TextEncoderMsg::Encoded { text, job, result } => {
+                if let (Ok(vector), Some(cache)) = (&result, &mut state.cache) {
+                    cache.put(text, vector.clone());
+                }
+                finish(state, job, result);
             }
         }
         Ok(())
     }
 }
 
-async fn on_request(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState, bytes: &[u8]) -> Result<(), ActorProcessingErr> {
-    let request = match Received::<EncodeRequest>::decode(bytes, state.args.max_request_bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "malformed encode request dropped (no reply topic can be trusted)");
-            return Ok(());
+/// Validates a request; answers the invalid ones it can, and returns the text and the job of
+/// the valid ones.
+fn accept(state: &TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
+    let limit = state.args.max_request_bytes;
+    let fail = |code, message: String| Err(CloudFailure { code, message });
+    match Kind::of(bytes) {
+        Some(Kind::RankRequest) => {
+            let request = match Received::<RankRequest>::decode(bytes, limit) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "malformed rank request dropped (no reply topic can be trusted)");
+                    return None;
+                }
+            };
+            let r = request.get();
+            if edgeclip_messages::topics::validate_reply_topic(r.reply_to.as_str()).is_err() {
+                warn!("rank request with an unusable reply topic dropped");
+                return None;
+            }
+            let checked = match r.validate(state.args.max_text_bytes, state.args.max_rank_vectors) {
+                Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
+                Ok(()) if r.model.as_str() != state.args.model => fail(ErrorCode::ModelMismatch, mismatch(&state.args.model, r.model.as_str())),
+                Ok(()) => Ok(()),
+            };
+            let text = r.text.to_string();
+            match checked {
+                Ok(()) => Some((text, Job::Rank(Box::new(request)))),
+                Err(failure) => {
+                    reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), RankBody::Error(failure));
+                    None
+                }
+            }
         }
-    };
-    let r = request.get();
-    let request_id = r.request_id.to_native();
-    if let Err(e) = edgeclip_messages::topics::validate_reply_topic(r.reply_to.as_str()) {
-        warn!(error = %e, "encode request with an unusable reply topic dropped");
-        return Ok(());
+        _ => {
+            let request = match Received::<EncodeRequest>::decode(bytes, limit) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "malformed encode request dropped (no reply topic can be trusted)");
+                    return None;
+                }
+            };
+            let r = request.get();
+            let request_id = r.request_id.to_native();
+            if let Err(e) = edgeclip_messages::topics::validate_reply_topic(r.reply_to.as_str()) {
+                warn!(error = %e, "encode request with an unusable reply topic dropped");
+                return None;
+            }
+            let reply_to = r.reply_to.to_string();
+            let checked = match r.validate(state.args.max_text_bytes) {
+                Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
+                Ok(()) if r.model.as_str() != state.args.model => fail(ErrorCode::ModelMismatch, mismatch(&state.args.model, r.model.as_str())),
+                Ok(()) => Ok(()),
+            };
+            match checked {
+                Ok(()) => Some((r.text.to_string(), Job::Vector { request_id, reply_to })),
+                Err(failure) => {
+                    reply(state, request_id, &reply_to, ReplyBody::Error(failure));
+                    None
+                }
+            }
+        }
     }
-    let reply_to = r.reply_to.to_string();
-    if let Err(e) = r.validate(state.args.max_text_bytes) {
-        reply(state, request_id, &reply_to, ReplyBody::Error(CloudFailure { code: ErrorCode::BadRequest, message: e.to_string() }));
-        return Ok(());
-    }
-    if r.model.as_str() != state.args.model {
-        let message = format!("this cloud serves model {}, the device's index was built with {}", state.args.model, r.model);
-        reply(state, request_id, &reply_to, ReplyBody::Error(CloudFailure { code: ErrorCode::ModelMismatch, message }));
-        return Ok(());
-    }
-    let text = r.text.to_string();
+}
+
+fn mismatch(served: &str, asked: &str) -> String {
+    format!("this cloud serves model {served}, the device's index was built with {asked}")
+}
+
+/// Answers from the cache, or encodes on a worker thread and comes back as `Encoded`.
+async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState, text: String, job: Job) -> Result<(), ActorProcessingErr> {
     if let Some(vector) = state.cache.as_mut().and_then(|c| c.get(&text)).cloned() {
         debug!(%text, "cache hit");
-        reply(state, request_id, &reply_to, ReplyBody::Vector(TextVector { model: state.args.model.clone(), vector }));
+        finish(state, job, Ok(vector));
         return Ok(());
     }
     let permit = state.slots.clone().acquire_owned().await?;
@@ -140,9 +199,45 @@ async fn on_request(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderSt
             Err(join) => Err(format!("encoder crashed: {join}")),
         };
         drop(permit);
-        let _ = me.cast(TextEncoderMsg::Encoded { request_id, reply_to, text, result });
+        let _ = me.cast(TextEncoderMsg::Encoded { text, job, result });
     });
     Ok(())
+}
+
+/// Sends the answer of a job: the vector (method A) or the chunk's ranking (method B).
+fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, String>) {
+    let model = state.args.model.clone();
+    match job {
+        Job::Vector { request_id, reply_to } => {
+            let body = match result {
+                Ok(vector) => ReplyBody::Vector(TextVector { model, vector }),
+                Err(message) => ReplyBody::Error(CloudFailure { code: ErrorCode::Internal, message }),
+            };
+            reply(state, request_id, &reply_to, body);
+        }
+        Job::Rank(request) => {
+            let r = request.get();
+            let body = match result {
+                Ok(query) if query.len() == r.dim.to_native() as usize => {
+                    let (ids, scores) = crate::rank::rank_chunk(&query, r);
+                    RankBody::Ranked(RankedIds { model, ids, scores })
+                }
+                Ok(query) => RankBody::Error(CloudFailure {
+                    code: ErrorCode::ModelMismatch,
+                    message: format!("vectors of dimension {} cannot be ranked against a text vector of {}", r.dim, query.len()),
+                }),
+                Err(message) => RankBody::Error(CloudFailure { code: ErrorCode::Internal, message }),
+            };
+            reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), body);
+        }
+    }
+}
+
+fn reply_rank(state: &TextEncoderState, request_id: u64, chunk: u32, reply_to: &str, body: RankBody) {
+    match wire::encode(&RankReply { request_id, chunk, body }) {
+        Ok(frame) => edgeclip_link::publish(&state.args.link, reply_to.to_string(), frame, false),
+        Err(e) => warn!(error = %e, "reply not serialisable"),
+    }
 }
 
 fn reply(state: &TextEncoderState, request_id: u64, reply_to: &str, body: ReplyBody) {

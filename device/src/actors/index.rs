@@ -77,6 +77,17 @@ pub enum IndexMsg {
         /// The answer: model id and hits, or why not.
         port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
     },
+    /// The pictures `filter` keeps, int8-quantised in chunks, for a server-ranked search.
+    Export {
+        /// Which pictures.
+        filter: Filter,
+        /// Vectors per chunk.
+        chunk_vectors: usize,
+        /// Most vectors that may leave the device for one search.
+        max_vectors: usize,
+        /// The export, or why not.
+        port: RpcReplyPort<Result<Export, String>>,
+    },
     /// The current status.
     Status(RpcReplyPort<DeviceStatus>),
     /// The device is shutting down.
@@ -293,6 +304,9 @@ impl Actor for IndexActor {
                 };
                 let _ = port.send(answer);
             }
+            IndexMsg::Export { filter, chunk_vectors, max_vectors, port } => {
+                let _ = port.send(export(&state.args.index, &filter, chunk_vectors, max_vectors));
+            }
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
             }
@@ -369,6 +383,42 @@ fn rank(index: &Index, reply: &Received<EncodeReply>, k: usize, filter: &Filter)
     validate_vector(&query).map_err(|e| format!("the cloud's vector is unusable: {e}"))?;
     let hits = index.search_filtered(model.as_str(), &query, k, filter).map_err(|e| e.to_string())?;
     Ok((model.to_string(), to_hits(hits)))
+}
+
+/// A server-ranked search's view of the index: ids are positions in `paths`.
+pub struct Export {
+    /// Model id of the vectors.
+    pub model: String,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Picture of each id.
+    pub paths: Vec<PathBuf>,
+    /// Capture time of each id.
+    pub taken: Vec<i64>,
+    /// Chunks: (ids, scales, int8 codes).
+    pub chunks: Vec<(Vec<u32>, Vec<f32>, Vec<i8>)>,
+}
+
+fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usize) -> Result<Export, String> {
+    let kept: Vec<(&Entry, &[f32])> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
+    if kept.len() > max_vectors {
+        return Err(format!(
+            "{} pictures match, more than search.max_server_vectors = {max_vectors} may leave the device; search in device mode or narrow the search",
+            kept.len()
+        ));
+    }
+    let mut out = Export { model: index.model().to_string(), dim: index.dim(), paths: Vec::new(), taken: Vec::new(), chunks: Vec::new() };
+    for group in kept.chunks(chunk_vectors.max(1)) {
+        let (mut ids, mut scales, mut codes) = (Vec::new(), Vec::new(), Vec::with_capacity(group.len() * index.dim()));
+        for (entry, vector) in group {
+            ids.push(out.paths.len() as u32);
+            out.paths.push(entry.path.clone());
+            out.taken.push(entry.taken_s);
+            scales.push(edgeclip_messages::wire::quantise(vector, &mut codes));
+        }
+        out.chunks.push((ids, scales, codes));
+    }
+    Ok(out)
 }
 
 fn to_hits(ranked: Vec<Ranked<'_>>) -> Vec<Hit> {

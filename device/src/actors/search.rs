@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{Hit, SearchError, SearchRequest, SearchResponse, SearchResults};
+use edgeclip_messages::dashboard::{Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults};
 use edgeclip_messages::topics;
-use edgeclip_messages::wire::{self, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
+use edgeclip_messages::wire::{self, ArchivedRankBody, ArchivedReplyBody, EncodeReply, EncodeRequest, Kind, RankReply, RankRequest, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
@@ -51,6 +51,12 @@ pub struct SearchArgs {
     pub link: ActorRef<LinkMsg>,
     /// The index.
     pub index: ActorRef<IndexMsg>,
+    /// Who ranks when a search does not say.
+    pub default_mode: SearchMode,
+    /// Vectors per server-ranked chunk.
+    pub server_chunk_vectors: usize,
+    /// Most vectors one server-ranked search may send.
+    pub max_server_vectors: usize,
 }
 
 struct Pending {
@@ -60,6 +66,18 @@ struct Pending {
     filter: Filter,
     started: Instant,
     port: Option<RpcReplyPort<SearchResponse>>,
+    /// Set for a server-ranked search (method B).
+    server: Option<ServerRanked>,
+}
+
+/// A server-ranked search in flight: the chunks sent and the hits merged so far.
+struct ServerRanked {
+    model: String,
+    paths: Vec<PathBuf>,
+    taken: Vec<i64>,
+    chunks: u32,
+    received: std::collections::HashSet<u32>,
+    hits: Vec<(u32, f32)>,
 }
 
 /// State of the search actor.
@@ -133,24 +151,138 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         answer(state, port, response);
         return;
     }
-    let frame = wire::encode(&EncodeRequest {
-        request_id,
-        reply_to: topics::cloud_reply(&state.args.device_id),
-        model: state.args.model.clone(),
-        text: request.text.clone(),
-    });
-    match frame {
-        Ok(frame) => edgeclip_link::publish(&state.args.link, topics::CLOUD_ENCODE.to_string(), frame, false),
-        Err(e) => {
-            answer(state, port, SearchResponse::Error(SearchError { id, error: format!("cannot encode request: {e}") }));
+    let reply_to = topics::cloud_reply(&state.args.device_id);
+    let mut server = None;
+    let sent = if request.mode.unwrap_or(state.args.default_mode) == SearchMode::Server {
+        // Method B: the text and the (int8) vectors go to the cloud, which ranks.
+        let (chunk_vectors, max_vectors) = (state.args.server_chunk_vectors, state.args.max_server_vectors);
+        let f = filter.clone();
+        let export = ractor::call_t!(state.args.index, |port| IndexMsg::Export { filter: f, chunk_vectors, max_vectors, port }, RANK_TIMEOUT.as_millis() as u64);
+        match export {
+            Ok(Ok(export)) if export.chunks.is_empty() => {
+                let empty = SearchResults { id, text: request.text, model: export.model, took_ms: 0, hits: Vec::new() };
+                answer(state, port, SearchResponse::Results(empty));
+                return;
+            }
+            Ok(Ok(export)) => {
+                let chunks = export.chunks.len() as u32;
+                let mut frames = Vec::new();
+                for (chunk, (ids, scales, codes)) in export.chunks.into_iter().enumerate() {
+                    frames.push(wire::encode(&RankRequest {
+                        request_id,
+                        reply_to: reply_to.clone(),
+                        model: export.model.clone(),
+                        text: request.text.clone(),
+                        k: k as u32,
+                        chunk: chunk as u32,
+                        chunks,
+                        dim: export.dim as u32,
+                        ids,
+                        scales,
+                        codes,
+                    }));
+                }
+                server = Some(ServerRanked {
+                    model: export.model,
+                    paths: export.paths,
+                    taken: export.taken,
+                    chunks,
+                    received: Default::default(),
+                    hits: Vec::new(),
+                });
+                frames.into_iter().map(|f| f.map(|f| (topics::CLOUD_RANK, f))).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("index did not answer: {e}")),
+        }
+    } else {
+        let request = EncodeRequest { request_id, reply_to, model: state.args.model.clone(), text: request.text.clone() };
+        wire::encode(&request).map(|f| vec![(topics::CLOUD_ENCODE, f)]).map_err(|e| e.to_string())
+    };
+    match sent {
+        Ok(frames) => {
+            for (topic, frame) in frames {
+                edgeclip_link::publish(&state.args.link, topic.to_string(), frame, false);
+            }
+        }
+        Err(error) => {
+            answer(state, port, SearchResponse::Error(SearchError { id, error }));
             return;
         }
     }
-    state.pending.insert(request_id, Pending { id, text: request.text, k, filter, started: Instant::now(), port });
+    state.pending.insert(request_id, Pending { id, text: request.text, k, filter, started: Instant::now(), port, server });
     myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
 }
 
+/// Merges one chunk's ranking of a server-ranked search; answers once every chunk is in.
+fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
+    let reply = match Received::<RankReply>::decode(bytes, state.args.max_reply_bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "malformed rank reply from the cloud ignored");
+            return;
+        }
+    };
+    let r = reply.get();
+    let request_id = r.request_id.to_native();
+    let Some(p) = state.pending.get_mut(&request_id) else {
+        info!(request_id, "rank reply to an unknown or expired search ignored");
+        return;
+    };
+    let Some(server) = p.server.as_mut() else {
+        warn!(request_id, "rank reply to a device-ranked search ignored");
+        return;
+    };
+    let failure = match &r.body {
+        ArchivedRankBody::Error(f) => Some(format!("the cloud refused the search ({:?}): {}", f.code, f.message)),
+        ArchivedRankBody::Ranked(ranked) if ranked.model.as_str() != server.model => {
+            Some(format!("the cloud ranked with model {}, the device's index holds {}", ranked.model, server.model))
+        }
+        ArchivedRankBody::Ranked(ranked) => {
+            let chunk = r.chunk.to_native();
+            let valid = chunk < server.chunks
+                && ranked.ids.len() == ranked.scores.len()
+                && ranked.ids.iter().all(|id| (id.to_native() as usize) < server.paths.len());
+            if !valid {
+                Some("the cloud's ranking does not fit the search".to_string())
+            } else {
+                // QoS 1 may deliver a chunk twice; count it once.
+                if server.received.insert(chunk) {
+                    server.hits.extend(ranked.ids.iter().zip(ranked.scores.iter()).map(|(i, s)| (i.to_native(), s.to_native())));
+                }
+                None
+            }
+        }
+    };
+    let done = failure.is_some() || server.received.len() as u32 == server.chunks;
+    if !done {
+        return;
+    }
+    let Some(p) = state.pending.remove(&request_id) else { return };
+    let response = match (failure, p.server) {
+        (Some(error), _) => SearchResponse::Error(SearchError { id: p.id, error }),
+        (None, Some(mut server)) => {
+            server.hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let hits = server
+                .hits
+                .into_iter()
+                .filter(|(_, s)| p.filter.min_score.is_none_or(|m| *s >= m))
+                .take(p.k)
+                .map(|(i, score)| Hit { path: server.paths[i as usize].display().to_string(), score, taken_s: server.taken[i as usize] })
+                .collect();
+            let took_ms = p.started.elapsed().as_millis() as u64;
+            SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits })
+        }
+        (None, None) => return,
+    };
+    answer(state, p.port, response);
+}
+
 async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
+    if Kind::of(&bytes) == Some(Kind::RankReply) {
+        on_rank_reply(state, &bytes);
+        return;
+    }
     let reply = match Received::<EncodeReply>::decode(&bytes, state.args.max_reply_bytes) {
         Ok(r) => r,
         Err(e) => {

@@ -118,6 +118,10 @@ impl Actor for DeviceSupervisor {
             max_reply_bytes: config.broker.max_packet_bytes,
             link: link.clone(),
             index: index.clone(),
+            default_mode: config.search.mode,
+            // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
+            server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
+            max_server_vectors: config.search.max_server_vectors,
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         let capture_args = CaptureArgs {
