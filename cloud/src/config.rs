@@ -19,7 +19,7 @@ pub struct CloudConfig {
     /// Model folder.
     pub model: ModelConfig,
     /// Broker connection.
-    pub broker: BrokerConfig,
+    pub broker: edgeclip_link::BrokerConfig,
     /// Text encoding.
     pub encoder: EncoderConfig,
 }
@@ -32,24 +32,6 @@ pub struct ModelConfig {
     pub dir: PathBuf,
     /// Model id override.
     pub id: String,
-}
-
-/// `[broker]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// `mqtt://host:port`.
-    pub url: String,
-    /// MQTT client id; empty means `edgeclip-cloud-<worker_id>`.
-    pub client_id: String,
-    /// Keep-alive, seconds.
-    pub keep_alive_s: u64,
-    /// Shortest reconnect delay.
-    pub reconnect_min_ms: u64,
-    /// Longest reconnect delay.
-    pub reconnect_max_ms: u64,
-    /// Largest packet.
-    pub max_packet_bytes: usize,
 }
 
 /// `[encoder]`.
@@ -100,10 +82,8 @@ impl CloudConfig {
         if !self.worker_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) || self.worker_id.len() > 64 {
             return bad("worker_id may only hold up to 64 letters, digits, '.', '_' and '-'");
         }
-        if self.broker.client_id.is_empty() {
-            self.broker.client_id = format!("edgeclip-cloud-{}", self.worker_id);
-        }
-        edgeclip_link::options::parse_broker_url(&self.broker.url).map_err(|e| CloudError::Config(e.to_string()))?;
+        let client_id = format!("edgeclip-cloud-{}", self.worker_id);
+        self.broker.validate(client_id).map_err(|e| CloudError::Config(e.to_string()))?;
         if self.encoder.workers == 0 {
             self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         }
@@ -112,12 +92,6 @@ impl CloudConfig {
         }
         if self.encoder.max_text_bytes == 0 {
             return bad("encoder.max_text_bytes must be >= 1");
-        }
-        if self.broker.reconnect_min_ms == 0 || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms {
-            return bad("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms");
-        }
-        if self.broker.max_packet_bytes < 4096 {
-            return bad("broker.max_packet_bytes must be at least 4096");
         }
         Ok(self)
     }

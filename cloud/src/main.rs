@@ -32,32 +32,10 @@ async fn main() -> anyhow::Result<()> {
     let config = CloudConfig::load(args.config.as_deref(), &[]).context("loading the cloud configuration")?;
     let mut cloud = Cloud::start(config).await.context("starting the cloud worker")?;
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = edgeclip_link::shutdown_signal() => {
             cloud.shutdown().await.context("shutting down")?;
             Ok(())
         }
         _ = cloud.stopped() => anyhow::bail!("the cloud worker stopped after an internal failure (see the log)"),
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

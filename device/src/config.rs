@@ -24,7 +24,7 @@ pub struct DeviceConfig {
     /// Model folder.
     pub model: ModelConfig,
     /// Broker connection.
-    pub broker: BrokerConfig,
+    pub broker: edgeclip_link::BrokerConfig,
     /// Image encoding.
     pub encoder: EncoderConfig,
     /// Folder scanning.
@@ -43,24 +43,6 @@ pub struct ModelConfig {
     pub dir: PathBuf,
     /// Model id override.
     pub id: String,
-}
-
-/// `[broker]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// `mqtt://host:port`.
-    pub url: String,
-    /// MQTT client id; empty means `edgeclip-device-<device_id>`.
-    pub client_id: String,
-    /// Keep-alive, seconds.
-    pub keep_alive_s: u64,
-    /// Shortest reconnect delay.
-    pub reconnect_min_ms: u64,
-    /// Longest reconnect delay.
-    pub reconnect_max_ms: u64,
-    /// Largest packet.
-    pub max_packet_bytes: usize,
 }
 
 /// `[encoder]`.
@@ -159,10 +141,8 @@ impl DeviceConfig {
         }
         edgeclip_messages::topics::validate_device_id(&self.device_id)
             .map_err(|e| DeviceError::Config(format!("device_id {:?}: {e}", self.device_id)))?;
-        if self.broker.client_id.is_empty() {
-            self.broker.client_id = format!("edgeclip-device-{}", self.device_id);
-        }
-        edgeclip_link::options::parse_broker_url(&self.broker.url).map_err(|e| DeviceError::Config(e.to_string()))?;
+        let client_id = format!("edgeclip-device-{}", self.device_id);
+        self.broker.validate(client_id).map_err(|e| DeviceError::Config(e.to_string()))?;
         if self.encoder.workers == 0 {
             self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         }
@@ -189,12 +169,6 @@ impl DeviceConfig {
         }
         if self.search.max_text_bytes == 0 {
             return bad("search.max_text_bytes must be >= 1".into());
-        }
-        if self.broker.reconnect_min_ms == 0 || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms {
-            return bad("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms".into());
-        }
-        if self.broker.max_packet_bytes < 4096 {
-            return bad("broker.max_packet_bytes must be at least 4096".into());
         }
         Ok(self)
     }

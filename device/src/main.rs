@@ -32,32 +32,10 @@ async fn main() -> anyhow::Result<()> {
     let config = DeviceConfig::load(args.config.as_deref(), &[]).context("loading the device configuration")?;
     let mut device = Device::start(config).await.context("starting the device")?;
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = edgeclip_link::shutdown_signal() => {
             device.shutdown().await.context("shutting down")?;
             Ok(())
         }
         _ = device.stopped() => anyhow::bail!("the device stopped after an internal failure (see the log)"),
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

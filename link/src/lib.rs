@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`options`]: broker URL parsing into rumqttc options, last will, limits.
 //! - [`backoff`]: reconnect delays, exponential with jitter (rumqttc itself retries at once).
+//! - [`signal`]: Ctrl-C / SIGTERM, how every edgeclip program is asked to stop.
 //! - [`actor`]: [`LinkActor`], the one place that owns a rumqttc event loop. Other actors
 //!   publish by casting [`LinkMsg::Publish`]; incoming publishes go to a [`Router`] given at start.
 //!
@@ -13,9 +14,11 @@
 pub mod actor;
 pub mod backoff;
 pub mod options;
+pub mod signal;
 
 pub use actor::{publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};
-pub use options::{LinkOptions, Presence};
+pub use options::{BrokerConfig, LinkOptions, Presence};
+pub use signal::shutdown_signal;
 
 /// Why the link could not be set up or used.
 #[derive(Debug, thiserror::Error)]

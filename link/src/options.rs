@@ -17,6 +17,55 @@ pub struct Presence {
     pub offline: String,
 }
 
+/// The `[broker]` section of the device's and the cloud's configuration files.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// MQTT client id; empty means a default the program derives from its id.
+    pub client_id: String,
+    /// Keep-alive, seconds.
+    pub keep_alive_s: u64,
+    /// Shortest reconnect delay.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// Largest packet.
+    pub max_packet_bytes: usize,
+}
+
+impl BrokerConfig {
+    /// Fills the client id if empty and checks every value.
+    pub fn validate(&mut self, default_client_id: String) -> Result<(), LinkError> {
+        if self.client_id.is_empty() {
+            self.client_id = default_client_id;
+        }
+        parse_broker_url(&self.url)?;
+        if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
+            return Err(LinkError::Options("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms".into()));
+        }
+        if self.max_packet_bytes < 4096 {
+            return Err(LinkError::Options("broker.max_packet_bytes must be at least 4096".into()));
+        }
+        Ok(())
+    }
+
+    /// The link options for this broker, with the program's subscriptions and presence.
+    pub fn link_options(&self, subscriptions: Vec<String>, presence: Option<Presence>) -> LinkOptions {
+        LinkOptions {
+            url: self.url.clone(),
+            client_id: self.client_id.clone(),
+            keep_alive: Duration::from_secs(self.keep_alive_s),
+            max_packet_bytes: self.max_packet_bytes,
+            subscriptions,
+            presence,
+            reconnect_min: Duration::from_millis(self.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+        }
+    }
+}
+
 /// Everything the link needs to connect.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {

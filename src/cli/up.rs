@@ -101,7 +101,7 @@ async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Resu
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut lines = (!args.no_prompt).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
-    let shutdown = shutdown_signal();
+    let shutdown = edgeclip_link::shutdown_signal();
     tokio::pin!(shutdown);
     if lines.is_some() {
         println!("Type a search and press Enter (Ctrl-C or Ctrl-D to stop).");
@@ -155,18 +155,4 @@ async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Resu
             }
         }
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, LinkOptions, Presence};
+use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, Presence};
 use edgeclip_messages::topics;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info};
@@ -52,20 +52,12 @@ impl Actor for CloudSupervisor {
         let tower = tokio::task::spawn_blocking(move || TextTower::load(&onnx, ctx, dim)).await??;
         info!(model = %model.id, dim, took = ?started.elapsed(), "text tower loaded");
 
-        let options = LinkOptions {
-            url: config.broker.url.clone(),
-            client_id: config.broker.client_id.clone(),
-            keep_alive: Duration::from_secs(config.broker.keep_alive_s),
-            max_packet_bytes: config.broker.max_packet_bytes,
-            subscriptions: vec![topics::CLOUD_ENCODE_SHARED.to_string(), topics::CLOUD_RANK_SHARED.to_string()],
-            presence: Some(Presence {
+        let presence = Some(Presence {
                 topic: worker_presence_topic(&config.worker_id),
                 online: model.id.clone(),
                 offline: String::new(),
-            }),
-            reconnect_min: Duration::from_millis(config.broker.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
-        };
+            });
+        let options = config.broker.link_options(vec![topics::CLOUD_ENCODE_SHARED.to_string(), topics::CLOUD_RANK_SHARED.to_string()], presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let args = TextEncoderArgs {

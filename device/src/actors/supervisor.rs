@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, LinkOptions, Presence};
+use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, Presence};
 use edgeclip_messages::dashboard::{DeviceStatus, SearchRequest, SearchResponse};
 use edgeclip_messages::topics;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -64,20 +64,12 @@ impl Actor for DeviceSupervisor {
         info!(model = %model.id, dim, took = ?started.elapsed(), "image tower loaded");
 
         let device = config.device_id.clone();
-        let options = LinkOptions {
-            url: config.broker.url.clone(),
-            client_id: config.broker.client_id.clone(),
-            keep_alive: Duration::from_secs(config.broker.keep_alive_s),
-            max_packet_bytes: config.broker.max_packet_bytes,
-            subscriptions: vec![topics::search(&device), topics::cloud_reply(&device)],
-            presence: Some(Presence {
+        let presence = Some(Presence {
                 topic: topics::availability(&device),
                 online: topics::ONLINE.into(),
                 offline: topics::OFFLINE.into(),
-            }),
-            reconnect_min: Duration::from_millis(config.broker.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
-        };
+            });
+        let options = config.broker.link_options(vec![topics::search(&device), topics::cloud_reply(&device)], presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let store_dir = config.state_dir.join("index");
