@@ -27,12 +27,12 @@ import shapes as S  # noqa: E402
 
 CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 128, "layers": 4,
+    "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 64, "layers": 4,
                    "head_width": 32, "mlp_ratio": 4.0},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
 CHUNK = 1000
-DATA_VERSION = 1  # bump when shapes.py rendering changes, to regenerate cached data
+DATA_VERSION = 2  # bump when shapes.py rendering changes, to regenerate cached data
 
 
 def log(*a):
@@ -164,20 +164,42 @@ def metrics(img_emb, labels, text_embed_fn):
 # ---------------------------------------------------------------------------------------------
 # training
 
-def train(args, x, sh, bg, val=None):
+def train(args, x, sh, bg, val=None, cfg=None):
     import torch
     import torch.nn.functional as F
     import open_clip
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(getattr(args, "threads", 2))
     torch.manual_seed(args.seed)
     torch.backends.mha.set_fastpath_enabled(False)
     rng = np.random.default_rng((args.seed, 2))
-    model = open_clip.CLIP(**CONFIG)
+    model = open_clip.CLIP(**(cfg or CONFIG))
     model.train()
 
+    # optional auxiliary attribute heads on the image embedding (training only, not exported)
+    aux = None
+    if getattr(args, "aux", 0) > 0:
+        D = (cfg or CONFIG)["embed_dim"]
+        aux = torch.nn.ModuleDict({
+            "pair": torch.nn.Linear(D, len(S.COLOURS) * len(S.KINDS)),
+            "pair_pos": torch.nn.Linear(D, len(S.COLOURS) * len(S.KINDS) * len(S.POSITIONS)),
+            "size": torch.nn.Linear(D, len(S.COLOURS) * len(S.KINDS) * len(S.SIZES)),
+            "bg": torch.nn.Linear(D, len(S.COLOURS)),
+        })
+    # optional dense per-token supervision (training only, not exported): every patch token
+    # predicts which colour+shape covers it (or background), from the nominal scene geometry
+    dense = None
+    tok_store = {}
+    if getattr(args, "dense", 0) > 0:
+        vw = model.visual.transformer.width
+        dense = torch.nn.Linear(vw, 1 + len(S.COLOURS) * len(S.KINDS))
+        model.visual.transformer.register_forward_hook(lambda m, i, o: tok_store.__setitem__("t", o))
+        if aux is None:
+            aux = torch.nn.ModuleDict()
+        aux["dense"] = dense
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + ([("aux." + n, p) for n, p in aux.named_parameters()] if aux else [])
+    for name, p in named:
         if p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("class_embedding"):
             no_decay.append(p)
         else:
@@ -253,13 +275,21 @@ def train(args, x, sh, bg, val=None):
         lt = -(Mt / Mt.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
         li = -(Mt.T / Mt.T.sum(1, keepdim=True) * F.log_softmax(logits.T, 1)).sum(1).mean()
         loss = (lt + li) / 2
+        if getattr(args, "aux", 0) > 0:
+            loss = loss + args.aux * aux_loss(aux, ie, shb, bg[idx])
+        if dense is not None:
+            toks = tok_store["t"][:, 1:]  # [B, grid*grid, width]
+            grid = int(round(math.sqrt(toks.shape[1])))
+            tgt = torch.from_numpy(dense_targets(shb, grid))
+            loss = loss + args.dense * F.cross_entropy(dense(toks).reshape(-1, dense.out_features), tgt.reshape(-1),
+                                                       ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        hist.append(float(loss))
+        hist.append(loss.item())
         if step % 20 == 0 or step == args.steps - 1:
             log(f"step {step}/{args.steps} loss {np.mean(hist[-20:]):.3f} scale {float(scale):.1f} "
                 f"lr {lr_at(step):.2e} {(time.time() - t0) / (step + 1):.2f}s/step")
@@ -269,6 +299,52 @@ def train(args, x, sh, bg, val=None):
     train_time = time.time() - t0
     model.eval()
     return model, train_time, hist
+
+
+def dense_targets(shb, grid):
+    """[B, grid*grid] int64: 0 background, 1 + colour*4 + kind inside a shape, -100 near edges."""
+    c = (np.arange(grid) + 0.5) / grid
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    out = np.zeros((len(shb), grid, grid), np.int64)
+    for b in range(len(shb)):
+        for col, kind, size, pos in shb[b]:
+            if col == S.NO_SHAPE:
+                continue
+            fx, fy = S.POS_XY[S.POSITIONS[pos]]
+            r = sum(S.SIZE_FRAC[S.SIZES[size]]) / 4
+            d = np.hypot(xx - fx, yy - fy)
+            out[b][(d < r * 1.25 + 0.06) & (out[b] == 0)] = -100
+            out[b][d < r * 0.6] = 1 + col * len(S.KINDS) + kind
+    return out.reshape(len(shb), -1)
+
+
+def aux_targets(shb, bgb):
+    nK, nP, nS = len(S.KINDS), len(S.POSITIONS), len(S.SIZES)
+    B = len(shb)
+    pair = np.zeros((B, len(S.COLOURS) * nK), np.float32)
+    pair_pos = np.zeros((B, len(S.COLOURS) * nK * nP), np.float32)
+    size = np.zeros((B, len(S.COLOURS) * nK * nS), np.float32)
+    for b in range(B):
+        for c, k, z, p in shb[b]:
+            if c == S.NO_SHAPE:
+                continue
+            pk = c * nK + k
+            pair[b, pk] = 1
+            pair_pos[b, pk * nP + p] = 1
+            size[b, pk * nS + z] = 1
+    return pair, pair_pos, size
+
+
+def aux_loss(aux, ie, shb, bgb):
+    import torch
+    import torch.nn.functional as F
+    pair, pair_pos, size = (torch.from_numpy(a) for a in aux_targets(shb, bgb))
+    h = ie * 8.0  # embedding is unit-norm; give the linear heads some range
+    l = F.binary_cross_entropy_with_logits(aux["pair"](h), pair)
+    l = l + F.binary_cross_entropy_with_logits(aux["pair_pos"](h), pair_pos)
+    l = l + F.binary_cross_entropy_with_logits(aux["size"](h), size)
+    l = l + F.cross_entropy(aux["bg"](h), torch.from_numpy(bgb.astype(np.int64)))
+    return l
 
 
 def torch_metrics(model, val):
@@ -354,11 +430,11 @@ def export(model, out_dir, quick):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--train-images", type=int, default=30000)
+    ap.add_argument("--train-images", type=int, default=24000)
     ap.add_argument("--eval-images", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=2400)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--val-every", type=int, default=0, help="torch validation every N steps (0 = off)")
     ap.add_argument("--out", default=os.path.join(HERE, "clip-shapes"))
     ap.add_argument("--work", default=os.path.join(HERE, ".work"))

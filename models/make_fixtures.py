@@ -230,7 +230,7 @@ EMOJI = ["🙂", "dog 🐶", "❤️ love", "🇫🇷 flag", "👍🏽", "family
          "★ star symbol"]
 SPACES = ["a   red    circle", "  leading spaces", "trailing   ", "tab\tseparated", "new\nline", "a\u00a0non-breaking space",
           "  many   spaces   everywhere  ", "\ttabs\tand\nnewlines\r\n"]
-CASE = ["A RED CIRCLE", "iPhone Photo", "McDonald's", "NASA launch", "CamelCaseWords", "ÉCOLE", "ΣΟΦΟΣ (greek)", "MiXeD cAsE"]
+CASE = ["A RED CIRCLE", "iPhone Photo", "McDonald's", "NASA launch", "CamelCaseWords", "ÉCOLE", "MiXeD cAsE"]
 KNOWN_DIFF = [
     ("html_entity", "fish &amp; chips"), ("html_entity", "&lt;b&gt;bold&lt;/b&gt;"), ("html_entity", "it&#39;s"),
     ("html_entity", "a &amp;amp; b"), ("html_entity", "caf&eacute;"),
@@ -239,6 +239,9 @@ KNOWN_DIFF = [
     ("ftfy_ligature", "ﬁsh and ﬂowers"), ("ftfy_fullwidth", "ＡＢＣ１２３"),
     ("special_token_text", "<|endoftext|>"), ("special_token_text", "a <|startoftext|> b"),
     ("special_token_text", "<end_of_text>"), ("special_token_text", "cat <start_of_text> dog"),
+    # Python's str.lower() applies the Greek final-sigma rule (word-final Σ -> ς);
+    # the tokenizers Lowercase normalizer maps every Σ to σ
+    ("lowercase_final_sigma", "ΣΟΦΟΣ (greek)"),
 ]
 
 

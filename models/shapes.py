@@ -59,6 +59,8 @@ POS_XY = {
     "bottom": (0.5, 0.76),
     "centre": (0.5, 0.5),
 }
+# Sampling weights of the positions (centre is boosted: two-shape scenes reject it more often).
+POS_WEIGHTS = [0.18, 0.18, 0.18, 0.18, 0.28]
 # Shape "diameter" as a fraction of the central square side (224 px after preprocessing):
 # small 0.18..0.23 -> 40..52 px, large 0.36..0.44 -> 81..99 px.
 SIZE_FRAC = {"small": (0.18, 0.23), "large": (0.36, 0.44)}
@@ -131,7 +133,7 @@ def sample_scene(rng: np.random.Generator, n_shapes: Optional[int] = None,
                 "colour": want.get("colour", COLOURS[rng.integers(len(COLOURS))]),
                 "shape": want.get("shape", KINDS[rng.integers(len(KINDS))]),
                 "size": want.get("size", SIZES[rng.integers(2)]),
-                "position": want.get("position", POSITIONS[rng.integers(len(POSITIONS))]),
+                "position": want.get("position", POSITIONS[rng.choice(len(POSITIONS), p=POS_WEIGHTS)]),
             }
             shapes.append(spec)
         if n_shapes == 2:

@@ -56,6 +56,7 @@ fn the_small_model_scores_a_red_circle_picture_above_a_blue_square_one() {
 #[derive(Deserialize)]
 struct ParityCase {
     text: String,
+    category: String,
     ids: Vec<i64>,
     hf_ids: Vec<i64>,
     same: bool,
@@ -73,6 +74,17 @@ fn the_tokenizer_gives_open_clips_ids_on_the_parity_corpus() {
     let corpus: ParityCorpus =
         serde_json::from_slice(&std::fs::read(data("tokenizer_parity.json")).expect("fixture")).expect("fixture parses");
     assert!(corpus.cases.len() >= 200, "corpus has {} cases", corpus.cases.len());
+    // Where open_clip cleans text first (ftfy, HTML unescaping) or reads typed special-token
+    // text as special tokens, the Hugging Face tokenizer differs by design.
+    const KNOWN: &[&str] = &[
+        "html_entity",
+        "ftfy_mojibake",
+        "ftfy_curly_quotes",
+        "ftfy_ligature",
+        "ftfy_fullwidth",
+        "special_token_text",
+        "lowercase_final_sigma",
+    ];
     let mut known_differences = 0;
     for case in &corpus.cases {
         let ours = tokenizer.encode(&case.text).expect("tokenize");
@@ -82,10 +94,11 @@ fn the_tokenizer_gives_open_clips_ids_on_the_parity_corpus() {
             // Known differences (open_clip's ftfy/HTML cleaning, literal special tokens): we
             // must still be the Hugging Face tokenizer's layout, byte for byte.
             known_differences += 1;
+            assert!(KNOWN.contains(&case.category.as_str()), "unexpected difference on {:?} ({})", case.text, case.category);
             assert_eq!(ours, case.hf_ids, "{:?}", case.text);
         }
     }
-    assert!(known_differences * 20 <= corpus.cases.len(), "{known_differences} differences is more than the known categories");
+    println!("{} cases, {known_differences} known differences", corpus.cases.len());
 }
 
 #[derive(Deserialize)]

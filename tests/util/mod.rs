@@ -229,3 +229,56 @@ pub fn rand_suffix() -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{:x}{:x}", std::process::id(), n)
 }
+
+/// The model's own ranking, computed directly with the engines (no actors, no MQTT): what the
+/// whole system must reproduce.
+pub struct Reference {
+    model: edgeclip_device::model::ModelFolder,
+    image: edgeclip_device::encode::ImageTower,
+    tokenizer: edgeclip_cloud::tokenize::ClipTokenizer,
+    text: edgeclip_cloud::encode::TextTower,
+    pictures: Vec<(String, Vec<f32>)>,
+}
+
+impl Reference {
+    /// Loads the bundled model and encodes every picture of `dir` (by file name).
+    pub fn new(dir: &Path) -> Reference {
+        use edgeclip_cloud::model::TextModelFolder;
+        let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
+        let textual = TextModelFolder::open(&model_dir(), None).expect("model");
+        let image = edgeclip_device::encode::ImageTower::load(&model.visual_onnx(), model.preprocess.size as usize, model.dim).expect("image tower");
+        let tokenizer = edgeclip_cloud::tokenize::ClipTokenizer::from_file(&textual.tokenizer_json(), textual.context_length).expect("tokenizer");
+        let text = edgeclip_cloud::encode::TextTower::load(&textual.textual_onnx(), textual.context_length, textual.dim).expect("text tower");
+        let mut pictures = Vec::new();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e != "json")).collect();
+        names.sort();
+        for path in names {
+            let img = edgeclip_device::preprocess::decode_file(&path, Default::default()).expect("decode");
+            let v = image.encode(model.preprocess.tensor(&img)).expect("encode");
+            pictures.push((path.file_name().expect("name").to_string_lossy().into_owned(), v));
+        }
+        Reference { model, image, tokenizer, text, pictures }
+    }
+
+    /// (file name, score) of the `k` best pictures for `text`, best first.
+    pub fn rank(&self, text: &str, k: usize) -> Vec<(String, f32)> {
+        let _ = (&self.model, &self.image);
+        let q = self.text.encode(&self.tokenizer.encode(text).expect("tokens")).expect("text vector");
+        let mut scored: Vec<(String, f32)> =
+            self.pictures.iter().map(|(n, v)| (n.clone(), edgeclip_device::rank::dot(&q, v))).collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        scored
+    }
+}
+
+/// Asserts that a ranking (file name, score) from the system equals the reference ranking:
+/// same scores, and the same pictures wherever scores are not tied.
+pub fn assert_same_ranking(system: &[(String, f32)], reference: &[(String, f32)], what: &str) {
+    assert_eq!(system.len(), reference.len(), "{what}: {system:?} vs {reference:?}");
+    for (i, ((sn, ss), (rn, rs))) in system.iter().zip(reference).enumerate() {
+        assert!((ss - rs).abs() < 1e-4, "{what}: rank {i} score {ss} vs {rs}");
+        let tied = reference.iter().filter(|(_, s)| (s - rs).abs() < 1e-4).count() > 1;
+        assert!(tied || sn == rn, "{what}: rank {i} is {sn}, the model says {rn}");
+    }
+}

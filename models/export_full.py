@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Export open_clip ViT-B-32 with random initial weights (no pretrained weights can be
+downloaded here) in the Immich layout, to check edgeclip's loading and speed on a model of
+real size:
+
+    /work/pyenv/bin/python models/export_full.py [OUT_DIR]      # default models/full/ViT-B-32
+
+Writes config.json (open_clip's own ViT-B-32 model config), visual/model.onnx (~350 MB),
+textual/model.onnx (~250 MB), visual/preprocess_cfg.json, textual/tokenizer.json,
+textual/tokenizer_config.json, SHA256SUMS, then runs parity.py into OUT_DIR/parity/.
+models/full/ is git-ignored. A real model exported by Immich (e.g. ViT-B-32__openai) has the
+same layout.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import clip_export as E  # noqa: E402
+import shapes as S  # noqa: E402
+
+MODEL = "ViT-B-32"
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "full", MODEL)
+    import torch
+    import open_clip
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    t0 = time.time()
+    cfg = open_clip.get_model_config(MODEL)
+    model = open_clip.create_model(MODEL, pretrained=None)
+    model.eval()
+    os.makedirs(out, exist_ok=True)
+    E.write_json(os.path.join(out, "config.json"), cfg)
+    E.export_towers(model, out, context_length=cfg["text_cfg"].get("context_length", 77),
+                    image_size=cfg["vision_cfg"].get("image_size", 224))
+    pp = dict(S.PREPROCESS_CFG)
+    mcfg = open_clip.get_model_preprocess_cfg(model)
+    pp.update(size=mcfg["size"] if isinstance(mcfg["size"], int) else mcfg["size"][0],
+              mode=mcfg["mode"], mean=list(mcfg["mean"]), std=list(mcfg["std"]),
+              interpolation=mcfg["interpolation"], resize_mode=mcfg["resize_mode"],
+              fill_color=mcfg["fill_color"])
+    E.write_json(os.path.join(out, "visual", "preprocess_cfg.json"), pp)
+    E.write_tokenizer(os.path.join(out, "textual"))
+    E.write_sha256sums(out)
+    print(f"exported {MODEL} to {out} in {time.time() - t0:.0f}s:")
+    for root, _, files in os.walk(out):
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            print(f"  {os.path.relpath(p, out)}  {os.path.getsize(p)} bytes")
+    subprocess.run([sys.executable, os.path.join(HERE, "parity.py"), out, os.path.join(out, "parity")], check=True)
+
+
+if __name__ == "__main__":
+    main()
