@@ -71,6 +71,20 @@ def export_towers(model, out_dir: str, context_length: int = 77, image_size: int
             input_names=[INPUT_TEXT], output_names=[OUTPUT],
             dynamic_axes={INPUT_TEXT: {0: "batch_size"}, OUTPUT: {0: "batch_size"}},
         )
+        dim = int(model.encode_text(text[:1], normalize=True).shape[1])
+    fix_output_dim(os.path.join(out_dir, "visual", "model.onnx"), dim)
+    fix_output_dim(os.path.join(out_dir, "textual", "model.onnx"), dim)
+
+
+def fix_output_dim(path: str, dim: int) -> None:
+    """The TorchScript exporter leaves the embedding axis of the output symbolic
+    ("Divembedding_dim_1", from F.normalize); pin it to the real width."""
+    import onnx
+    m = onnx.load(path)
+    d = m.graph.output[0].type.tensor_type.shape.dim[1]
+    d.Clear()
+    d.dim_value = dim
+    onnx.save(m, path)
 
 
 def write_json(path: str, obj) -> None:

@@ -49,10 +49,13 @@ impl ClipTokenizer {
         self.context_length
     }
 
-    /// The id row of `text`: exactly `context_length` ids.
+    /// The id row of `text`: exactly `context_length` ids. Special tokens typed by a user
+    /// (`<|endoftext|>`) stay text: the text tower pools at the first end-of-text id, so an
+    /// injected one would cut the search short.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, CloudError> {
-        let encoding = self.inner.encode(text, false).map_err(|e| CloudError::Tokenize(e.to_string()))?;
-        let body = encoding.get_ids();
+        let cleaned = text.replace(SOT, "<| startoftext |>").replace(EOT, "<| endoftext |>");
+        let encoding = self.inner.encode(cleaned.as_str(), false).map_err(|e| CloudError::Tokenize(e.to_string()))?;
+        let body: Vec<u32> = encoding.get_ids().iter().copied().filter(|&id| id != self.sot && id != self.eot).collect();
         let keep = body.len().min(self.context_length - 2);
         let mut ids = Vec::with_capacity(self.context_length);
         ids.push(self.sot as i64);
