@@ -141,7 +141,9 @@ if os.path.isdir(debs):
             print(f"  {f:40} {s:>12,} bytes")
 
 goal = bins.get("edgeclip-device-aarch64")
-if goal:
+if goal and goal["profile"] != "dist":
+    print(f"\n(the <= 8 MiB goal is for the shipped profile dist; this is {goal['profile']})")
+elif goal:
     ok = goal["bytes"] <= 8 * 1024 * 1024
     report["aarch64_device_within_8_MiB"] = ok
     print(f"\naarch64 edgeclip-device: {goal['bytes'] / 1024 / 1024:.2f} MiB, goal <= 8 MiB: {'met' if ok else 'NOT met'} (profile {goal['profile']})")

@@ -14,7 +14,8 @@ CROSS_NICE="${CROSS_NICE:-15}"
 CROSS_APT_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
   libc6-dev-armhf-cross qemu-user-static binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf)
 
-_cross_start=${_cross_start:-$(date +%s)}
+# Seconds are counted from the first script of a run (build.sh called by package.sh goes on).
+export _cross_start=${_cross_start:-$(date +%s)}
 step() { printf '\n==> [%4ss] %s\n' "$(($(date +%s) - _cross_start))" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
