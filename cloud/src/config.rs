@@ -51,23 +51,7 @@ pub struct EncoderConfig {
 impl CloudConfig {
     /// Layers defaults, the optional file, the environment and `overrides`, then validates.
     pub fn load(file: Option<&Path>, overrides: &[(&str, config::Value)]) -> Result<Self, CloudError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        if let Some(file) = file {
-            if !file.is_file() {
-                return Err(CloudError::Config(format!("config file {} does not exist", file.display())));
-            }
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("EDGECLIP").prefix_separator("_").separator("__").try_parsing(true),
-        );
-        for (key, value) in overrides {
-            builder = builder.set_override(*key, value.clone()).map_err(|e| CloudError::Config(e.to_string()))?;
-        }
-        let cfg: CloudConfig = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| CloudError::Config(e.to_string()))?;
+        let cfg: Self = edgeclip_link::settings::load_layered(DEFAULTS, file, &[], overrides).map_err(CloudError::Config)?;
         cfg.validated()
     }
 

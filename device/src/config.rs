@@ -107,29 +107,7 @@ impl DeviceConfig {
     /// Layers defaults, the optional file, the environment and `overrides` (key, value), then
     /// validates. Keys are dotted paths such as `broker.url`.
     pub fn load(file: Option<&Path>, overrides: &[(&str, config::Value)]) -> Result<Self, DeviceError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        if let Some(file) = file {
-            if !file.is_file() {
-                return Err(DeviceError::Config(format!("config file {} does not exist", file.display())));
-            }
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("EDGECLIP")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("folders")
-                .with_list_parse_key("encoder.extensions"),
-        );
-        for (key, value) in overrides {
-            builder = builder.set_override(*key, value.clone()).map_err(|e| DeviceError::Config(e.to_string()))?;
-        }
-        let cfg: DeviceConfig = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| DeviceError::Config(e.to_string()))?;
+        let cfg: Self = edgeclip_link::settings::load_layered(DEFAULTS, file, &["folders", "encoder.extensions"], overrides).map_err(DeviceError::Config)?;
         cfg.validated()
     }
 

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`options`]: broker URL parsing into rumqttc options, last will, limits.
 //! - [`backoff`]: reconnect delays, exponential with jitter (rumqttc itself retries at once).
+//! - [`settings`]: layered configuration (defaults, file, environment, overrides).
 //! - [`signal`]: Ctrl-C / SIGTERM, how every edgeclip program is asked to stop.
 //! - [`actor`]: [`LinkActor`], the one place that owns a rumqttc event loop. Other actors
 //!   publish by casting [`LinkMsg::Publish`]; incoming publishes go to a [`Router`] given at start.
@@ -14,6 +15,7 @@
 pub mod actor;
 pub mod backoff;
 pub mod options;
+pub mod settings;
 pub mod signal;
 
 pub use actor::{publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};

@@ -233,8 +233,6 @@ pub fn rand_suffix() -> String {
 /// The model's own ranking, computed directly with the engines (no actors, no MQTT): what the
 /// whole system must reproduce.
 pub struct Reference {
-    model: edgeclip_device::model::ModelFolder,
-    image: edgeclip_device::encode::ImageTower,
     tokenizer: edgeclip_cloud::tokenize::ClipTokenizer,
     text: edgeclip_cloud::encode::TextTower,
     pictures: Vec<(String, Vec<f32>)>,
@@ -257,12 +255,11 @@ impl Reference {
             let v = image.encode(model.preprocess.tensor(&img)).expect("encode");
             pictures.push((path.file_name().expect("name").to_string_lossy().into_owned(), v));
         }
-        Reference { model, image, tokenizer, text, pictures }
+        Reference { tokenizer, text, pictures }
     }
 
     /// (file name, score) of the `k` best pictures for `text`, best first.
     pub fn rank(&self, text: &str, k: usize) -> Vec<(String, f32)> {
-        let _ = (&self.model, &self.image);
         let q = self.text.encode(&self.tokenizer.encode(text).expect("tokens")).expect("text vector");
         let mut scored: Vec<(String, f32)> =
             self.pictures.iter().map(|(n, v)| (n.clone(), edgeclip_device::rank::dot(&q, v))).collect();

@@ -250,7 +250,7 @@ impl Actor for IndexActor {
                     if state.args.index.get(p).is_none() {
                         continue;
                     }
-                    let kept = state.args.index.iter().find(|(e, _)| e.path == *p).map(|(e, v)| (e.clone(), v.to_vec()));
+                    let kept = state.args.index.get(p).cloned().zip(state.args.index.vector_of(p).map(<[f32]>::to_vec));
                     match blocking(|| state.args.store.remove(p)) {
                         Ok(()) => {
                             any |= state.args.index.remove(p);
