@@ -1,14 +1,23 @@
-//! Benchmark of the device's persistent index: write N pictures, reopen (time to open),
-//! top-10 search latency, resident memory. Vectors are random unit vectors (ranking cost does
-//! not depend on their meaning). Prints a table and writes target/bench/index.json.
+//! Benchmark of the device's persistent index: write N pictures, then for each in-memory
+//! precision (f32, f16, i8) open it in a fresh process (time to open, resident memory) and
+//! rank 50 queries (top-10 latency, overlap of the top 10 with f32's). Two kinds of vectors:
+//! `random` (uniform unit vectors: scores crowd together, the worst case for quantisation)
+//! and `clustered` (unit vectors around 500 centres, queries near a centre: closer to real
+//! CLIP embeddings). Prints a table and writes target/bench/index.json.
 //!
 //! `cargo run --release --example index_bench -- [N ...]` (default: 100000 1000000)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use edgeclip_device::index::{Entry, Index};
 use edgeclip_device::store::Store;
+use edgeclip_device::vectors::Precision;
+
+const DIM: usize = 512;
+const QUERIES: usize = 50;
+const MODEL: &str = "bench@0";
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -18,64 +27,145 @@ fn rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Deterministic vectors of one kind.
+struct Gen {
+    state: u64,
+    centres: Vec<Vec<f32>>,
+}
+
+impl Gen {
+    fn new(kind: &str, seed: u64) -> Self {
+        let mut g = Gen { state: seed | 1, centres: Vec::new() };
+        if kind == "clustered" {
+            g.centres = (0..500).map(|_| g.unit()).collect();
+        }
+        g
+    }
+    fn next(&mut self) -> f32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+    fn unit(&mut self) -> Vec<f32> {
+        let v: Vec<f32> = (0..DIM).map(|_| self.next()).collect();
+        normalised(v)
+    }
+    /// A picture's vector (or a query): a random unit vector, or a centre plus noise.
+    fn vector(&mut self, noise: f32) -> Vec<f32> {
+        if self.centres.is_empty() {
+            return self.unit();
+        }
+        let c = (self.next() + 0.5) * self.centres.len() as f32;
+        let centre = self.centres[(c as usize).min(self.centres.len() - 1)].clone();
+        let v: Vec<f32> = centre.iter().map(|x| x + noise * self.next()).collect();
+        normalised(v)
+    }
+}
+
+fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn entry(i: usize) -> Entry {
+    Entry {
+        path: PathBuf::from(format!("/photos/{:04}/IMG_{i:07}.jpg", i / 1000)),
+        size: 3_000_000,
+        mtime_ns: i as i128,
+        hash: [(i % 251) as u8; 32],
+        width: 4000,
+        height: 3000,
+        taken_s: i as i64,
+    }
+}
+
+/// Child process: open the store in `precision`, rank the queries, print one JSON line.
+fn measure(dir: &Path, kind: &str, precision: Precision) -> anyhow::Result<()> {
+    let idle = rss_mib();
+    let started = Instant::now();
+    let (_, index, report) = Store::open_with(dir, MODEL, DIM, precision)?;
+    let open_s = started.elapsed().as_secs_f64();
+    let mut gen = Gen::new(kind, 0x5eed);
+    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| gen.vector(0.08)).collect();
+    let mut tops = Vec::new();
+    let started = Instant::now();
+    for q in &queries {
+        let hits = index.search(MODEL, q, 10)?;
+        tops.push(hits.iter().map(|h| h.entry.taken_s).collect::<Vec<_>>());
+    }
+    let top10_ms = started.elapsed().as_secs_f64() * 1000.0 / QUERIES as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "pictures": report.pictures, "open_s": open_s, "top10_ms": top10_ms, "rss_mib": rss_mib(),
+            "rss_before_open_mib": idle, "vector_mib": index.vector_bytes() as f64 / 1048576.0, "tops": tops,
+        })
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--measure") {
+        let precision = match args[3].as_str() {
+            "f16" => Precision::F16,
+            "i8" => Precision::I8,
+            _ => Precision::F32,
+        };
+        return measure(Path::new(&args[1]), &args[2], precision);
+    }
     let sizes: Vec<usize> = {
-        let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-        if args.is_empty() { vec![100_000, 1_000_000] } else { args }
+        let n: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if n.is_empty() { vec![100_000, 1_000_000] } else { n }
     };
-    let dim = 512;
-    let mut state = 0x9e3779b97f4a7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    let me = std::env::current_exe()?;
     let mut results = Vec::new();
-    println!("{:>9}  {:>10}  {:>10}  {:>10}  {:>12}  {:>9}", "pictures", "write s", "open s", "disk MiB", "top-10 ms", "RSS MiB");
+    println!(
+        "{:>9}  {:>9}  {:>4}  {:>7}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8}  {:>12}",
+        "pictures", "vectors", "type", "write s", "disk MiB", "open s", "top-10 ms", "RSS MiB", "vec MiB", "top-10 = f32"
+    );
     for &n in &sizes {
-        let dir = tempfile::tempdir()?;
-        let started = Instant::now();
-        {
-            let (mut store, _, _) = Store::open(dir.path(), "bench@0", dim)?;
-            let mut index = Index::new("bench@0", dim);
-            for i in 0..n {
-                let mut v: Vec<f32> = (0..dim).map(|_| next()).collect();
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.iter_mut().for_each(|x| *x /= norm);
-                let entry = Entry {
-                    path: PathBuf::from(format!("/photos/{:04}/IMG_{i:07}.jpg", i / 1000)),
-                    size: 3_000_000,
-                    mtime_ns: i as i128,
-                    hash: [(i % 251) as u8; 32],
-                    width: 4000,
-                    height: 3000,
-                    taken_s: i as i64,
-                };
-                index.upsert(entry, &v)?;
+        for kind in ["clustered", "random"] {
+            let dir = tempfile::tempdir()?;
+            let started = Instant::now();
+            {
+                let (mut store, _, _) = Store::open(dir.path(), MODEL, DIM)?;
+                let mut index = Index::new(MODEL, DIM);
+                let mut gen = Gen::new(kind, 0x9e37_79b9_7f4a_7c15);
+                for i in 0..n {
+                    index.upsert(entry(i), &gen.vector(0.08))?;
+                }
+                // One compaction writes the snapshot the way a running device ends up with it.
+                store.compact(&index)?;
             }
-            // One compaction writes the snapshot the way a running device ends up with it.
-            store.compact(&index)?;
+            let write_s = started.elapsed().as_secs_f64();
+            let disk: u64 = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+            let mut reference: Option<Vec<Vec<i64>>> = None;
+            for precision in ["f32", "f16", "i8"] {
+                let out = Command::new(&me).arg("--measure").arg(dir.path()).arg(kind).arg(precision).output()?;
+                anyhow::ensure!(out.status.success(), "measuring {precision}: {}", String::from_utf8_lossy(&out.stderr));
+                let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let tops: Vec<Vec<i64>> = serde_json::from_value(m["tops"].clone())?;
+                let reference = reference.get_or_insert_with(|| tops.clone());
+                let overlap = tops.iter().zip(reference.iter()).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count()).sum::<usize>()
+                    as f64
+                    / (10 * tops.len()) as f64;
+                let (open_s, ms, rss, vec_mib) =
+                    (m["open_s"].as_f64().unwrap_or(f64::NAN), m["top10_ms"].as_f64().unwrap_or(f64::NAN), m["rss_mib"].as_f64().unwrap_or(f64::NAN), m["vector_mib"].as_f64().unwrap_or(f64::NAN));
+                println!(
+                    "{n:>9}  {kind:>9}  {precision:>4}  {write_s:>7.1}  {:>8.1}  {open_s:>6.2}  {ms:>9.2}  {rss:>8.0}  {vec_mib:>8.1}  {:>11.1}%",
+                    disk as f64 / 1048576.0,
+                    overlap * 100.0
+                );
+                results.push(serde_json::json!({
+                    "pictures": n, "dim": DIM, "vectors": kind, "precision": precision, "write_and_compact_s": write_s,
+                    "disk_bytes": disk, "open_s": open_s, "top10_ms": ms, "rss_mib": rss, "vector_mib": vec_mib,
+                    "rss_before_open_mib": m["rss_before_open_mib"], "top10_overlap_with_f32": overlap, "queries": QUERIES,
+                }));
+            }
         }
-        let write_s = started.elapsed().as_secs_f64();
-        let disk: u64 = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
-        let started = Instant::now();
-        let (_, index, report) = Store::open(dir.path(), "bench@0", dim)?;
-        let open_s = started.elapsed().as_secs_f64();
-        assert_eq!(report.pictures, n);
-        let queries: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| next()).collect()).collect();
-        let started = Instant::now();
-        for q in &queries {
-            std::hint::black_box(index.search("bench@0", q, 10)?);
-        }
-        let search_ms = started.elapsed().as_secs_f64() * 1000.0 / queries.len() as f64;
-        let rss = rss_mib();
-        println!("{n:>9}  {write_s:>10.2}  {open_s:>10.2}  {:>10.1}  {search_ms:>12.2}  {rss:>9.0}", disk as f64 / 1048576.0);
-        results.push(serde_json::json!({
-            "pictures": n, "dim": dim, "write_and_compact_s": write_s, "open_s": open_s,
-            "disk_bytes": disk, "top10_ms": search_ms, "rss_mib": rss,
-        }));
-        drop(index);
     }
     std::fs::create_dir_all("target/bench")?;
     let machine = format!("{} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), std::env::consts::ARCH);

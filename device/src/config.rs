@@ -93,6 +93,8 @@ pub struct SearchConfig {
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
     pub max_server_vectors: usize,
+    /// How the index keeps vectors in memory for ranking.
+    pub vectors: crate::vectors::Precision,
 }
 
 /// `[status]`.

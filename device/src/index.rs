@@ -1,13 +1,15 @@
 //! The vector index: one row per picture, vectors in one contiguous table for the ranker.
 //!
-//! Kept in memory in this version; rows are removed by swapping the last row in, so the
-//! table stays dense.
+//! Kept in memory, in f32, f16 or int8 ([`Precision`]); rows are removed by swapping the last
+//! row in, so the table stays dense.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::DeviceError;
-use crate::rank::{top_k_where, Scored};
+use crate::rank::{top_k_by, Scored};
+use crate::vectors::{Precision, VectorTable};
 
 /// What the index knows of a picture besides its vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,14 +70,29 @@ pub struct Index {
     model: String,
     dim: usize,
     entries: Vec<Entry>,
-    vectors: Vec<f32>,
+    vectors: VectorTable,
     rows: HashMap<PathBuf, usize>,
 }
 
 impl Index {
-    /// An empty index for vectors of `model`, of dimension `dim`.
+    /// An empty index for vectors of `model`, of dimension `dim`, kept in f32.
     pub fn new(model: impl Into<String>, dim: usize) -> Self {
-        Self { model: model.into(), dim, entries: Vec::new(), vectors: Vec::new(), rows: HashMap::new() }
+        Self::with_precision(model, dim, Precision::F32)
+    }
+
+    /// An empty index for vectors of `model`, of dimension `dim`, kept in `precision`.
+    pub fn with_precision(model: impl Into<String>, dim: usize, precision: Precision) -> Self {
+        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), rows: HashMap::new() }
+    }
+
+    /// How the vectors are kept in memory.
+    pub fn precision(&self) -> Precision {
+        self.vectors.precision()
+    }
+
+    /// Bytes the vectors take in memory.
+    pub fn vector_bytes(&self) -> usize {
+        self.vectors.bytes()
     }
 
     /// Model id of the vectors.
@@ -103,9 +120,9 @@ impl Index {
         self.rows.get(path).map(|&r| &self.entries[r])
     }
 
-    /// Every picture with its vector.
-    pub fn iter(&self) -> impl Iterator<Item = (&Entry, &[f32])> {
-        self.entries.iter().zip(self.vectors.chunks_exact(self.dim.max(1)))
+    /// Every picture with its vector (as kept: decoded from f16 or int8).
+    pub fn iter(&self) -> impl Iterator<Item = (&Entry, Cow<'_, [f32]>)> {
+        self.entries.iter().enumerate().map(|(row, e)| (e, self.vectors.get(row)))
     }
 
     /// Adds or replaces the picture's vector.
@@ -119,13 +136,13 @@ impl Index {
         }
         match self.rows.get(&entry.path) {
             Some(&row) => {
-                self.vectors[row * self.dim..(row + 1) * self.dim].copy_from_slice(vector);
+                self.vectors.set(row, vector);
                 self.entries[row] = entry;
             }
             None => {
                 self.rows.insert(entry.path.clone(), self.entries.len());
                 self.entries.push(entry);
-                self.vectors.extend_from_slice(vector);
+                self.vectors.push(vector);
             }
         }
         Ok(())
@@ -136,12 +153,10 @@ impl Index {
         let Some(row) = self.rows.remove(path) else { return false };
         let last = self.entries.len() - 1;
         self.entries.swap_remove(row);
+        self.vectors.swap_remove(row);
         if row != last {
-            let (head, tail) = self.vectors.split_at_mut(last * self.dim);
-            head[row * self.dim..(row + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
             self.rows.insert(self.entries[row].path.clone(), row);
         }
-        self.vectors.truncate(last * self.dim);
         true
     }
 
@@ -150,9 +165,9 @@ impl Index {
         self.search_filtered(model, query, k, &Filter::default())
     }
 
-    /// The vector of an indexed picture.
-    pub fn vector_of(&self, path: &Path) -> Option<&[f32]> {
-        self.rows.get(path).map(|&r| &self.vectors[r * self.dim..(r + 1) * self.dim])
+    /// The vector of an indexed picture (as kept: decoded from f16 or int8).
+    pub fn vector_of(&self, path: &Path) -> Option<Cow<'_, [f32]>> {
+        self.rows.get(path).map(|&r| self.vectors.get(r))
     }
 
     /// [`Index::search`] among the pictures `filter` keeps.
@@ -171,7 +186,8 @@ impl Index {
             )));
         }
         let unfiltered = *filter == Filter::default();
-        Ok(top_k_where(query, &self.vectors, k, |row| unfiltered || filter.keeps(&self.entries[row]))
+        let prepared = self.vectors.query(query);
+        Ok(top_k_by(self.entries.len(), k, |row| unfiltered || filter.keeps(&self.entries[row]), |row| self.vectors.score(&prepared, row))
             .into_iter()
             .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
             .map(|Scored { row, score }| Ranked { entry: &self.entries[row], score })
@@ -224,7 +240,7 @@ mod tests {
         assert_eq!(names(Filter { before: Some(20), ..Filter::default() }), ["/a/1.jpg"]);
         assert_eq!(names(Filter { min_score: Some(0.7), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
         assert_eq!(names(Filter { exclude: Some("/a/1.jpg".into()), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
-        assert_eq!(index.vector_of(Path::new("/b/3.jpg")), Some(&[0.6, 0.8][..]));
+        assert_eq!(index.vector_of(Path::new("/b/3.jpg")).as_deref(), Some(&[0.6, 0.8][..]));
     }
 
     #[test]

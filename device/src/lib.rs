@@ -33,6 +33,7 @@ pub mod rank;
 pub mod scan;
 pub mod service;
 pub mod store;
+pub mod vectors;
 pub mod watch;
 
 pub use config::DeviceConfig;

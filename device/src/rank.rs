@@ -46,15 +46,24 @@ pub fn top_k(query: &[f32], table: &[f32], k: usize) -> Vec<Scored> {
 /// [`top_k`] over the rows for which `keep(row)` is true.
 pub fn top_k_where(query: &[f32], table: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Scored> {
     let dim = query.len();
-    if dim == 0 || k == 0 {
+    if dim == 0 {
+        return Vec::new();
+    }
+    top_k_by(table.len() / dim, k, keep, |row| dot(query, &table[row * dim..(row + 1) * dim]))
+}
+
+/// The `k` rows among `0..rows` for which `keep(row)` is true with the highest `score(row)`,
+/// best first; ties go to the lower row. Rows whose score is NaN are never returned.
+pub fn top_k_by(rows: usize, k: usize, keep: impl Fn(usize) -> bool, score: impl Fn(usize) -> f32) -> Vec<Scored> {
+    if k == 0 {
         return Vec::new();
     }
     let mut heap: BinaryHeap<Reverse<ByScore>> = BinaryHeap::with_capacity(k + 1);
-    for (row, v) in table.chunks_exact(dim).enumerate() {
+    for row in 0..rows {
         if !keep(row) {
             continue;
         }
-        let score = dot(query, v);
+        let score = score(row);
         if score.is_nan() {
             continue;
         }

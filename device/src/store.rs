@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::DeviceError;
 use crate::index::{Entry, Index};
+use crate::vectors::Precision;
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"ECIX";
 const JOURNAL_MAGIC: &[u8; 4] = b"ECJL";
@@ -57,13 +58,18 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir` for `model` vectors of dimension `dim`, and
-    /// returns the index it holds.
+    /// returns the index it holds, with its vectors in f32.
     pub fn open(dir: &Path, model: &str, dim: usize) -> Result<(Store, Index, OpenReport), DeviceError> {
+        Self::open_with(dir, model, dim, Precision::F32)
+    }
+
+    /// [`Store::open`], keeping the index's vectors in `precision` in memory.
+    pub fn open_with(dir: &Path, model: &str, dim: usize, precision: Precision) -> Result<(Store, Index, OpenReport), DeviceError> {
         std::fs::create_dir_all(dir).map_err(|e| DeviceError::io(dir, e))?;
         let snapshot_path = dir.join("snapshot.bin");
         let journal_path = dir.join("journal.bin");
         let mut report = OpenReport::default();
-        let mut index = Index::new(model, dim);
+        let mut index = Index::with_precision(model, dim, precision);
 
         let mismatch = |path: &Path| -> Result<Option<String>, DeviceError> {
             match read_header(path, if path == snapshot_path { SNAPSHOT_MAGIC } else { JOURNAL_MAGIC }) {
@@ -116,7 +122,7 @@ impl Store {
     /// Records a picture's vector durably.
     pub fn upsert(&mut self, entry: &Entry, vector: &[f32]) -> Result<(), DeviceError> {
         let mut body = Vec::with_capacity(96 + entry.path.as_os_str().len() + 4 * vector.len());
-        encode_upsert(&mut body, entry, vector);
+        encode_upsert(&mut body, entry, &vector);
         self.append(&body)
     }
 
@@ -158,7 +164,7 @@ impl Store {
             let mut body = Vec::new();
             for (entry, vector) in index.iter() {
                 body.clear();
-                encode_upsert(&mut body, entry, vector);
+                encode_upsert(&mut body, entry, &vector);
                 w.write_all(&(body.len() as u32).to_le_bytes())?;
                 w.write_all(&crc32fast::hash(&body).to_le_bytes())?;
                 w.write_all(&body)?;

@@ -1,6 +1,7 @@
 //! [`IndexActor`]: owns the vector index; inserts what the encoder made, ranks query vectors
 //! in place, counts progress and publishes the retained status (throttled).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -250,7 +251,7 @@ impl Actor for IndexActor {
                     if state.args.index.get(p).is_none() {
                         continue;
                     }
-                    let kept = state.args.index.get(p).cloned().zip(state.args.index.vector_of(p).map(<[f32]>::to_vec));
+                    let kept = state.args.index.get(p).cloned().zip(state.args.index.vector_of(p).map(|v| v.into_owned()));
                     match blocking(|| state.args.store.remove(p)) {
                         Ok(()) => {
                             any |= state.args.index.remove(p);
@@ -299,7 +300,7 @@ impl Actor for IndexActor {
                     None => Err(format!("{} is not an indexed picture", path.display())),
                     Some(query) => {
                         filter.exclude = Some(path);
-                        index.search_filtered(index.model(), query, k, &filter).map(|hits| (index.model().to_string(), to_hits(hits))).map_err(|e| e.to_string())
+                        index.search_filtered(index.model(), &query, k, &filter).map(|hits| (index.model().to_string(), to_hits(hits))).map_err(|e| e.to_string())
                     }
                 };
                 let _ = port.send(answer);
@@ -400,7 +401,7 @@ pub struct Export {
 }
 
 fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usize) -> Result<Export, String> {
-    let kept: Vec<(&Entry, &[f32])> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
+    let kept: Vec<(&Entry, Cow<'_, [f32]>)> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
     if kept.len() > max_vectors {
         return Err(format!(
             "{} pictures match, more than search.max_server_vectors = {max_vectors} may leave the device; search in device mode or narrow the search",

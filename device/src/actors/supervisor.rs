@@ -73,15 +73,16 @@ impl Actor for DeviceSupervisor {
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let store_dir = config.state_dir.join("index");
-        let (store_model, store_dim) = (model.id.clone(), model.dim);
-        let (store, index, report) = tokio::task::spawn_blocking(move || Store::open(&store_dir, &store_model, store_dim)).await??;
+        let (store_model, store_dim, precision) = (model.id.clone(), model.dim, config.search.vectors);
+        let (store, index, report) =
+            tokio::task::spawn_blocking(move || Store::open_with(&store_dir, &store_model, store_dim, precision)).await??;
         if let Some(reason) = &report.reset {
             warn!(%reason, "previous index set aside; pictures will be encoded again");
         }
         if report.truncated_bytes > 0 {
             warn!(bytes = report.truncated_bytes, "cut a torn record off the index journal (power cut while writing)");
         }
-        info!(pictures = report.pictures, replayed = report.replayed, "index opened");
+        info!(pictures = report.pictures, replayed = report.replayed, vectors = ?index.precision(), "index opened");
         let index_args = IndexArgs {
             index,
             store,

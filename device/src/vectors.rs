@@ -1,0 +1,279 @@
+//! The vector table: every picture's vector in one dense row-major array, kept in f32, f16
+//! or int8 (per-row scale), and scored against a query with simsimd's kernels.
+//!
+//! The persistent store keeps what the table gives back ([`VectorTable::get`]); quantising
+//! is idempotent (a dequantised row quantises to the same codes), so a snapshot written from
+//! an f16 or int8 table does not drift further at each compaction.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use simsimd::SpatialSimilarity;
+
+use edgeclip_messages::wire::quantise as quantise_i8;
+
+use crate::rank::dot as dot_f32;
+
+/// How the table stores vectors in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 4 bytes a value: exact.
+    #[default]
+    F32,
+    /// 2 bytes a value (IEEE half): relative error ~5e-4.
+    F16,
+    /// 1 byte a value plus a 4-byte scale a row: `value = code * scale`, codes in -127..=127.
+    I8,
+}
+
+impl Precision {
+    /// Bytes one vector of dimension `dim` takes.
+    pub fn bytes_per_vector(self, dim: usize) -> usize {
+        match self {
+            Precision::F32 => 4 * dim,
+            Precision::F16 => 2 * dim,
+            Precision::I8 => dim + 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<simsimd::f16>),
+    I8 { codes: Vec<i8>, scales: Vec<f32> },
+}
+
+/// A query prepared once for scoring every row of a table.
+#[derive(Debug, Clone)]
+pub enum Query<'a> {
+    /// f32 tables score the query as given.
+    F32(&'a [f32]),
+    /// f16 tables score the query rounded to f16.
+    F16(Vec<simsimd::f16>),
+    /// int8 tables score the query quantised, with its scale.
+    I8(Vec<i8>, f32),
+}
+
+/// Rows of `dim` values in one precision.
+#[derive(Debug, Clone)]
+pub struct VectorTable {
+    dim: usize,
+    rows: Rows,
+}
+
+impl VectorTable {
+    /// An empty table of `dim`-value rows stored in `precision`.
+    pub fn new(dim: usize, precision: Precision) -> Self {
+        let rows = match precision {
+            Precision::F32 => Rows::F32(Vec::new()),
+            Precision::F16 => Rows::F16(Vec::new()),
+            Precision::I8 => Rows::I8 { codes: Vec::new(), scales: Vec::new() },
+        };
+        Self { dim, rows }
+    }
+
+    /// The storage precision.
+    pub fn precision(&self) -> Precision {
+        match self.rows {
+            Rows::F32(_) => Precision::F32,
+            Rows::F16(_) => Precision::F16,
+            Rows::I8 { .. } => Precision::I8,
+        }
+    }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        if self.dim == 0 {
+            return 0;
+        }
+        match &self.rows {
+            Rows::F32(v) => v.len() / self.dim,
+            Rows::F16(v) => v.len() / self.dim,
+            Rows::I8 { scales, .. } => scales.len(),
+        }
+    }
+
+    /// True when the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the rows take in memory (excluding spare capacity).
+    pub fn bytes(&self) -> usize {
+        self.len() * self.precision().bytes_per_vector(self.dim)
+    }
+
+    /// Appends a row; `v` must have `dim` values.
+    pub fn push(&mut self, v: &[f32]) {
+        debug_assert_eq!(v.len(), self.dim);
+        match &mut self.rows {
+            Rows::F32(rows) => rows.extend_from_slice(v),
+            Rows::F16(rows) => rows.extend(v.iter().map(|&x| simsimd::f16::from_f32(x))),
+            Rows::I8 { codes, scales } => scales.push(quantise_i8(v, codes)),
+        }
+    }
+
+    /// Replaces row `row` with `v`.
+    pub fn set(&mut self, row: usize, v: &[f32]) {
+        let d = self.dim;
+        match &mut self.rows {
+            Rows::F32(rows) => rows[row * d..(row + 1) * d].copy_from_slice(v),
+            Rows::F16(rows) => {
+                for (dst, &x) in rows[row * d..(row + 1) * d].iter_mut().zip(v) {
+                    *dst = simsimd::f16::from_f32(x);
+                }
+            }
+            Rows::I8 { codes, scales } => {
+                let mut fresh = Vec::with_capacity(d);
+                scales[row] = quantise_i8(v, &mut fresh);
+                codes[row * d..(row + 1) * d].copy_from_slice(&fresh);
+            }
+        }
+    }
+
+    /// Removes row `row` by moving the last row into its place.
+    pub fn swap_remove(&mut self, row: usize) {
+        let d = self.dim;
+        let last = self.len() - 1;
+        fn move_last<T: Copy>(v: &mut Vec<T>, row: usize, last: usize, d: usize) {
+            if row != last {
+                v.copy_within(last * d..(last + 1) * d, row * d);
+            }
+            v.truncate(last * d);
+        }
+        match &mut self.rows {
+            Rows::F32(rows) => move_last(rows, row, last, d),
+            Rows::F16(rows) => move_last(rows, row, last, d),
+            Rows::I8 { codes, scales } => {
+                move_last(codes, row, last, d);
+                scales.swap_remove(row);
+            }
+        }
+    }
+
+    /// Row `row` as f32 values (borrowed from an f32 table, decoded otherwise).
+    pub fn get(&self, row: usize) -> Cow<'_, [f32]> {
+        let d = self.dim;
+        match &self.rows {
+            Rows::F32(rows) => Cow::Borrowed(&rows[row * d..(row + 1) * d]),
+            Rows::F16(rows) => Cow::Owned(rows[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect()),
+            Rows::I8 { codes, scales } => {
+                let s = scales[row];
+                Cow::Owned(codes[row * d..(row + 1) * d].iter().map(|&c| c as f32 * s).collect())
+            }
+        }
+    }
+
+    /// Prepares `query` (of `dim` values) for [`VectorTable::score`].
+    pub fn query<'a>(&self, query: &'a [f32]) -> Query<'a> {
+        match self.rows {
+            Rows::F32(_) => Query::F32(query),
+            Rows::F16(_) => Query::F16(query.iter().map(|&x| simsimd::f16::from_f32(x)).collect()),
+            Rows::I8 { .. } => {
+                let mut codes = Vec::with_capacity(query.len());
+                let scale = quantise_i8(query, &mut codes);
+                Query::I8(codes, scale)
+            }
+        }
+    }
+
+    /// Dot product of row `row` with a query prepared by this table.
+    pub fn score(&self, query: &Query<'_>, row: usize) -> f32 {
+        let d = self.dim;
+        let r = row * d..(row + 1) * d;
+        match (&self.rows, query) {
+            (Rows::F32(rows), Query::F32(q)) => dot_f32(q, &rows[r]),
+            (Rows::F16(rows), Query::F16(q)) => match simsimd::f16::dot(q, &rows[r]) {
+                Some(x) => x as f32,
+                None => f32::NAN,
+            },
+            (Rows::I8 { codes, scales }, Query::I8(q, qs)) => match i8::dot(q, &codes[r]) {
+                Some(x) => x as f32 * qs * scales[row],
+                None => f32::NAN,
+            },
+            // A query prepared by another table: score it exactly.
+            _ => dot_f32(&self.get(row), &self.query_values(query)),
+        }
+    }
+
+    fn query_values(&self, query: &Query<'_>) -> Vec<f32> {
+        match query {
+            Query::F32(q) => q.to_vec(),
+            Query::F16(q) => q.iter().map(|x| x.to_f32()).collect(),
+            Query::I8(q, s) => q.iter().map(|&c| c as f32 * s).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn every_precision_scores_close_to_f32_and_keeps_rows_consistent() {
+        let dim = 64;
+        for (precision, tolerance) in [(Precision::F32, 1e-6), (Precision::F16, 2e-3), (Precision::I8, 2e-2)] {
+            let mut t = VectorTable::new(dim, precision);
+            let rows: Vec<Vec<f32>> = (0..10).map(|i| unit(i, dim)).collect();
+            for r in &rows {
+                t.push(r);
+            }
+            t.set(3, &rows[9]);
+            t.swap_remove(0); // row 9 moves to 0
+            assert_eq!(t.len(), 9);
+            assert_eq!(t.bytes(), 9 * precision.bytes_per_vector(dim));
+            let q = unit(100, dim);
+            let prepared = t.query(&q);
+            let expect = [9, 1, 2, 9, 4, 5, 6, 7, 8];
+            for (row, &src) in expect.iter().enumerate() {
+                let exact = dot_f32(&q, &rows[src]);
+                let got = t.score(&prepared, row);
+                assert!((got - exact).abs() < tolerance, "{precision:?} row {row}: {got} vs {exact}");
+                let back = t.get(row);
+                assert!(back.iter().zip(&rows[src]).all(|(a, b)| (a - b).abs() < tolerance), "{precision:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantising_a_dequantised_row_gives_the_same_codes() {
+        let v = unit(7, 512);
+        let mut a = Vec::new();
+        let s = quantise_i8(&v, &mut a);
+        let back: Vec<f32> = a.iter().map(|&c| c as f32 * s).collect();
+        let mut b = Vec::new();
+        quantise_i8(&back, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn zero_and_non_finite_vectors_do_not_panic() {
+        let mut t = VectorTable::new(3, Precision::I8);
+        t.push(&[0.0, 0.0, 0.0]);
+        t.push(&[f32::NAN, 1.0, 0.0]);
+        let q = t.query(&[1.0, 0.0, 0.0]);
+        assert_eq!(t.score(&q, 0), 0.0);
+        let _ = t.score(&q, 1);
+    }
+}
