@@ -92,18 +92,12 @@ impl Store {
 
         let mut snapshot_bytes = 0;
         if snapshot_path.exists() {
-            let (records, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC)?;
-            for r in records {
-                apply(&mut index, r)?;
-            }
+            let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| apply(&mut index, r))?;
             snapshot_bytes = good;
         }
         let journal_bytes = if journal_path.exists() {
-            let (records, _, good, total) = read_records(&journal_path, JOURNAL_MAGIC)?;
-            report.replayed = records.len();
-            for r in records {
-                apply(&mut index, r)?;
-            }
+            let (replayed, _, good, total) = read_records(&journal_path, JOURNAL_MAGIC, |r| apply(&mut index, r))?;
+            report.replayed = replayed;
             if good < total {
                 report.truncated_bytes = total - good;
                 let f = OpenOptions::new().write(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
@@ -247,7 +241,10 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<(u64, String, usiz
 
 /// Reads every complete, checksummed record. Returns (records, header length, length up to
 /// the last good record, file length).
-fn read_records(path: &Path, magic: &[u8; 4]) -> Result<(Vec<Record>, u64, u64, u64), DeviceError> {
+/// Feeds every complete record of the file to `each`, in order, without holding them all
+/// (an index of a million pictures would otherwise be in memory twice while it opens).
+/// Returns (records read, header length, length up to the last good record, file length).
+fn read_records(path: &Path, magic: &[u8; 4], mut each: impl FnMut(Record) -> Result<(), DeviceError>) -> Result<(usize, u64, u64, u64), DeviceError> {
     let corrupt = |reason: String| DeviceError::Mismatch(format!("{}: {reason}", path.display()));
     let (header, _, dim) = read_header(path, magic).map_err(corrupt)?.ok_or_else(|| corrupt("missing".into()))?;
     let file = File::open(path).map_err(|e| DeviceError::io(path, e))?;
@@ -256,7 +253,7 @@ fn read_records(path: &Path, magic: &[u8; 4]) -> Result<(Vec<Record>, u64, u64, 
     let mut skip = vec![0u8; header as usize];
     r.read_exact(&mut skip).map_err(|e| DeviceError::io(path, e))?;
     let mut good = header;
-    let mut records = Vec::new();
+    let mut records = 0;
     let mut body = Vec::new();
     loop {
         let mut head = [0u8; 8];
@@ -273,7 +270,10 @@ fn read_records(path: &Path, magic: &[u8; 4]) -> Result<(Vec<Record>, u64, u64, 
             break;
         }
         match decode(&body, dim) {
-            Some(rec) => records.push(rec),
+            Some(rec) => {
+                each(rec)?;
+                records += 1;
+            }
             None => break,
         }
         good += 8 + len as u64;
