@@ -243,12 +243,34 @@ def train(args, x, sh, bg, val=None, cfg=None):
     B = args.batch
     perm = rng.permutation(n)
     pos = 0
+    # Hard negatives: part of each batch comes in groups of 4 pictures that share a colour
+    # but show 4 different kinds, so that "a red circle" must be told from "a red square".
+    hard = getattr(args, "hard", 0.0)
+    by_pair = {}
+    if hard > 0:
+        for i in range(n):
+            for c, k, _, _ in sh[i]:
+                if c != S.NO_SHAPE:
+                    by_pair.setdefault((int(c), int(k)), []).append(i)
+
+    def hard_indices(count):
+        out = set()
+        while len(out) < count:
+            c = int(rng.integers(len(S.COLOURS)))
+            for k in rng.permutation(len(S.KINDS)):
+                pool = by_pair.get((c, int(k)))
+                if pool:
+                    out.add(pool[int(rng.integers(len(pool)))])
+        return list(out)[:count]
     t0 = time.time()
     hist = []
     for step in range(args.steps):
         if pos + B > n:
             perm, pos = rng.permutation(n), 0
-        idx = np.sort(perm[pos:pos + B])
+        n_hard = int(round(B * hard)) // 4 * 4
+        chosen = hard_indices(n_hard) if n_hard else []
+        rest = [int(i) for i in perm[pos:pos + B] if int(i) not in set(chosen)][:B - len(chosen)]
+        idx = np.sort(np.array(chosen + rest, dtype=np.int64))
         pos += B
         xb = x[idx]
         shb = sh[idx].copy()
@@ -293,6 +315,10 @@ def train(args, x, sh, bg, val=None, cfg=None):
         if step % 20 == 0 or step == args.steps - 1:
             log(f"step {step}/{args.steps} loss {np.mean(hist[-20:]):.3f} scale {float(scale):.1f} "
                 f"lr {lr_at(step):.2e} {(time.time() - t0) / (step + 1):.2f}s/step")
+        ckpt_path = getattr(args, "ckpt_path", None)
+        if ckpt_path and (step + 1) % 250 == 0:
+            torch.save(model.state_dict(), ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
         if val is not None and args.val_every and (step + 1) % args.val_every == 0 and step + 1 < args.steps:
             log("val", {k: round(v, 3) for k, v in torch_metrics(model, val).items() if not isinstance(v, dict)})
             model.train()
@@ -437,6 +463,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--aux", type=float, default=0.0, help="weight of auxiliary attribute heads (experimental, off)")
     ap.add_argument("--dense", type=float, default=0.0, help="weight of per-token shape supervision (experimental, off)")
+    ap.add_argument("--hard", type=float, default=0.0, help="fraction of each batch drawn as same-colour, different-kind groups of 4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--val-every", type=int, default=0, help="torch validation every N steps (0 = off)")
     ap.add_argument("--out", default=os.path.join(HERE, "clip-shapes"))
