@@ -28,14 +28,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`mqtt://host:port`) within `timeout`.
+    /// Connects to `url` (`mqtt://host:port`) within `timeout`, without credentials.
     pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let (host, port) = edgeclip_link::options::parse_broker_url(url)?;
+        Self::connect_with(url, &edgeclip_link::Security::default(), timeout).await
+    }
+
+    /// Connects to `url` (`mqtt://` or `mqtts://`) with `security` within `timeout`.
+    pub async fn connect_with(url: &str, security: &edgeclip_link::Security, timeout: Duration) -> anyhow::Result<Self> {
+        let (host, port, tls) = edgeclip_link::options::parse_broker(url)?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let id = format!("edgeclip-cli-{}-{nanos:x}", std::process::id());
         let mut options = MqttOptions::new(id, host, port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(crate::broker::MAX_PAYLOAD * 2, crate::broker::MAX_PAYLOAD * 2);
+        security.apply(&mut options, tls)?;
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let connected = tokio::time::timeout(timeout, async {
             loop {

@@ -15,11 +15,13 @@
 pub mod actor;
 pub mod backoff;
 pub mod options;
+pub mod security;
 pub mod settings;
 pub mod signal;
 
 pub use actor::{publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};
 pub use options::{BrokerConfig, LinkOptions, Presence};
+pub use security::Security;
 pub use signal::shutdown_signal;
 
 /// Why the link could not be set up or used.

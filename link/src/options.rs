@@ -1,9 +1,11 @@
-//! Broker options: `mqtt://host:port` URLs into rumqttc options, with last will and limits.
+//! Broker options: `mqtt://` and `mqtts://` URLs into rumqttc options, with credentials, TLS,
+//! last will and limits.
 
 use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions, QoS};
 
+use crate::security::Security;
 use crate::LinkError;
 
 /// A retained presence message: published on connect, and set as the last will.
@@ -21,8 +23,20 @@ pub struct Presence {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS.
     pub url: String,
+    /// MQTT user name; empty: connect without one.
+    pub username: String,
+    /// MQTT password (prefer `password_file` or the environment).
+    pub password: String,
+    /// File whose first line is the password; empty: use `password`.
+    pub password_file: String,
+    /// PEM CA certificates for `mqtts://`; empty: the system's roots.
+    pub ca_file: String,
+    /// PEM client certificate chain, for brokers that require one; empty: none.
+    pub client_cert_file: String,
+    /// PEM private key of the client certificate.
+    pub client_key_file: String,
     /// MQTT client id; empty means a default the program derives from its id.
     pub client_id: String,
     /// Keep-alive, seconds.
@@ -41,7 +55,12 @@ impl BrokerConfig {
         if self.client_id.is_empty() {
             self.client_id = default_client_id;
         }
-        parse_broker_url(&self.url)?;
+        let (_, _, tls) = parse_broker(&self.url)?;
+        // Read every file now, so a wrong path fails at start and not at the first connection.
+        self.security()?.apply(&mut MqttOptions::new("check", "localhost", 1883), tls)?;
+        if self.client_cert_file.is_empty() != self.client_key_file.is_empty() {
+            return Err(LinkError::Options("broker.client_cert_file and broker.client_key_file go together".into()));
+        }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(LinkError::Options("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms".into()));
         }
@@ -51,9 +70,29 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// Credentials and TLS files, with the password read from its file if one is named.
+    pub fn security(&self) -> Result<Security, LinkError> {
+        let password = if self.password_file.is_empty() {
+            self.password.clone()
+        } else {
+            let text = std::fs::read_to_string(&self.password_file)
+                .map_err(|e| LinkError::Options(format!("broker.password_file {}: {e}", self.password_file)))?;
+            text.lines().next().unwrap_or("").to_string()
+        };
+        let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+        Ok(Security {
+            username: self.username.clone(),
+            password,
+            ca_file: path(&self.ca_file),
+            client_cert: path(&self.client_cert_file).zip(path(&self.client_key_file)),
+        })
+    }
+
     /// The link options for this broker, with the program's subscriptions and presence.
+    /// Call after [`BrokerConfig::validate`], which checks the security files.
     pub fn link_options(&self, subscriptions: Vec<String>, presence: Option<Presence>) -> LinkOptions {
         LinkOptions {
+            security: self.security().unwrap_or_default(),
             url: self.url.clone(),
             client_id: self.client_id.clone(),
             keep_alive: Duration::from_secs(self.keep_alive_s),
@@ -69,8 +108,11 @@ impl BrokerConfig {
 /// Everything the link needs to connect.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
-    /// `mqtt://host:port` or `tcp://host:port` (port defaults to 1883).
+    /// `mqtt://host:port` or `tcp://host:port` (port defaults to 1883), `mqtts://host:port`
+    /// for TLS (port defaults to 8883).
     pub url: String,
+    /// Credentials and TLS.
+    pub security: Security,
     /// MQTT client id; must be unique on the broker.
     pub client_id: String,
     /// Keep-alive interval: a dead connection is noticed after ~1.5x this.
@@ -88,9 +130,10 @@ pub struct LinkOptions {
 }
 
 impl LinkOptions {
-    /// Builds rumqttc options; refuses URLs other than `mqtt://` / `tcp://` with host and port.
+    /// Builds rumqttc options; refuses URLs other than `mqtt://`, `tcp://` or `mqtts://` with
+    /// a host and a port.
     pub fn mqtt_options(&self) -> Result<MqttOptions, LinkError> {
-        let (host, port) = parse_broker_url(&self.url)?;
+        let (host, port, tls) = parse_broker(&self.url)?;
         if self.client_id.is_empty() || self.client_id.len() > 128 {
             return Err(LinkError::Options("client id must be 1 to 128 bytes".into()));
         }
@@ -104,16 +147,26 @@ impl LinkOptions {
         if let Some(p) = &self.presence {
             options.set_last_will(LastWill::new(&p.topic, p.offline.clone(), QoS::AtLeastOnce, true));
         }
+        self.security.apply(&mut options, tls)?;
         Ok(options)
     }
 }
 
 /// Splits `mqtt://host:port` into host and port.
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), LinkError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| LinkError::Options(format!("broker URL {url:?} must start with mqtt:// or tcp://")))?;
+    parse_broker(url).map(|(host, port, _)| (host, port))
+}
+
+/// Splits a broker URL into host, port and whether it asks for TLS (`mqtts://`, `ssl://`).
+pub fn parse_broker(url: &str) -> Result<(String, u16, bool), LinkError> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://").or_else(|| url.strip_prefix("ssl://")) {
+        (r, true)
+    } else if let Some(r) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
+        (r, false)
+    } else {
+        return Err(LinkError::Options(format!("broker URL {url:?} must start with mqtt://, tcp:// or mqtts://")));
+    };
+    let default_port = if tls { 8883 } else { 1883 };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains(['/', '?', '@']) {
         return Err(LinkError::Options(format!("broker URL {url:?} must be mqtt://HOST[:PORT]")));
@@ -123,12 +176,12 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), LinkError> {
             let port = p.parse::<u16>().map_err(|_| LinkError::Options(format!("broker URL {url:?} has a bad port")))?;
             (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
         }
-        _ => (rest.to_string(), 1883),
+        _ => (rest.to_string(), default_port),
     };
     if host.is_empty() || port == 0 {
         return Err(LinkError::Options(format!("broker URL {url:?} must name a host and a non-zero port")));
     }
-    Ok((host, port))
+    Ok((host, port, tls))
 }
 
 #[cfg(test)]
@@ -140,6 +193,9 @@ mod tests {
         assert_eq!(parse_broker_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
         assert_eq!(parse_broker_url("tcp://broker.lan").unwrap(), ("broker.lan".into(), 1883));
         assert_eq!(parse_broker_url("mqtt://[::1]:1884").unwrap(), ("::1".into(), 1884));
+        assert_eq!(parse_broker("mqtts://broker.lan").unwrap(), ("broker.lan".into(), 8883, true));
+        assert_eq!(parse_broker("ssl://b:1").unwrap(), ("b".into(), 1, true));
+        assert_eq!(parse_broker("mqtt://b").unwrap(), ("b".into(), 1883, false));
         for bad in ["127.0.0.1:1883", "http://x:1", "mqtt://", "mqtt://h:0", "mqtt://h:port", "mqtt://u@h:1", "mqtt://h:1/x"] {
             assert!(parse_broker_url(bad).is_err(), "{bad}");
         }

@@ -17,3 +17,24 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// The broker credentials and TLS files of `search` and `status`, from the same environment
+/// variables the device and the cloud read: `EDGECLIP_BROKER__USERNAME`, `__PASSWORD`,
+/// `__PASSWORD_FILE`, `__CA_FILE`, `__CLIENT_CERT_FILE`, `__CLIENT_KEY_FILE`.
+pub fn broker_security() -> anyhow::Result<edgeclip_link::Security> {
+    let var = |k: &str| std::env::var(format!("EDGECLIP_BROKER__{k}")).unwrap_or_default();
+    let password = match var("PASSWORD_FILE") {
+        f if f.is_empty() => var("PASSWORD"),
+        f => {
+            let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("EDGECLIP_BROKER__PASSWORD_FILE {f}: {e}"))?;
+            text.lines().next().unwrap_or("").to_string()
+        }
+    };
+    let path = |k: &str| Some(var(k)).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    Ok(edgeclip_link::Security {
+        username: var("USERNAME"),
+        password,
+        ca_file: path("CA_FILE"),
+        client_cert: path("CLIENT_CERT_FILE").zip(path("CLIENT_KEY_FILE")),
+    })
+}

@@ -52,7 +52,7 @@ pub struct SearchArgs {
 
 /// Runs `search`.
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&args.broker, args.timeout).await?;
+    let mut client = Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
     let device = client.resolve_device(args.device.as_deref(), args.timeout).await?;
     let request = SearchRequest {
         k: Some(args.k as usize),

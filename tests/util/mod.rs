@@ -165,10 +165,16 @@ pub struct Recorder {
 impl Recorder {
     /// Connects, subscribes to `filter` and waits for the acknowledgement.
     pub async fn start(url: &str, filter: &str) -> Recorder {
-        let (host, port) = edgeclip_link::options::parse_broker_url(url).expect("url");
+        Self::start_with(url, &edgeclip_link::Security::default(), filter).await
+    }
+
+    /// [`Recorder::start`] with credentials and TLS.
+    pub async fn start_with(url: &str, security: &edgeclip_link::Security, filter: &str) -> Recorder {
+        let (host, port, tls) = edgeclip_link::options::parse_broker(url).expect("url");
         let id = format!("recorder-{}", rand_suffix());
         let mut options = rumqttc::MqttOptions::new(id, host, port);
         options.set_max_packet_size(4 << 20, 4 << 20);
+        security.apply(&mut options, tls).expect("security");
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
         client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
