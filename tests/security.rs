@@ -215,3 +215,57 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     }
     bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cloud_bounds_each_requester_and_says_which_limit() {
+    use edgeclip_messages::wire::{self, ArchivedErrorCode, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let url = broker.url();
+    let mut config = cloud_config(&url, "bounded-w");
+    config.limits.requests_per_s = 0.5;
+    config.limits.burst = 2;
+    let cloud = bounded("cloud start", Cloud::start(config)).await.expect("cloud");
+    let model = edgeclip_cloud::model::TextModelFolder::open(&model_dir(), None).expect("model").id;
+    let replies = Recorder::start(&url, "edgeclip/+/cloud/reply").await;
+    let request = |device: &str, id: u64| {
+        wire::encode(&EncodeRequest { request_id: id, reply_to: topics::cloud_reply(device), model: model.clone(), text: format!("a red circle number {id}") })
+            .expect("frame")
+    };
+    // A flood of 8 requests from one device, and one request from a quiet one.
+    for id in 0..8 {
+        replies.publish(topics::CLOUD_ENCODE, request("flooder", id)).await;
+    }
+    replies.publish(topics::CLOUD_ENCODE, request("quiet", 100)).await;
+
+    let answers = |device: &str| -> Vec<(u64, Result<usize, String>)> {
+        replies
+            .all()
+            .into_iter()
+            .filter(|(t, _)| *t == topics::cloud_reply(device))
+            .map(|(_, p)| {
+                let reply = Received::<EncodeReply>::decode(&p, 1 << 20).expect("a valid reply");
+                let r = reply.get();
+                let body = match &r.body {
+                    ArchivedReplyBody::Vector(v) => Ok(v.vector.len()),
+                    ArchivedReplyBody::Error(f) => {
+                        assert_eq!(f.code, ArchivedErrorCode::Busy, "{}", f.message);
+                        Err(f.message.to_string())
+                    }
+                };
+                (r.request_id.to_native(), body)
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while answers("flooder").len() < 8 || answers("quiet").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "every request gets an answer: {:?}", answers("flooder"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flood = answers("flooder");
+    let served = flood.iter().filter(|(_, b)| b.is_ok()).count();
+    let refused: Vec<&String> = flood.iter().filter_map(|(_, b)| b.as_ref().err()).collect();
+    assert!((2..=4).contains(&served), "the burst of 2 (plus what the rate refills) is served: {flood:?}");
+    assert!(refused.iter().all(|m| m.contains("limits.requests_per_s")), "{refused:?}");
+    assert!(matches!(answers("quiet")[..], [(100, Ok(_))]), "another device is not held back: {:?}", answers("quiet"));
+    bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+}

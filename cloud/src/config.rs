@@ -22,6 +22,8 @@ pub struct CloudConfig {
     pub broker: edgeclip_link::BrokerConfig,
     /// Text encoding.
     pub encoder: EncoderConfig,
+    /// Bounds per requester.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[model]`.
@@ -76,6 +78,12 @@ impl CloudConfig {
         }
         if self.encoder.max_text_bytes == 0 {
             return bad("encoder.max_text_bytes must be >= 1");
+        }
+        if !(self.limits.requests_per_s >= 0.0 && self.limits.requests_per_s.is_finite()) {
+            return bad("limits.requests_per_s must be a number >= 0");
+        }
+        if self.limits.max_requesters == 0 {
+            return bad("limits.max_requesters must be >= 1");
         }
         Ok(self)
     }

@@ -15,6 +15,7 @@ pub mod actors;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod limits;
 pub mod model;
 pub mod rank;
 pub mod service;

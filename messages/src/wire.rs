@@ -89,6 +89,8 @@ pub enum ErrorCode {
     ModelMismatch,
     /// The cloud failed while encoding.
     Internal,
+    /// The requester is over one of the cloud's limits (rate, texts in flight); retry later.
+    Busy,
 }
 
 /// A text vector computed by the cloud.

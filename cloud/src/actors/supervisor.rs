@@ -69,6 +69,7 @@ impl Actor for CloudSupervisor {
             max_text_bytes: config.encoder.max_text_bytes,
             max_request_bytes: config.broker.max_packet_bytes,
             max_rank_vectors: config.encoder.max_rank_vectors,
+            limits: config.limits.clone(),
             link: link.clone(),
         };
         let (encoder, _) = Actor::spawn_linked(None, TextEncoderActor, args, cell).await?;

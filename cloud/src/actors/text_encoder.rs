@@ -3,10 +3,15 @@
 //!
 //! Every request is validated (frame, protocol version, text, reply topic, model); a request
 //! whose reply topic is known gets an error reply, anything else is logged and dropped. Texts
-//! are encoded `workers` at a time on blocking threads; recent texts come from an LRU cache.
+//! are encoded `workers` at a time on blocking threads; recent texts come from an LRU cache,
+//! and a text already being encoded is not encoded twice (the chunks of a server-ranked search
+//! all wait for one encoding). Each requester is bounded in rate and in texts being encoded
+//! ([`Limits`]); refusals are answered with [`ErrorCode::Busy`].
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Instant;
 
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::wire::{
@@ -19,6 +24,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::encode::TextTower;
+use crate::limits::{Limits, LimitsConfig};
 use crate::tokenize::ClipTokenizer;
 
 /// What a text is encoded for.
@@ -34,6 +40,16 @@ pub enum Job {
     Rank(Box<Received<RankRequest>>),
 }
 
+impl Job {
+    /// Where the answer goes.
+    fn reply_to(&self) -> &str {
+        match self {
+            Job::Vector { reply_to, .. } => reply_to,
+            Job::Rank(request) => request.get().reply_to.as_str(),
+        }
+    }
+}
+
 /// Messages of the text encoder.
 pub enum TextEncoderMsg {
     /// A payload from the encode or rank topic.
@@ -42,8 +58,6 @@ pub enum TextEncoderMsg {
     Encoded {
         /// The text (cache key).
         text: String,
-        /// What it was encoded for.
-        job: Job,
         /// The vector, or why not.
         result: Result<Vec<f32>, String>,
     },
@@ -66,6 +80,8 @@ pub struct TextEncoderArgs {
     pub max_request_bytes: usize,
     /// Most vectors in one server-ranked chunk.
     pub max_rank_vectors: usize,
+    /// Bounds per requester.
+    pub limits: LimitsConfig,
     /// The MQTT link.
     pub link: ActorRef<LinkMsg>,
 }
@@ -75,6 +91,9 @@ pub struct TextEncoderState {
     args: TextEncoderArgs,
     cache: Option<LruCache<String, Vec<f32>>>,
     slots: Arc<Semaphore>,
+    limits: Limits,
+    /// Texts being encoded: who asked first (counted in flight) and every job waiting.
+    pending: HashMap<String, (String, Vec<Job>)>,
 }
 
 /// The text encoder actor.
@@ -88,7 +107,8 @@ impl Actor for TextEncoderActor {
     async fn pre_start(&self, _myself: ActorRef<TextEncoderMsg>, args: TextEncoderArgs) -> Result<TextEncoderState, ActorProcessingErr> {
         let cache = NonZeroUsize::new(args.cache_entries).map(LruCache::new);
         let slots = Arc::new(Semaphore::new(args.workers.max(1)));
-        Ok(TextEncoderState { args, cache, slots })
+        let limits = Limits::new(args.limits.clone());
+        Ok(TextEncoderState { args, cache, slots, limits, pending: HashMap::new() })
     }
 
     async fn handle(&self, myself: ActorRef<TextEncoderMsg>, msg: TextEncoderMsg, state: &mut TextEncoderState) -> Result<(), ActorProcessingErr> {
@@ -98,11 +118,16 @@ impl Actor for TextEncoderActor {
                     encode(&myself, state, text, job).await?;
                 }
             }
-            TextEncoderMsg::Encoded { text, job, result } => {
+            TextEncoderMsg::Encoded { text, result } => {
+                let (requester, jobs) = state.pending.remove(&text).unwrap_or_default();
+                state.limits.finish_encoding(&requester);
                 if let (Ok(vector), Some(cache)) = (&result, &mut state.cache) {
                     cache.put(text, vector.clone());
                 }
-                finish(state, job, result);
+                let result = result.map_err(|message| CloudFailure { code: ErrorCode::Internal, message });
+                for job in jobs {
+                    finish(state, job, result.clone());
+                }
             }
         }
         Ok(())
@@ -111,7 +136,7 @@ impl Actor for TextEncoderActor {
 
 /// Validates a request; answers the invalid ones it can, and returns the text and the job of
 /// the valid ones.
-fn accept(state: &TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
+fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
     let limit = state.args.max_request_bytes;
     let fail = |code, message: String| Err(CloudFailure { code, message });
     match Kind::of(bytes) {
@@ -133,6 +158,11 @@ fn accept(state: &TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
                 Ok(()) if r.model.as_str() != state.args.model => fail(ErrorCode::ModelMismatch, mismatch(&state.args.model, r.model.as_str())),
                 Ok(()) => Ok(()),
             };
+            let checked = checked.and_then(|()| match r.chunk.to_native() {
+                // one search, however many chunks: only its first chunk counts
+                0 => state.limits.admit_request(requester_of(r.reply_to.as_str()), Instant::now()).map_err(busy),
+                _ => Ok(()),
+            });
             let text = r.text.to_string();
             match checked {
                 Ok(()) => Some((text, Job::Rank(Box::new(request)))),
@@ -160,7 +190,7 @@ fn accept(state: &TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
             let checked = match r.validate(state.args.max_text_bytes) {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
                 Ok(()) if r.model.as_str() != state.args.model => fail(ErrorCode::ModelMismatch, mismatch(&state.args.model, r.model.as_str())),
-                Ok(()) => Ok(()),
+                Ok(()) => state.limits.admit_request(requester_of(&reply_to), Instant::now()).map_err(busy),
             };
             match checked {
                 Ok(()) => Some((r.text.to_string(), Job::Vector { request_id, reply_to })),
@@ -171,6 +201,15 @@ fn accept(state: &TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
             }
         }
     }
+}
+
+/// The device a reply topic (`edgeclip/<device>/...`, validated) belongs to.
+fn requester_of(reply_to: &str) -> &str {
+    reply_to.split('/').nth(1).unwrap_or(reply_to)
+}
+
+fn busy(refusal: crate::limits::Refusal) -> CloudFailure {
+    CloudFailure { code: ErrorCode::Busy, message: refusal.to_string() }
 }
 
 fn mismatch(served: &str, asked: &str) -> String {
@@ -184,6 +223,16 @@ async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState,
         finish(state, job, Ok(vector));
         return Ok(());
     }
+    if let Some((_, waiting)) = state.pending.get_mut(&text) {
+        waiting.push(job);
+        return Ok(());
+    }
+    let requester = requester_of(job.reply_to()).to_string();
+    if let Err(refusal) = state.limits.start_encoding(&requester, Instant::now()) {
+        finish(state, job, Err(busy(refusal)));
+        return Ok(());
+    }
+    state.pending.insert(text.clone(), (requester, vec![job]));
     let permit = state.slots.clone().acquire_owned().await?;
     let (tower, tokenizer, me) = (state.args.tower.clone(), state.args.tokenizer.clone(), myself.clone());
     tokio::spawn(async move {
@@ -199,19 +248,19 @@ async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState,
             Err(join) => Err(format!("encoder crashed: {join}")),
         };
         drop(permit);
-        let _ = me.cast(TextEncoderMsg::Encoded { text, job, result });
+        let _ = me.cast(TextEncoderMsg::Encoded { text, result });
     });
     Ok(())
 }
 
 /// Sends the answer of a job: the vector (method A) or the chunk's ranking (method B).
-fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, String>) {
+fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, CloudFailure>) {
     let model = state.args.model.clone();
     match job {
         Job::Vector { request_id, reply_to } => {
             let body = match result {
                 Ok(vector) => ReplyBody::Vector(TextVector { model, vector }),
-                Err(message) => ReplyBody::Error(CloudFailure { code: ErrorCode::Internal, message }),
+                Err(failure) => ReplyBody::Error(failure),
             };
             reply(state, request_id, &reply_to, body);
         }
@@ -226,7 +275,7 @@ fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, String>) 
                     code: ErrorCode::ModelMismatch,
                     message: format!("vectors of dimension {} cannot be ranked against a text vector of {}", r.dim, query.len()),
                 }),
-                Err(message) => RankBody::Error(CloudFailure { code: ErrorCode::Internal, message }),
+                Err(failure) => RankBody::Error(failure),
             };
             reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), body);
         }
