@@ -192,13 +192,22 @@ fn apply(index: &mut Index, record: Record) -> Result<(), DeviceError> {
 fn write_atomically(dir: &Path, target: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<u64>) -> Result<u64, DeviceError> {
     let tmp = target.with_extension("tmp");
     let file = File::create(&tmp).map_err(|e| DeviceError::io(&tmp, e))?;
-    let n = {
+    let written = (|| {
         let mut w = BufWriter::new(&file);
-        let n = fill(&mut w).map_err(|e| DeviceError::io(&tmp, e))?;
-        w.flush().map_err(|e| DeviceError::io(&tmp, e))?;
-        n
+        let n = fill(&mut w)?;
+        w.flush()?;
+        drop(w);
+        file.sync_all()?;
+        Ok(n)
+    })();
+    let n = match written {
+        Ok(n) => n,
+        Err(e) => {
+            // A full disk must not also keep a half-written copy.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(DeviceError::io(&tmp, e));
+        }
     };
-    file.sync_all().map_err(|e| DeviceError::io(&tmp, e))?;
     std::fs::rename(&tmp, target).map_err(|e| DeviceError::io(target, e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| DeviceError::io(dir, e))?;
     Ok(n)

@@ -181,6 +181,13 @@ pub struct DeviceStatus {
     pub state: DeviceState,
     /// Pictures in the index.
     pub indexed: u64,
+    /// Why the index cannot be written (disk full, read-only, I/O error), while that lasts:
+    /// encoded pictures then wait in memory (`unsaved`) and are written once it works again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
+    /// Pictures encoded but not yet written to the index (see `storage_error`).
+    #[serde(default)]
+    pub unsaved: u64,
     /// Pictures found but not yet encoded.
     pub pending: u64,
     /// Pictures skipped because they could not be read or decoded.

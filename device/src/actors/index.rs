@@ -11,8 +11,9 @@ use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, EncodeReply, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::error::DeviceError;
 use crate::index::{Entry, Filter, Index, Ranked};
 use crate::scan::FileSeen;
 use crate::store::Store;
@@ -95,6 +96,8 @@ pub enum IndexMsg {
     Stopping,
     /// Timer: publish the status if it changed.
     PublishStatus,
+    /// Timer: try again to write the pictures that could not be written.
+    RetryStorage,
 }
 
 /// Arguments of the index actor.
@@ -130,17 +133,25 @@ pub struct IndexState {
     lifecycle: Option<DeviceState>,
     dirty: bool,
     timer_armed: bool,
+    /// Encoded pictures the store could not write (disk full...), oldest first; at most one
+    /// per path.
+    unsaved: VecDeque<(Entry, Vec<f32>)>,
+    /// The store's last write error, while pictures are unsaved.
+    storage_error: Option<String>,
+    retry_armed: bool,
 }
 
 impl IndexState {
     fn status(&self) -> DeviceStatus {
         let index = &self.args.index;
-        let waiting = self.pending + self.settling;
+        let waiting = self.pending + self.settling + self.unsaved.len() as u64;
         let state = self.lifecycle.unwrap_or(if waiting > 0 { DeviceState::Indexing } else { DeviceState::Idle });
         DeviceStatus {
             device_id: self.args.device_id.clone(),
             state,
             indexed: index.len() as u64,
+            storage_error: self.storage_error.clone(),
+            unsaved: self.unsaved.len() as u64,
             pending: waiting,
             failed: self.failed,
             encoded: self.encoded,
@@ -214,6 +225,9 @@ impl Actor for IndexActor {
             lifecycle: Some(DeviceState::Starting),
             dirty: true,
             timer_armed: false,
+            unsaved: VecDeque::new(),
+            storage_error: None,
+            retry_armed: false,
         };
         state.publish();
         Ok(state)
@@ -235,8 +249,16 @@ impl Actor for IndexActor {
             IndexMsg::Insert { entry, vector, encoded } => {
                 state.done_one();
                 state.encoded += u64::from(encoded);
-                if let Err(e) = persist_and_insert(&mut state.args, entry.clone(), &vector) {
-                    record_failure(state, entry.path, e.to_string());
+                if state.unsaved.is_empty() {
+                    match persist_and_insert(&mut state.args, entry.clone(), &vector) {
+                        Ok(()) => state.storage_error = None,
+                        Err(e @ DeviceError::Io { .. }) => keep_unsaved(state, &myself, entry, vector, e.to_string()),
+                        Err(e) => record_failure(state, entry.path, e.to_string()),
+                    }
+                } else {
+                    // Behind older unsaved pictures: in order, so a newer version of a path wins.
+                    let error = state.storage_error.clone().unwrap_or_default();
+                    keep_unsaved(state, &myself, entry, vector, error);
                 }
                 state.changed(&myself);
             }
@@ -248,6 +270,9 @@ impl Actor for IndexActor {
             IndexMsg::Remove(paths) => {
                 let mut any = false;
                 for p in &paths {
+                    let before = state.unsaved.len();
+                    state.unsaved.retain(|(e, _)| &e.path != p);
+                    any |= state.unsaved.len() != before;
                     if state.args.index.get(p).is_none() {
                         continue;
                     }
@@ -259,7 +284,11 @@ impl Actor for IndexActor {
                                 remember_removed(state, entry, vector);
                             }
                         }
-                        Err(e) => warn!(path = %p.display(), error = %e, "removal not persisted; picture kept"),
+                        Err(e) => {
+                            warn!(path = %p.display(), error = %e, "removal not persisted; picture kept");
+                            state.storage_error = Some(e.to_string());
+                            any = true;
+                        }
                     }
                 }
                 if any {
@@ -315,6 +344,11 @@ impl Actor for IndexActor {
                 state.lifecycle = Some(DeviceState::Stopping);
                 state.publish();
             }
+            IndexMsg::RetryStorage => {
+                state.retry_armed = false;
+                retry_unsaved(state, &myself);
+                state.changed(&myself);
+            }
             IndexMsg::PublishStatus => {
                 state.timer_armed = false;
                 if state.dirty {
@@ -363,6 +397,50 @@ fn remember_removed(state: &mut IndexState, entry: Entry, vector: Vec<f32>) {
         if let Some(old) = state.removed_order.pop_front() {
             state.removed.remove(&old);
         }
+    }
+}
+
+/// Most encoded pictures kept in memory while the store cannot write; beyond, pictures count
+/// as failed and are found again by the next scan.
+const MAX_UNSAVED: usize = 10_000;
+/// How often writing is tried again while the store fails.
+const STORAGE_RETRY: Duration = Duration::from_secs(2);
+
+/// Keeps an encoded picture the store could not write, to write it once the store works.
+fn keep_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>, entry: Entry, vector: Vec<f32>, error: String) {
+    if state.storage_error.as_deref() != Some(error.as_str()) {
+        warn!(%error, "the index cannot be written; encoded pictures wait in memory and are written once it can");
+    }
+    state.storage_error = Some(error.clone());
+    state.unsaved.retain(|(e, _)| e.path != entry.path);
+    if state.unsaved.len() >= MAX_UNSAVED {
+        record_failure(state, entry.path, format!("not written to the index: {error}"));
+    } else {
+        state.unsaved.push_back((entry, vector));
+    }
+    if !state.retry_armed {
+        state.retry_armed = true;
+        myself.send_after(STORAGE_RETRY, || IndexMsg::RetryStorage);
+    }
+}
+
+/// Writes the unsaved pictures in order until the store fails again.
+fn retry_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>) {
+    while let Some((entry, vector)) = state.unsaved.pop_front() {
+        match persist_and_insert(&mut state.args, entry.clone(), &vector) {
+            Ok(()) => {}
+            Err(e @ DeviceError::Io { .. }) => {
+                state.unsaved.push_front((entry, vector));
+                state.storage_error = Some(e.to_string());
+                state.retry_armed = true;
+                myself.send_after(STORAGE_RETRY, || IndexMsg::RetryStorage);
+                return;
+            }
+            Err(e) => record_failure(state, entry.path, e.to_string()),
+        }
+    }
+    if state.storage_error.take().is_some() {
+        info!("the index can be written again; every waiting picture is written");
     }
 }
 

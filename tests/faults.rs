@@ -1,0 +1,132 @@
+//! Faults, each through the real programs: the device's disk filling up while it writes its
+//! index.
+
+mod util;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgeclip::client::Client;
+use edgeclip_cloud::Cloud;
+use edgeclip_messages::dashboard::{DeviceStatus, SearchResponse};
+use util::*;
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
+    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    path
+}
+
+fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
+    let limit = libc::rlimit { rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY), rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: prlimit only reads `limit` and writes nothing (old limit pointer is null).
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+async fn status_until(client: &mut Client, device: &str, what: &str, pred: impl Fn(&DeviceStatus) -> bool) -> DeviceStatus {
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    loop {
+        if let Ok((_, s)) = client.status(device, Duration::from_secs(2)).await {
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: last status {s:?}");
+        }
+        assert!(Instant::now() < deadline, "{what}: no status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The disk fills up (simulated with the file-size limit of the device process, which makes
+/// writes fail like a full disk does) while the device writes its index: the device says so
+/// in its status, keeps answering searches from what it has, and once space returns writes
+/// every waiting picture without encoding it again; the index on disk is valid throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let pictures = copy_pictures(&shapes);
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let url = broker.url();
+    let cloud = bounded("cloud start", Cloud::start(cloud_config(&url, "disk-w"))).await.expect("cloud");
+    let state = tmp.path().join("state");
+    let conf = tmp.path().join("device.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "device_id = \"sdcard\"\nfolders = [{:?}]\nstate_dir = {:?}\n[model]\ndir = {:?}\n[broker]\nurl = {url:?}\n[status]\ninterval_ms = 200\n",
+            pictures.path().display().to_string(),
+            state.display().to_string(),
+            model_dir().display().to_string()
+        ),
+    )
+    .expect("device.toml");
+    // Room for the journal's header and about four pictures' records (~400 bytes each).
+    const ROOM: u64 = 1800;
+    let mut command = Command::new(sibling_binary("edgeclip-device"));
+    command.arg("--config").arg(&conf).stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // A process over its file-size limit gets SIGXFSZ, which kills by default; ignored,
+            // the write fails with EFBIG instead, as a full disk fails with ENOSPC. Ignored
+            // signals stay ignored across exec.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: ROOM, rlim_max: libc::RLIM_INFINITY };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let device = KillOnDrop(command.spawn().expect("device starts"));
+    let pid = device.0.id() as libc::pid_t;
+
+    let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5))).await.expect("connect");
+    let full = status_until(&mut client, "sdcard", "the device reports the full disk", |s| {
+        s.storage_error.is_some() && s.unsaved as usize + s.indexed as usize == labels.len()
+    })
+    .await;
+    assert!(full.indexed >= 1 && (full.indexed as usize) < labels.len(), "{full:?}");
+    assert_eq!(full.failed, 0, "a full disk is not the pictures' fault: {full:?}");
+    assert!(full.storage_error.as_deref().is_some_and(|e| e.contains("journal")), "{full:?}");
+
+    // It keeps serving searches from what it has.
+    let response = bounded("search", client.search("sdcard", "a red circle", Some(50), Duration::from_secs(20))).await.expect("answered");
+    match &response {
+        SearchResponse::Results(r) => assert_eq!(r.hits.len(), full.indexed as usize),
+        SearchResponse::Error(e) => panic!("search failed: {}", e.error),
+    }
+
+    // Space returns.
+    set_file_size_limit(pid, None);
+    let done = status_until(&mut client, "sdcard", "the waiting pictures are written", |s| {
+        s.storage_error.is_none() && s.unsaved == 0 && s.indexed as usize == labels.len()
+    })
+    .await;
+    assert_eq!((done.encoded as usize, done.failed), (labels.len(), 0), "nothing encoded twice, nothing lost: {done:?}");
+    client.disconnect().await;
+    drop(device);
+
+    // The index on disk holds every picture exactly once.
+    let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
+    let (_, index, report) = edgeclip_device::store::Store::open(&state.join("index"), &model.id, model.dim).expect("the index opens");
+    assert_eq!((index.len(), report.pictures), (labels.len(), labels.len()));
+    let mut paths: Vec<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), labels.len());
+    bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+}
