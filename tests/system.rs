@@ -145,11 +145,16 @@ async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     let device = Device::start(device_config(&broker.url(), "lonely", &[pictures.path()], state.path())).await.expect("device");
     wait_idle(&device).await;
+    let requests = Recorder::start(&broker.url(), topics::CLOUD_ENCODE).await;
     let started = std::time::Instant::now();
     let response = bounded("search", device.search(SearchRequest::text("a red circle"))).await.expect("answer");
     let SearchResponse::Error(e) = response else { panic!("expected an error without a cloud") };
     assert!(e.error.contains("did not answer within 3000 ms"), "{}", e.error);
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The unanswered request was sent once more (search.cloud_retry_ms), unchanged: same id.
+    let sent = requests.all();
+    assert_eq!(sent.len(), 2, "one request and one retry");
+    assert_eq!(sent[0].1, sent[1].1);
 
     let cloud = Cloud::start(cloud_config(&broker.url(), "late-w")).await.expect("cloud");
     // The cloud subscribes right after connecting; give it that moment.
@@ -778,5 +783,133 @@ async fn server_ranked_searches_give_the_same_ranking_as_device_ranked_ones() {
     assert_eq!(sent.len(), 3 * 4);
     assert!(sent.iter().all(|(_, p)| p.len() < 5 * (64 + 16) + 512));
     device.shutdown().await.expect("shutdown");
+    cloud.shutdown().await.expect("cloud shutdown");
+}
+
+// ---- fleet search: every device, one encoding ----
+
+/// Copies the pictures of `from` into `parts` fresh folders, round robin over the sorted names.
+fn split_pictures(from: &Path, parts: usize) -> Vec<tempfile::TempDir> {
+    let dirs: Vec<tempfile::TempDir> = (0..parts).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let mut names: Vec<_> = std::fs::read_dir(from).expect("dir").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e != "json")).collect();
+    names.sort();
+    for (i, path) in names.iter().enumerate() {
+        std::fs::copy(path, dirs[i % parts].path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    dirs
+}
+
+async fn fleet(client: &mut Client, text: &str, k: usize, deadline_ms: Option<u64>) -> edgeclip_messages::dashboard::FleetResults {
+    use edgeclip_messages::dashboard::{FleetResponse, FleetSearchRequest};
+    let request = FleetSearchRequest { k: Some(k), deadline_ms, ..FleetSearchRequest::text(text) };
+    match bounded("fleet search", client.fleet_search(request, Duration::from_secs(20))).await.expect("fleet answer") {
+        FleetResponse::Results(r) => r,
+        FleetResponse::Error(e) => panic!("fleet search failed: {}", e.error),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_ones_as_missing() {
+    let shapes = data("shapes");
+    let reference = Reference::new(&shapes);
+    let parts = split_pictures(&shapes, 3);
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let url = broker.url();
+    let recorder = Recorder::start(&url, "#").await;
+    let cloud = Cloud::start(cloud_config(&url, "fleet-w")).await.expect("cloud");
+    let ids = ["fleet-a", "fleet-b", "fleet-c"];
+    let states: Vec<tempfile::TempDir> = ids.iter().map(|_| tempfile::tempdir().expect("state")).collect();
+    let mut devices = Vec::new();
+    for ((id, part), state) in ids.iter().zip(&parts).zip(&states) {
+        let device = bounded("device start", Device::start(device_config(&url, id, &[part.path()], state.path()))).await.expect("device");
+        wait_idle(&device).await;
+        devices.push(device);
+    }
+    let owner = |name: &str| ids[parts.iter().position(|p| p.path().join(name).is_file()).expect("picture of some part")];
+    let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5))).await.expect("connect");
+
+    // The merged ranking is the ranking over the union of the pictures, each hit from its device.
+    let texts = ["a red circle", "a blue square", "a yellow star and a purple square"];
+    for (text, k) in texts.iter().zip([5, 16, 8]) {
+        let r = fleet(&mut client, text, k, None).await;
+        assert_eq!(r.asked, ids.to_vec(), "{r:?}");
+        assert_eq!(r.answered, ids.to_vec(), "{r:?}");
+        assert!(r.missing.is_empty() && r.failed.is_empty(), "{r:?}");
+        let merged: Vec<(String, f32)> = r.hits.iter().map(|h| (file_name(&h.path), h.score)).collect();
+        assert_same_ranking(&merged, &reference.rank(text, k), &format!("fleet: {text}"));
+        for hit in &r.hits {
+            assert_eq!(hit.device, owner(&file_name(&hit.path)), "{hit:?}");
+        }
+    }
+    // Encoded once per search: no device asked the cloud for a vector; each device got one
+    // query per search, and all three carry the same bytes (the same vector).
+    let seen = recorder.all();
+    let count = |topic: &str| seen.iter().filter(|(t, _)| t == topic).count();
+    assert_eq!(count(topics::CLOUD_ENCODE), 0, "devices must not encode fleet searches themselves");
+    assert_eq!(count(topics::FLEET_SEARCH), texts.len());
+    let queries: Vec<Vec<&Vec<u8>>> = ids.iter().map(|d| seen.iter().filter(|(t, _)| *t == topics::fleet_query(d)).map(|(_, p)| p).collect()).collect();
+    for (device, q) in ids.iter().zip(&queries) {
+        assert_eq!(q.len(), texts.len(), "{device} got {} queries", q.len());
+    }
+    for i in 0..texts.len() {
+        assert!(queries.iter().all(|q| q[i] == queries[0][i]), "search {i}: devices got different vectors");
+    }
+
+    // A device that is online but does not answer (hung) is listed as missing at the deadline;
+    // the others' hits still come back.
+    let ghost = topics::availability("fleet-ghost");
+    recorder.client.publish(&ghost, rumqttc::QoS::AtLeastOnce, true, "online").await.expect("ghost online");
+    recorder.wait_for(&ghost, |p| p == b"online").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let r = fleet(&mut client, "a red circle", 5, Some(1500)).await;
+    let waited = started.elapsed();
+    println!("fleet search with a silent device: answered {:?}, missing {:?}, took {} ms (waited {waited:?})", r.answered, r.missing, r.took_ms);
+    assert_eq!(r.missing, vec!["fleet-ghost".to_string()], "{r:?}");
+    assert_eq!(r.answered, ids.to_vec());
+    assert!(r.took_ms >= 1500 && waited < Duration::from_millis(1500 + 3000), "{} ms, waited {waited:?}", r.took_ms);
+    let merged: Vec<(String, f32)> = r.hits.iter().map(|h| (file_name(&h.path), h.score)).collect();
+    assert_same_ranking(&merged, &reference.rank("a red circle", 5), "fleet with a silent device");
+
+    // The command line: a device column and the missing list; exit 0 with at least one answer.
+    let cli_url = url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        edgeclip().args(["search", "--all", "a red circle", "-k", "3", "--deadline", "1.5", "--broker", &cli_url]).output().expect("search --all runs")
+    })
+    .await
+    .expect("join");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.lines().next().expect("header").contains("device"), "{table}");
+    let first = table.lines().nth(1).expect("a first hit").to_string();
+    let best = &reference.rank("a red circle", 1)[0].0;
+    assert!(first.contains(best.as_str()) && first.contains(owner(best)), "{table}");
+    assert!(table.contains("missing (no answer before the deadline): fleet-ghost"), "{table}");
+
+    // A stopped device says offline and is not asked; the rest still answer.
+    let stopped = devices.remove(0);
+    bounded("device shutdown", stopped.shutdown()).await.expect("shutdown");
+    recorder.wait_for(&topics::availability(ids[0]), |p| p == b"offline").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = fleet(&mut client, "a blue square", 16, Some(1000)).await;
+    assert_eq!(r.offline, vec![ids[0].to_string()], "{r:?}");
+    assert_eq!(r.answered, ids[1..].to_vec());
+    assert!(!r.hits.is_empty() && r.hits.iter().all(|h| h.device != ids[0]), "{r:?}");
+
+    // Only the silent device left: the command line fails, saying nobody answered.
+    for device in devices {
+        bounded("device shutdown", device.shutdown()).await.expect("shutdown");
+    }
+    recorder.wait_for(&topics::availability(ids[2]), |p| p == b"offline").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cli_url = url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        edgeclip().args(["search", "--all", "a red circle", "--deadline", "1", "--broker", &cli_url]).output().expect("runs")
+    })
+    .await
+    .expect("join");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no device answered"), "{}", String::from_utf8_lossy(&out.stderr));
+    client.disconnect().await;
     cloud.shutdown().await.expect("cloud shutdown");
 }

@@ -81,6 +81,8 @@ pub struct CaptureConfig {
 pub struct SearchConfig {
     /// Wait for the cloud's vector.
     pub cloud_timeout_ms: u64,
+    /// Send an unanswered request once more after this long; 0 never.
+    pub cloud_retry_ms: u64,
     /// Default hits.
     pub default_k: usize,
     /// Most hits.
@@ -156,6 +158,12 @@ impl DeviceConfig {
     /// The search timeout.
     pub fn cloud_timeout(&self) -> Duration {
         Duration::from_millis(self.search.cloud_timeout_ms)
+    }
+
+    /// When an unanswered request is sent again: only if before the timeout.
+    pub fn cloud_retry(&self) -> Option<Duration> {
+        let retry = self.search.cloud_retry_ms;
+        (retry > 0 && retry < self.search.cloud_timeout_ms).then(|| Duration::from_millis(retry))
     }
 }
 

@@ -32,12 +32,21 @@ pub enum Job {
     },
     /// Method B: rank this chunk of the device's vectors against the text.
     Rank(Box<Received<RankRequest>>),
+    /// For another actor of this worker (a fleet search): hand it the vector or the error.
+    InProcess(Box<dyn FnOnce(Result<Vec<f32>, String>) + Send>),
 }
 
 /// Messages of the text encoder.
 pub enum TextEncoderMsg {
     /// A payload from the encode or rank topic.
     Request(Vec<u8>),
+    /// Encode a text already validated by another actor of this worker.
+    Encode {
+        /// The text.
+        text: String,
+        /// What it is encoded for.
+        job: Job,
+    },
     /// A worker finished a text.
     Encoded {
         /// The text (cache key).
@@ -98,6 +107,7 @@ impl Actor for TextEncoderActor {
                     encode(&myself, state, text, job).await?;
                 }
             }
+            TextEncoderMsg::Encode { text, job } => encode(&myself, state, text, job).await?,
             TextEncoderMsg::Encoded { text, job, result } => {
                 if let (Ok(vector), Some(cache)) = (&result, &mut state.cache) {
                     cache.put(text, vector.clone());
@@ -230,6 +240,7 @@ fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, String>) 
             };
             reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), body);
         }
+        Job::InProcess(deliver) => deliver(result),
     }
 }
 
