@@ -886,13 +886,32 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
     assert!(first.contains(best.as_str()) && first.contains(owner(best)), "{table}");
     assert!(table.contains("missing (no answer before the deadline): fleet-ghost"), "{table}");
 
+    // A device whose index holds another model answers with an error: listed as failed, the
+    // others' hits unaffected.
+    let (empty, odd_state) = (tempfile::tempdir().expect("empty"), tempfile::tempdir().expect("state"));
+    let mut odd_config = device_config(&url, "fleet-odd", &[empty.path()], odd_state.path());
+    odd_config.model.id = "another-model@000000000000".into();
+    let odd = bounded("device start", Device::start(odd_config)).await.expect("device");
+    wait_idle(&odd).await;
+    recorder.wait_for(&topics::availability("fleet-odd"), |p| p == b"online").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = fleet(&mut client, "a red circle", 5, Some(1500)).await;
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].device, "fleet-odd");
+    assert!(r.failed[0].error.contains("another-model"), "{}", r.failed[0].error);
+    assert_eq!(r.answered, ids.to_vec(), "{r:?}");
+    assert_eq!(r.missing, vec!["fleet-ghost".to_string()], "{r:?}");
+    let merged: Vec<(String, f32)> = r.hits.iter().map(|h| (file_name(&h.path), h.score)).collect();
+    assert_same_ranking(&merged, &reference.rank("a red circle", 5), "fleet with a failing device");
+    bounded("device shutdown", odd.shutdown()).await.expect("shutdown");
+
     // A stopped device says offline and is not asked; the rest still answer.
     let stopped = devices.remove(0);
     bounded("device shutdown", stopped.shutdown()).await.expect("shutdown");
     recorder.wait_for(&topics::availability(ids[0]), |p| p == b"offline").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = fleet(&mut client, "a blue square", 16, Some(1000)).await;
-    assert_eq!(r.offline, vec![ids[0].to_string()], "{r:?}");
+    assert_eq!(r.offline, vec![ids[0].to_string(), "fleet-odd".to_string()], "{r:?}");
     assert_eq!(r.answered, ids[1..].to_vec());
     assert!(!r.hits.is_empty() && r.hits.iter().all(|h| h.device != ids[0]), "{r:?}");
 
