@@ -946,13 +946,12 @@ enum Outcome {
     Lost,
 }
 
-/// One simulated device: sends encode requests as the real device does (same frame, reply
-/// topic, single retry after `retry` with the same request id, give up at `timeout`), one at a
-/// time with a pause in between, until `until`. Returns (first send, outcome) per search.
-async fn simulated_device(url: String, n: usize, model: String, until: std::time::Instant, retry: Duration, timeout: Duration) -> Vec<(std::time::Instant, Outcome)> {
-    use edgeclip_messages::wire::{self, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
-    let device = format!("sim-{n}");
-    let (host, port) = edgeclip_link::options::parse_broker_url(&url).expect("url");
+type SimLink = (rumqttc::AsyncClient, tokio::sync::mpsc::UnboundedReceiver<Option<Vec<u8>>>, tokio::task::JoinHandle<()>);
+
+/// An MQTT client subscribed to `device`'s cloud reply topic: its client, the payloads it
+/// receives (None: a subscription acknowledged), its poll task.
+async fn sim_connect(url: &str, device: &str) -> SimLink {
+    let (host, port) = edgeclip_link::options::parse_broker_url(url).expect("url");
     let mut options = rumqttc::MqttOptions::new(format!("edgeclip-{device}-{}", rand_suffix()), host, port);
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_keep_alive(Duration::from_secs(30));
@@ -972,9 +971,73 @@ async fn simulated_device(url: String, n: usize, model: String, until: std::time
             }
         }
     });
-    let reply_to = topics::cloud_reply(&device);
-    client.subscribe(&reply_to, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+    client.subscribe(topics::cloud_reply(device), rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
     assert!(matches!(bounded("suback", rx.recv()).await, Some(None)), "suback first");
+    (client, rx, poll)
+}
+
+/// A simulated device that sends `count` searches at once when triggered (right before the
+/// kill, so that the killed worker is likely to hold some), with the device's retry.
+async fn burst_device(url: String, model: String, count: usize, trigger: tokio::sync::oneshot::Receiver<()>, retry: Duration, timeout: Duration) -> Vec<(std::time::Instant, Outcome)> {
+    use edgeclip_messages::wire::{self, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
+    let device = "sim-burst";
+    let (client, mut rx, poll) = sim_connect(&url, device).await;
+    let _ = trigger.await;
+    let first = std::time::Instant::now();
+    let mut frames = std::collections::BTreeMap::new();
+    for i in 0..count as u64 {
+        let request_id = (1 << 40) | i;
+        let text = format!("a burst of searches number {i}");
+        let frame = wire::encode(&EncodeRequest { request_id, reply_to: topics::cloud_reply(device), model: model.clone(), text }).expect("frame");
+        client.publish(topics::CLOUD_ENCODE, rumqttc::QoS::AtLeastOnce, false, frame.clone()).await.expect("publish");
+        frames.insert(request_id, frame);
+    }
+    let mut outcomes = std::collections::BTreeMap::new();
+    let mut retried = std::collections::BTreeSet::new();
+    while outcomes.len() < count {
+        let wait = if retried.is_empty() { first + retry } else { first + timeout };
+        match tokio::time::timeout_at(wait.into(), rx.recv()).await {
+            Ok(Some(Some(payload))) => {
+                let Ok(reply) = Received::<EncodeReply>::decode(&payload, 1 << 20) else { continue };
+                let id = reply.get().request_id.to_native();
+                if !frames.contains_key(&id) || outcomes.contains_key(&id) {
+                    continue;
+                }
+                let outcome = match &reply.get().body {
+                    ArchivedReplyBody::Vector(_) => Outcome::Answered { latency: first.elapsed(), retried: retried.contains(&id), at: std::time::Instant::now() },
+                    ArchivedReplyBody::Error(_) => Outcome::Failed,
+                };
+                outcomes.insert(id, outcome);
+            }
+            Ok(Some(None)) => continue,
+            Ok(None) => break,
+            Err(_) if retried.is_empty() => {
+                for (id, frame) in &frames {
+                    if !outcomes.contains_key(id) {
+                        retried.insert(*id);
+                        client.publish(topics::CLOUD_ENCODE, rumqttc::QoS::AtLeastOnce, false, frame.clone()).await.expect("publish");
+                    }
+                }
+                if retried.is_empty() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = client.disconnect().await;
+    poll.abort();
+    frames.keys().map(|id| (first, outcomes.get(id).copied().unwrap_or(Outcome::Lost))).collect()
+}
+
+/// One simulated device: sends encode requests as the real device does (same frame, reply
+/// topic, single retry after `retry` with the same request id, give up at `timeout`), one at a
+/// time with a pause in between, until `until`. Returns (first send, outcome) per search.
+async fn simulated_device(url: String, n: usize, model: String, until: std::time::Instant, retry: Duration, timeout: Duration) -> Vec<(std::time::Instant, Outcome)> {
+    use edgeclip_messages::wire::{self, ArchivedReplyBody, EncodeReply, EncodeRequest, Received};
+    let device = format!("sim-{n}");
+    let (client, mut rx, poll) = sim_connect(&url, &device).await;
+    let reply_to = topics::cloud_reply(&device);
     let colours = ["red", "green", "blue", "yellow", "orange", "purple", "white", "black"];
     let shapes = ["circle", "square", "triangle", "star"];
     let mut out = Vec::new();
@@ -1062,10 +1125,15 @@ fn failover_two_cloud_workers_under_load_lose_no_search_when_one_is_killed() {
         presence.wait_for("edgeclip/cloud/workers/w2", |p| !p.is_empty()).await;
         let started = std::time::Instant::now();
         let until = started + Duration::from_secs(secs);
-        let tasks: Vec<_> = (0..devices).map(|n| tokio::spawn(simulated_device(url.clone(), n, model.clone(), until, retry, timeout))).collect();
+        let mut tasks: Vec<_> = (0..devices).map(|n| tokio::spawn(simulated_device(url.clone(), n, model.clone(), until, retry, timeout))).collect();
+        let (trigger, triggered) = tokio::sync::oneshot::channel();
+        tasks.push(tokio::spawn(burst_device(url.clone(), model.clone(), 8, triggered, retry, timeout)));
 
-        // Mid-run, one worker dies without a word (SIGKILL): no clean disconnect.
+        // Mid-run, one worker dies without a word (SIGKILL): no clean disconnect. A burst of
+        // searches just before makes it likely that it dies holding some.
         tokio::time::sleep_until((started + Duration::from_secs(secs / 2)).into()).await;
+        let _ = trigger.send(());
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let _ = workers[0].0.kill();
         let killed = std::time::Instant::now();
         let _ = workers[0].0.wait();
@@ -1080,19 +1148,22 @@ fn failover_two_cloud_workers_under_load_lose_no_search_when_one_is_killed() {
         let failed = all.iter().filter(|(_, o)| matches!(o, Outcome::Failed)).count();
         let lost = all.iter().filter(|(_, o)| matches!(o, Outcome::Lost)).count();
         let retried = all.iter().filter(|(_, o)| matches!(o, Outcome::Answered { retried: true, .. })).count();
-        let latencies = |before: bool| {
+        // Three groups: sent and answered before the kill; sent before and answered after it (in
+        // flight at the kill); sent after it.
+        let latencies = |keep: &dyn Fn(std::time::Instant, std::time::Instant) -> bool| {
             let mut v: Vec<Duration> = all
                 .iter()
-                .filter(|(first, _)| (*first < killed) == before)
-                .filter_map(|(_, o)| match o {
-                    Outcome::Answered { latency, .. } => Some(*latency),
+                .filter_map(|(first, o)| match o {
+                    Outcome::Answered { latency, at, .. } if keep(*first, *at) => Some(*latency),
                     _ => None,
                 })
                 .collect();
             v.sort();
             v
         };
-        let (pre, post) = (latencies(true), latencies(false));
+        let pre = latencies(&|first, at| first < killed && at <= killed);
+        let during = latencies(&|first, at| first < killed && at > killed);
+        let post = latencies(&|first, _| first >= killed);
         // Takeover: the first search sent after the kill that the survivor answered, and the
         // moment every search that was in flight at the kill had its answer (after its retry).
         let first_after = all
@@ -1126,7 +1197,9 @@ fn failover_two_cloud_workers_under_load_lose_no_search_when_one_is_killed() {
             "failed_with_error": failed,
             "lost": lost,
             "answered_after_retry": retried,
+            "burst_before_kill": 8,
             "latency_ms_before_kill": {"n": pre.len(), "p50": percentile(&pre, 0.5), "p99": percentile(&pre, 0.99)},
+            "latency_ms_in_flight_at_kill": {"n": during.len(), "p50": percentile(&during, 0.5), "max": percentile(&during, 1.0)},
             "latency_ms_after_kill": {"n": post.len(), "p50": percentile(&post, 0.5), "p99": percentile(&post, 0.99)},
             "first_answer_to_a_new_search_after_kill_ms": ms(first_after),
             "in_flight_at_kill_answered_later": in_flight.len(),
