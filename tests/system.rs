@@ -855,6 +855,26 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
         assert!(queries.iter().all(|q| q[i] == queries[0][i]), "search {i}: devices got different vectors");
     }
 
+    // Malformed input on the fleet topics is answered where a reply topic is known, dropped
+    // otherwise, and everyone keeps serving.
+    recorder.publish(topics::FLEET_SEARCH, r#"{"text": "x", "k": 0, "id": "bad-1"}"#).await;
+    let refused = recorder.wait_for(&topics::fleet_results("bad-1"), |_| true).await;
+    assert!(String::from_utf8_lossy(&refused).contains("error"), "{}", String::from_utf8_lossy(&refused));
+    recorder.publish(topics::FLEET_SEARCH, vec![0xff, 0xfe, 0x00]).await;
+    recorder.publish(&topics::fleet_query(ids[0]), vec![0x45, 0x43, 0x01, 0x00, 0x05, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).await;
+    let hijack = edgeclip_messages::wire::FleetQuery {
+        request_id: 1,
+        reply_to: topics::search(ids[1]),
+        k: 3,
+        vector: edgeclip_messages::wire::TextVector { model: "m".into(), vector: vec![1.0] },
+    };
+    recorder.publish(&topics::fleet_query(ids[0]), edgeclip_messages::wire::encode(&hijack).expect("frame")).await;
+    recorder.publish(&topics::fleet_answers("fleet-w"), b"not a frame".to_vec()).await;
+    let r = fleet(&mut client, "a red circle", 5, None).await;
+    assert_eq!(r.answered, ids.to_vec(), "{r:?}");
+    assert_same_ranking(&r.hits.iter().map(|h| (file_name(&h.path), h.score)).collect::<Vec<_>>(), &reference.rank("a red circle", 5), "after garbage");
+    assert!(recorder.all().iter().all(|(t, _)| *t != topics::search(ids[1])), "a fleet query made a device publish outside edgeclip/fleet/answers/");
+
     // A device that is online but does not answer (hung) is listed as missing at the deadline;
     // the others' hits still come back.
     let ghost = topics::availability("fleet-ghost");
