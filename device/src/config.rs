@@ -199,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn a_request_is_retried_once_only_before_the_timeout() {
+        let load = |retry: u64, timeout: u64| {
+            DeviceConfig::load(None, &[("device_id", "nas".into()), ("search.cloud_retry_ms", retry.into()), ("search.cloud_timeout_ms", timeout.into())]).unwrap()
+        };
+        assert_eq!(DeviceConfig::load(None, &[("device_id", "nas".into())]).unwrap().cloud_retry(), Some(Duration::from_millis(2000)));
+        assert_eq!(load(1000, 3000).cloud_retry(), Some(Duration::from_millis(1000)));
+        assert_eq!(load(3000, 3000).cloud_retry(), None);
+        assert_eq!(load(0, 3000).cloud_retry(), None);
+    }
+
+    #[test]
     fn a_file_overrides_defaults_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("device.toml");
