@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use edgeclip_messages::dashboard::{DeviceStatus, SearchRequest, SearchResponse};
+use edgeclip_messages::dashboard::{DeviceStatus, FleetResponse, FleetSearchRequest, SearchRequest, SearchResponse};
 use edgeclip_messages::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -154,6 +154,34 @@ impl Client {
                 if let Ok(response) = serde_json::from_slice::<SearchResponse>(&payload) {
                     if response.id() == id {
                         return Ok(response);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a fleet search (every online device ranks; the cloud merges) and waits for the
+    /// merged answer on `edgeclip/fleet/results/<id>`.
+    pub async fn fleet_search(&mut self, mut request: FleetSearchRequest, timeout: Duration) -> anyhow::Result<FleetResponse> {
+        let deadline = Instant::now() + timeout;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let id = format!("cli-{}-{nanos:x}", std::process::id());
+        request.id = Some(id.clone());
+        request.reply_to = None;
+        let topic = topics::fleet_results(&id);
+        self.subscribe(&topic, deadline).await?;
+        self.client.publish(topics::FLEET_SEARCH, QoS::AtLeastOnce, false, serde_json::to_vec(&request)?).await?;
+        loop {
+            let note = self
+                .next_note(deadline)
+                .await
+                .with_context(|| format!("no fleet answer within {} ms (is edgeclip-cloud running and connected to the broker?)", timeout.as_millis()))?;
+            if let Note::Publish(t, payload) = note {
+                if t == topic {
+                    if let Ok(response) = serde_json::from_slice::<FleetResponse>(&payload) {
+                        if response.id() == id {
+                            return Ok(response);
+                        }
                     }
                 }
             }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use edgeclip_messages::dashboard::{DeviceStatus, SearchResponse};
+use edgeclip_messages::dashboard::{DeviceStatus, FleetResponse, SearchResponse};
 
 /// A search answer as a table (rank, score, path), or its error line.
 pub fn results_table(response: &SearchResponse) -> String {
@@ -19,6 +19,42 @@ pub fn results_table(response: &SearchResponse) -> String {
                 let _ = writeln!(out, "{:>4}  {:>7.4}  {}", i + 1, hit.score, hit.path);
             }
             let _ = writeln!(out, "{} hits for {:?} in {} ms (model {})", r.hits.len(), r.text, r.took_ms, r.model);
+            out
+        }
+    }
+}
+
+/// A fleet answer as a table (rank, score, device, path), then the devices that did not
+/// answer in time, failed or are offline; or its error line.
+pub fn fleet_table(response: &FleetResponse) -> String {
+    match response {
+        FleetResponse::Error(e) => format!("error: {}\n", e.error),
+        FleetResponse::Results(r) => {
+            let mut out = String::new();
+            let width = r.hits.iter().map(|h| h.device.len()).max().unwrap_or(0).max("device".len());
+            let _ = writeln!(out, "{:>4}  {:>7}  {:<width$}  path", "#", "score", "device");
+            for (i, hit) in r.hits.iter().enumerate() {
+                let _ = writeln!(out, "{:>4}  {:>7.4}  {:<width$}  {}", i + 1, hit.score, hit.device, hit.path);
+            }
+            let _ = writeln!(
+                out,
+                "{} hits for {:?} from {} of {} devices in {} ms (model {})",
+                r.hits.len(),
+                r.text,
+                r.answered.len(),
+                r.asked.len(),
+                r.took_ms,
+                r.model
+            );
+            if !r.missing.is_empty() {
+                let _ = writeln!(out, "missing (no answer before the deadline): {}", r.missing.join(", "));
+            }
+            for f in &r.failed {
+                let _ = writeln!(out, "failed: {}: {}", f.device, f.error);
+            }
+            if !r.offline.is_empty() {
+                let _ = writeln!(out, "offline (not asked): {}", r.offline.join(", "));
+            }
             out
         }
     }
@@ -56,5 +92,29 @@ mod tests {
         assert!(t.contains("0.5000") && t.contains("2 hits"));
         let e = SearchResponse::Error(SearchError { id: "1".into(), error: "cloud did not answer".into() });
         assert_eq!(results_table(&e), "error: cloud did not answer\n");
+    }
+
+    #[test]
+    fn fleet_tables_name_the_device_of_each_hit_and_the_missing_ones() {
+        use edgeclip_messages::dashboard::{FleetHit, FleetResults};
+        let hit = |device: &str, path: &str, score| FleetHit { device: device.into(), path: path.into(), score, taken_s: 0 };
+        let r = FleetResponse::Results(FleetResults {
+            id: "1".into(),
+            text: "a red circle".into(),
+            model: "m".into(),
+            took_ms: 40,
+            asked: vec!["cam".into(), "ghost".into(), "nas".into()],
+            answered: vec!["cam".into(), "nas".into()],
+            missing: vec!["ghost".into()],
+            failed: vec![],
+            offline: vec!["old".into()],
+            hits: vec![hit("nas", "/p/a.jpg", 0.5), hit("cam", "/c/b.jpg", 0.25)],
+        });
+        let t = fleet_table(&r);
+        let first = t.lines().nth(1).unwrap();
+        assert!(first.contains("nas") && first.contains("/p/a.jpg"), "{t}");
+        assert!(t.contains("from 2 of 3 devices"), "{t}");
+        assert!(t.contains("missing (no answer before the deadline): ghost"), "{t}");
+        assert!(t.contains("offline (not asked): old"), "{t}");
     }
 }

@@ -24,6 +24,22 @@ pub struct CloudConfig {
     pub encoder: EncoderConfig,
     /// Bounds per requester.
     pub limits: crate::limits::LimitsConfig,
+    /// Fleet searches.
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How long devices may take to answer when a search does not say.
+    pub deadline_ms: u64,
+    /// Longest deadline a search may ask for.
+    pub max_deadline_ms: u64,
+    /// Hits when a search does not say.
+    pub default_k: usize,
+    /// Most hits.
+    pub max_k: usize,
 }
 
 /// `[model]`.
@@ -84,6 +100,12 @@ impl CloudConfig {
         }
         if self.limits.max_requesters == 0 {
             return bad("limits.max_requesters must be >= 1");
+        }
+        if self.fleet.deadline_ms == 0 || self.fleet.deadline_ms > self.fleet.max_deadline_ms || self.fleet.max_deadline_ms > 600_000 {
+            return bad("fleet.deadline_ms must be >= 1 and <= fleet.max_deadline_ms <= 600000");
+        }
+        if self.fleet.default_k == 0 || self.fleet.default_k > self.fleet.max_k || self.fleet.max_k > 10_000 {
+            return bad("fleet.default_k must be >= 1 and <= fleet.max_k <= 10000");
         }
         Ok(self)
     }

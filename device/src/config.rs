@@ -81,6 +81,8 @@ pub struct CaptureConfig {
 pub struct SearchConfig {
     /// Wait for the cloud's vector.
     pub cloud_timeout_ms: u64,
+    /// Send an unanswered request once more after this long; 0 never.
+    pub cloud_retry_ms: u64,
     /// Default hits.
     pub default_k: usize,
     /// Most hits.
@@ -157,6 +159,12 @@ impl DeviceConfig {
     pub fn cloud_timeout(&self) -> Duration {
         Duration::from_millis(self.search.cloud_timeout_ms)
     }
+
+    /// When an unanswered request is sent again: only if before the timeout.
+    pub fn cloud_retry(&self) -> Option<Duration> {
+        let retry = self.search.cloud_retry_ms;
+        (retry > 0 && retry < self.search.cloud_timeout_ms).then(|| Duration::from_millis(retry))
+    }
 }
 
 /// The host name, reduced to the characters a device id may hold.
@@ -188,6 +196,17 @@ mod tests {
         assert_eq!(cfg.broker.client_id, "edgeclip-device-nas");
         assert!(cfg.encoder.workers >= 1);
         assert_eq!(cfg.search.default_k, 10);
+    }
+
+    #[test]
+    fn a_request_is_retried_once_only_before_the_timeout() {
+        let load = |retry: u64, timeout: u64| {
+            DeviceConfig::load(None, &[("device_id", "nas".into()), ("search.cloud_retry_ms", retry.into()), ("search.cloud_timeout_ms", timeout.into())]).unwrap()
+        };
+        assert_eq!(DeviceConfig::load(None, &[("device_id", "nas".into())]).unwrap().cloud_retry(), Some(Duration::from_millis(2000)));
+        assert_eq!(load(1000, 3000).cloud_retry(), Some(Duration::from_millis(1000)));
+        assert_eq!(load(3000, 3000).cloud_retry(), None);
+        assert_eq!(load(0, 3000).cloud_retry(), None);
     }
 
     #[test]

@@ -149,6 +149,144 @@ pub struct SearchError {
     pub error: String,
 }
 
+/// A fleet search (`edgeclip/fleet/search`): one text, encoded once by the cloud, ranked by
+/// every online device; plain UTF-8 text or this JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSearchRequest {
+    /// The search text.
+    pub text: String,
+    /// Hits wanted in the merged answer (and from each device); the cloud's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// Correlation id, echoed in the answer; letters, digits, `.`, `_`, `-` (it names the
+    /// default reply topic). The cloud makes one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Where the answer goes; default `edgeclip/fleet/results/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// How long devices may take to answer, in milliseconds from the cloud receiving the
+    /// search; devices still silent then are listed as missing. The cloud's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+impl FleetSearchRequest {
+    /// A plain text fleet search with the cloud's defaults.
+    pub fn text(text: impl Into<String>) -> Self {
+        FleetSearchRequest { text: text.into(), k: None, id: None, reply_to: None, deadline_ms: None }
+    }
+
+    /// Parses a payload of the fleet search topic (JSON if it starts with `{`, else the text),
+    /// refusing empty or over-long texts, `k = 0`, bad ids and unusable reply topics.
+    pub fn parse(payload: &[u8], max_text_bytes: usize) -> Result<Self, WireError> {
+        let text = std::str::from_utf8(payload).map_err(|e| WireError::Field { field: "text", reason: format!("not UTF-8: {e}") })?;
+        let trimmed = text.trim();
+        let mut request = if trimmed.starts_with('{') {
+            serde_json::from_str::<FleetSearchRequest>(trimmed).map_err(|e| WireError::Json(e.to_string()))?
+        } else {
+            FleetSearchRequest::text(trimmed)
+        };
+        request.text = request.text.trim().to_string();
+        if request.text.is_empty() {
+            return Err(WireError::Field { field: "text", reason: "is empty".into() });
+        }
+        if request.text.len() > max_text_bytes {
+            return Err(WireError::Field { field: "text", reason: format!("{} bytes is over the limit of {max_text_bytes}", request.text.len()) });
+        }
+        if request.k == Some(0) {
+            return Err(WireError::Field { field: "k", reason: "must be at least 1".into() });
+        }
+        if request.deadline_ms == Some(0) {
+            return Err(WireError::Field { field: "deadline_ms", reason: "must be at least 1".into() });
+        }
+        if let Some(id) = &request.id {
+            validate_fleet_id(id)?;
+        }
+        if let Some(topic) = &request.reply_to {
+            crate::topics::validate_fleet_reply_topic(topic)?;
+        }
+        Ok(request)
+    }
+}
+
+/// Checks a fleet search id: 1 to 128 letters, digits, `.`, `_` or `-` (it is a topic level).
+pub fn validate_fleet_id(id: &str) -> Result<(), WireError> {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(WireError::Field { field: "id", reason: "must be 1 to 128 letters, digits, '.', '_' or '-'".into() });
+    }
+    Ok(())
+}
+
+/// One hit of a fleet search: which device has the picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetHit {
+    /// The device holding the picture.
+    pub device: String,
+    /// Path of the picture on that device.
+    pub path: String,
+    /// Cosine similarity between the search text and the picture.
+    pub score: f32,
+    /// When the picture was taken, seconds since the epoch.
+    pub taken_s: i64,
+}
+
+/// A device that answered a fleet search with an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFailure {
+    /// The device.
+    pub device: String,
+    /// Its error, one line.
+    pub error: String,
+}
+
+/// The merged answer of a fleet search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetResults {
+    /// Correlation id of the search.
+    pub id: String,
+    /// The search text.
+    pub text: String,
+    /// Model id of the text vector.
+    pub model: String,
+    /// Milliseconds from the cloud receiving the search to publishing this answer.
+    pub took_ms: u64,
+    /// Devices that were online and were asked, sorted.
+    pub asked: Vec<String>,
+    /// Devices whose hits are merged below, sorted.
+    pub answered: Vec<String>,
+    /// Devices that did not answer before the deadline, sorted.
+    pub missing: Vec<String>,
+    /// Devices that answered with an error.
+    pub failed: Vec<DeviceFailure>,
+    /// Devices known on the broker but offline (not asked), sorted.
+    pub offline: Vec<String>,
+    /// Best hits of all devices first (ties: device, then path).
+    pub hits: Vec<FleetHit>,
+}
+
+/// The answer to a fleet search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FleetResponse {
+    /// The merged hits.
+    Results(FleetResults),
+    /// Why the fleet search failed as a whole (bad request, no device online, encoding failed).
+    Error(SearchError),
+}
+
+impl FleetResponse {
+    /// The correlation id of the search this answers.
+    pub fn id(&self) -> &str {
+        match self {
+            FleetResponse::Results(r) => &r.id,
+            FleetResponse::Error(e) => &e.id,
+        }
+    }
+}
+
 /// What the device is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -235,6 +373,32 @@ mod tests {
         assert!(SearchRequest::parse(br#"{"text":5}"#, 100).is_err());
         assert!(SearchRequest::parse(br#"{"text":"x","k":0}"#, 100).is_err());
         assert!(SearchRequest::parse("x".repeat(101).as_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn fleet_searches_parse_and_bad_ones_are_refused() {
+        assert_eq!(FleetSearchRequest::parse(b" a red circle ", 100).unwrap(), FleetSearchRequest::text("a red circle"));
+        let json = FleetSearchRequest::parse(br#"{"text":"x","k":3,"id":"q-1","deadline_ms":500,"reply_to":"nodered/answers"}"#, 100).unwrap();
+        assert_eq!((json.k, json.deadline_ms, json.id.as_deref()), (Some(3), Some(500), Some("q-1")));
+        for bad in [&br#"{"text":""}"#[..], br#"{"text":"x","k":0}"#, br#"{"text":"x","id":"a/b"}"#, br#"{"text":"x","reply_to":"edgeclip/cam/search"}"#, br#"{"text":"x","deadline_ms":0}"#, br#"{"text":"x","like":"y"}"#] {
+            assert!(FleetSearchRequest::parse(bad, 100).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let results = FleetResponse::Results(FleetResults {
+            id: "q".into(),
+            text: "t".into(),
+            model: "m".into(),
+            took_ms: 1,
+            asked: vec!["a".into()],
+            answered: vec![],
+            missing: vec!["a".into()],
+            failed: vec![],
+            offline: vec![],
+            hits: vec![],
+        });
+        let back: FleetResponse = serde_json::from_str(&serde_json::to_string(&results).unwrap()).unwrap();
+        assert_eq!(back, results);
+        let error: FleetResponse = serde_json::from_str(r#"{"id":"q","error":"no device is online"}"#).unwrap();
+        assert!(matches!(error, FleetResponse::Error(_)));
     }
 
     #[test]

@@ -11,6 +11,16 @@
 //!   shared subscription [`CLOUD_ENCODE_SHARED`] so several cloud workers split the load.
 //! - `edgeclip/<device>/cloud/reply` -> [`crate::wire::EncodeReply`], the reply topic a device
 //!   names in its requests.
+//!
+//! Fleet search (every device on the broker):
+//! - `edgeclip/fleet/search` <- a search text or a JSON [`crate::dashboard::FleetSearchRequest`],
+//!   taken by one cloud worker through [`FLEET_SEARCH_SHARED`].
+//! - `edgeclip/fleet/results/<id>` (or the request's `reply_to`) -> JSON
+//!   [`crate::dashboard::FleetResponse`].
+//! - `edgeclip/<device>/fleet/query` <- [`crate::wire::FleetQuery`]: the text vector, from the
+//!   worker that encoded it.
+//! - `edgeclip/fleet/answers/<worker>` -> [`crate::wire::FleetAnswer`]: one device's hits, to the
+//!   worker that asked.
 
 use crate::WireError;
 
@@ -28,6 +38,14 @@ pub const CLOUD_ENCODE_SHARED: &str = "$share/edgeclip-cloud/edgeclip/cloud/enco
 pub const CLOUD_RANK: &str = "edgeclip/cloud/rank";
 /// The filter cloud workers subscribe to for server-ranked searches.
 pub const CLOUD_RANK_SHARED: &str = "$share/edgeclip-cloud-rank/edgeclip/cloud/rank";
+/// Where dashboards and `edgeclip search --all` publish fleet searches.
+pub const FLEET_SEARCH: &str = "edgeclip/fleet/search";
+/// The filter cloud workers subscribe to for fleet searches (one worker takes each search).
+pub const FLEET_SEARCH_SHARED: &str = "$share/edgeclip-cloud-fleet/edgeclip/fleet/search";
+/// Prefix of the default reply topics of fleet searches.
+pub const FLEET_RESULTS_PREFIX: &str = "edgeclip/fleet/results/";
+/// Prefix of the topics on which a worker collects the devices' fleet answers.
+pub const FLEET_ANSWERS_PREFIX: &str = "edgeclip/fleet/answers/";
 /// Filter matching every device's availability topic.
 pub const ALL_AVAILABILITY: &str = "edgeclip/+/availability";
 /// Payload of the availability topic while the device is connected.
@@ -56,6 +74,47 @@ pub fn cloud_reply(device: &str) -> String {
     format!("{ROOT}/{device}/cloud/reply")
 }
 
+/// Where the worker running a fleet search sends the text vector to `device`.
+pub fn fleet_query(device: &str) -> String {
+    format!("{ROOT}/{device}/fleet/query")
+}
+/// Default reply topic of the fleet search with correlation id `id`.
+pub fn fleet_results(id: &str) -> String {
+    format!("{FLEET_RESULTS_PREFIX}{id}")
+}
+/// Where devices answer the fleet queries of cloud worker `worker`.
+pub fn fleet_answers(worker: &str) -> String {
+    format!("{FLEET_ANSWERS_PREFIX}{worker}")
+}
+
+/// Checks the reply topic a device is given in a fleet query: a concrete
+/// `edgeclip/fleet/answers/<worker>`, so a query cannot make a device publish anywhere else.
+pub fn validate_fleet_answer_topic(topic: &str) -> Result<(), WireError> {
+    let worker = topic.strip_prefix(FLEET_ANSWERS_PREFIX).unwrap_or_default();
+    if worker.is_empty() || worker.len() > 64 || !worker.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(WireError::Field { field: "reply_to", reason: "must be edgeclip/fleet/answers/<worker id>".into() });
+    }
+    Ok(())
+}
+
+/// Checks the reply topic a requester names in a fleet search: a concrete topic (no
+/// wildcards, not a `$` system topic), at most 256 bytes, and inside `edgeclip/` only under
+/// `edgeclip/fleet/results/`, so a request cannot make the cloud publish searches to devices
+/// or requests to the cloud.
+pub fn validate_fleet_reply_topic(topic: &str) -> Result<(), WireError> {
+    let bad = |reason: &str| Err(WireError::Field { field: "reply_to", reason: reason.to_string() });
+    if topic.is_empty() || topic.len() > 256 {
+        return bad("must be 1 to 256 bytes");
+    }
+    if topic.contains(['+', '#', '\0']) || topic.starts_with('$') {
+        return bad("must be a concrete topic (no wildcards, NUL or $)");
+    }
+    if topic.starts_with("edgeclip/") && !(topic.starts_with(FLEET_RESULTS_PREFIX) && topic.len() > FLEET_RESULTS_PREFIX.len()) {
+        return bad("inside edgeclip/ only edgeclip/fleet/results/<...> may be used");
+    }
+    Ok(())
+}
+
 /// The device id in an availability topic, if the topic is one.
 pub fn device_of_availability(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("edgeclip/")?;
@@ -73,8 +132,8 @@ pub fn validate_device_id(id: &str) -> Result<(), WireError> {
     if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return Err(bad("may only hold letters, digits, '.', '_' and '-'"));
     }
-    if id == "cloud" {
-        return Err(bad("'cloud' is reserved for the cloud's topics"));
+    if id == "cloud" || id == "fleet" {
+        return Err(bad("'cloud' and 'fleet' are reserved for the cloud's and the fleet's topics"));
     }
     Ok(())
 }
@@ -131,8 +190,25 @@ mod tests {
         for ok in ["nas", "cam-1", "pi_4.local", "A9"] {
             assert!(validate_device_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "a+", "#", "with space", "cloud", "é", &"x".repeat(65)] {
+        for bad in ["", "a/b", "a+", "#", "with space", "cloud", "fleet", "é", &"x".repeat(65)] {
             assert!(validate_device_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fleet_topics_are_built_and_their_reply_topics_checked() {
+        assert_eq!(fleet_query("cam1"), "edgeclip/cam1/fleet/query");
+        assert_eq!(fleet_results("q1"), "edgeclip/fleet/results/q1");
+        assert!(FLEET_SEARCH_SHARED.ends_with(FLEET_SEARCH));
+        assert!(validate_fleet_answer_topic(&fleet_answers("w-1")).is_ok());
+        for bad in ["edgeclip/fleet/answers/", "edgeclip/fleet/answers/+", "edgeclip/fleet/answers/a/b", "edgeclip/cam/search"] {
+            assert!(validate_fleet_answer_topic(bad).is_err(), "{bad}");
+        }
+        for ok in ["edgeclip/fleet/results/q1", "home/edgeclip/answer", "nodered/fleet"] {
+            assert!(validate_fleet_reply_topic(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "edgeclip/cam/search", "edgeclip/cloud/encode", "edgeclip/fleet/results/", "a/+", "$SYS/x", "a/#"] {
+            assert!(validate_fleet_reply_topic(bad).is_err(), "{bad}");
         }
     }
 

@@ -40,6 +40,10 @@ pub enum Kind {
     RankRequest = 3,
     /// [`RankReply`].
     RankReply = 4,
+    /// [`FleetQuery`].
+    FleetQuery = 5,
+    /// [`FleetAnswer`].
+    FleetAnswer = 6,
 }
 
 impl Kind {
@@ -50,6 +54,8 @@ impl Kind {
             2 => Some(Kind::EncodeReply),
             3 => Some(Kind::RankRequest),
             4 => Some(Kind::RankReply),
+            5 => Some(Kind::FleetQuery),
+            6 => Some(Kind::FleetAnswer),
             _ => None,
         }
     }
@@ -207,6 +213,78 @@ pub struct RankReply {
 
 impl WireMessage for RankReply {
     const KIND: Kind = Kind::RankReply;
+}
+
+/// Cloud -> device, fleet search: rank your pictures against this text vector (encoded once
+/// by the worker running the fleet search) and answer on `reply_to`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct FleetQuery {
+    /// Correlates the answers with the fleet search.
+    pub request_id: u64,
+    /// Topic the answer must be published to (see [`crate::topics::fleet_answers`]).
+    pub reply_to: String,
+    /// Hits wanted.
+    pub k: u32,
+    /// The text vector and the model that made it.
+    pub vector: TextVector,
+}
+
+impl WireMessage for FleetQuery {
+    const KIND: Kind = Kind::FleetQuery;
+}
+
+impl ArchivedFleetQuery {
+    /// Checks the reply topic, `k` and the vector.
+    pub fn validate(&self) -> Result<(), WireError> {
+        crate::topics::validate_fleet_answer_topic(self.reply_to.as_str())?;
+        let k = self.k.to_native();
+        if k == 0 || k > 10_000 {
+            return Err(WireError::Field { field: "k", reason: format!("{k} out of 1..=10000") });
+        }
+        if self.vector.model.is_empty() || self.vector.model.len() > 256 {
+            return Err(WireError::Field { field: "model", reason: "must be 1 to 256 bytes".into() });
+        }
+        validate_vector(&vector_view(&self.vector.vector))
+    }
+}
+
+/// One picture of a device's fleet answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct DeviceHit {
+    /// Path on the device.
+    pub path: String,
+    /// Cosine similarity with the text.
+    pub score: f32,
+    /// Capture time, seconds since the epoch.
+    pub taken_s: i64,
+}
+
+/// The body of a fleet answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum FleetBody {
+    /// The device's best pictures, best first.
+    Hits(Vec<DeviceHit>),
+    /// Why the device could not rank (e.g. its index holds another model).
+    Error(String),
+}
+
+/// Device -> cloud: one device's answer to a [`FleetQuery`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct FleetAnswer {
+    /// The fleet search this answers.
+    pub request_id: u64,
+    /// The answering device.
+    pub device: String,
+    /// Hits or error.
+    pub body: FleetBody,
+}
+
+impl WireMessage for FleetAnswer {
+    const KIND: Kind = Kind::FleetAnswer;
 }
 
 impl ArchivedRankRequest {
@@ -506,6 +584,28 @@ mod tests {
         let bad = Received::<RankRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
         assert!(bad.get().validate(100, 10).is_err());
         assert_eq!(Kind::of(&encode(&r).unwrap()), Some(Kind::RankRequest));
+    }
+
+    #[test]
+    fn fleet_queries_and_answers_round_trip_and_are_checked() {
+        let mut q = FleetQuery {
+            request_id: 9,
+            reply_to: crate::topics::fleet_answers("w1"),
+            k: 5,
+            vector: TextVector { model: "m".into(), vector: vec![0.6, 0.8] },
+        };
+        let got = Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20).unwrap();
+        assert!(got.get().validate().is_ok());
+        assert_eq!(Kind::of(&encode(&q).unwrap()), Some(Kind::FleetQuery));
+        q.reply_to = "edgeclip/cam/search".into();
+        assert!(Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20).unwrap().get().validate().is_err());
+        q.reply_to = crate::topics::fleet_answers("w1");
+        q.vector.vector = vec![f32::NAN];
+        assert!(Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20).unwrap().get().validate().is_err());
+        let a = FleetAnswer { request_id: 9, device: "cam".into(), body: FleetBody::Hits(vec![DeviceHit { path: "/p/a.jpg".into(), score: 0.5, taken_s: 3 }]) };
+        let got = Received::<FleetAnswer>::decode(&encode(&a).unwrap(), 1 << 20).unwrap();
+        assert_eq!(got.get().device.as_str(), "cam");
+        assert!(matches!(&got.get().body, ArchivedFleetBody::Hits(h) if h[0].path.as_str() == "/p/a.jpg"));
     }
 
     #[test]

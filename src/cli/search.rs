@@ -1,12 +1,13 @@
-//! `edgeclip search`: send a search to a device over MQTT and print the ranked pictures.
+//! `edgeclip search`: send a search to a device over MQTT and print the ranked pictures;
+//! with `--all`, a fleet search: every online device ranks, the cloud merges.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
 use edgeclip::client::Client;
-use edgeclip::output::results_table;
-use edgeclip_messages::dashboard::{SearchMode, SearchRequest, SearchResponse};
+use edgeclip::output::{fleet_table, results_table};
+use edgeclip_messages::dashboard::{FleetResponse, FleetSearchRequest, SearchMode, SearchRequest, SearchResponse};
 
 /// Flags of `search`.
 #[derive(Args, Debug)]
@@ -42,6 +43,14 @@ pub struct SearchArgs {
     /// Device to search; default: the only device online.
     #[arg(long)]
     pub device: Option<String>,
+    /// Search every online device: the cloud encodes the text once, each device ranks its
+    /// pictures, the cloud merges the hits (with a device column) and lists the devices that
+    /// did not answer before the deadline. Exits 0 if at least one device answered.
+    #[arg(long, conflicts_with_all = ["device", "like", "folder", "after", "before", "min_score", "mode"])]
+    pub all: bool,
+    /// With --all: seconds the devices have to answer (default: the cloud's fleet.deadline_ms).
+    #[arg(long, requires = "all", value_parser = super::parse_seconds)]
+    pub deadline: Option<Duration>,
     /// Seconds to wait for the answer.
     #[arg(long, default_value = "10", value_parser = super::parse_seconds)]
     pub timeout: Duration,
@@ -52,6 +61,9 @@ pub struct SearchArgs {
 
 /// Runs `search`.
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
+    if args.all {
+        return run_fleet(args).await;
+    }
     let mut client = Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
     let device = client.resolve_device(args.device.as_deref(), args.timeout).await?;
     let request = SearchRequest {
@@ -76,4 +88,32 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
         bail!("search failed: {}", e.error);
     }
     Ok(())
+}
+
+/// Runs `search --all`.
+async fn run_fleet(args: SearchArgs) -> anyhow::Result<()> {
+    if args.text.trim().is_empty() {
+        bail!("search --all needs a text");
+    }
+    let mut client = Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
+    let request = FleetSearchRequest {
+        k: Some(args.k as usize),
+        deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        ..FleetSearchRequest::text(args.text.clone())
+    };
+    // Wait past the devices' deadline: the cloud answers at the deadline at the latest.
+    let wait = args.timeout.max(args.deadline.unwrap_or_default() + Duration::from_secs(2));
+    let response = client.fleet_search(request, wait).await;
+    client.disconnect().await;
+    let response = response?;
+    if args.json {
+        println!("{}", serde_json::to_string(&response)?);
+    } else {
+        print!("{}", fleet_table(&response));
+    }
+    match response {
+        FleetResponse::Error(e) => bail!("fleet search failed: {}", e.error),
+        FleetResponse::Results(r) if r.answered.is_empty() => bail!("no device answered the fleet search ({} asked)", r.asked.len()),
+        FleetResponse::Results(_) => Ok(()),
+    }
 }

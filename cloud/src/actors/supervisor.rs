@@ -9,6 +9,7 @@ use edgeclip_messages::topics;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info};
 
+use super::fleet::{FleetActor, FleetArgs, FleetMsg};
 use super::text_encoder::{TextEncoderActor, TextEncoderArgs, TextEncoderMsg};
 use crate::config::CloudConfig;
 use crate::encode::TextTower;
@@ -28,6 +29,7 @@ pub enum CloudSupervisorMsg {
 pub struct CloudSupervisorState {
     link: ActorRef<LinkMsg>,
     encoder: ActorRef<TextEncoderMsg>,
+    fleet: ActorRef<FleetMsg>,
     stopping: bool,
 }
 
@@ -57,7 +59,17 @@ impl Actor for CloudSupervisor {
                 online: model.id.clone(),
                 offline: String::new(),
             });
-        let options = config.broker.link_options(vec![topics::CLOUD_ENCODE_SHARED.to_string(), topics::CLOUD_RANK_SHARED.to_string()], presence);
+        // The availability filter is a plain subscription: every worker learns the whole fleet
+        // from the retained messages (fleet searches fan out to the devices online).
+        let fleet_answers = topics::fleet_answers(&config.worker_id);
+        let subscriptions = vec![
+            topics::CLOUD_ENCODE_SHARED.to_string(),
+            topics::CLOUD_RANK_SHARED.to_string(),
+            topics::FLEET_SEARCH_SHARED.to_string(),
+            topics::ALL_AVAILABILITY.to_string(),
+            fleet_answers.clone(),
+        ];
+        let options = config.broker.link_options(subscriptions, presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let args = TextEncoderArgs {
@@ -72,17 +84,42 @@ impl Actor for CloudSupervisor {
             limits: config.limits.clone(),
             link: link.clone(),
         };
-        let (encoder, _) = Actor::spawn_linked(None, TextEncoderActor, args, cell).await?;
-        let to_encoder = encoder.clone();
+        let (encoder, _) = Actor::spawn_linked(None, TextEncoderActor, args, cell.clone()).await?;
+        let fleet_args = FleetArgs {
+            worker_id: config.worker_id.clone(),
+            model: model.id.clone(),
+            deadline: Duration::from_millis(config.fleet.deadline_ms),
+            max_deadline: Duration::from_millis(config.fleet.max_deadline_ms),
+            default_k: config.fleet.default_k,
+            max_k: config.fleet.max_k,
+            max_text_bytes: config.encoder.max_text_bytes,
+            max_answer_bytes: config.broker.max_packet_bytes,
+            encoder: encoder.clone(),
+            link: link.clone(),
+        };
+        let (fleet, _) = Actor::spawn_linked(None, FleetActor, fleet_args, cell).await?;
+        let (to_encoder, to_fleet) = (encoder.clone(), fleet.clone());
         let router = Arc::new(move |msg: Incoming| {
-            let ours = msg.topic == topics::CLOUD_ENCODE || msg.topic == topics::CLOUD_RANK;
-            if ours && to_encoder.cast(TextEncoderMsg::Request(msg.payload.to_vec())).is_err() {
-                tracing::debug!("encoder gone; request dropped");
+            let topic = msg.topic.as_str();
+            let routed = if topic == topics::CLOUD_ENCODE || topic == topics::CLOUD_RANK {
+                to_encoder.cast(TextEncoderMsg::Request(msg.payload.to_vec())).map_err(|_| ())
+            } else if topic == topics::FLEET_SEARCH {
+                to_fleet.cast(FleetMsg::Search(msg.payload.to_vec())).map_err(|_| ())
+            } else if topic == fleet_answers {
+                to_fleet.cast(FleetMsg::Answer(msg.payload.to_vec())).map_err(|_| ())
+            } else if let Some(device) = topics::device_of_availability(topic) {
+                let online = msg.payload.as_ref() == topics::ONLINE.as_bytes();
+                to_fleet.cast(FleetMsg::Availability { device: device.to_string(), online }).map_err(|_| ())
+            } else {
+                Ok(())
+            };
+            if routed.is_err() {
+                tracing::debug!("cloud actor gone; message dropped");
             }
         });
         link.cast(LinkMsg::Start(router))?;
         info!(worker = %config.worker_id, broker = %config.broker.url, model = %model.id, "cloud worker started");
-        Ok(CloudSupervisorState { link, encoder, stopping: false })
+        Ok(CloudSupervisorState { link, encoder, fleet, stopping: false })
     }
 
     async fn handle(&self, myself: ActorRef<CloudSupervisorMsg>, msg: CloudSupervisorMsg, state: &mut CloudSupervisorState) -> Result<(), ActorProcessingErr> {
@@ -90,6 +127,7 @@ impl Actor for CloudSupervisor {
             CloudSupervisorMsg::Shutdown(port) => {
                 state.stopping = true;
                 info!("cloud worker shutting down");
+                let _ = state.fleet.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.encoder.drain_and_wait(Some(STOP_TIMEOUT)).await;
                 let _ = ractor::call_t!(state.link, LinkMsg::Disconnect, 5000);
                 let _ = state.link.stop_and_wait(None, Some(STOP_TIMEOUT)).await;

@@ -38,14 +38,18 @@ pub enum Job {
     },
     /// Method B: rank this chunk of the device's vectors against the text.
     Rank(Box<Received<RankRequest>>),
+    /// For another actor of this worker (a fleet search): hand it the vector or the error.
+    InProcess(Box<dyn FnOnce(Result<Vec<f32>, String>) + Send>),
 }
 
 impl Job {
-    /// Where the answer goes.
-    fn reply_to(&self) -> &str {
+    /// Who the limits count this job against: the device of its reply topic, or "fleet" for
+    /// a fleet search (bounded as one requester).
+    fn requester(&self) -> &str {
         match self {
-            Job::Vector { reply_to, .. } => reply_to,
-            Job::Rank(request) => request.get().reply_to.as_str(),
+            Job::Vector { reply_to, .. } => requester_of(reply_to),
+            Job::Rank(request) => requester_of(request.get().reply_to.as_str()),
+            Job::InProcess(_) => "fleet",
         }
     }
 }
@@ -54,6 +58,13 @@ impl Job {
 pub enum TextEncoderMsg {
     /// A payload from the encode or rank topic.
     Request(Vec<u8>),
+    /// Encode a text already validated by another actor of this worker.
+    Encode {
+        /// The text.
+        text: String,
+        /// What it is encoded for.
+        job: Job,
+    },
     /// A worker finished a text.
     Encoded {
         /// The text (cache key).
@@ -118,6 +129,7 @@ impl Actor for TextEncoderActor {
                     encode(&myself, state, text, job).await?;
                 }
             }
+            TextEncoderMsg::Encode { text, job } => encode(&myself, state, text, job).await?,
             TextEncoderMsg::Encoded { text, result } => {
                 let (requester, jobs) = state.pending.remove(&text).unwrap_or_default();
                 state.limits.finish_encoding(&requester);
@@ -227,7 +239,7 @@ async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState,
         waiting.push(job);
         return Ok(());
     }
-    let requester = requester_of(job.reply_to()).to_string();
+    let requester = job.requester().to_string();
     if let Err(refusal) = state.limits.start_encoding(&requester, Instant::now()) {
         finish(state, job, Err(busy(refusal)));
         return Ok(());
@@ -279,6 +291,7 @@ fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, CloudFail
             };
             reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), body);
         }
+        Job::InProcess(deliver) => deliver(result.map_err(|f| f.message)),
     }
 }
 

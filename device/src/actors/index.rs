@@ -9,7 +9,7 @@ use std::time::Duration;
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit};
 use edgeclip_messages::topics;
-use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, EncodeReply, Received};
+use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, ArchivedTextVector, EncodeReply, FleetQuery, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
@@ -57,10 +57,10 @@ pub enum IndexMsg {
     Remove(Vec<PathBuf>),
     /// What is indexed, as the capture actor compares it with the disk.
     Known(RpcReplyPort<Vec<FileSeen>>),
-    /// Rank the index against the vector in a validated cloud reply, read in place.
+    /// Rank the index against a text vector from the cloud, read in place.
     Rank {
-        /// The cloud's reply (must hold a vector).
-        reply: Received<EncodeReply>,
+        /// The cloud's reply or fleet query (must hold a vector).
+        query: Query,
         /// Hits wanted.
         k: usize,
         /// Which pictures may be returned.
@@ -98,6 +98,29 @@ pub enum IndexMsg {
     PublishStatus,
     /// Timer: try again to write the pictures that could not be written.
     RetryStorage,
+}
+
+/// A validated frame from the cloud that carries a text vector, ranked in place: the reply to
+/// this device's own encode request, or a fleet query (the vector of a fleet search, encoded
+/// once for every device).
+pub enum Query {
+    /// The answer to the device's encode request.
+    Encoded(Received<EncodeReply>),
+    /// A fleet search's vector.
+    Fleet(Received<FleetQuery>),
+}
+
+impl Query {
+    /// The text vector, if the frame holds one.
+    fn text_vector(&self) -> Option<&ArchivedTextVector> {
+        match self {
+            Query::Encoded(reply) => match &reply.get().body {
+                ArchivedReplyBody::Vector(v) => Some(v),
+                ArchivedReplyBody::Error(_) => None,
+            },
+            Query::Fleet(query) => Some(&query.get().vector),
+        }
+    }
 }
 
 /// Arguments of the index actor.
@@ -320,8 +343,8 @@ impl Actor for IndexActor {
                     .collect();
                 let _ = port.send(known);
             }
-            IndexMsg::Rank { reply, k, filter, port } => {
-                let _ = port.send(rank(&state.args.index, &reply, k, &filter));
+            IndexMsg::Rank { query, k, filter, port } => {
+                let _ = port.send(rank(&state.args.index, &query, k, &filter));
             }
             IndexMsg::Like { path, k, mut filter, port } => {
                 let index = &state.args.index;
@@ -454,8 +477,8 @@ fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
 }
 
 /// Ranks directly on the archived vector of the reply: no copy, no deserialisation.
-fn rank(index: &Index, reply: &Received<EncodeReply>, k: usize, filter: &Filter) -> Result<(String, Vec<Hit>), String> {
-    let ArchivedReplyBody::Vector(text) = &reply.get().body else {
+fn rank(index: &Index, query: &Query, k: usize, filter: &Filter) -> Result<(String, Vec<Hit>), String> {
+    let Some(text) = query.text_vector() else {
         return Err("the cloud's reply holds no vector".into());
     };
     let (model, query) = (&text.model, vector_view(&text.vector));

@@ -1,5 +1,12 @@
 //! [`SearchActor`]: the search coordinator. Takes a search (from the dashboard topic or a
 //! caller), asks the cloud for the text vector with a timeout, has the index rank, answers.
+//! It also answers fleet queries: a text vector the cloud encoded once for every device,
+//! ranked through the same index path as the vector of the device's own search.
+//!
+//! A request the cloud has not answered after `cloud_retry` is sent once more, unchanged
+//! (same request id: encoding is idempotent, and whichever reply comes first is used). A
+//! cloud worker that dies holding the request takes it with it: the broker does not hand a
+//! dead worker's in-flight messages of a clean session to the other workers.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,11 +15,14 @@ use std::time::{Duration, Instant};
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::dashboard::{Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults};
 use edgeclip_messages::topics;
-use edgeclip_messages::wire::{self, ArchivedRankBody, ArchivedReplyBody, EncodeReply, EncodeRequest, Kind, RankReply, RankRequest, Received};
+use edgeclip_messages::wire::{
+    self, ArchivedRankBody, ArchivedReplyBody, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest,
+    Received,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use super::index::IndexMsg;
+use super::index::{IndexMsg, Query};
 use crate::index::Filter;
 
 /// How long the index may take to rank (it is in-process and fast; this only guards
@@ -27,6 +37,10 @@ pub enum SearchMsg {
     Search(SearchRequest, Option<RpcReplyPort<SearchResponse>>),
     /// A payload from the cloud reply topic.
     CloudReply(Vec<u8>),
+    /// A payload from the device's fleet query topic: a fleet search's text vector.
+    FleetQuery(Vec<u8>),
+    /// Timer: send the request again if the cloud has not answered yet.
+    Retry(u64),
     /// Timer: the cloud did not answer this request in time.
     Timeout(u64),
 }
@@ -39,6 +53,8 @@ pub struct SearchArgs {
     pub model: String,
     /// Wait for the cloud.
     pub cloud_timeout: Duration,
+    /// Send an unanswered request once more after this long (None: never).
+    pub cloud_retry: Option<Duration>,
     /// Default hits.
     pub default_k: usize,
     /// Most hits.
@@ -68,6 +84,8 @@ struct Pending {
     port: Option<RpcReplyPort<SearchResponse>>,
     /// Set for a server-ranked search (method B).
     server: Option<ServerRanked>,
+    /// The frames sent (chunk number, topic, frame), kept until the retry.
+    resend: Vec<(u32, &'static str, Vec<u8>)>,
 }
 
 /// A server-ranked search in flight: the chunks sent and the hits merged so far.
@@ -114,6 +132,20 @@ impl Actor for SearchActor {
             },
             SearchMsg::Search(request, port) => start(&myself, state, request, port).await,
             SearchMsg::CloudReply(bytes) => on_cloud_reply(state, bytes).await,
+            SearchMsg::FleetQuery(bytes) => on_fleet_query(state, &bytes).await,
+            SearchMsg::Retry(request_id) => {
+                if let Some(p) = state.pending.get_mut(&request_id) {
+                    let resend = std::mem::take(&mut p.resend);
+                    let mut sent = 0;
+                    for (chunk, topic, frame) in resend {
+                        if p.server.as_ref().is_none_or(|s| !s.received.contains(&chunk)) {
+                            edgeclip_link::publish(&state.args.link, topic.to_string(), frame, false);
+                            sent += 1;
+                        }
+                    }
+                    info!(id = %p.id, frames = sent, "no answer from the cloud yet; request sent again");
+                }
+            }
             SearchMsg::Timeout(request_id) => {
                 if let Some(p) = state.pending.remove(&request_id) {
                     let error = format!(
@@ -190,18 +222,28 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
                     received: Default::default(),
                     hits: Vec::new(),
                 });
-                frames.into_iter().map(|f| f.map(|f| (topics::CLOUD_RANK, f))).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+                frames
+                    .into_iter()
+                    .enumerate()
+                    .map(|(chunk, f)| f.map(|f| (chunk as u32, topics::CLOUD_RANK, f)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())
             }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(format!("index did not answer: {e}")),
         }
     } else {
         let request = EncodeRequest { request_id, reply_to, model: state.args.model.clone(), text: request.text.clone() };
-        wire::encode(&request).map(|f| vec![(topics::CLOUD_ENCODE, f)]).map_err(|e| e.to_string())
+        wire::encode(&request).map(|f| vec![(0, topics::CLOUD_ENCODE, f)]).map_err(|e| e.to_string())
     };
+    let mut resend = Vec::new();
     match sent {
         Ok(frames) => {
-            for (topic, frame) in frames {
+            let keep = state.args.cloud_retry.is_some();
+            for (chunk, topic, frame) in frames {
+                if keep {
+                    resend.push((chunk, topic, frame.clone()));
+                }
                 edgeclip_link::publish(&state.args.link, topic.to_string(), frame, false);
             }
         }
@@ -210,7 +252,10 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
             return;
         }
     }
-    state.pending.insert(request_id, Pending { id, text: request.text, k, filter, started: Instant::now(), port, server });
+    state.pending.insert(request_id, Pending { id, text: request.text, k, filter, started: Instant::now(), port, server, resend });
+    if let Some(retry) = state.args.cloud_retry {
+        myself.send_after(retry, move || SearchMsg::Retry(request_id));
+    }
     myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
 }
 
@@ -302,11 +347,48 @@ async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
         }),
         ArchivedReplyBody::Vector(_) => {
             let filter = p.filter.clone();
-            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { reply, k: p.k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
+            let query = Query::Encoded(reply);
+            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { query, k: p.k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
             respond(ranked, p.id.clone(), p.text.clone(), p.started)
         }
     };
     answer(state, p.port, response);
+}
+
+/// Ranks a fleet search's vector through the same index path as the device's own searches
+/// and answers the worker that asked. A query without a trustworthy reply topic is dropped.
+async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
+    let query = match Received::<FleetQuery>::decode(bytes, state.args.max_reply_bytes) {
+        Ok(q) => q,
+        Err(e) => {
+            warn!(error = %e, "malformed fleet query ignored");
+            return;
+        }
+    };
+    let q = query.get();
+    let (request_id, reply_to) = (q.request_id.to_native(), q.reply_to.to_string());
+    if let Err(e) = edgeclip_messages::topics::validate_fleet_answer_topic(&reply_to) {
+        warn!(error = %e, "fleet query with an unusable reply topic ignored");
+        return;
+    }
+    let checked = q.validate();
+    let k = (q.k.to_native() as usize).min(state.args.max_k);
+    let body = match checked {
+        Err(e) => FleetBody::Error(format!("bad fleet query: {e}")),
+        Ok(()) => {
+            let query = Query::Fleet(query);
+            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { query, k, filter: Filter::default(), port }, RANK_TIMEOUT.as_millis() as u64);
+            match ranked {
+                Ok(Ok((_, hits))) => FleetBody::Hits(hits.into_iter().map(|h| DeviceHit { path: h.path, score: h.score, taken_s: h.taken_s }).collect()),
+                Ok(Err(error)) => FleetBody::Error(error),
+                Err(e) => FleetBody::Error(format!("index did not answer: {e}")),
+            }
+        }
+    };
+    match wire::encode(&FleetAnswer { request_id, device: state.args.device_id.clone(), body }) {
+        Ok(frame) => edgeclip_link::publish(&state.args.link, reply_to, frame, false),
+        Err(e) => warn!(error = %e, "fleet answer not serialisable"),
+    }
 }
 
 /// The answer to a search from the index's ranking.

@@ -69,7 +69,7 @@ impl Actor for DeviceSupervisor {
                 online: topics::ONLINE.into(),
                 offline: topics::OFFLINE.into(),
             });
-        let options = config.broker.link_options(vec![topics::search(&device), topics::cloud_reply(&device)], presence);
+        let options = config.broker.link_options(vec![topics::search(&device), topics::cloud_reply(&device), topics::fleet_query(&device)], presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let store_dir = config.state_dir.join("index");
@@ -105,6 +105,7 @@ impl Actor for DeviceSupervisor {
             device_id: device.clone(),
             model: model.id.clone(),
             cloud_timeout: config.cloud_timeout(),
+            cloud_retry: config.cloud_retry(),
             default_k: config.search.default_k,
             max_k: config.search.max_k,
             max_text_bytes: config.search.max_text_bytes,
@@ -129,13 +130,15 @@ impl Actor for DeviceSupervisor {
         };
         let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell).await?;
 
-        let (search_topic, reply_topic) = (topics::search(&device), topics::cloud_reply(&device));
+        let (search_topic, reply_topic, fleet_topic) = (topics::search(&device), topics::cloud_reply(&device), topics::fleet_query(&device));
         let to_search = search.clone();
         let router = Arc::new(move |msg: Incoming| {
             let routed = if msg.topic == search_topic {
                 to_search.cast(SearchMsg::Payload(msg.payload.to_vec()))
             } else if msg.topic == reply_topic {
                 to_search.cast(SearchMsg::CloudReply(msg.payload.to_vec()))
+            } else if msg.topic == fleet_topic {
+                to_search.cast(SearchMsg::FleetQuery(msg.payload.to_vec()))
             } else {
                 Ok(())
             };
