@@ -35,6 +35,22 @@ fn scored(response: &SearchResponse) -> Vec<(String, f32)> {
     }
 }
 
+/// Every hit names its picture's stable id, size in bytes and pixels (orientation applied), and
+/// a thumbnail URL on the device that serves that very picture's id.
+fn assert_hits_describe_the_files(response: &SearchResponse) {
+    let SearchResponse::Results(r) = response else { panic!("search failed: {response:?}") };
+    assert!(!r.hits.is_empty());
+    for hit in &r.hits {
+        let path = Path::new(&hit.path);
+        assert_eq!(hit.id, edgeclip_device::index::picture_id(path), "{hit:?}");
+        assert_eq!(hit.bytes, std::fs::metadata(path).expect("picture").len(), "{hit:?}");
+        let (w, h) = image::image_dimensions(path).expect("dimensions");
+        assert_eq!((hit.width, hit.height), (w, h), "{hit:?}");
+        let url = hit.thumb_url.as_deref().expect("thumbnail URL while the HTTP endpoint is on");
+        assert!(url.starts_with("http://127.0.0.1:") && url.ends_with(&format!("/thumb/{}", hit.id)), "{url}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_search_over_mqtt_ranks_exactly_as_the_model_does() {
     let shapes = data("shapes");
@@ -51,6 +67,7 @@ async fn a_search_over_mqtt_ranks_exactly_as_the_model_does() {
     for text in ["a red circle", "a blue square", "a yellow star and a purple square"] {
         let response = search(&mut client, "finder", text, 5).await;
         assert_same_ranking(&scored(&response), &reference.rank(text, 5), text);
+        assert_hits_describe_the_files(&response);
     }
     client.disconnect().await;
     system.stop().await;

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::DeviceError;
 use crate::rank::{top_k_where, Scored};
 
@@ -26,6 +28,25 @@ pub struct Entry {
     pub height: u32,
     /// Capture time, seconds since the epoch: EXIF DateTimeOriginal, else the modification time.
     pub taken_s: i64,
+}
+
+impl Entry {
+    /// The picture's stable id: see [`picture_id`].
+    pub fn id(&self) -> String {
+        format!("{:016x}", picture_key(&self.path))
+    }
+}
+
+/// The stable id of the picture at `path`: the first 8 bytes of SHA-256 of the path, as 16
+/// hex digits. Stable across restarts and re-encodings, different for two copies of one
+/// picture, and it reveals nothing of the path.
+pub fn picture_id(path: &Path) -> String {
+    format!("{:016x}", picture_key(path))
+}
+
+fn picture_key(path: &Path) -> u64 {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
 /// Which pictures a search may return.
@@ -70,12 +91,14 @@ pub struct Index {
     entries: Vec<Entry>,
     vectors: Vec<f32>,
     rows: HashMap<PathBuf, usize>,
+    /// Picture key (see [`picture_id`]) -> path.
+    ids: HashMap<u64, PathBuf>,
 }
 
 impl Index {
     /// An empty index for vectors of `model`, of dimension `dim`.
     pub fn new(model: impl Into<String>, dim: usize) -> Self {
-        Self { model: model.into(), dim, entries: Vec::new(), vectors: Vec::new(), rows: HashMap::new() }
+        Self { model: model.into(), dim, entries: Vec::new(), vectors: Vec::new(), rows: HashMap::new(), ids: HashMap::new() }
     }
 
     /// Model id of the vectors.
@@ -103,6 +126,15 @@ impl Index {
         self.rows.get(path).map(|&r| &self.entries[r])
     }
 
+    /// The entry of the picture with this id (see [`picture_id`]), if indexed.
+    pub fn by_id(&self, id: &str) -> Option<&Entry> {
+        if id.len() != 16 {
+            return None;
+        }
+        let key = u64::from_str_radix(id, 16).ok()?;
+        self.get(self.ids.get(&key)?)
+    }
+
     /// Every picture with its vector.
     pub fn iter(&self) -> impl Iterator<Item = (&Entry, &[f32])> {
         self.entries.iter().zip(self.vectors.chunks_exact(self.dim.max(1)))
@@ -123,6 +155,7 @@ impl Index {
                 self.entries[row] = entry;
             }
             None => {
+                self.ids.insert(picture_key(&entry.path), entry.path.clone());
                 self.rows.insert(entry.path.clone(), self.entries.len());
                 self.entries.push(entry);
                 self.vectors.extend_from_slice(vector);
@@ -134,6 +167,7 @@ impl Index {
     /// Removes a picture; true if it was indexed.
     pub fn remove(&mut self, path: &Path) -> bool {
         let Some(row) = self.rows.remove(path) else { return false };
+        self.ids.remove(&picture_key(path));
         let last = self.entries.len() - 1;
         self.entries.swap_remove(row);
         if row != last {
@@ -225,6 +259,22 @@ mod tests {
         assert_eq!(names(Filter { min_score: Some(0.7), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
         assert_eq!(names(Filter { exclude: Some("/a/1.jpg".into()), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
         assert_eq!(index.vector_of(Path::new("/b/3.jpg")), Some(&[0.6, 0.8][..]));
+    }
+
+    #[test]
+    fn pictures_are_found_by_their_stable_id_until_removed() {
+        let mut index = Index::new("m", 2);
+        index.upsert(entry("/a/1.jpg"), &[1.0, 0.0]).unwrap();
+        index.upsert(entry("/a/2.jpg"), &[0.0, 1.0]).unwrap();
+        let id = picture_id(Path::new("/a/1.jpg"));
+        assert_eq!(id.len(), 16);
+        assert_eq!(id, index.get(Path::new("/a/1.jpg")).unwrap().id());
+        assert_ne!(id, picture_id(Path::new("/a/2.jpg")));
+        assert_eq!(index.by_id(&id).unwrap().path, PathBuf::from("/a/1.jpg"));
+        assert!(index.by_id("not-an-id").is_none() && index.by_id("zzzzzzzzzzzzzzzz").is_none());
+        index.remove(Path::new("/a/1.jpg"));
+        assert!(index.by_id(&id).is_none());
+        assert!(index.by_id(&picture_id(Path::new("/a/2.jpg"))).is_some());
     }
 
     #[test]

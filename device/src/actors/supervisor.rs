@@ -114,6 +114,7 @@ impl Actor for DeviceSupervisor {
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
             server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
             max_server_vectors: config.search.max_server_vectors,
+            thumb_base: None,
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         let capture_args = CaptureArgs {
