@@ -89,6 +89,8 @@ pub fn device_config(url: &str, id: &str, folders: &[&Path], state: &Path) -> De
             ("capture.settle_ms", 300.into()),
             ("capture.debounce_ms", 200.into()),
             ("status.interval_ms", 200.into()),
+            ("http.bind", "127.0.0.1".into()),
+            ("http.port", 0.into()),
         ],
     )
     .expect("device config")

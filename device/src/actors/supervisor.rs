@@ -17,6 +17,7 @@ use super::index::{IndexActor, IndexArgs, IndexMsg};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
+use crate::http::{HttpContext, HttpServer};
 use crate::store::Store;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
@@ -34,6 +35,8 @@ pub enum SupervisorMsg {
     Status(RpcReplyPort<DeviceStatus>),
     /// Scan the folders now.
     Rescan,
+    /// Where the HTTP endpoint listens, if it is on.
+    HttpAddr(RpcReplyPort<Option<std::net::SocketAddr>>),
     /// Stop everything in order, then answer.
     Shutdown(RpcReplyPort<()>),
 }
@@ -45,6 +48,7 @@ pub struct SupervisorState {
     encoder: ActorRef<ImageEncoderMsg>,
     search: ActorRef<SearchMsg>,
     capture: ActorRef<CaptureMsg>,
+    http: Option<HttpServer>,
     stopping: bool,
 }
 
@@ -100,6 +104,19 @@ impl Actor for DeviceSupervisor {
             index: index.clone(),
         };
         let (encoder, _) = Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
+        // The HTTP endpoint is optional: a port in use costs the page and thumbnails, not the
+        // device's searches over MQTT.
+        let bound = if config.http.enabled {
+            match crate::http::bind(&config.http).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    error!(error = %e, "HTTP endpoint off; searches over MQTT still work");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let search_args = SearchArgs {
             device_id: device.clone(),
             model: model.id.clone(),
@@ -114,7 +131,7 @@ impl Actor for DeviceSupervisor {
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
             server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
             max_server_vectors: config.search.max_server_vectors,
-            thumb_base: None,
+            thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         let capture_args = CaptureArgs {
@@ -128,6 +145,19 @@ impl Actor for DeviceSupervisor {
             index: index.clone(),
         };
         let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell).await?;
+        let http = bound.map(|bound| {
+            let context = HttpContext {
+                search: search.clone(),
+                index: index.clone(),
+                cache_dir: config.http.cache_dir.clone(),
+                thumb_side: config.http.thumb_side,
+                limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
+                max_file_bytes: config.encoder.max_file_mib << 20,
+                max_text_bytes: config.search.max_text_bytes,
+                search_timeout: config.cloud_timeout() + Duration::from_secs(2),
+            };
+            HttpServer::start(bound, context)
+        });
 
         let (search_topic, reply_topic) = (topics::search(&device), topics::cloud_reply(&device));
         let to_search = search.clone();
@@ -146,7 +176,7 @@ impl Actor for DeviceSupervisor {
         link.cast(LinkMsg::Start(router))?;
         capture.cast(CaptureMsg::Scan)?;
         info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
-        Ok(SupervisorState { link, index, encoder, search, capture, stopping: false })
+        Ok(SupervisorState { link, index, encoder, search, capture, http, stopping: false })
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
@@ -160,9 +190,15 @@ impl Actor for DeviceSupervisor {
             SupervisorMsg::Rescan => {
                 state.capture.cast(CaptureMsg::Scan)?;
             }
+            SupervisorMsg::HttpAddr(port) => {
+                let _ = port.send(state.http.as_ref().map(|h| h.addr));
+            }
             SupervisorMsg::Shutdown(port) => {
                 state.stopping = true;
                 info!("device shutting down");
+                if let Some(http) = state.http.take() {
+                    http.shutdown(STOP_TIMEOUT).await;
+                }
                 let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.index.cast(IndexMsg::Stopping);
                 let drained = ractor::call_t!(state.encoder, |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p), DRAIN_TIMEOUT.as_millis() as u64 + 1000);
