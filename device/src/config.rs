@@ -35,6 +35,20 @@ pub struct DeviceConfig {
     pub status: StatusConfig,
     /// The HTTP endpoint (thumbnails and the search page).
     pub http: HttpConfig,
+    /// Home Assistant MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
+}
+
+/// `[homeassistant]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery configs.
+    pub discovery: bool,
+    /// Discovery prefix.
+    pub prefix: String,
+    /// Publish the best match's thumbnail bytes on the broker.
+    pub image_bytes: bool,
 }
 
 /// `[http]`.
@@ -178,6 +192,10 @@ impl DeviceConfig {
             return bad("http.public_url must start with http:// or https://".into());
         }
         self.http.public_url = self.http.public_url.trim_end_matches('/').to_string();
+        let prefix = &self.homeassistant.prefix;
+        if prefix.is_empty() || prefix.contains(['+', '#', '\0']) || prefix.starts_with('/') || prefix.ends_with('/') {
+            return bad(format!("homeassistant.prefix = {prefix:?} must be a concrete topic without leading or trailing '/'"));
+        }
         self.http.cache_dir = self.state_dir.join(&self.http.cache_dir);
         Ok(self)
     }

@@ -60,6 +60,9 @@ pub struct SearchArgs {
     /// Base URL of the device's HTTP endpoint (`http://host:port`), when it is on: hits get
     /// `<base>/thumb/<id>` as their thumbnail URL.
     pub thumb_base: Option<String>,
+    /// Publish the best match's thumbnail bytes (retained) with this longest side and these
+    /// decoder bounds (`[homeassistant] image_bytes`).
+    pub best_image: Option<(u32, crate::preprocess::DecodeLimits)>,
 }
 
 struct Pending {
@@ -326,12 +329,41 @@ fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, mut r
             hit.thumb_url = Some(format!("{base}/thumb/{}", hit.id));
         }
     }
+    if let SearchResponse::Results(SearchResults { hits, .. }) = &response {
+        if let Some(best) = hits.first() {
+            publish_best(state, best);
+        }
+    }
     match serde_json::to_vec(&response) {
         Ok(json) => edgeclip_link::publish(&state.args.link, topics::results(&state.args.device_id), json, false),
         Err(e) => warn!(error = %e, "answer not serialisable"),
     }
     if let Some(port) = port {
         let _ = port.send(response);
+    }
+}
+
+/// Publishes the best match for dashboards (retained): its thumbnail URL, and if enabled its
+/// thumbnail bytes, made on a blocking thread.
+fn publish_best(state: &SearchState, best: &Hit) {
+    let device = &state.args.device_id;
+    if let Some(url) = &best.thumb_url {
+        edgeclip_link::publish(&state.args.link, topics::best_url(device), url.clone().into_bytes(), true);
+    }
+    if let Some((side, limits)) = state.args.best_image {
+        let (link, topic, path) = (state.args.link.clone(), topics::best_image(device), PathBuf::from(&best.path));
+        tokio::spawn(async move {
+            let made = tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                crate::thumb::make_thumbnail(&bytes, side, limits).map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .await;
+            match made {
+                Ok(Ok(jpeg)) => edgeclip_link::publish(&link, topic, jpeg, true),
+                Ok(Err(e)) => warn!(error = %e, "best match thumbnail not published"),
+                Err(e) => warn!(error = %e, "best match thumbnail failed"),
+            }
+        });
     }
 }
 
