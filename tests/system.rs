@@ -306,7 +306,7 @@ fn up_search_and_status_work_from_the_command_line() {
     let port = free_port();
     let broker = format!("mqtt://127.0.0.1:{port}");
     let mut up = edgeclip()
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device-id", "cli-dev"])
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device-id", "cli-dev", "--http", "127.0.0.1:0"])
         .arg("--photos")
         .arg(pictures.path())
         .arg("--state")
@@ -318,6 +318,7 @@ fn up_search_and_status_work_from_the_command_line() {
     let out = line_reader(up.stdout.take().expect("stdout"));
     let banner = wait_line(&out, |l| l.starts_with("indexed "));
     assert!(banner.iter().any(|l| l.contains("edgeclip search")), "{banner:#?}");
+    assert!(banner.iter().any(|l| l.starts_with("Search page in a browser:") && l.contains("http://127.0.0.1:")), "{banner:#?}");
     assert!(banner.last().expect("line").starts_with(&format!("indexed {} pictures (0 skipped)", labels.len())), "{banner:#?}");
 
     // `search` without --device finds the only device online.
