@@ -141,7 +141,7 @@ impl Actor for DeviceSupervisor {
             server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
             max_server_vectors: config.search.max_server_vectors,
             thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
-            best_image: ha.image_bytes.then(|| (config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
+            best_image: ha.image_bytes.then_some((config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         let capture_args = CaptureArgs {
@@ -192,10 +192,11 @@ impl Actor for DeviceSupervisor {
                 to_search.cast(SearchMsg::CloudReply(msg.payload.to_vec())).map_err(|_| "search")
             } else if msg.topic == command_topic {
                 match msg.payload.trim_ascii() {
-                    b"rescan" => to_me.cast(SupervisorMsg::Rescan).map_err(|_| "supervisor"),
-                    b"reindex" => to_me.cast(SupervisorMsg::Reindex).map_err(|_| "supervisor"),
+                    c if c == homeassistant::RESCAN.as_bytes() => to_me.cast(SupervisorMsg::Rescan).map_err(|_| "supervisor"),
+                    c if c == homeassistant::REINDEX.as_bytes() => to_me.cast(SupervisorMsg::Reindex).map_err(|_| "supervisor"),
                     other => {
-                        warn!(command = %String::from_utf8_lossy(other), "unknown command ignored (rescan, reindex)");
+                        let shown: String = String::from_utf8_lossy(other).chars().take(64).collect();
+                        warn!(command = %shown, "unknown command ignored (rescan, reindex)");
                         Ok(())
                     }
                 }
