@@ -324,7 +324,7 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     let mut config = device_config(&broker.url(), "hass", &[pictures.path()], state.path());
     config.capture.watch = false;
     config.homeassistant.image_bytes = true;
-    let device = Device::start(config.clone()).await.expect("device");
+    let device = Device::start(config).await.expect("device");
     wait_idle(&device).await;
 
     // Every config is one Home Assistant accepts, for the expected entities of this device.
@@ -393,8 +393,14 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
 
     // Uninstall: every config topic gets an empty retained payload; nothing is left retained.
     device.shutdown().await.expect("device shutdown");
-    let removed = bounded("uninstall", edgeclip_device::actors::discovery::uninstall(&config)).await.expect("uninstall");
-    assert_eq!(removed, 7);
+    // As a person runs it: the device program with --uninstall-discovery.
+    let program = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name("edgeclip-device");
+    assert!(program.is_file(), "{} is missing: build the workspace first", program.display());
+    let url = broker.url();
+    let run = move || Command::new(&program).arg("--uninstall-discovery").env("EDGECLIP_DEVICE_ID", "hass").env("EDGECLIP_BROKER__URL", url).env("RUST_LOG", "warn").output();
+    let out = bounded("uninstall", tokio::task::spawn_blocking(run)).await.expect("joined").expect("edgeclip-device runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 7 Home Assistant discovery configs"), "{}", String::from_utf8_lossy(&out.stdout));
     let deadline = Instant::now() + TEST_TIMEOUT;
     while !latest(&ha, |t| t.ends_with("/config")).values().all(|p| p.is_empty()) {
         assert!(Instant::now() < deadline, "configs not removed");

@@ -227,3 +227,18 @@ fn cached_thumbnail(picture: &Path, cached: &Path, dir: &Path, side: u32, limits
     }
     Ok(jpeg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_are_taken_as_given_and_lan_is_never_every_interface() {
+        assert_eq!(resolve_bind("127.0.0.1"), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(resolve_bind("::1"), "::1".parse::<IpAddr>().unwrap());
+        // "lan" is one concrete address (the default route's, else loopback), never 0.0.0.0.
+        let lan = resolve_bind("lan");
+        assert!(!lan.is_unspecified(), "{lan}");
+        assert_eq!(lan, resolve_bind("lan"), "stable");
+    }
+}
