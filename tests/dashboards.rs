@@ -111,18 +111,6 @@ async fn thumbnails_are_served_by_id_cached_and_bad_ids_or_pictures_get_clean_er
 
 // ---- the search page in a real browser ----
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// chromedriver on a free port, driving Debian's chromium.
 fn chromedriver() -> (Killed, u16) {
     let chromium = Path::new("/usr/bin/chromium");
@@ -462,4 +450,38 @@ fn the_node_red_example_flow_is_valid_json_wired_to_the_real_topics() {
     let rescan = flow.iter().find(|n| n["type"] == "ui_button").expect("a rescan button");
     assert_eq!(rescan["payload"], edgeclip_messages::homeassistant::RESCAN);
     assert_eq!(node(rescan["wires"][0][0].as_str().expect("wired"))["topic"], topics::command("nas").as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discovery_comes_back_after_a_broker_restart_that_lost_the_retained_configs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let broker = mosquitto(port, tmp.path());
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let pictures = copy_pictures(&data("shapes"));
+    let state = tempfile::tempdir().expect("state");
+    let mut config = device_config(&url, "restart", &[pictures.path()], state.path());
+    config.broker.reconnect_max_ms = 500;
+    let device = Device::start(config).await.expect("device");
+    let configs = |r: &Recorder| r.all().iter().filter(|(t, p)| t.ends_with("/config") && !p.is_empty()).count();
+    let before = Recorder::start(&url, "homeassistant/#").await;
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    while configs(&before) < 6 {
+        assert!(Instant::now() < deadline, "no discovery configs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(before);
+    drop(broker);
+    let _broker = mosquitto(port, tmp.path());
+    // A new broker has nothing retained; once the device is back, its configs are.
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    loop {
+        let after = Recorder::start(&url, "homeassistant/#").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if configs(&after) >= 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "discovery configs not published again after the broker restart");
+    }
+    bounded("device shutdown", device.shutdown()).await.expect("shutdown");
 }

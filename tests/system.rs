@@ -293,9 +293,6 @@ fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<St
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 #[test]
 fn up_search_and_status_work_from_the_command_line() {
@@ -391,30 +388,6 @@ fn sibling_binary(name: &str) -> std::path::PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
     assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
     path
-}
-
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto(port: u16, dir: &Path) -> Killed {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")).expect("conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("Mosquitto is not installed: the README's test command (bash .ci/run) installs it");
-    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Killed(child)
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! [`DiscoveryActor`]: announces the device to Home Assistant (MQTT discovery): publishes the
-//! retained configs at start, again whenever Home Assistant says `online` on
-//! `<prefix>/status`, and removes the configs of entities that are off. [`uninstall`] removes
+//! retained configs on every connection to the broker (a broker restarted without persistence
+//! has lost them), again whenever Home Assistant says `online` on `<prefix>/status`, and
+//! removes the configs of entities that are off. [`uninstall`] removes
 //! them all (empty retained payloads) for `edgeclip-device --uninstall-discovery`.
 
 use std::sync::Arc;
@@ -16,11 +17,16 @@ use crate::error::DeviceError;
 
 /// How long `--uninstall-discovery` waits for the broker.
 const UNINSTALL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the actor asks the link whether it is connected, to announce after each new
+/// connection: an in-process message, and a second is well within Home Assistant's patience.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
 
 /// Messages of the discovery actor.
 pub enum DiscoveryMsg {
     /// A payload on Home Assistant's status topic (`online` after it restarts).
     HaStatus(Vec<u8>),
+    /// Timer: announce if the link made a new connection since the last announcement.
+    CheckConnection,
 }
 
 /// Arguments of the discovery actor.
@@ -31,25 +37,40 @@ pub struct DiscoveryArgs {
     pub link: ActorRef<LinkMsg>,
 }
 
+/// State of the discovery actor.
+pub struct DiscoveryState {
+    args: DiscoveryArgs,
+    /// The link's connection count at the last announcement.
+    announced_for: u64,
+}
+
 /// The discovery actor.
 pub struct DiscoveryActor;
 
 impl Actor for DiscoveryActor {
     type Msg = DiscoveryMsg;
-    type State = DiscoveryArgs;
+    type State = DiscoveryState;
     type Arguments = DiscoveryArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<DiscoveryMsg>, args: DiscoveryArgs) -> Result<DiscoveryArgs, ActorProcessingErr> {
-        announce(&args);
-        Ok(args)
+    async fn pre_start(&self, myself: ActorRef<DiscoveryMsg>, args: DiscoveryArgs) -> Result<DiscoveryState, ActorProcessingErr> {
+        myself.send_interval(CONNECTION_CHECK, || DiscoveryMsg::CheckConnection);
+        let _ = myself.cast(DiscoveryMsg::CheckConnection);
+        Ok(DiscoveryState { args, announced_for: 0 })
     }
 
-    async fn handle(&self, _myself: ActorRef<DiscoveryMsg>, msg: DiscoveryMsg, state: &mut DiscoveryArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<DiscoveryMsg>, msg: DiscoveryMsg, state: &mut DiscoveryState) -> Result<(), ActorProcessingErr> {
         match msg {
             DiscoveryMsg::HaStatus(payload) => {
                 if payload.trim_ascii() == HA_ONLINE.as_bytes() {
                     info!("Home Assistant is online; discovery published again");
-                    announce(state);
+                    announce(&state.args);
+                }
+            }
+            DiscoveryMsg::CheckConnection => {
+                let connections = ractor::call_t!(state.args.link, LinkMsg::Connections, 1000).unwrap_or(state.announced_for);
+                if connections != state.announced_for {
+                    announce(&state.args);
+                    state.announced_for = connections;
                 }
             }
         }
