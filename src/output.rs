@@ -14,9 +14,10 @@ pub fn results_table(response: &SearchResponse) -> String {
                 let _ = writeln!(out, "no pictures indexed yet ({} ms)", r.took_ms);
                 return out;
             }
-            let _ = writeln!(out, "{:>4}  {:>7}  path", "#", "score");
+            let _ = writeln!(out, "{:>4}  {:>7}  {:<16}  {:>11}  path", "#", "score", "id", "size");
             for (i, hit) in r.hits.iter().enumerate() {
-                let _ = writeln!(out, "{:>4}  {:>7.4}  {}", i + 1, hit.score, hit.path);
+                let size = format!("{}x{}", hit.width, hit.height);
+                let _ = writeln!(out, "{:>4}  {:>7.4}  {:<16}  {:>11}  {}", i + 1, hit.score, hit.id, size, hit.path);
             }
             let _ = writeln!(out, "{} hits for {:?} in {} ms (model {})", r.hits.len(), r.text, r.took_ms, r.model);
             out
@@ -78,6 +79,10 @@ mod tests {
     use super::*;
     use edgeclip_messages::dashboard::{Hit, SearchError, SearchResults};
 
+    fn hit(path: &str, score: f32) -> Hit {
+        Hit { path: path.into(), score, taken_s: 0, id: "0123456789abcdef".into(), bytes: 1, width: 2, height: 3, thumb_url: None }
+    }
+
     #[test]
     fn tables_list_hits_in_order_and_errors_in_one_line() {
         let r = SearchResponse::Results(SearchResults {
@@ -85,11 +90,12 @@ mod tests {
             text: "a red circle".into(),
             model: "m".into(),
             took_ms: 12,
-            hits: vec![Hit { path: "a.jpg".into(), score: 0.5, taken_s: 0 }, Hit { path: "b.jpg".into(), score: 0.25, taken_s: 0 }],
+            hits: vec![hit("a.jpg", 0.5), hit("b.jpg", 0.25)],
         });
         let t = results_table(&r);
         assert!(t.find("a.jpg").unwrap() < t.find("b.jpg").unwrap());
         assert!(t.contains("0.5000") && t.contains("2 hits"));
+        assert!(t.contains("0123456789abcdef") && t.contains("2x3"), "{t}");
         let e = SearchResponse::Error(SearchError { id: "1".into(), error: "cloud did not answer".into() });
         assert_eq!(results_table(&e), "error: cloud did not answer\n");
     }

@@ -35,6 +35,22 @@ fn scored(response: &SearchResponse) -> Vec<(String, f32)> {
     }
 }
 
+/// Every hit names its picture's stable id, size in bytes and pixels (orientation applied), and
+/// a thumbnail URL on the device that serves that very picture's id.
+fn assert_hits_describe_the_files(response: &SearchResponse) {
+    let SearchResponse::Results(r) = response else { panic!("search failed: {response:?}") };
+    assert!(!r.hits.is_empty());
+    for hit in &r.hits {
+        let path = Path::new(&hit.path);
+        assert_eq!(hit.id, edgeclip_device::index::picture_id(path), "{hit:?}");
+        assert_eq!(hit.bytes, std::fs::metadata(path).expect("picture").len(), "{hit:?}");
+        let (w, h) = image::image_dimensions(path).expect("dimensions");
+        assert_eq!((hit.width, hit.height), (w, h), "{hit:?}");
+        let url = hit.thumb_url.as_deref().expect("thumbnail URL while the HTTP endpoint is on");
+        assert!(url.starts_with("http://127.0.0.1:") && url.ends_with(&format!("/thumb/{}", hit.id)), "{url}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_search_over_mqtt_ranks_exactly_as_the_model_does() {
     let shapes = data("shapes");
@@ -51,6 +67,7 @@ async fn a_search_over_mqtt_ranks_exactly_as_the_model_does() {
     for text in ["a red circle", "a blue square", "a yellow star and a purple square"] {
         let response = search(&mut client, "finder", text, 5).await;
         assert_same_ranking(&scored(&response), &reference.rank(text, 5), text);
+        assert_hits_describe_the_files(&response);
     }
     client.disconnect().await;
     system.stop().await;
@@ -281,9 +298,6 @@ fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<St
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 #[test]
 fn up_search_and_status_work_from_the_command_line() {
@@ -294,7 +308,7 @@ fn up_search_and_status_work_from_the_command_line() {
     let port = free_port();
     let broker = format!("mqtt://127.0.0.1:{port}");
     let mut up = edgeclip()
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device-id", "cli-dev"])
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device-id", "cli-dev", "--http", "127.0.0.1:0"])
         .arg("--photos")
         .arg(pictures.path())
         .arg("--state")
@@ -306,6 +320,7 @@ fn up_search_and_status_work_from_the_command_line() {
     let out = line_reader(up.stdout.take().expect("stdout"));
     let banner = wait_line(&out, |l| l.starts_with("indexed "));
     assert!(banner.iter().any(|l| l.contains("edgeclip search")), "{banner:#?}");
+    assert!(banner.iter().any(|l| l.starts_with("Search page in a browser:") && l.contains("http://127.0.0.1:")), "{banner:#?}");
     assert!(banner.last().expect("line").starts_with(&format!("indexed {} pictures (0 skipped)", labels.len())), "{banner:#?}");
 
     // `search` without --device finds the only device online.
@@ -378,30 +393,6 @@ fn sibling_binary(name: &str) -> std::path::PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
     assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
     path
-}
-
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto(port: u16, dir: &Path) -> Killed {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")).expect("conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("Mosquitto is not installed: the README's test command (bash .ci/run) installs it");
-    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Killed(child)
 }
 
 #[test]

@@ -33,6 +33,40 @@ pub struct DeviceConfig {
     pub search: SearchConfig,
     /// Status publishing.
     pub status: StatusConfig,
+    /// The HTTP endpoint (thumbnails and the search page).
+    pub http: HttpConfig,
+    /// Home Assistant MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
+}
+
+/// `[homeassistant]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery configs.
+    pub discovery: bool,
+    /// Discovery prefix.
+    pub prefix: String,
+    /// Publish the best match's thumbnail bytes on the broker.
+    pub image_bytes: bool,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve thumbnails and the search page.
+    pub enabled: bool,
+    /// `lan` or an IP address.
+    pub bind: String,
+    /// Port (0: any free one).
+    pub port: u16,
+    /// Base URL dashboards use; empty: derived from the bound address.
+    pub public_url: String,
+    /// Longest side of thumbnails.
+    pub thumb_side: u32,
+    /// Thumbnail cache folder, relative to `state_dir`.
+    pub cache_dir: PathBuf,
 }
 
 /// `[model]`.
@@ -152,6 +186,21 @@ impl DeviceConfig {
         if self.search.max_text_bytes == 0 {
             return bad("search.max_text_bytes must be >= 1".into());
         }
+        if self.http.bind != "lan" && self.http.bind.parse::<std::net::IpAddr>().is_err() {
+            return bad(format!("http.bind = {:?} is neither \"lan\" nor an IP address", self.http.bind));
+        }
+        if !(16..=2048).contains(&self.http.thumb_side) {
+            return bad("http.thumb_side must be in 16..=2048".into());
+        }
+        if !self.http.public_url.is_empty() && !self.http.public_url.starts_with("http://") && !self.http.public_url.starts_with("https://") {
+            return bad("http.public_url must start with http:// or https://".into());
+        }
+        self.http.public_url = self.http.public_url.trim_end_matches('/').to_string();
+        let prefix = &self.homeassistant.prefix;
+        if prefix.is_empty() || prefix.contains(['+', '#', '\0']) || prefix.starts_with('/') || prefix.ends_with('/') {
+            return bad(format!("homeassistant.prefix = {prefix:?} must be a concrete topic without leading or trailing '/'"));
+        }
+        self.http.cache_dir = self.state_dir.join(&self.http.cache_dir);
         Ok(self)
     }
 
@@ -196,6 +245,8 @@ mod tests {
         assert_eq!(cfg.broker.client_id, "edgeclip-device-nas");
         assert!(cfg.encoder.workers >= 1);
         assert_eq!(cfg.search.default_k, 10);
+        assert!(cfg.http.enabled && cfg.http.bind == "lan");
+        assert_eq!(cfg.http.cache_dir, cfg.state_dir.join("thumbs"));
     }
 
     #[test]
@@ -225,6 +276,8 @@ mod tests {
         assert!(err.contains("does not exist"), "{err}");
         let err = DeviceConfig::load(None, &[("device_id", "a/b".into())]).unwrap_err().to_string();
         assert!(err.contains("device_id"), "{err}");
+        let err = DeviceConfig::load(None, &[("http.bind", "everywhere".into())]).unwrap_err().to_string();
+        assert!(err.contains("http.bind"), "{err}");
         let err = DeviceConfig::load(None, &[("broker.url", "http://x".into())]).unwrap_err().to_string();
         assert!(err.contains("mqtt://"), "{err}");
     }

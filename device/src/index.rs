@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::DeviceError;
 use crate::rank::{top_k_by, Scored};
 use crate::vectors::{Precision, VectorTable};
@@ -28,6 +30,25 @@ pub struct Entry {
     pub height: u32,
     /// Capture time, seconds since the epoch: EXIF DateTimeOriginal, else the modification time.
     pub taken_s: i64,
+}
+
+impl Entry {
+    /// The picture's stable id: see [`picture_id`].
+    pub fn id(&self) -> String {
+        format!("{:016x}", picture_key(&self.path))
+    }
+}
+
+/// The stable id of the picture at `path`: the first 8 bytes of SHA-256 of the path, as 16
+/// hex digits. Stable across restarts and re-encodings, different for two copies of one
+/// picture, and it reveals nothing of the path.
+pub fn picture_id(path: &Path) -> String {
+    format!("{:016x}", picture_key(path))
+}
+
+fn picture_key(path: &Path) -> u64 {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
 /// Which pictures a search may return.
@@ -72,6 +93,8 @@ pub struct Index {
     entries: Vec<Entry>,
     vectors: VectorTable,
     rows: HashMap<PathBuf, usize>,
+    /// Picture key (see [`picture_id`]) -> path.
+    ids: HashMap<u64, PathBuf>,
 }
 
 impl Index {
@@ -82,7 +105,7 @@ impl Index {
 
     /// An empty index for vectors of `model`, of dimension `dim`, kept in `precision`.
     pub fn with_precision(model: impl Into<String>, dim: usize, precision: Precision) -> Self {
-        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), rows: HashMap::new() }
+        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), rows: HashMap::new(), ids: HashMap::new() }
     }
 
     /// How the vectors are kept in memory.
@@ -120,6 +143,15 @@ impl Index {
         self.rows.get(path).map(|&r| &self.entries[r])
     }
 
+    /// The entry of the picture with this id (see [`picture_id`]), if indexed.
+    pub fn by_id(&self, id: &str) -> Option<&Entry> {
+        if id.len() != 16 {
+            return None;
+        }
+        let key = u64::from_str_radix(id, 16).ok()?;
+        self.get(self.ids.get(&key)?)
+    }
+
     /// Every picture with its vector (as kept: decoded from f16 or int8).
     pub fn iter(&self) -> impl Iterator<Item = (&Entry, Cow<'_, [f32]>)> {
         self.entries.iter().enumerate().map(|(row, e)| (e, self.vectors.get(row)))
@@ -140,6 +172,7 @@ impl Index {
                 self.entries[row] = entry;
             }
             None => {
+                self.ids.insert(picture_key(&entry.path), entry.path.clone());
                 self.rows.insert(entry.path.clone(), self.entries.len());
                 self.entries.push(entry);
                 self.vectors.push(vector);
@@ -151,6 +184,7 @@ impl Index {
     /// Removes a picture; true if it was indexed.
     pub fn remove(&mut self, path: &Path) -> bool {
         let Some(row) = self.rows.remove(path) else { return false };
+        self.ids.remove(&picture_key(path));
         let last = self.entries.len() - 1;
         self.entries.swap_remove(row);
         self.vectors.swap_remove(row);
@@ -241,6 +275,22 @@ mod tests {
         assert_eq!(names(Filter { min_score: Some(0.7), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
         assert_eq!(names(Filter { exclude: Some("/a/1.jpg".into()), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
         assert_eq!(index.vector_of(Path::new("/b/3.jpg")).as_deref(), Some(&[0.6, 0.8][..]));
+    }
+
+    #[test]
+    fn pictures_are_found_by_their_stable_id_until_removed() {
+        let mut index = Index::new("m", 2);
+        index.upsert(entry("/a/1.jpg"), &[1.0, 0.0]).unwrap();
+        index.upsert(entry("/a/2.jpg"), &[0.0, 1.0]).unwrap();
+        let id = picture_id(Path::new("/a/1.jpg"));
+        assert_eq!(id.len(), 16);
+        assert_eq!(id, index.get(Path::new("/a/1.jpg")).unwrap().id());
+        assert_ne!(id, picture_id(Path::new("/a/2.jpg")));
+        assert_eq!(index.by_id(&id).unwrap().path, PathBuf::from("/a/1.jpg"));
+        assert!(index.by_id("not-an-id").is_none() && index.by_id("zzzzzzzzzzzzzzzz").is_none());
+        index.remove(Path::new("/a/1.jpg"));
+        assert!(index.by_id(&id).is_none());
+        assert!(index.by_id(&picture_id(Path::new("/a/2.jpg"))).is_some());
     }
 
     #[test]

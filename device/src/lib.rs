@@ -13,8 +13,10 @@
 //! - [`metadata`]: capture time from EXIF.
 //! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
 //! - [`watch`]: file-system watching (a trigger for rescans).
+//! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //!
-//! Shells: [`actors`] (one actor per file), [`service`] (start, search, shutdown),
+//! Shells: [`actors`] (one actor per file), [`http`] (thumbnails and the search page),
+//! [`service`] (start, search, shutdown),
 //! [`config`] (layered configuration), [`error`].
 //!
 //! Architecture invariant: this crate does not depend on a tokenizer or on the text tower;
@@ -25,6 +27,7 @@ pub mod actors;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod http;
 pub mod index;
 pub mod metadata;
 pub mod model;
@@ -33,6 +36,7 @@ pub mod rank;
 pub mod scan;
 pub mod service;
 pub mod store;
+pub mod thumb;
 pub mod vectors;
 pub mod watch;
 

@@ -16,6 +16,10 @@ struct Args {
     /// Print the built-in default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Remove this device from Home Assistant (empty retained payloads on its discovery
+    /// config topics) and exit.
+    #[arg(long)]
+    uninstall_discovery: bool,
 }
 
 #[tokio::main]
@@ -30,6 +34,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = DeviceConfig::load(args.config.as_deref(), &[]).context("loading the device configuration")?;
+    if args.uninstall_discovery {
+        let removed = edgeclip_device::actors::discovery::uninstall(&config).await.context("removing the Home Assistant discovery configs")?;
+        println!("removed {removed} Home Assistant discovery configs of device {} under {}/", config.device_id, config.homeassistant.prefix);
+        return Ok(());
+    }
     let mut device = Device::start(config).await.context("starting the device")?;
     tokio::select! {
         _ = edgeclip_link::shutdown_signal() => {

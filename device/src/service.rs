@@ -44,6 +44,11 @@ impl Device {
         let _ = self.supervisor.cast(SupervisorMsg::Rescan);
     }
 
+    /// Where the HTTP endpoint (search page, thumbnails) listens, if it is on.
+    pub async fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, DeviceError> {
+        ractor::call_t!(self.supervisor, SupervisorMsg::HttpAddr, 5000).map_err(|e| DeviceError::Actor(e.to_string()))
+    }
+
     /// True once the device has stopped (after a shutdown or a failure).
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()

@@ -53,6 +53,9 @@ pub enum LinkMsg {
     ConnectionLost(String),
     /// Whether the link is connected right now.
     IsConnected(RpcReplyPort<bool>),
+    /// How many times the broker has accepted the connection so far (a change means a new
+    /// session: a restarted broker may have lost retained messages).
+    Connections(RpcReplyPort<u64>),
     /// Announce offline, disconnect cleanly and stop polling.
     Disconnect(RpcReplyPort<()>),
 }
@@ -70,6 +73,7 @@ pub struct LinkState {
     eventloop: Option<EventLoop>,
     poll: Option<JoinHandle<()>>,
     connected: bool,
+    connections: u64,
 }
 
 /// The MQTT link actor.
@@ -83,7 +87,7 @@ impl Actor for LinkActor {
     async fn pre_start(&self, _myself: ActorRef<LinkMsg>, args: LinkArgs) -> Result<LinkState, ActorProcessingErr> {
         let mqtt = args.options.mqtt_options()?;
         let (client, eventloop) = AsyncClient::new(mqtt, 256);
-        Ok(LinkState { options: args.options, client, eventloop: Some(eventloop), poll: None, connected: false })
+        Ok(LinkState { options: args.options, client, eventloop: Some(eventloop), poll: None, connected: false, connections: 0 })
     }
 
     async fn handle(&self, myself: ActorRef<LinkMsg>, msg: LinkMsg, state: &mut LinkState) -> Result<(), ActorProcessingErr> {
@@ -101,6 +105,7 @@ impl Actor for LinkActor {
             }
             LinkMsg::Connected => {
                 state.connected = true;
+                state.connections += 1;
                 info!(url = %state.options.url, client_id = %state.options.client_id, "connected to broker");
                 for filter in &state.options.subscriptions {
                     if let Err(e) = state.client.try_subscribe(filter, QoS::AtLeastOnce) {
@@ -123,6 +128,9 @@ impl Actor for LinkActor {
             }
             LinkMsg::IsConnected(reply) => {
                 let _ = reply.send(state.connected);
+            }
+            LinkMsg::Connections(reply) => {
+                let _ = reply.send(state.connections);
             }
             LinkMsg::Disconnect(reply) => {
                 disconnect(state).await;

@@ -17,7 +17,8 @@ pub struct SearchRequest {
     /// Correlation id echoed in the answer (the device makes one when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// "More like this": rank by the vector of this indexed picture (answered on the device
+    /// "More like this": rank by the vector of this indexed picture, given by its path or its
+    /// id (answered on the device
     /// alone, no cloud round trip) instead of a text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub like: Option<String>,
@@ -101,6 +102,24 @@ pub struct Hit {
     /// When the picture was taken (EXIF DateTimeOriginal, else its modification time),
     /// seconds since the epoch.
     pub taken_s: i64,
+    /// Stable id of the picture on its device (16 hex digits derived from its path): the key
+    /// of `GET /thumb/<id>` and of "more like this" from a dashboard.
+    #[serde(default)]
+    pub id: String,
+    /// File size in bytes when it was indexed.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Width in pixels, EXIF orientation applied (0 when unknown).
+    #[serde(default)]
+    pub width: u32,
+    /// Height in pixels, EXIF orientation applied (0 when unknown).
+    #[serde(default)]
+    pub height: u32,
+    /// URL of a small JPEG of the picture, served by the device itself on the home network
+    /// (absent when the device's HTTP endpoint is off). The picture never leaves the device
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb_url: Option<String>,
 }
 
 /// The answer to a search, on `edgeclip/<device>/results`.

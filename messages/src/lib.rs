@@ -5,6 +5,7 @@
 //! - [`wire`]: the rkyv messages between device and cloud (encode request, reply), framed with
 //!   a magic and a protocol version, decoded only through validated access.
 //! - [`dashboard`]: the JSON messages on the dashboard-facing topics (search, results, status).
+//! - [`homeassistant`]: Home Assistant MQTT discovery configs and their validation.
 //! - [`model_id`]: how a model folder is named on the wire, so device and cloud agree.
 //! - [`error`]: the crate's one error enum.
 //!
@@ -13,6 +14,7 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod homeassistant;
 pub mod model_id;
 pub mod topics;
 pub mod wire;

@@ -5,6 +5,10 @@
 //! - `edgeclip/<device>/results` -> JSON results or error
 //! - `edgeclip/<device>/status` (retained) -> JSON status
 //! - `edgeclip/<device>/availability` (retained) -> `online` / `offline` (last will)
+//! - `edgeclip/<device>/command` <- `rescan` / `reindex`
+//! - `edgeclip/<device>/best/url` (retained) -> thumbnail URL of the last search's best match
+//! - `edgeclip/<device>/best/image` (retained, only if enabled) -> its thumbnail as JPEG bytes
+//! - `<prefix>/…/config` (retained) -> Home Assistant discovery, see [`crate::homeassistant`]
 //!
 //! Device <-> cloud (rkyv frames):
 //! - `edgeclip/cloud/encode` <- [`crate::wire::EncodeRequest`], consumed by the cloud through the
@@ -68,6 +72,18 @@ pub fn status(device: &str) -> String {
 /// Retained availability topic of a device (`online` / `offline`).
 pub fn availability(device: &str) -> String {
     format!("{ROOT}/{device}/availability")
+}
+/// Topic a dashboard sends commands to (`rescan`, `reindex`).
+pub fn command(device: &str) -> String {
+    format!("{ROOT}/{device}/command")
+}
+/// Retained topic with the thumbnail URL of the last search's best match.
+pub fn best_url(device: &str) -> String {
+    format!("{ROOT}/{device}/best/url")
+}
+/// Retained topic with the last search's best match as JPEG bytes (only when enabled).
+pub fn best_image(device: &str) -> String {
+    format!("{ROOT}/{device}/best/image")
 }
 /// Topic on which a device receives the cloud's replies.
 pub fn cloud_reply(device: &str) -> String {
@@ -173,6 +189,9 @@ mod tests {
         assert_eq!(status("cam1"), "edgeclip/cam1/status");
         assert_eq!(availability("cam1"), "edgeclip/cam1/availability");
         assert_eq!(cloud_reply("cam1"), "edgeclip/cam1/cloud/reply");
+        assert_eq!(command("cam1"), "edgeclip/cam1/command");
+        assert_eq!(best_url("cam1"), "edgeclip/cam1/best/url");
+        assert_eq!(best_image("cam1"), "edgeclip/cam1/best/image");
         assert!(CLOUD_ENCODE_SHARED.ends_with(CLOUD_ENCODE));
         assert!(CLOUD_ENCODE_SHARED.contains(CLOUD_SHARE_GROUP));
     }

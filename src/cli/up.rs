@@ -32,6 +32,9 @@ pub struct UpArgs {
     /// Device id; default: the host name.
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
+    /// Address of the device's search page and thumbnails (port 0: any free one).
+    #[arg(long, default_value = "127.0.0.1:8470", value_name = "IP:PORT")]
+    pub http: SocketAddr,
     /// Do not read searches from standard input; serve until Ctrl-C.
     #[arg(long)]
     pub no_prompt: bool,
@@ -69,6 +72,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ("broker.url", url.clone().into()),
         ("model.dir", model_str.into()),
         ("folders", photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().into()),
+        ("http.bind", args.http.ip().to_string().into()),
+        ("http.port", i64::from(args.http.port()).into()),
     ];
     if let Some(state) = &args.state {
         overrides.push(("state_dir", state.display().to_string().into()));
@@ -85,6 +90,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("edgeclip is up: broker {url}, device {device_id}, pictures from {}", photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     println!("Search from another terminal:  edgeclip search \"a red circle\" --broker {url}");
     println!("Device status:                 edgeclip status --broker {url}");
+    if let Some(addr) = device.http_addr().await.context("asking the device for its search page")? {
+        println!("Search page in a browser:      http://{addr}/");
+    }
 
     let served = serve(&device, &args, started).await;
     println!("shutting down...");

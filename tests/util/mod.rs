@@ -89,6 +89,8 @@ pub fn device_config(url: &str, id: &str, folders: &[&Path], state: &Path) -> De
             ("capture.settle_ms", 300.into()),
             ("capture.debounce_ms", 200.into()),
             ("status.interval_ms", 200.into()),
+            ("http.bind", "127.0.0.1".into()),
+            ("http.port", 0.into()),
         ],
     )
     .expect("device config")
@@ -284,4 +286,37 @@ pub fn assert_same_ranking(system: &[(String, f32)], reference: &[(String, f32)]
         let tied = reference.iter().filter(|(_, s)| (s - rs).abs() < 1e-4).count() > 1;
         assert!(tied || sn == rn, "{what}: rank {i} is {sn}, the model says {rn}");
     }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mosquitto on `127.0.0.1:port`, without persistence (a restart loses retained messages),
+/// its config in `dir`.
+pub fn mosquitto(port: u16, dir: &Path) -> Killed {
+    use std::process::{Command, Stdio};
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")).expect("conf");
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("Mosquitto is not installed: the README's test command (bash .ci/run) installs it");
+    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Killed(child)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

@@ -24,6 +24,8 @@ pub enum CaptureMsg {
     Scan,
     /// Something changed on disk: scan after the debounce delay.
     Changed,
+    /// Encode every picture found again, even unchanged ones (a dashboard's "re-index").
+    Reindex,
 }
 
 /// Arguments of the capture actor.
@@ -99,14 +101,20 @@ impl Actor for CaptureActor {
             }
             CaptureMsg::Scan => {
                 state.scan_scheduled = false;
-                scan(&myself, state).await?;
+                scan(&myself, state, false).await?;
+            }
+            CaptureMsg::Reindex => {
+                info!("re-indexing every picture");
+                scan(&myself, state, true).await?;
             }
         }
         Ok(())
     }
 }
 
-async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState) -> Result<(), ActorProcessingErr> {
+/// Compares the disk with what was queued and queues the differences; with `reencode`, every
+/// picture found is queued and encoded again (no vector reused).
+async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode: bool) -> Result<(), ActorProcessingErr> {
     if !state.seeded {
         // What the persistent index already holds counts as queued: an unchanged picture is
         // never encoded again after a restart.
@@ -128,7 +136,7 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState) -> Result
     let mut fresh = Vec::new();
     let mut settling = 0;
     for seen in &found.files {
-        if state.queued.get(&seen.path) == Some(seen) {
+        if !reencode && state.queued.get(&seen.path) == Some(seen) {
             continue;
         }
         if seen.mtime_ns > settle_before {
@@ -160,7 +168,8 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState) -> Result
     info!(found = found.files.len(), queued = fresh.len(), removed = gone.len(), settling, unsupported = unsupported.len(), "scanned folders");
     for seen in fresh {
         state.queued.insert(seen.path.clone(), seen.clone());
-        if state.args.encoder.cast(ImageEncoderMsg::Encode(seen)).is_err() {
+        let msg = if reencode { ImageEncoderMsg::Reencode(seen) } else { ImageEncoderMsg::Encode(seen) };
+        if state.args.encoder.cast(msg).is_err() {
             break;
         }
     }

@@ -18,8 +18,11 @@ use crate::scan::FileSeen;
 
 /// Messages of the image encoder.
 pub enum ImageEncoderMsg {
-    /// Encode this picture and give the result to the index.
+    /// Encode this picture and give the result to the index (reusing the vector of identical
+    /// content if the index has one).
     Encode(FileSeen),
+    /// Encode this picture again even if a vector of identical content exists (re-index).
+    Reencode(FileSeen),
     /// Answer once every queued and running encoding has finished (or the timeout passed).
     Drain(Duration, RpcReplyPort<()>),
 }
@@ -60,33 +63,34 @@ impl Actor for ImageEncoderActor {
     }
 
     async fn handle(&self, _myself: ActorRef<ImageEncoderMsg>, msg: ImageEncoderMsg, state: &mut ImageEncoderState) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ImageEncoderMsg::Encode(seen) => {
-                // Waiting for a free worker here is the backpressure: further pictures stay in
-                // the mailbox instead of piling up as decoded images in memory.
-                let permit = state.slots.clone().acquire_owned().await?;
-                let tower = state.args.tower.clone();
-                let preprocess = state.args.preprocess.clone();
-                let limits = state.args.limits;
-                let max_file_bytes = state.args.max_file_bytes;
-                let index = state.args.index.clone();
-                tokio::spawn(async move {
-                    let path = seen.path.clone();
-                    let msg = match encode_or_reuse(seen, tower, preprocess, limits, max_file_bytes, &index).await {
-                        Ok((entry, vector, encoded)) => IndexMsg::Insert { entry, vector, encoded },
-                        Err(e) => IndexMsg::Failed { path, error: e.to_string() },
-                    };
-                    let _ = index.cast(msg);
-                    drop(permit);
-                });
-            }
+        let (seen, reuse) = match msg {
+            ImageEncoderMsg::Encode(seen) => (seen, true),
+            ImageEncoderMsg::Reencode(seen) => (seen, false),
             ImageEncoderMsg::Drain(timeout, reply) => {
                 // Messages before this one are handled already; wait for the running ones.
                 let all = state.args.workers.max(1) as u32;
                 let _ = tokio::time::timeout(timeout, state.slots.acquire_many(all)).await;
                 let _ = reply.send(());
+                return Ok(());
             }
-        }
+        };
+        // Waiting for a free worker here is the backpressure: further pictures stay in
+        // the mailbox instead of piling up as decoded images in memory.
+        let permit = state.slots.clone().acquire_owned().await?;
+        let tower = state.args.tower.clone();
+        let preprocess = state.args.preprocess.clone();
+        let limits = state.args.limits;
+        let max_file_bytes = state.args.max_file_bytes;
+        let index = state.args.index.clone();
+        tokio::spawn(async move {
+            let path = seen.path.clone();
+            let msg = match encode_or_reuse(seen, reuse, tower, preprocess, limits, max_file_bytes, &index).await {
+                Ok((entry, vector, encoded)) => IndexMsg::Insert { entry, vector, encoded },
+                Err(e) => IndexMsg::Failed { path, error: e.to_string() },
+            };
+            let _ = index.cast(msg);
+            drop(permit);
+        });
         Ok(())
     }
 }
@@ -96,6 +100,7 @@ impl Actor for ImageEncoderActor {
 /// model work run on blocking threads.
 async fn encode_or_reuse(
     seen: FileSeen,
+    reuse: bool,
     tower: ImageTower,
     preprocess: PreprocessCfg,
     limits: DecodeLimits,
@@ -113,7 +118,7 @@ async fn encode_or_reuse(
     })
     .await
     .map_err(|e| DeviceError::Actor(format!("reader crashed: {e}")))??;
-    let reused = ractor::call_t!(index, IndexMsg::Reuse, REUSE_TIMEOUT_MS, hash).ok().flatten();
+    let reused = if reuse { ractor::call_t!(index, IndexMsg::Reuse, REUSE_TIMEOUT_MS, hash).ok().flatten() } else { None };
     if let Some((old, vector)) = reused {
         debug!(path = %seen.path.display(), from = %old.path.display(), "same content already encoded; vector reused");
         let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, ..old };

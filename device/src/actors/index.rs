@@ -79,6 +79,8 @@ pub enum IndexMsg {
         /// The answer: model id and hits, or why not.
         port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
     },
+    /// The entry of the picture with this id (for the HTTP endpoint's thumbnails).
+    Picture(String, RpcReplyPort<Option<Entry>>),
     /// The pictures `filter` keeps, int8-quantised in chunks, for a server-ranked search.
     Export {
         /// Which pictures.
@@ -346,10 +348,18 @@ impl Actor for IndexActor {
             IndexMsg::Rank { query, k, filter, port } => {
                 let _ = port.send(rank(&state.args.index, &query, k, &filter));
             }
+            IndexMsg::Picture(id, port) => {
+                let _ = port.send(state.args.index.by_id(&id).cloned());
+            }
             IndexMsg::Like { path, k, mut filter, port } => {
                 let index = &state.args.index;
+                // The picture is named by its path or by its id.
+                let path = match index.get(&path) {
+                    Some(_) => path,
+                    None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()).unwrap_or(path),
+                };
                 let answer = match index.vector_of(&path) {
-                    None => Err(format!("{} is not an indexed picture", path.display())),
+                    None => Err(format!("{} is not an indexed picture (give its path or id)", path.display())),
                     Some(query) => {
                         filter.exclude = Some(path);
                         index.search_filtered(index.model(), &query, k, &filter).map(|hits| (index.model().to_string(), to_hits(hits))).map_err(|e| e.to_string())
@@ -493,10 +503,8 @@ pub struct Export {
     pub model: String,
     /// Vector dimension.
     pub dim: usize,
-    /// Picture of each id.
-    pub paths: Vec<PathBuf>,
-    /// Capture time of each id.
-    pub taken: Vec<i64>,
+    /// Picture of each id, as a hit without its score.
+    pub pictures: Vec<Hit>,
     /// Chunks: (ids, scales, int8 codes).
     pub chunks: Vec<(Vec<u32>, Vec<f32>, Vec<i8>)>,
 }
@@ -509,13 +517,12 @@ fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usi
             kept.len()
         ));
     }
-    let mut out = Export { model: index.model().to_string(), dim: index.dim(), paths: Vec::new(), taken: Vec::new(), chunks: Vec::new() };
+    let mut out = Export { model: index.model().to_string(), dim: index.dim(), pictures: Vec::new(), chunks: Vec::new() };
     for group in kept.chunks(chunk_vectors.max(1)) {
         let (mut ids, mut scales, mut codes) = (Vec::new(), Vec::new(), Vec::with_capacity(group.len() * index.dim()));
         for (entry, vector) in group {
-            ids.push(out.paths.len() as u32);
-            out.paths.push(entry.path.clone());
-            out.taken.push(entry.taken_s);
+            ids.push(out.pictures.len() as u32);
+            out.pictures.push(hit(entry, 0.0));
             scales.push(edgeclip_messages::wire::quantise(vector, &mut codes));
         }
         out.chunks.push((ids, scales, codes));
@@ -524,5 +531,20 @@ fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usi
 }
 
 fn to_hits(ranked: Vec<Ranked<'_>>) -> Vec<Hit> {
-    ranked.into_iter().map(|r| Hit { path: r.entry.path.display().to_string(), score: r.score, taken_s: r.entry.taken_s }).collect()
+    ranked.into_iter().map(|r| hit(r.entry, r.score)).collect()
+}
+
+/// A picture as a search result: what the index knows of it, without reading the file. The
+/// thumbnail URL is added by the search actor, which knows the HTTP endpoint.
+pub fn hit(entry: &Entry, score: f32) -> Hit {
+    Hit {
+        path: entry.path.display().to_string(),
+        score,
+        taken_s: entry.taken_s,
+        id: entry.id(),
+        bytes: entry.size,
+        width: entry.width,
+        height: entry.height,
+        thumb_url: None,
+    }
 }

@@ -5,10 +5,12 @@
 //! - [`image_encoder`]: decodes, preprocesses and encodes pictures on worker threads.
 //! - [`index`]: owns the vector index, ranks, publishes the retained status.
 //! - [`search`]: takes searches, asks the cloud for the text vector, answers with hits.
+//! - [`discovery`]: announces the device to Home Assistant (MQTT discovery).
 //!
 //! The MQTT link actor is `edgeclip_link::LinkActor`, shared with the cloud.
 
 pub mod capture;
+pub mod discovery;
 pub mod image_encoder;
 pub mod index;
 pub mod search;

@@ -73,6 +73,12 @@ pub struct SearchArgs {
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
     pub max_server_vectors: usize,
+    /// Base URL of the device's HTTP endpoint (`http://host:port`), when it is on: hits get
+    /// `<base>/thumb/<id>` as their thumbnail URL.
+    pub thumb_base: Option<String>,
+    /// Publish the best match's thumbnail bytes (retained) with this longest side and these
+    /// decoder bounds (`[homeassistant] image_bytes`).
+    pub best_image: Option<(u32, crate::preprocess::DecodeLimits)>,
 }
 
 struct Pending {
@@ -91,8 +97,7 @@ struct Pending {
 /// A server-ranked search in flight: the chunks sent and the hits merged so far.
 struct ServerRanked {
     model: String,
-    paths: Vec<PathBuf>,
-    taken: Vec<i64>,
+    pictures: Vec<Hit>,
     chunks: u32,
     received: std::collections::HashSet<u32>,
     hits: Vec<(u32, f32)>,
@@ -216,8 +221,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
                 }
                 server = Some(ServerRanked {
                     model: export.model,
-                    paths: export.paths,
-                    taken: export.taken,
+                    pictures: export.pictures,
                     chunks,
                     received: Default::default(),
                     hits: Vec::new(),
@@ -287,7 +291,7 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
             let chunk = r.chunk.to_native();
             let valid = chunk < server.chunks
                 && ranked.ids.len() == ranked.scores.len()
-                && ranked.ids.iter().all(|id| (id.to_native() as usize) < server.paths.len());
+                && ranked.ids.iter().all(|id| (id.to_native() as usize) < server.pictures.len());
             if !valid {
                 Some("the cloud's ranking does not fit the search".to_string())
             } else {
@@ -313,7 +317,7 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
                 .into_iter()
                 .filter(|(_, s)| p.filter.min_score.is_none_or(|m| *s >= m))
                 .take(p.k)
-                .map(|(i, score)| Hit { path: server.paths[i as usize].display().to_string(), score, taken_s: server.taken[i as usize] })
+                .map(|(i, score)| Hit { score, ..server.pictures[i as usize].clone() })
                 .collect();
             let took_ms = p.started.elapsed().as_millis() as u64;
             SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits })
@@ -401,13 +405,47 @@ fn respond<E: std::fmt::Display>(ranked: Result<Result<(String, Vec<Hit>), Strin
 }
 
 /// Publishes the answer on the results topic and hands it to the in-process caller, if any.
-fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, response: SearchResponse) {
+fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, mut response: SearchResponse) {
+    if let (SearchResponse::Results(results), Some(base)) = (&mut response, &state.args.thumb_base) {
+        for hit in &mut results.hits {
+            hit.thumb_url = Some(format!("{base}/thumb/{}", hit.id));
+        }
+    }
+    if let SearchResponse::Results(SearchResults { hits, .. }) = &response {
+        if let Some(best) = hits.first() {
+            publish_best(state, best);
+        }
+    }
     match serde_json::to_vec(&response) {
         Ok(json) => edgeclip_link::publish(&state.args.link, topics::results(&state.args.device_id), json, false),
         Err(e) => warn!(error = %e, "answer not serialisable"),
     }
     if let Some(port) = port {
         let _ = port.send(response);
+    }
+}
+
+/// Publishes the best match for dashboards (retained): its thumbnail URL, and if enabled its
+/// thumbnail bytes, made on a blocking thread.
+fn publish_best(state: &SearchState, best: &Hit) {
+    let device = &state.args.device_id;
+    if let Some(url) = &best.thumb_url {
+        edgeclip_link::publish(&state.args.link, topics::best_url(device), url.clone().into_bytes(), true);
+    }
+    if let Some((side, limits)) = state.args.best_image {
+        let (link, topic, path) = (state.args.link.clone(), topics::best_image(device), PathBuf::from(&best.path));
+        tokio::spawn(async move {
+            let made = tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                crate::thumb::make_thumbnail(&bytes, side, limits).map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .await;
+            match made {
+                Ok(Ok(jpeg)) => edgeclip_link::publish(&link, topic, jpeg, true),
+                Ok(Err(e)) => warn!(error = %e, "best match thumbnail not published"),
+                Err(e) => warn!(error = %e, "best match thumbnail failed"),
+            }
+        });
     }
 }
 

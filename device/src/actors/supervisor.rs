@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use edgeclip_link::{Incoming, LinkActor, LinkArgs, LinkMsg, Presence};
 use edgeclip_messages::dashboard::{DeviceStatus, SearchRequest, SearchResponse};
-use edgeclip_messages::topics;
+use edgeclip_messages::{homeassistant, topics};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
 use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
+use super::discovery::{DiscoveryActor, DiscoveryArgs, DiscoveryMsg};
 use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
 use super::index::{IndexActor, IndexArgs, IndexMsg};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
+use crate::http::{HttpContext, HttpServer};
 use crate::store::Store;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
@@ -34,6 +36,10 @@ pub enum SupervisorMsg {
     Status(RpcReplyPort<DeviceStatus>),
     /// Scan the folders now.
     Rescan,
+    /// Encode every picture again.
+    Reindex,
+    /// Where the HTTP endpoint listens, if it is on.
+    HttpAddr(RpcReplyPort<Option<std::net::SocketAddr>>),
     /// Stop everything in order, then answer.
     Shutdown(RpcReplyPort<()>),
 }
@@ -45,6 +51,8 @@ pub struct SupervisorState {
     encoder: ActorRef<ImageEncoderMsg>,
     search: ActorRef<SearchMsg>,
     capture: ActorRef<CaptureMsg>,
+    discovery: Option<ActorRef<DiscoveryMsg>>,
+    http: Option<HttpServer>,
     stopping: bool,
 }
 
@@ -69,7 +77,12 @@ impl Actor for DeviceSupervisor {
                 online: topics::ONLINE.into(),
                 offline: topics::OFFLINE.into(),
             });
-        let options = config.broker.link_options(vec![topics::search(&device), topics::cloud_reply(&device), topics::fleet_query(&device)], presence);
+        let ha = &config.homeassistant;
+        let mut subscriptions = vec![topics::search(&device), topics::cloud_reply(&device), topics::command(&device), topics::fleet_query(&device)];
+        if ha.discovery {
+            subscriptions.push(homeassistant::ha_status(&ha.prefix));
+        }
+        let options = config.broker.link_options(subscriptions, presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let store_dir = config.state_dir.join("index");
@@ -101,6 +114,19 @@ impl Actor for DeviceSupervisor {
             index: index.clone(),
         };
         let (encoder, _) = Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
+        // The HTTP endpoint is optional: a port in use costs the page and thumbnails, not the
+        // device's searches over MQTT.
+        let bound = if config.http.enabled {
+            match crate::http::bind(&config.http).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    error!(error = %e, "HTTP endpoint off; searches over MQTT still work");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let search_args = SearchArgs {
             device_id: device.clone(),
             model: model.id.clone(),
@@ -116,6 +142,8 @@ impl Actor for DeviceSupervisor {
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
             server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
             max_server_vectors: config.search.max_server_vectors,
+            thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
+            best_image: ha.image_bytes.then_some((config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         let capture_args = CaptureArgs {
@@ -128,28 +156,68 @@ impl Actor for DeviceSupervisor {
             encoder: encoder.clone(),
             index: index.clone(),
         };
-        let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell).await?;
+        let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell.clone()).await?;
+        let discovery = if ha.discovery {
+            let options = homeassistant::DiscoveryOptions {
+                prefix: ha.prefix.clone(),
+                device_id: device.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                image_url: bound.is_some(),
+                image_bytes: ha.image_bytes,
+            };
+            let (discovery, _) = Actor::spawn_linked(None, DiscoveryActor, DiscoveryArgs { options, link: link.clone() }, cell).await?;
+            Some(discovery)
+        } else {
+            None
+        };
+        let http = bound.map(|bound| {
+            let context = HttpContext {
+                search: search.clone(),
+                index: index.clone(),
+                cache_dir: config.http.cache_dir.clone(),
+                thumb_side: config.http.thumb_side,
+                limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
+                max_file_bytes: config.encoder.max_file_mib << 20,
+                max_text_bytes: config.search.max_text_bytes,
+                search_timeout: config.cloud_timeout() + Duration::from_secs(2),
+            };
+            HttpServer::start(bound, context)
+        });
 
-        let (search_topic, reply_topic, fleet_topic) = (topics::search(&device), topics::cloud_reply(&device), topics::fleet_query(&device));
-        let to_search = search.clone();
+        let (search_topic, reply_topic, command_topic) = (topics::search(&device), topics::cloud_reply(&device), topics::command(&device));
+        let fleet_topic = topics::fleet_query(&device);
+        let ha_status = homeassistant::ha_status(&ha.prefix);
+        let (to_search, to_me, to_discovery) = (search.clone(), myself.clone(), discovery.clone());
         let router = Arc::new(move |msg: Incoming| {
             let routed = if msg.topic == search_topic {
-                to_search.cast(SearchMsg::Payload(msg.payload.to_vec()))
+                to_search.cast(SearchMsg::Payload(msg.payload.to_vec())).map_err(|_| "search")
             } else if msg.topic == reply_topic {
-                to_search.cast(SearchMsg::CloudReply(msg.payload.to_vec()))
+                to_search.cast(SearchMsg::CloudReply(msg.payload.to_vec())).map_err(|_| "search")
             } else if msg.topic == fleet_topic {
-                to_search.cast(SearchMsg::FleetQuery(msg.payload.to_vec()))
+                to_search.cast(SearchMsg::FleetQuery(msg.payload.to_vec())).map_err(|_| "search")
+            } else if msg.topic == command_topic {
+                match msg.payload.trim_ascii() {
+                    c if c == homeassistant::RESCAN.as_bytes() => to_me.cast(SupervisorMsg::Rescan).map_err(|_| "supervisor"),
+                    c if c == homeassistant::REINDEX.as_bytes() => to_me.cast(SupervisorMsg::Reindex).map_err(|_| "supervisor"),
+                    other => {
+                        let shown: String = String::from_utf8_lossy(other).chars().take(64).collect();
+                        warn!(command = %shown, "unknown command ignored (rescan, reindex)");
+                        Ok(())
+                    }
+                }
+            } else if msg.topic == ha_status {
+                to_discovery.as_ref().map_or(Ok(()), |d| d.cast(DiscoveryMsg::HaStatus(msg.payload.to_vec())).map_err(|_| "discovery"))
             } else {
                 Ok(())
             };
-            if routed.is_err() {
-                tracing::debug!("search actor gone; publish dropped");
+            if let Err(actor) = routed {
+                tracing::debug!(actor, "actor gone; publish dropped");
             }
         });
         link.cast(LinkMsg::Start(router))?;
         capture.cast(CaptureMsg::Scan)?;
         info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
-        Ok(SupervisorState { link, index, encoder, search, capture, stopping: false })
+        Ok(SupervisorState { link, index, encoder, search, capture, discovery, http, stopping: false })
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
@@ -161,11 +229,21 @@ impl Actor for DeviceSupervisor {
                 state.index.cast(IndexMsg::Status(port))?;
             }
             SupervisorMsg::Rescan => {
+                info!("rescan requested");
                 state.capture.cast(CaptureMsg::Scan)?;
+            }
+            SupervisorMsg::Reindex => {
+                state.capture.cast(CaptureMsg::Reindex)?;
+            }
+            SupervisorMsg::HttpAddr(port) => {
+                let _ = port.send(state.http.as_ref().map(|h| h.addr));
             }
             SupervisorMsg::Shutdown(port) => {
                 state.stopping = true;
                 info!("device shutting down");
+                if let Some(http) = state.http.take() {
+                    http.shutdown(STOP_TIMEOUT).await;
+                }
                 let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.index.cast(IndexMsg::Stopping);
                 let drained = ractor::call_t!(state.encoder, |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p), DRAIN_TIMEOUT.as_millis() as u64 + 1000);
@@ -174,6 +252,9 @@ impl Actor for DeviceSupervisor {
                 }
                 let _ = state.encoder.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.search.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                if let Some(discovery) = state.discovery.take() {
+                    let _ = discovery.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                }
                 // Let the index publish its last status before the link goes.
                 let _ = state.index.drain_and_wait(Some(STOP_TIMEOUT)).await;
                 let _ = ractor::call_t!(state.link, LinkMsg::Disconnect, 5000);
