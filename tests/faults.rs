@@ -1,31 +1,18 @@
-//! Faults, each through the real programs: the device's disk filling up while it writes its
-//! index.
+//! Faults through the real programs and a real broker: the device's disk filling up while it
+//! writes its index, and Mosquitto restarted while the device indexes and searches.
 
 mod util;
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgeclip::client::Client;
 use edgeclip_cloud::Cloud;
+use edgeclip_device::Device;
 use edgeclip_messages::dashboard::{DeviceStatus, SearchResponse};
 use util::*;
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling_binary(name: &str) -> std::path::PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
-    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
-    path
-}
 
 fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
     let limit = libc::rlimit { rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY), rlim_max: libc::RLIM_INFINITY };
@@ -91,7 +78,7 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
             Ok(())
         });
     }
-    let device = KillOnDrop(command.spawn().expect("device starts"));
+    let device = Killed(command.spawn().expect("device starts"));
     let pid = device.0.id() as libc::pid_t;
 
     let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5))).await.expect("connect");
@@ -129,4 +116,84 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     paths.dedup();
     assert_eq!(paths.len(), labels.len());
     bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+}
+
+/// Mosquitto is restarted while the device indexes and while a search waits for the cloud:
+/// device and cloud reconnect by themselves, the index ends with every picture exactly once,
+/// and the search in flight answers (after the device's retry) or fails with a reason — it
+/// never hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    // Four copies of every picture under other names: enough work to restart the broker
+    // while the device is still indexing.
+    let pictures = tempfile::tempdir().expect("pictures");
+    for copy in 0..4 {
+        for name in labels.keys() {
+            std::fs::copy(shapes.join(name), pictures.path().join(format!("{copy}-{name}"))).expect("copy");
+        }
+    }
+    let total = labels.len() * 4;
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let mut broker = Some(mosquitto(port, tmp.path()));
+    let cloud = bounded("cloud start", Cloud::start(cloud_config(&url, "restart-w"))).await.expect("cloud");
+    let state = tempfile::tempdir().expect("state");
+    let mut config = device_config(&url, "restarted", &[pictures.path()], state.path());
+    config.encoder.workers = 1;
+    let device = bounded("device start", Device::start(config)).await.expect("device");
+
+    // Restart the broker while pictures are still waiting.
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    loop {
+        let s = device.status().await.expect("status");
+        if s.indexed >= 2 {
+            assert!((s.indexed as usize) < total, "indexing finished before the broker restart; make the test's folder bigger");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the device never started indexing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(broker.take());
+    // A search while the broker is down: the device cannot reach the cloud.
+    let started = Instant::now();
+    let conf_dir = tmp.path().to_path_buf();
+    let (answer, restarted) = tokio::join!(device.search(edgeclip_messages::dashboard::SearchRequest::text("a red circle")), async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::spawn_blocking(move || mosquitto(port, &conf_dir)).await.expect("restart")
+    });
+    broker = Some(restarted);
+    let answer = answer.expect("the device answers");
+    let waited = started.elapsed();
+    // Answered after the retry once the broker is back, or failed with a reason; never a hang.
+    match &answer {
+        SearchResponse::Results(r) => assert!(!r.hits.is_empty()),
+        SearchResponse::Error(e) => assert!(e.error.contains("cloud"), "a reason naming the cloud: {}", e.error),
+    }
+    assert!(waited < Duration::from_secs(15), "the search took {waited:?}");
+
+    // Both reconnect on their own: the device finishes and answers searches again.
+    let done = wait_idle(&device).await;
+    assert_eq!((done.indexed as usize, done.failed), (total, 0), "{done:?}");
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    loop {
+        let r = device.search(edgeclip_messages::dashboard::SearchRequest::text("a blue square")).await.expect("search");
+        if matches!(r, SearchResponse::Results(_)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "searches never worked again: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bounded("device shutdown", device.shutdown()).await.expect("shutdown");
+    bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+    drop(broker);
+
+    let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
+    let (_, index, _) = edgeclip_device::store::Store::open(&state.path().join("index"), &model.id, model.dim).expect("store");
+    let mut paths: Vec<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!((index.len(), paths.len()), (total, total), "every picture exactly once");
 }

@@ -4,7 +4,7 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use edgeclip::client::Client;
@@ -15,21 +15,6 @@ use edgeclip_messages::dashboard::{SearchRequest, SearchResponse};
 use edgeclip_messages::topics;
 use util::*;
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto_bin(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed: the README's test command (bash .ci/run) installs Mosquitto"))
-}
 
 /// A CA, and a server certificate for `localhost` signed by it: (ca.pem, server.pem, server.key).
 fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -72,7 +57,7 @@ fn security(user: &str, ca: &Path) -> Security {
 }
 
 /// Mosquitto on a free port: TLS, passwords, the documented ACL plus the test's owners.
-fn secure_mosquitto(dir: &Path, port: u16) -> (KillOnDrop, PathBuf) {
+fn secure_mosquitto(dir: &Path, port: u16) -> (Killed, PathBuf) {
     readable_by_all(dir);
     let (ca, cert, key) = certificates(dir, "broker");
     let passwd = dir.join("passwd");
@@ -110,13 +95,7 @@ fn secure_mosquitto(dir: &Path, port: u16) -> (KillOnDrop, PathBuf) {
     for p in [&passwd, &acl_path, &conf, &ca, &cert, &key] {
         readable_by_all(p);
     }
-    let child = Command::new(mosquitto_bin("mosquitto")).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (KillOnDrop(child), ca)
+    (mosquitto_with(&conf, port), ca)
 }
 
 fn seen_on(recorder: &Recorder, topic: &str) -> Vec<Vec<u8>> {
@@ -126,10 +105,7 @@ fn seen_on(recorder: &Recorder, topic: &str) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let (_broker, ca) = secure_mosquitto(tmp.path(), port);
     let url = format!("mqtts://localhost:{port}");
 

@@ -388,12 +388,6 @@ fn command_line_failures_exit_non_zero_with_a_one_line_reason() {
 
 // ---- a real deployment: separate programs against Mosquitto ----
 
-/// A program of the workspace built next to `edgeclip` (the README's test command builds them).
-fn sibling_binary(name: &str) -> std::path::PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
-    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
-    path
-}
 
 #[test]
 fn device_and_cloud_programs_work_against_mosquitto_and_a_killed_device_goes_offline() {

@@ -300,20 +300,37 @@ impl Drop for Killed {
 /// Mosquitto on `127.0.0.1:port`, without persistence (a restart loses retained messages),
 /// its config in `dir`.
 pub fn mosquitto(port: u16, dir: &Path) -> Killed {
-    use std::process::{Command, Stdio};
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")).expect("conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("Mosquitto is not installed: the README's test command (bash .ci/run) installs it");
-    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
+    mosquitto_with(&conf, port)
+}
+
+/// A program of the Mosquitto package (`mosquitto`, `mosquitto_passwd`).
+pub fn mosquitto_bin(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: the README's test command (bash .ci/run) installs Mosquitto"))
+}
+
+/// Mosquitto with the configuration file `conf`, once it listens on `port`.
+pub fn mosquitto_with(conf: &Path, port: u16) -> Killed {
+    use std::process::{Command, Stdio};
+    let child = Command::new(mosquitto_bin("mosquitto")).arg("-c").arg(conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "mosquitto did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
     Killed(child)
+}
+
+/// A program of the workspace built next to `edgeclip` (the README's test command builds them).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
+    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    path
 }
 
 /// A free TCP port on 127.0.0.1.
