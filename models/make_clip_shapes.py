@@ -459,7 +459,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--train-images", type=int, default=24000)
     ap.add_argument("--eval-images", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--aux", type=float, default=0.5, help="weight of auxiliary attribute heads on the image embedding (training only)")
