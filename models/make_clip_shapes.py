@@ -175,6 +175,10 @@ def train(args, x, sh, bg, val=None, cfg=None):
     torch.backends.mha.set_fastpath_enabled(False)
     rng = np.random.default_rng((args.seed, 2))
     model = open_clip.CLIP(**(cfg or CONFIG))
+    if getattr(args, "init", None):
+        # warm restart: a further cosine cycle from an earlier run's weights
+        model.load_state_dict(torch.load(args.init))
+        log("initialised from", args.init)
     model.train()
 
     # optional auxiliary attribute heads on the image embedding (training only, not exported)
@@ -466,6 +470,7 @@ def main():
     ap.add_argument("--dense", type=float, default=0.0, help="weight of per-token shape supervision (experimental, off)")
     ap.add_argument("--hard", type=float, default=0.5, help="fraction of each batch drawn as same-colour, different-kind groups of 4")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="start from this state dict (a further cosine cycle, warm restart)")
     ap.add_argument("--val-every", type=int, default=250, help="torch validation every N steps (0 = off)")
     ap.add_argument("--out", default=os.path.join(HERE, "clip-shapes"))
     ap.add_argument("--work", default=os.path.join(HERE, ".work"))
@@ -492,6 +497,7 @@ def main():
         model, train_time, hist = train(args, x, sh, bg, val)
         torch.save(model.state_dict(), ckpt)
         info = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "train_images": args.train_images,
+                "init": args.init, "aux": args.aux, "hard": args.hard,
                 "seed": args.seed, "train_seconds": round(train_time, 1), "final_loss": float(np.mean(hist[-20:])),
                 "quick": args.quick, "torch_threads": torch.get_num_threads()}
         with open(run_info_path, "w") as f:
