@@ -1,0 +1,3 @@
+//! Fuzz target: arbitrary bytes into `edgeclip_fuzz::json` (see fuzz/src/harness.rs).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| edgeclip_fuzz::json(data));

@@ -1,0 +1,5 @@
+//! Fuzz target: arbitrary bytes into `edgeclip_fuzz::store` (see fuzz/src/harness.rs).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    edgeclip_fuzz::store(data);
+});
