@@ -142,12 +142,13 @@ fn main() -> anyhow::Result<()> {
         let pictures = 100_000;
         for m in &models {
             eprintln!("end to end, {} ...", m.name);
-            let (state, rank) = system::prepare_state(&work, &m.dir, pictures)?;
+            let (state, photos, rank) = system::prepare_state(&work, &m.dir, pictures)?;
             let setup = system::Setup {
                 bin_dir: &bin_dir,
                 work: &work,
                 model: &m.dir,
                 state: &state,
+                photos: &photos,
                 pictures: pictures as u64,
                 warm: if args.quick { 50 } else { 200 },
                 cold: if args.quick { 10 } else { 40 },

@@ -44,8 +44,12 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 /// A state folder whose index holds `n` pictures of `model_dir`'s model (seeded unit vectors,
 /// written by the device's own store and compacted, as a device that indexed them has it).
 /// Also times the device's ranker on the same vectors in int8, one thread (for the split).
-pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<(PathBuf, Value)> {
+/// The pictures are empty files under `<root>/photos-<n>/` (the device's scan must find every
+/// indexed file unchanged, or it removes it from the index); returns the state and photo folders.
+pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<(PathBuf, PathBuf, Value)> {
     let folder = ModelFolder::open(model_dir, None)?;
+    let root = std::fs::canonicalize(root)?;
+    let photos = root.join(format!("photos-{n}"));
     let state = root.join(format!("state-{}-{n}", folder.dim));
     let index_dir = state.join("index");
     let _ = std::fs::remove_dir_all(&state);
@@ -58,10 +62,23 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
     for i in 0..n {
         v.clear();
         gen.unit(folder.dim, &mut v);
+        let path = photos.join(format!("{:04}/IMG_{i:07}.jpg", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(path.parent().context("photo folder")?)?;
+        }
+        if !path.is_file() {
+            std::fs::write(&path, b"")?;
+        }
+        let meta = std::fs::metadata(&path)?;
+        let mtime_ns = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
         let entry = Entry {
-            path: PathBuf::from(format!("/photos/{:04}/IMG_{i:07}.jpg", i / 1000)),
-            size: 3_000_000,
-            mtime_ns: i as i128,
+            path,
+            size: meta.len(),
+            mtime_ns,
             hash: [(i % 251) as u8; 32],
             width: 4000,
             height: 3000,
@@ -81,16 +98,17 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
         std::hint::black_box(top_k_by(table.len(), 10, |_| true, |row| table.score(&prepared, row)));
         ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    Ok((state, json!({"model": folder.id, "dim": folder.dim, "pictures": n, "rank_i8_1_thread_median_ms": percentile(&ms, 50.0)})))
+    Ok((state, photos, json!({"model": folder.id, "dim": folder.dim, "pictures": n, "rank_i8_1_thread_median_ms": percentile(&ms, 50.0)})))
 }
 
-fn device_config(dir: &Path, state: &Path, model: &Path, url: &str) -> anyhow::Result<PathBuf> {
+fn device_config(dir: &Path, state: &Path, photos: Option<&Path>, model: &Path, url: &str) -> anyhow::Result<PathBuf> {
+    let folders = photos.map(|p| format!("\"{}\"", p.display())).unwrap_or_default();
     let path = dir.join(format!("device-{}.toml", state.file_name().and_then(|s| s.to_str()).unwrap_or("state")));
     std::fs::write(
         &path,
         format!(
             r#"device_id = "{DEVICE}"
-folders = []
+folders = [{folders}]
 state_dir = "{}"
 [model]
 dir = "{}"
@@ -164,6 +182,8 @@ impl Client {
         let mut options = rumqttc::MqttOptions::new(format!("bench-{}", std::process::id()), "127.0.0.1", port);
         options.set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+        // As edgeclip's own link does: no Nagle delay on small packets.
+        eventloop.network_options.set_tcp_nodelay(true);
         client.subscribe(topics::results(DEVICE), rumqttc::QoS::AtLeastOnce).await?;
         client.subscribe(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -184,15 +204,17 @@ impl Client {
     /// Waits for a retained status saying the device is idle with `indexed` pictures.
     async fn wait_ready(&mut self, indexed: u64, deadline: Duration) -> anyhow::Result<()> {
         let until = Instant::now() + deadline;
+        let mut last = Value::Null;
         loop {
             let left = until.saturating_duration_since(Instant::now());
             let Ok(Some((topic, payload))) = tokio::time::timeout(left, self.rx.recv()).await else {
-                bail!("the device did not report {indexed} pictures indexed within {deadline:?}");
+                bail!("the device did not report {indexed} pictures indexed and idle within {deadline:?}; last status: {last}");
             };
             if topic != topics::status(DEVICE) {
                 continue;
             }
             let status: Value = serde_json::from_slice(&payload).unwrap_or_default();
+            last = status.clone();
             if status["indexed"].as_u64() == Some(indexed) && status["state"] == "idle" {
                 return Ok(());
             }
@@ -244,6 +266,7 @@ pub struct Setup<'a> {
     pub work: &'a Path,
     pub model: &'a Path,
     pub state: &'a Path,
+    pub photos: &'a Path,
     pub pictures: u64,
     pub warm: usize,
     pub cold: usize,
@@ -263,7 +286,7 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         let empty = setup.work.join("state-empty");
         let _ = std::fs::remove_dir_all(&empty);
         std::fs::create_dir_all(&empty)?;
-        let cfg = device_config(setup.work, &empty, setup.model, &url)?;
+        let cfg = device_config(setup.work, &empty, None, setup.model, &url)?;
         let device = spawn(&setup.bin_dir.join("edgeclip-device"), &cfg, &logs.join(format!("device-empty-{broker}.log")))?;
         client.wait_ready(0, Duration::from_secs(300)).await.context("empty device")?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -275,7 +298,7 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         tokio::time::sleep(Duration::from_millis(500)).await;
         while client.rx.try_recv().is_ok() {}
     }
-    let cfg = device_config(setup.work, setup.state, setup.model, &url)?;
+    let cfg = device_config(setup.work, setup.state, Some(setup.photos), setup.model, &url)?;
     let started = Instant::now();
     let device = spawn(&setup.bin_dir.join("edgeclip-device"), &cfg, &logs.join(format!("device-{broker}.log")))?;
     client.wait_ready(setup.pictures, Duration::from_secs(600)).await.context("device with the index")?;
@@ -322,7 +345,8 @@ pub fn mosquitto(work: &Path) -> anyhow::Result<Option<(u16, impl Drop)>> {
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let conf = work.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"))?;
+    // set_tcp_nodelay: Mosquitto leaves Nagle's algorithm on by default (see BENCHMARKS.md).
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nset_tcp_nodelay true\n"))?;
     let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn()?;
     let child = Killed(child);
     let until = Instant::now() + Duration::from_secs(10);
