@@ -38,6 +38,9 @@ struct Args {
     /// The real-size model (ViT-B-32 in the Immich layout; made by models/export_full.py).
     #[arg(long, default_value = "models/full/ViT-B-32")]
     full_model: PathBuf,
+    /// MobileCLIP-S1 (image tower measured only; made by `models/export_full.py --model MobileCLIP-S1`).
+    #[arg(long, default_value = "models/full/MobileCLIP-S1")]
+    mobileclip: PathBuf,
     /// Python with onnxruntime, numpy and faiss-cpu.
     #[arg(long, env = "EDGECLIP_BENCH_PYTHON", default_value = "/work/pyenv/bin/python")]
     python: PathBuf,
@@ -52,6 +55,8 @@ struct Args {
 struct Model {
     name: &'static str,
     dir: PathBuf,
+    /// Only the image tower is measured (no text, no end-to-end run).
+    image_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,9 +81,9 @@ fn main() -> anyhow::Result<()> {
     eprintln!("memory bandwidth ...");
     results["bandwidth"] = json!([machine::bandwidth(1 << 30, 1), machine::bandwidth(1 << 30, cores)]);
 
-    let mut models = vec![Model { name: "clip-shapes", dir: PathBuf::from("models/clip-shapes") }];
+    let mut models = vec![Model { name: "clip-shapes", dir: PathBuf::from("models/clip-shapes"), image_only: false }];
     if args.full_model.join("visual/model.onnx").is_file() {
-        models.push(Model { name: "ViT-B-32", dir: args.full_model.clone() });
+        models.push(Model { name: "ViT-B-32", dir: args.full_model.clone(), image_only: false });
     } else {
         let why = format!(
             "{} is missing: make it with `/work/pyenv/bin/python models/export_full.py` (open_clip ViT-B-32, random weights, ~600 MB)",
@@ -86,6 +91,11 @@ fn main() -> anyhow::Result<()> {
         );
         eprintln!("skipping ViT-B-32: {why}");
         results["skipped"] = json!([{"model": "ViT-B-32", "why": why}]);
+    }
+    if args.mobileclip.join("visual/model.onnx").is_file() {
+        models.push(Model { name: "MobileCLIP-S1", dir: args.mobileclip.clone(), image_only: true });
+    } else {
+        eprintln!("skipping MobileCLIP-S1: {} is missing (models/export_full.py --model MobileCLIP-S1)", args.mobileclip.display());
     }
 
     // Python tasks, filled in as the Rust side writes the shared inputs.
@@ -106,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             flops_tasks.push(json!({"task": "flops", "name": format!("flops/image/{}", m.name), "onnx": onnx, "input_shape": [1, 3, size, size]}));
             results["image"][m.name] = r;
         }
-        if wants("text") {
+        if wants("text") && !m.image_only {
             eprintln!("text encoding, {} ...", m.name);
             let ids = data_dir.join(format!("text_ids_{}.i64", m.name));
             let r = encoding::text(&m.dir, cores, args.seconds, &ids).with_context(|| format!("text encoding of {}", m.name))?;
@@ -148,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         );
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let pictures = 100_000;
-        for m in &models {
+        for m in models.iter().filter(|m| !m.image_only) {
             eprintln!("end to end, {} ...", m.name);
             let (state, photos, rank) = system::prepare_state(&work, &m.dir, pictures)?;
             let setup = system::Setup {
@@ -226,7 +236,7 @@ fn print_tables(r: &Value, cores: usize) {
     );
 
     if let Some(images) = r["image"].as_object() {
-        println!("\nIMAGE ENCODING (4000x3000 JPEG; model input 224x224)");
+        println!("\nIMAGE ENCODING (4000x3000 JPEG; model input as each model says: 224 or 256)");
         println!("{:<12} {:<44} {:>11} {:>11} {:>7} {:>8}", "model", "measure", "edgeclip", "onnxrt", "ratio", "of peak");
         for (name, e) in images {
             let flops = task(r, 1, &format!("flops/image/{name}")).map(|t| f(&t["flops"])).unwrap_or(f64::NAN);
