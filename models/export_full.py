@@ -4,6 +4,10 @@ downloaded here) in the Immich layout, to check edgeclip's loading and speed on 
 real size:
 
     /work/pyenv/bin/python models/export_full.py [OUT_DIR]      # default models/full/ViT-B-32
+    /work/pyenv/bin/python models/export_full.py --model MobileCLIP-S1 [--skip-parity]
+
+(--model: any open_clip architecture; MobileCLIP models are reparameterised first, as their
+inference form requires.)
 
 Writes config.json (open_clip's own ViT-B-32 model config), visual/model.onnx (~350 MB),
 textual/model.onnx (~250 MB), visual/preprocess_cfg.json, textual/tokenizer.json,
@@ -23,11 +27,16 @@ sys.path.insert(0, HERE)
 import clip_export as E  # noqa: E402
 import shapes as S  # noqa: E402
 
-MODEL = "ViT-B-32"
-
-
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "full", MODEL)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--skip-parity", action="store_true")
+    args = parser.parse_args()
+    MODEL = args.model
+    out = args.out or os.path.join(HERE, "full", MODEL)
     import torch
     import open_clip
 
@@ -37,6 +46,10 @@ def main():
     cfg = open_clip.get_model_config(MODEL)
     model = open_clip.create_model(MODEL, pretrained=None)
     model.eval()
+    if MODEL.startswith("MobileCLIP"):
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)
     os.makedirs(out, exist_ok=True)
     E.write_json(os.path.join(out, "config.json"), cfg)
     E.export_towers(model, out, context_length=cfg["text_cfg"].get("context_length", 77),
@@ -55,7 +68,8 @@ def main():
         for f in sorted(files):
             p = os.path.join(root, f)
             print(f"  {os.path.relpath(p, out)}  {os.path.getsize(p)} bytes")
-    subprocess.run([sys.executable, os.path.join(HERE, "parity.py"), out, os.path.join(out, "parity")], check=True)
+    if not args.skip_parity:
+        subprocess.run([sys.executable, os.path.join(HERE, "parity.py"), out, os.path.join(out, "parity")], check=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@
 //! crop with Python's rounding, RGB, `/255`, minus mean, over std, NCHW. Alpha is dropped
 //! before resizing, as Immich does (open_clip on a raw RGBA picture would resize it
 //! premultiplied first; transparent photos are rare and the difference is at their edges).
+//!
+//! [`PreprocessCfg::picture`] is the whole path from file bytes to model input. A JPEG much
+//! larger than the model input is decoded at 1/2, 1/4 or 1/8 of its size by the decoder's DCT
+//! scaling (the pixels it would throw away are never reconstructed), keeping at least twice
+//! the resize target so the bicubic filter still does the final, antialiased reduction; the
+//! resize target and crop are computed from the full size, so the geometry is the same as a
+//! full decode's.
 
 use std::io::{BufRead, Cursor, Seek};
 use std::path::Path;
@@ -110,9 +117,39 @@ impl PreprocessCfg {
 
     /// Turns a decoded picture into the model's input, NCHW with N = 1.
     pub fn tensor(&self, img: &DynamicImage) -> Vec<f32> {
+        self.tensor_for_size(img, (img.width(), img.height()))
+    }
+
+    /// Decodes a picture file's bytes (bounded by `limits`, EXIF orientation applied) and
+    /// turns it into the model's input; also returns the picture's full width and height
+    /// (oriented). Large JPEGs are decoded at a reduced scale (see the module documentation);
+    /// everything else as [`decode_bytes`] does.
+    pub fn picture(&self, bytes: &[u8], limits: DecodeLimits) -> Result<(Vec<f32>, (u32, u32)), DeviceError> {
+        if bytes.starts_with(&[0xff, 0xd8]) && jpeg_is_complete(bytes) {
+            if let Some((img, full)) = decode_jpeg_scaled(bytes, limits, |w, h| self.reduction(w, h)) {
+                return Ok((self.tensor_for_size(&img, full), full));
+            }
+        }
+        let img = decode_bytes(bytes, limits)?;
+        Ok((self.tensor(&img), (img.width(), img.height())))
+    }
+
+    /// The largest DCT reduction (1, 2, 4 or 8) of a `w`x`h` picture that keeps the side the
+    /// resize is computed from at least twice the target.
+    fn reduction(&self, w: u32, h: u32) -> u32 {
+        let side = match self.resize_mode {
+            ResizeMode::Shortest | ResizeMode::Squash => w.min(h),
+            ResizeMode::Longest => w.max(h),
+        };
+        [8, 4, 2].into_iter().find(|&f| side / f >= 2 * self.size).unwrap_or(1)
+    }
+
+    /// [`PreprocessCfg::tensor`] of a picture decoded at a reduced scale from one of `full`
+    /// (width, height, oriented): the resize target and crop are those of the full size.
+    fn tensor_for_size(&self, img: &DynamicImage, full: (u32, u32)) -> Vec<f32> {
         let size = self.size;
         let filter = self.filter().unwrap_or(FilterType::CatmullRom);
-        let (w, h) = (img.width().max(1), img.height().max(1));
+        let (w, h) = (full.0.max(1), full.1.max(1));
         let (nw, nh) = match self.resize_mode {
             ResizeMode::Squash => (size, size),
             ResizeMode::Shortest => scale_side(w, h, size, w <= h),
@@ -214,6 +251,44 @@ pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, 
     decode_reader(Cursor::new(bytes), limits)
 }
 
+/// Decodes a complete baseline or progressive RGB or greyscale JPEG at the DCT reduction
+/// `reduction(width, height)` chooses (1, 2, 4 or 8), with its EXIF orientation applied.
+/// Returns the picture and its full size (oriented), or `None` when the reduction is 1 or
+/// this decoder cannot take the file (CMYK, 16-bit, an error): the caller then decodes it
+/// the ordinary way, which also reports the errors.
+fn decode_jpeg_scaled(bytes: &[u8], limits: DecodeLimits, reduction: impl Fn(u32, u32) -> u32) -> Option<(DynamicImage, (u32, u32))> {
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc).unwrap_or(usize::MAX));
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    if w == 0 || h == 0 || w > limits.max_side || h > limits.max_side {
+        return None;
+    }
+    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8) {
+        return None;
+    }
+    let f = reduction(w, h);
+    if f <= 1 {
+        return None;
+    }
+    let (sw, sh) = decoder.scale(w.div_ceil(f) as u16, h.div_ceil(f) as u16).ok()?;
+    let pixels = decoder.decode().ok()?;
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    let mut img = match decoder.info()?.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, pixels)?),
+        jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(sw, sh, pixels)?),
+        _ => return None,
+    };
+    let orientation = decoder
+        .exif_data()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    img.apply_orientation(orientation);
+    let full = if (img.width(), img.height()) == (sw, sh) { (w, h) } else { (h, w) };
+    Some((img, full))
+}
+
 /// Whether an end-of-image marker follows the last start-of-scan. Inside entropy-coded data
 /// every 0xFF byte is followed by 0x00 or a restart marker, so `FF D9` there is the real end.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
@@ -306,12 +381,8 @@ mod tests {
         assert!(decode_bytes(&[0xff, 0xd8, 0xff, 0xe0, 0, 16], limits).is_err());
     }
 
-    #[test]
-    fn exif_orientation_is_applied() {
-        // A 4x2 JPEG with Orientation=6 (rotate 90 degrees clockwise) decodes as 2x4.
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30])));
-        let mut jpeg = Vec::new();
-        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    /// `jpeg` with an EXIF block whose Orientation is `orientation` inserted after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
         let exif: Vec<u8> = {
             let mut e = b"Exif\0\0".to_vec();
             e.extend_from_slice(b"II*\0\x08\0\0\0"); // TIFF header, IFD at 8
@@ -319,7 +390,7 @@ mod tests {
             e.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
             e.extend_from_slice(&3u16.to_le_bytes()); // SHORT
             e.extend_from_slice(&1u32.to_le_bytes()); // count
-            e.extend_from_slice(&6u16.to_le_bytes());
+            e.extend_from_slice(&orientation.to_le_bytes());
             e.extend_from_slice(&[0, 0]);
             e.extend_from_slice(&0u32.to_le_bytes()); // next IFD
             e
@@ -329,8 +400,80 @@ mod tests {
         with_exif.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
         with_exif.extend_from_slice(&exif);
         with_exif.extend_from_slice(&jpeg[2..]);
-        let decoded = decode_bytes(&with_exif, DecodeLimits::default()).unwrap();
+        with_exif
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 4x2 JPEG with Orientation=6 (rotate 90 degrees clockwise) decodes as 2x4.
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30])));
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        let decoded = decode_bytes(&with_exif_orientation(&jpeg, 6), DecodeLimits::default()).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (2, 4));
+    }
+
+    /// A photo-like JPEG: smooth gradients, a few hard edges, some texture.
+    fn photo_like_jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let disc = ((fx - 0.3).powi(2) + (fy - 0.6).powi(2)) < 0.04;
+            let stripe = (x / 37 + y / 53) % 5 == 0;
+            let texture = ((x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 13) as f32 % 23.0;
+            let r = if disc { 230.0 } else { 40.0 + 150.0 * fx + texture };
+            let g = if stripe { 200.0 } else { 60.0 + 120.0 * fy + texture };
+            let b = 90.0 + 80.0 * (fx * 9.0).sin() * (fy * 7.0).cos();
+            image::Rgb([r.clamp(0.0, 255.0) as u8, g.clamp(0.0, 255.0) as u8, b.clamp(0.0, 255.0) as u8])
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
+        jpeg
+    }
+
+    #[test]
+    fn dct_reduction_keeps_twice_the_resize_target() {
+        let cfg = clip_cfg(224);
+        assert_eq!(cfg.reduction(4000, 3000), 4);
+        assert_eq!(cfg.reduction(3000, 4000), 4);
+        assert_eq!(cfg.reduction(1000, 896), 2);
+        assert_eq!(cfg.reduction(1000, 895), 1);
+        assert_eq!(cfg.reduction(600, 447), 1);
+        assert_eq!(cfg.reduction(300, 200), 1);
+    }
+
+    #[test]
+    fn large_jpegs_decoded_at_reduced_scale_give_nearly_the_full_decodes_input() {
+        let cfg = clip_cfg(224);
+        let jpeg = photo_like_jpeg(1920, 1080);
+        for orientation in [1u16, 6, 3] {
+            let bytes = with_exif_orientation(&jpeg, orientation);
+            let (scaled, full) = decode_jpeg_scaled(&bytes, DecodeLimits::default(), |w, h| cfg.reduction(w, h)).unwrap();
+            let reference_img = decode_bytes(&bytes, DecodeLimits::default()).unwrap();
+            assert_eq!(full, (reference_img.width(), reference_img.height()), "orientation {orientation}");
+            assert_eq!((scaled.width() * 2, scaled.height() * 2), full, "orientation {orientation}: decoded at 1/2");
+            let (fast, size) = cfg.picture(&bytes, DecodeLimits::default()).unwrap();
+            assert_eq!(size, full);
+            let reference = cfg.tensor(&reference_img);
+            assert_eq!(fast.len(), reference.len());
+            let diffs: Vec<f32> = fast.iter().zip(&reference).map(|(a, b)| (a - b).abs()).collect();
+            let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+            let max = diffs.iter().cloned().fold(0.0, f32::max);
+            // Normalised units: 0.04 is about 2.7/255 of a pixel value.
+            assert!(mean < 0.04, "orientation {orientation}: mean abs diff {mean}");
+            assert!(max < 1.0, "orientation {orientation}: max abs diff {max}");
+        }
+    }
+
+    #[test]
+    fn small_jpegs_and_other_formats_take_the_ordinary_path() {
+        let cfg = clip_cfg(224);
+        let jpeg = photo_like_jpeg(400, 300);
+        assert!(decode_jpeg_scaled(&jpeg, DecodeLimits::default(), |w, h| cfg.reduction(w, h)).is_none());
+        assert_eq!(cfg.picture(&jpeg, DecodeLimits::default()).unwrap(), (cfg.tensor(&decode_bytes(&jpeg, DecodeLimits::default()).unwrap()), (400, 300)));
+        assert!(cfg.picture(&jpeg[..jpeg.len() / 2], DecodeLimits::default()).is_err());
+        assert!(cfg.picture(b"not a picture", DecodeLimits::default()).is_err());
+        let tight = DecodeLimits { max_side: 1000, max_alloc: 512 << 20 };
+        assert!(cfg.picture(&photo_like_jpeg(1920, 1080), tight).is_err());
     }
 
     #[test]

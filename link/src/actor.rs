@@ -86,7 +86,11 @@ impl Actor for LinkActor {
 
     async fn pre_start(&self, _myself: ActorRef<LinkMsg>, args: LinkArgs) -> Result<LinkState, ActorProcessingErr> {
         let mqtt = args.options.mqtt_options()?;
-        let (client, eventloop) = AsyncClient::new(mqtt, 256);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 256);
+        // Searches are a few small packets each way; with Nagle's algorithm a small write
+        // waits for the peer's delayed ACK (40 ms on Linux) whenever one is in flight, which
+        // made a loopback search take ~180 ms instead of a few (BENCHMARKS.md).
+        eventloop.network_options.set_tcp_nodelay(true);
         Ok(LinkState { options: args.options, client, eventloop: Some(eventloop), poll: None, connected: false, connections: 0 })
     }
 
