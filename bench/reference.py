@@ -5,7 +5,7 @@ BLAS, and the FLOPs of an ONNX model. The Rust driver runs this script as a chil
 thread count, and merges what it prints (one JSON object on stdout) into
 target/bench/results.json. It is not meant to be run by hand, but can be:
 
-    /work/pyenv/bin/python bench/reference.py --threads 2 SPEC.json
+    python3 bench/reference.py --threads 2 SPEC.json
 
 SPEC.json is a list of tasks, each an object with "task" and its arguments:
   {"task": "peak_matmul", "n": 2048}

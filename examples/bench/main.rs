@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value = "models/full/MobileCLIP-S1")]
     mobileclip: PathBuf,
     /// Python with onnxruntime, numpy and faiss-cpu.
-    #[arg(long, env = "EDGECLIP_BENCH_PYTHON", default_value = "/work/pyenv/bin/python")]
+    #[arg(long, env = "EDGECLIP_BENCH_PYTHON", default_value = "python3")]
     python: PathBuf,
     /// Where the numbers go.
     #[arg(long, default_value = "target/bench/results.json")]
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         models.push(Model { name: "ViT-B-32", dir: args.full_model.clone(), image_only: false });
     } else {
         let why = format!(
-            "{} is missing: make it with `/work/pyenv/bin/python models/export_full.py` (open_clip ViT-B-32, random weights, ~600 MB)",
+            "{} is missing: make it with `python3 models/export_full.py` (open_clip ViT-B-32, random weights, ~600 MB)",
             args.full_model.display()
         );
         eprintln!("skipping ViT-B-32: {why}");
