@@ -20,6 +20,9 @@ pub fn results_table(response: &SearchResponse) -> String {
                 let _ = writeln!(out, "{:>4}  {:>7.4}  {:<16}  {:>11}  {}", i + 1, hit.score, hit.id, size, hit.path);
             }
             let _ = writeln!(out, "{} hits for {:?} in {} ms (model {})", r.hits.len(), r.text, r.took_ms, r.model);
+            if r.partial {
+                let _ = writeln!(out, "partial: the device is re-indexing for this model; pictures not re-encoded yet are missing");
+            }
             out
         }
     }
@@ -67,6 +70,9 @@ pub fn status_summary(s: &DeviceStatus) -> String {
     let _ = writeln!(out, "device   {} ({:?}, edgeclip {})", s.device_id, s.state, s.version);
     let _ = writeln!(out, "indexed  {} pictures, {} pending, {} failed ({} encoded since start)", s.indexed, s.pending, s.failed, s.encoded);
     let _ = writeln!(out, "model    {} (dimension {})", s.model, s.dim);
+    if let Some(r) = &s.reindex {
+        let _ = writeln!(out, "reindex  {} of {} pictures for model {} (searches use {} until done)", r.indexed, r.total, r.model, s.model);
+    }
     let _ = writeln!(out, "folders  {}", s.folders.join(", "));
     for f in &s.recent_failures {
         let _ = writeln!(out, "skipped  {}: {}", f.path, f.error);
@@ -91,6 +97,7 @@ mod tests {
             model: "m".into(),
             took_ms: 12,
             hits: vec![hit("a.jpg", 0.5), hit("b.jpg", 0.25)],
+            partial: false,
         });
         let t = results_table(&r);
         assert!(t.find("a.jpg").unwrap() < t.find("b.jpg").unwrap());

@@ -12,6 +12,7 @@
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
 //! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
+//! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //!
@@ -33,6 +34,7 @@ pub mod metadata;
 pub mod model;
 pub mod preprocess;
 pub mod rank;
+pub mod reindex;
 pub mod scan;
 pub mod service;
 pub mod store;

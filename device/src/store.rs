@@ -113,6 +113,29 @@ impl Store {
         Ok((Store { dir: dir.to_path_buf(), model: model.to_string(), dim, journal, journal_bytes, snapshot_bytes }, index, report))
     }
 
+    /// The model id and dimension an existing store in `dir` was built with (`None`: no store
+    /// there), read from the snapshot's header, else the journal's. An unreadable header is
+    /// an error with the reason.
+    pub fn stored_model(dir: &Path) -> Result<Option<(String, usize)>, String> {
+        for (file, magic) in [("snapshot.bin", SNAPSHOT_MAGIC), ("journal.bin", JOURNAL_MAGIC)] {
+            if let Some((_, model, dim)) = read_header(&dir.join(file), magic)? {
+                return Ok(Some((model, dim)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The model id of the vectors this store holds.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The store's folder was renamed to `dir` (the switch after a re-index): the open
+    /// journal follows its inode; later compactions write in the new folder.
+    pub fn moved_to(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
+    }
+
     /// Records a picture's vector durably.
     pub fn upsert(&mut self, entry: &Entry, vector: &[f32]) -> Result<(), DeviceError> {
         let mut body = Vec::with_capacity(96 + entry.path.as_os_str().len() + 4 * vector.len());

@@ -156,6 +156,11 @@ pub struct SearchResults {
     pub took_ms: u64,
     /// Best hits first.
     pub hits: Vec<Hit>,
+    /// True when the hits come from an index still being built (the device re-indexes for a
+    /// new model, and the cloud serves only the new one): pictures not yet re-encoded are
+    /// missing. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// A failed search.
@@ -364,8 +369,24 @@ pub struct DeviceStatus {
     pub folders: Vec<String>,
     /// The most recent failures, newest last (bounded).
     pub recent_failures: Vec<Failure>,
+    /// While the device re-indexes for a new model: the progress of the new index. Searches
+    /// are answered from the complete index of `model` meanwhile, and from this one once it
+    /// is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reindex: Option<Reindex>,
     /// edgeclip version of the device.
     pub version: String,
+}
+
+/// Progress of a re-index for a new model (see [`DeviceStatus::reindex`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reindex {
+    /// Model id of the index being built.
+    pub model: String,
+    /// Pictures in it so far.
+    pub indexed: u64,
+    /// Pictures it will hold once complete, as far as known (indexed + pending).
+    pub total: u64,
 }
 
 #[cfg(test)]

@@ -1,5 +1,10 @@
 //! [`IndexActor`]: owns the vector index; inserts what the encoder made, ranks query vectors
 //! in place, counts progress and publishes the retained status (throttled).
+//!
+//! During a re-index for a new model (see [`crate::reindex`]) it holds two indexes: the
+//! complete one of the previous model, which answers searches, and the one being built, which
+//! receives every new vector. A query vector is ranked by the index of its model; the switch
+//! happens the first time nothing is left to encode.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -7,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit};
+use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit, Reindex};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, ArchivedTextVector, EncodeReply, FleetQuery, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -15,8 +20,31 @@ use tracing::{info, warn};
 
 use crate::error::DeviceError;
 use crate::index::{Entry, Filter, Index, Ranked};
+use crate::reindex::Layout;
 use crate::scan::FileSeen;
 use crate::store::Store;
+
+/// The models of the indexes, for the search actor: which model's text vector to ask the
+/// cloud for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Models {
+    /// Model of the complete index searches are answered from.
+    pub serving: String,
+    /// Model of the index being built, during a re-index.
+    pub building: Option<String>,
+}
+
+/// A ranking: the model of the vectors compared, the hits, and whether they come from an
+/// index still being built.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    /// Model id of the vectors compared.
+    pub model: String,
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// True when ranked by an index still being re-built (pictures may be missing).
+    pub partial: bool,
+}
 
 /// Failures kept for the status message.
 const RECENT_FAILURES: usize = 10;
@@ -65,8 +93,8 @@ pub enum IndexMsg {
         k: usize,
         /// Which pictures may be returned.
         filter: Filter,
-        /// The answer: model id and hits, or why not.
-        port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
+        /// The answer, or why not.
+        port: RpcReplyPort<Result<Ranking, String>>,
     },
     /// Rank the index against the vector of one of its pictures ("more like this").
     Like {
@@ -76,8 +104,8 @@ pub enum IndexMsg {
         k: usize,
         /// Which pictures may be returned (the picture itself never is).
         filter: Filter,
-        /// The answer: model id and hits, or why not.
-        port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
+        /// The answer, or why not.
+        port: RpcReplyPort<Result<Ranking, String>>,
     },
     /// The entry of the picture with this id (for the HTTP endpoint's thumbnails).
     Picture(String, RpcReplyPort<Option<Entry>>),
@@ -139,6 +167,12 @@ pub struct IndexArgs {
     pub status_interval: Duration,
     /// The MQTT link.
     pub link: ActorRef<LinkMsg>,
+    /// During a re-index: the index of the device's model being built, and its store.
+    pub building: Option<(Store, Index)>,
+    /// Where the indexes live (for the switch).
+    pub layout: Layout,
+    /// Tells the search actor the models of the indexes.
+    pub models: tokio::sync::watch::Sender<Models>,
 }
 
 /// State of the index actor.
@@ -187,6 +221,59 @@ impl IndexState {
             folders: self.args.folders.clone(),
             recent_failures: self.recent.iter().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            reindex: self.args.building.as_ref().map(|(_, b)| Reindex { model: b.model().to_string(), indexed: b.len() as u64, total: b.len() as u64 + waiting }),
+        }
+    }
+
+    /// The index new vectors go to (the one being built during a re-index) and its store.
+    fn target(&mut self) -> (&mut Store, &mut Index) {
+        match &mut self.args.building {
+            Some((store, index)) => (store, index),
+            None => (&mut self.args.store, &mut self.args.index),
+        }
+    }
+
+    /// The index new vectors go to.
+    fn target_index(&self) -> &Index {
+        self.args.building.as_ref().map_or(&self.args.index, |(_, b)| b)
+    }
+
+    /// Makes a picture durable, then visible, in the target index. During a re-index, the
+    /// serving index's vector of a picture whose content changed is removed (it describes
+    /// content that is gone).
+    fn insert(&mut self, entry: Entry, vector: &[f32]) -> Result<(), DeviceError> {
+        let changed = self.args.building.is_some() && self.args.index.get(&entry.path).is_some_and(|old| old.hash != entry.hash);
+        let path = entry.path.clone();
+        let (store, index) = self.target();
+        persist_and_insert(store, index, entry, vector)?;
+        if changed {
+            if let Err(e) = remove_persisted(&mut self.args.store, &mut self.args.index, &path) {
+                warn!(path = %path.display(), error = %e, "stale vector of the previous model not removed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches to the index being built once every picture found is in it.
+    fn finish_reindex(&mut self) {
+        if self.args.building.is_none() || self.lifecycle.is_some() || !self.unsaved.is_empty() || self.pending + self.settling > 0 {
+            return;
+        }
+        let layout = self.args.layout.clone();
+        match blocking(|| crate::reindex::switch(&layout)) {
+            Ok(()) => {
+                let Some((mut store, index)) = self.args.building.take() else { return };
+                store.moved_to(&layout.current);
+                let previous = std::mem::replace(&mut self.args.index, index);
+                self.args.store = store;
+                info!(from = previous.model(), to = self.args.index.model(), pictures = self.args.index.len(), "re-index complete; searches now use the new index");
+                let _ = self.args.models.send(Models { serving: self.args.index.model().to_string(), building: None });
+                self.storage_error = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "switching to the new index failed; searches keep the previous one, retrying");
+                self.storage_error = Some(format!("switch to the re-built index: {e}"));
+            }
         }
     }
 
@@ -220,6 +307,13 @@ impl IndexState {
         self.dirty = true;
         if self.pending + self.settling == 0 {
             self.run = None;
+            if self.args.building.is_some() {
+                self.finish_reindex();
+                if self.args.building.is_some() && self.storage_error.is_some() && !self.retry_armed {
+                    self.retry_armed = true;
+                    myself.send_after(STORAGE_RETRY, || IndexMsg::RetryStorage);
+                }
+            }
             self.publish();
         } else if !self.timer_armed {
             self.timer_armed = true;
@@ -275,7 +369,7 @@ impl Actor for IndexActor {
                 state.done_one();
                 state.encoded += u64::from(encoded);
                 if state.unsaved.is_empty() {
-                    match persist_and_insert(&mut state.args, entry.clone(), &vector) {
+                    match state.insert(entry.clone(), &vector) {
                         Ok(()) => state.storage_error = None,
                         Err(e @ DeviceError::Io { .. }) => keep_unsaved(state, &myself, entry, vector, e.to_string()),
                         Err(e) => record_failure(state, entry.path, e.to_string()),
@@ -298,13 +392,19 @@ impl Actor for IndexActor {
                     let before = state.unsaved.len();
                     state.unsaved.retain(|(e, _)| &e.path != p);
                     any |= state.unsaved.len() != before;
-                    if state.args.index.get(p).is_none() {
-                        continue;
-                    }
-                    let kept = state.args.index.get(p).cloned().zip(state.args.index.vector_of(p).map(|v| v.into_owned()));
-                    match blocking(|| state.args.store.remove(p)) {
-                        Ok(()) => {
-                            any |= state.args.index.remove(p);
+                    // The vector of the target index is kept for a rename's reuse; one of the
+                    // previous model never is (it does not fit the index being built).
+                    let target = state.target_index();
+                    let kept = target.get(p).cloned().zip(target.vector_of(p).map(|v| v.into_owned()));
+                    let (store, index) = state.target();
+                    let removed = remove_persisted(store, index, p);
+                    let removed = match (removed, state.args.building.is_some()) {
+                        (Ok(r), true) => remove_persisted(&mut state.args.store, &mut state.args.index, p).map(|s| r | s),
+                        (other, _) => other,
+                    };
+                    match removed {
+                        Ok(r) => {
+                            any |= r;
                             if let Some((entry, vector)) = kept {
                                 remember_removed(state, entry, vector);
                             }
@@ -328,8 +428,7 @@ impl Actor for IndexActor {
             }
             IndexMsg::Reuse(hash, port) => {
                 let found = state
-                    .args
-                    .index
+                    .target_index()
                     .iter()
                     .find(|(e, _)| e.hash == hash)
                     .map(|(e, v)| (e.clone(), v.to_vec()))
@@ -337,32 +436,41 @@ impl Actor for IndexActor {
                 let _ = port.send(found);
             }
             IndexMsg::Known(port) => {
-                let known = state
-                    .args
-                    .index
-                    .iter()
-                    .map(|(e, _)| FileSeen { path: e.path.clone(), size: e.size, mtime_ns: e.mtime_ns })
-                    .collect();
+                let seen = |e: &Entry| FileSeen { path: e.path.clone(), size: e.size, mtime_ns: e.mtime_ns };
+                let mut known: Vec<FileSeen> = state.target_index().iter().map(|(e, _)| seen(e)).collect();
+                if let Some((_, building)) = &state.args.building {
+                    // Pictures only the previous model's index holds: known paths whose vector
+                    // for this model is still to be made. An impossible modification time
+                    // makes the scan queue them if they exist, and report them gone if not
+                    // (which removes them from the serving index too).
+                    known.extend(
+                        state.args.index.iter().filter(|(e, _)| building.get(&e.path).is_none()).map(|(e, _)| FileSeen { mtime_ns: i128::MIN, ..seen(e) }),
+                    );
+                }
                 let _ = port.send(known);
             }
             IndexMsg::Rank { query, k, filter, port } => {
-                let _ = port.send(rank(&state.args.index, &query, k, &filter));
+                let _ = port.send(rank(&state.args.index, state.args.building.as_ref().map(|(_, b)| b), &query, k, &filter));
             }
             IndexMsg::Picture(id, port) => {
-                let _ = port.send(state.args.index.by_id(&id).cloned());
+                let building = state.args.building.as_ref().and_then(|(_, b)| b.by_id(&id));
+                let _ = port.send(state.args.index.by_id(&id).or(building).cloned());
             }
             IndexMsg::Like { path, k, mut filter, port } => {
-                let index = &state.args.index;
-                // The picture is named by its path or by its id.
-                let path = match index.get(&path) {
-                    Some(_) => path,
-                    None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()).unwrap_or(path),
-                };
-                let answer = match index.vector_of(&path) {
+                // The complete index answers; a picture only the index being built holds (new
+                // since the re-index began) is answered from that one.
+                let serving = (&state.args.index, false);
+                let candidates = std::iter::once(serving).chain(state.args.building.as_ref().map(|(_, b)| (b, true)));
+                let found = candidates.into_iter().find_map(|(index, partial)| resolve(index, &path).map(|p| (index, partial, p)));
+                let answer = match found {
                     None => Err(format!("{} is not an indexed picture (give its path or id)", path.display())),
-                    Some(query) => {
+                    Some((index, partial, path)) => {
+                        let query = index.vector_of(&path).map(|v| v.into_owned()).unwrap_or_default();
                         filter.exclude = Some(path);
-                        index.search_filtered(index.model(), &query, k, &filter).map(|hits| (index.model().to_string(), to_hits(hits))).map_err(|e| e.to_string())
+                        index
+                            .search_filtered(index.model(), &query, k, &filter)
+                            .map(|hits| Ranking { model: index.model().to_string(), hits: to_hits(hits), partial })
+                            .map_err(|e| e.to_string())
                     }
                 };
                 let _ = port.send(answer);
@@ -393,15 +501,31 @@ impl Actor for IndexActor {
     }
 }
 
-/// Makes the picture durable, then visible; compacts the store when its journal is large.
-fn persist_and_insert(args: &mut IndexArgs, entry: Entry, vector: &[f32]) -> Result<(), crate::error::DeviceError> {
-    if vector.len() != args.index.dim() {
-        return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), args.index.dim())));
+/// The indexed picture named by `path`: its path, or its id.
+fn resolve(index: &Index, path: &std::path::Path) -> Option<PathBuf> {
+    match index.get(path) {
+        Some(e) => Some(e.path.clone()),
+        None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()),
     }
-    blocking(|| args.store.upsert(&entry, vector))?;
-    args.index.upsert(entry, vector)?;
-    if args.store.should_compact() {
-        let (store, index) = (&mut args.store, &args.index);
+}
+
+/// Removes a picture from a store, then from its index; true if it was indexed.
+fn remove_persisted(store: &mut Store, index: &mut Index, path: &std::path::Path) -> Result<bool, DeviceError> {
+    if index.get(path).is_none() {
+        return Ok(false);
+    }
+    blocking(|| store.remove(path))?;
+    Ok(index.remove(path))
+}
+
+/// Makes the picture durable, then visible; compacts the store when its journal is large.
+fn persist_and_insert(store: &mut Store, index: &mut Index, entry: Entry, vector: &[f32]) -> Result<(), crate::error::DeviceError> {
+    if vector.len() != index.dim() {
+        return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), index.dim())));
+    }
+    blocking(|| store.upsert(&entry, vector))?;
+    index.upsert(entry, vector)?;
+    if store.should_compact() {
         if let Err(e) = blocking(|| store.compact(index)) {
             warn!(error = %e, "compaction failed; the journal keeps growing until it succeeds");
         }
@@ -460,7 +584,7 @@ fn keep_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>, entry: Entr
 /// Writes the unsaved pictures in order until the store fails again.
 fn retry_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>) {
     while let Some((entry, vector)) = state.unsaved.pop_front() {
-        match persist_and_insert(&mut state.args, entry.clone(), &vector) {
+        match state.insert(entry.clone(), &vector) {
             Ok(()) => {}
             Err(e @ DeviceError::Io { .. }) => {
                 state.unsaved.push_front((entry, vector));
@@ -486,15 +610,21 @@ fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
     state.recent.push_back(Failure { path: path.display().to_string(), error });
 }
 
-/// Ranks directly on the archived vector of the reply: no copy, no deserialisation.
-fn rank(index: &Index, query: &Query, k: usize, filter: &Filter) -> Result<(String, Vec<Hit>), String> {
+/// Ranks directly on the archived vector of the reply: no copy, no deserialisation. The
+/// vector is ranked by the index of its model: the serving one, or during a re-index the one
+/// being built (a partial answer).
+fn rank(serving: &Index, building: Option<&Index>, query: &Query, k: usize, filter: &Filter) -> Result<Ranking, String> {
     let Some(text) = query.text_vector() else {
         return Err("the cloud's reply holds no vector".into());
     };
     let (model, query) = (&text.model, vector_view(&text.vector));
     validate_vector(&query).map_err(|e| format!("the cloud's vector is unusable: {e}"))?;
+    let (index, partial) = match building {
+        Some(b) if serving.model() != model.as_str() && b.model() == model.as_str() => (b, true),
+        _ => (serving, false),
+    };
     let hits = index.search_filtered(model.as_str(), &query, k, filter).map_err(|e| e.to_string())?;
-    Ok((model.to_string(), to_hits(hits)))
+    Ok(Ranking { model: model.to_string(), hits: to_hits(hits), partial })
 }
 
 /// A server-ranked search's view of the index: ids are positions in `paths`.

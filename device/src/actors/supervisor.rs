@@ -14,12 +14,12 @@ use tracing::{error, info, warn};
 use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
 use super::discovery::{DiscoveryActor, DiscoveryArgs, DiscoveryMsg};
 use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
-use super::index::{IndexActor, IndexArgs, IndexMsg};
+use super::index::{IndexActor, IndexArgs, IndexMsg, Models};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
 use crate::http::{HttpContext, HttpServer};
-use crate::store::Store;
+use crate::reindex::Layout;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
 
@@ -85,10 +85,22 @@ impl Actor for DeviceSupervisor {
         let options = config.broker.link_options(subscriptions, presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
-        let store_dir = config.state_dir.join("index");
-        let (store_model, store_dim, precision) = (model.id.clone(), model.dim, config.search.vectors);
-        let (store, index, report) =
-            tokio::task::spawn_blocking(move || Store::open_with(&store_dir, &store_model, store_dim, precision)).await??;
+        let layout = Layout::new(&config.state_dir);
+        let (store_layout, store_model, store_dim, precision) = (layout.clone(), model.id.clone(), model.dim, config.search.vectors);
+        let opened = tokio::task::spawn_blocking(move || crate::reindex::open(&store_layout, &store_model, store_dim, precision)).await??;
+        let ((store, index), building, report) = (opened.serving, opened.building, opened.report);
+        for what in &opened.recovered {
+            info!(%what, "index folders");
+        }
+        if let Some((_, b)) = &building {
+            warn!(
+                serving = index.model(),
+                pictures = index.len(),
+                building = b.model(),
+                done = b.len(),
+                "the index was built with another model: it keeps answering searches while every picture is encoded again in the background"
+            );
+        }
         if let Some(reason) = &report.reset {
             warn!(%reason, "previous index set aside; pictures will be encoded again");
         }
@@ -96,7 +108,12 @@ impl Actor for DeviceSupervisor {
             warn!(bytes = report.truncated_bytes, "cut a torn record off the index journal (power cut while writing)");
         }
         info!(pictures = report.pictures, replayed = report.replayed, vectors = ?index.precision(), "index opened");
+        let models = Models { serving: index.model().to_string(), building: building.as_ref().map(|(_, b)| b.model().to_string()) };
+        let (models_tx, models_rx) = tokio::sync::watch::channel(models);
         let index_args = IndexArgs {
+            building,
+            layout,
+            models: models_tx,
             index,
             store,
             device_id: device.clone(),
@@ -129,7 +146,7 @@ impl Actor for DeviceSupervisor {
         };
         let search_args = SearchArgs {
             device_id: device.clone(),
-            model: model.id.clone(),
+            models: models_rx,
             cloud_timeout: config.cloud_timeout(),
             cloud_retry: config.cloud_retry(),
             default_k: config.search.default_k,
