@@ -86,7 +86,7 @@ mod tests {
     use edgeclip_messages::dashboard::{Hit, SearchError, SearchResults};
 
     fn hit(path: &str, score: f32) -> Hit {
-        Hit { path: path.into(), score, taken_s: 0, id: "0123456789abcdef".into(), bytes: 1, width: 2, height: 3, thumb_url: None }
+        Hit { path: path.into(), score, taken_s: 0, id: "0123456789abcdef".into(), bytes: 1, width: 2, height: 3, source: String::new(), thumb_url: None }
     }
 
     #[test]

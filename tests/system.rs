@@ -769,6 +769,136 @@ async fn a_model_change_re_indexes_in_the_background_while_the_old_index_answers
     cloud.shutdown().await.expect("cloud shutdown");
 }
 
+// ---- cameras ----
+
+/// A camera on a free port: every GET is answered with the current frame (404 while there is
+/// none).
+struct FakeCamera {
+    url: String,
+    frame: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeCamera {
+    async fn start() -> FakeCamera {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://127.0.0.1:{}/snapshot.jpg", listener.local_addr().expect("addr").port());
+        let frame = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+        let serving = frame.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { continue };
+                let serving = serving.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut request, mut buf) = (Vec::new(), [0u8; 1024]);
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384 {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = serving.lock().expect("lock").clone();
+                    let response = match body {
+                        Some(b) => [format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len()).into_bytes(), b].concat(),
+                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = socket.write_all(&response).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        FakeCamera { url, frame, task }
+    }
+
+    fn show(&self, picture: Option<Vec<u8>>) {
+        *self.frame.lock().expect("lock") = picture;
+    }
+}
+
+impl Drop for FakeCamera {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn camera_of(s: &edgeclip_messages::dashboard::DeviceStatus) -> edgeclip_messages::dashboard::CameraStatus {
+    s.cameras.first().cloned().expect("the camera in the status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_searchable_by_source() {
+    let shapes = data("shapes");
+    let reference = Reference::new(&shapes);
+    let names = reference.names();
+    // Two clearly different scenes: the first picture, and the one least like it.
+    let a = names[0].clone();
+    let b = names.iter().min_by(|x, y| {
+        let cos = |n: &String| edgeclip_device::rank::dot(reference.vector(&a), reference.vector(n));
+        cos(x).total_cmp(&cos(y))
+    }).expect("pictures").clone();
+    assert!(edgeclip_device::rank::dot(reference.vector(&a), reference.vector(&b)) < 0.9);
+    let (frame_a, frame_b) = (std::fs::read(shapes.join(&a)).expect("a"), std::fs::read(shapes.join(&b)).expect("b"));
+
+    let library = copy_pictures(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let camera = FakeCamera::start().await;
+    camera.show(Some(frame_a.clone()));
+    let mut config = device_config(&broker.url(), "watcher", &[library.path()], state.path());
+    let mut cam: edgeclip_device::config::CameraConfig =
+        serde_json::from_value(serde_json::json!({"name": "door", "url": camera.url, "interval_ms": 150})).expect("camera config");
+    cam.folder = Default::default();
+    config.cameras.push(cam);
+    let config = config.validated().expect("valid");
+    let folder = state.path().join("cameras/door");
+    let started_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let device = Device::start(config).await.expect("device");
+
+    // The camera goes dark (404) between scenes until every frame it gave is handled, so the
+    // frames of two scenes are never encoded at the same time.
+    let drained = |s: &edgeclip_messages::dashboard::DeviceStatus| {
+        let c = camera_of(s);
+        c.last_error.is_some() && c.polled == c.kept + c.skipped && s.pending == 0
+    };
+    // A static scene: one frame kept, the others deleted.
+    status_until(&device, "a static scene", |s| camera_of(s).kept == 1 && camera_of(s).skipped >= 3).await;
+    camera.show(None);
+    status_until(&device, "the first scene handled", drained).await;
+    // Something changes: kept; and back: kept again (it differs from the last kept frame).
+    camera.show(Some(frame_b));
+    status_until(&device, "a second scene", |s| camera_of(s).kept == 2 && camera_of(s).last_error.is_none()).await;
+    camera.show(None);
+    status_until(&device, "the second scene handled", drained).await;
+    camera.show(Some(frame_a));
+    status_until(&device, "the first scene again", |s| camera_of(s).kept == 3 && camera_of(s).last_error.is_none()).await;
+    // The camera fails: counted, named, and nothing more is saved.
+    camera.show(None);
+    let settled = status_until(&device, "failing polls with every frame handled", |s| camera_of(s).failed >= 2 && drained(s)).await;
+    let c = camera_of(&settled);
+    assert!(c.last_error.as_deref().is_some_and(|e| e.contains("404")), "{c:?}");
+    assert_eq!(c.kept, 3, "{c:?}");
+    let mut frames: Vec<String> = std::fs::read_dir(&folder).expect("camera folder").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    frames.sort();
+    assert_eq!(frames.len(), 3, "only kept frames stay on disk: {frames:?}");
+    assert!(frames.iter().all(|f| f.len() == "YYYYMMDD-HHMMSS-mmm.jpg".len() && f.ends_with(".jpg")), "{frames:?}");
+    assert_eq!(settled.indexed as usize, names.len() + 3, "{settled:?}");
+
+    // Searchable by source: "more like this" of the library's first picture.
+    let query = library.path().join(&a).display().to_string();
+    let like = |source: Option<&str>| SearchRequest { like: Some(query.clone()), k: Some(100), source: source.map(String::from), ..SearchRequest::text("") };
+    let SearchResponse::Results(r) = device.search(like(Some("door"))).await.expect("answer") else { panic!("source search failed") };
+    assert_eq!(r.hits.len(), 3, "{r:?}");
+    assert!(r.hits.iter().all(|h| h.source == "door" && Path::new(&h.path).starts_with(&folder) && h.taken_s >= started_s - 1), "{r:?}");
+    assert!(r.hits[0].score > 0.999 && r.hits[1].score > 0.999, "the two frames of the first scene come first: {r:?}");
+    let SearchResponse::Results(r) = device.search(like(Some(""))).await.expect("answer") else { panic!("library search failed") };
+    assert_eq!(r.hits.len(), names.len() - 1);
+    assert!(r.hits.iter().all(|h| h.source.is_empty()));
+    let SearchResponse::Results(r) = device.search(like(Some("yard"))).await.expect("answer") else { panic!("search failed") };
+    assert!(r.hits.is_empty());
+    device.shutdown().await.expect("shutdown");
+}
+
 // ---- hostile pictures ----
 
 fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {

@@ -15,6 +15,7 @@
 //! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
+//! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
 //!
 //! Shells: [`actors`] (one actor per file), [`http`] (thumbnails and the search page),
 //! [`service`] (start, search, shutdown),
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod camera;
 pub mod config;
 pub mod encode;
 pub mod error;

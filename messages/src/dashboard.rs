@@ -37,6 +37,9 @@ pub struct SearchRequest {
     /// Who ranks: the device (default, method A) or the cloud (method B).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<SearchMode>,
+    /// Only pictures of this source: a camera's name (`""`: only library pictures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Who ranks the pictures of a search.
@@ -52,7 +55,7 @@ pub enum SearchMode {
 impl SearchRequest {
     /// A plain text search with the device's defaults.
     pub fn text(text: impl Into<String>) -> Self {
-        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None }
+        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None, source: None }
     }
 
     /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise
@@ -115,6 +118,9 @@ pub struct Hit {
     /// Height in pixels, EXIF orientation applied (0 when unknown).
     #[serde(default)]
     pub height: u32,
+    /// Source id: the camera whose frame this is (absent for library pictures).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
     /// URL of a small JPEG of the picture, served by the device itself on the home network
     /// (absent when the device's HTTP endpoint is off). The picture never leaves the device
     /// otherwise.
@@ -374,8 +380,29 @@ pub struct DeviceStatus {
     /// is complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reindex: Option<Reindex>,
+    /// The cameras the device polls for snapshots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<CameraStatus>,
     /// edgeclip version of the device.
     pub version: String,
+}
+
+/// A camera the device polls (see [`DeviceStatus::cameras`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraStatus {
+    /// The camera's name: the source id of its frames.
+    pub name: String,
+    /// Snapshots fetched and saved.
+    pub polled: u64,
+    /// Polls that failed (no answer, HTTP error, not a picture, too large).
+    pub failed: u64,
+    /// Frames kept (indexed).
+    pub kept: u64,
+    /// Frames deleted as near-duplicates of the last kept one.
+    pub skipped: u64,
+    /// The last poll's error, while polls fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Progress of a re-index for a new model (see [`DeviceStatus::reindex`]).
@@ -402,6 +429,8 @@ mod tests {
         let like = SearchRequest::parse(br#"{"like":"/photos/a.jpg","folder":"/photos","after":5,"min_score":0.2}"#, 100).unwrap();
         assert_eq!(like.like.as_deref(), Some("/photos/a.jpg"));
         assert_eq!((like.after, like.min_score), (Some(5), Some(0.2)));
+        let camera = SearchRequest::parse(br#"{"text":"a person","source":"door"}"#, 100).unwrap();
+        assert_eq!(camera.source.as_deref(), Some("door"));
     }
 
     #[test]

@@ -157,6 +157,7 @@ fn encode_bytes(
         width: img.width(),
         height: img.height(),
         taken_s,
+        source: String::new(),
     };
     Ok((entry, vector))
 }

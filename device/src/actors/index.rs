@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit, Reindex};
+use edgeclip_messages::dashboard::{CameraStatus, DeviceState, DeviceStatus, Failure, Hit, Reindex};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, ArchivedTextVector, EncodeReply, FleetQuery, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -32,6 +32,18 @@ pub struct Models {
     pub serving: String,
     /// Model of the index being built, during a re-index.
     pub building: Option<String>,
+}
+
+/// A camera as the index sees it: whose frames are in which folder, and when a new frame is
+/// a near-duplicate of the last kept one.
+#[derive(Debug, Clone)]
+pub struct CameraSpec {
+    /// The camera's name: the source id of its frames.
+    pub name: String,
+    /// The folder its frames are saved in.
+    pub folder: PathBuf,
+    /// Cosine at or above which a new frame is a near-duplicate.
+    pub duplicate_threshold: f32,
 }
 
 /// A ranking: the model of the vectors compared, the hits, and whether they come from an
@@ -122,6 +134,13 @@ pub enum IndexMsg {
     },
     /// The current status.
     Status(RpcReplyPort<DeviceStatus>),
+    /// A camera was polled: the frame saved (to be kept or deleted once encoded), or why not.
+    FramePolled {
+        /// The camera's position in [`IndexArgs::cameras`].
+        camera: usize,
+        /// The saved frame, or the poll's error.
+        result: Result<PathBuf, String>,
+    },
     /// The device is shutting down.
     Stopping,
     /// Timer: publish the status if it changed.
@@ -173,6 +192,8 @@ pub struct IndexArgs {
     pub layout: Layout,
     /// Tells the search actor the models of the indexes.
     pub models: tokio::sync::watch::Sender<Models>,
+    /// The cameras polled.
+    pub cameras: Vec<CameraSpec>,
 }
 
 /// State of the index actor.
@@ -198,6 +219,14 @@ pub struct IndexState {
     /// The store's last write error, while pictures are unsaved.
     storage_error: Option<String>,
     retry_armed: bool,
+    /// Frames saved by a camera and not yet encoded: the only pictures the near-duplicate
+    /// rule applies to (never a frame already kept, e.g. during a re-index).
+    fresh_frames: HashMap<PathBuf, usize>,
+    /// Per camera: its counters.
+    camera_counts: Vec<CameraStatus>,
+    /// Per camera: the vector of its last kept frame (`None` inside: none yet), filled from
+    /// the index at the camera's first new frame.
+    last_kept: Vec<Option<Option<Vec<f32>>>>,
 }
 
 impl IndexState {
@@ -221,8 +250,31 @@ impl IndexState {
             folders: self.args.folders.clone(),
             recent_failures: self.recent.iter().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            cameras: self.camera_counts.clone(),
             reindex: self.args.building.as_ref().map(|(_, b)| Reindex { model: b.model().to_string(), indexed: b.len() as u64, total: b.len() as u64 + waiting }),
         }
+    }
+
+    /// The camera whose folder holds `path`.
+    fn camera_of(&self, path: &std::path::Path) -> Option<usize> {
+        self.args.cameras.iter().position(|c| path.starts_with(&c.folder))
+    }
+
+    /// Whether a new frame of `camera` is a near-duplicate of its last kept frame; if not, it
+    /// becomes the last kept frame.
+    fn duplicate_frame(&mut self, camera: usize, vector: &[f32]) -> bool {
+        if self.last_kept[camera].is_none() {
+            let name = &self.args.cameras[camera].name;
+            let latest = self.target_index().iter().filter(|(e, _)| &e.source == name).max_by(|(a, _), (b, _)| (a.taken_s, &a.path).cmp(&(b.taken_s, &b.path)));
+            self.last_kept[camera] = Some(latest.map(|(_, v)| v.into_owned()));
+        }
+        let threshold = self.args.cameras[camera].duplicate_threshold;
+        let last = self.last_kept[camera].as_mut().expect("filled above");
+        if last.as_deref().is_some_and(|l| crate::camera::near_duplicate(l, vector, threshold)) {
+            return true;
+        }
+        *last = Some(vector.to_vec());
+        false
     }
 
     /// The index new vectors go to (the one being built during a re-index) and its store.
@@ -331,7 +383,16 @@ impl Actor for IndexActor {
     type Arguments = IndexArgs;
 
     async fn pre_start(&self, _myself: ActorRef<IndexMsg>, args: IndexArgs) -> Result<IndexState, ActorProcessingErr> {
+        let camera_counts = args
+            .cameras
+            .iter()
+            .map(|c| CameraStatus { name: c.name.clone(), polled: 0, failed: 0, kept: 0, skipped: 0, last_error: None })
+            .collect();
+        let last_kept = vec![None; args.cameras.len()];
         let mut state = IndexState {
+            fresh_frames: HashMap::new(),
+            camera_counts,
+            last_kept,
             args,
             pending: 0,
             settling: 0,
@@ -365,9 +426,28 @@ impl Actor for IndexActor {
                 }
                 state.changed(&myself);
             }
-            IndexMsg::Insert { entry, vector, encoded } => {
+            IndexMsg::Insert { mut entry, vector, encoded } => {
                 state.done_one();
                 state.encoded += u64::from(encoded);
+                // A camera's frame: its source is the camera, its capture time the poll time
+                // (the file's modification time), whatever its EXIF says.
+                let camera = state.camera_of(&entry.path);
+                entry.source = camera.map(|c| state.args.cameras[c].name.clone()).unwrap_or_default();
+                if camera.is_some() {
+                    entry.taken_s = entry.mtime_ns.div_euclid(1_000_000_000) as i64;
+                }
+                if let Some(cam) = state.fresh_frames.remove(&entry.path) {
+                    if state.duplicate_frame(cam, &vector) {
+                        let path = entry.path.clone();
+                        if let Err(e) = blocking(|| std::fs::remove_file(&path)) {
+                            warn!(frame = %path.display(), error = %e, "near-duplicate frame not deleted");
+                        }
+                        state.camera_counts[cam].skipped += 1;
+                        state.changed(&myself);
+                        return Ok(());
+                    }
+                    state.camera_counts[cam].kept += 1;
+                }
                 if state.unsaved.is_empty() {
                     match state.insert(entry.clone(), &vector) {
                         Ok(()) => state.storage_error = None,
@@ -480,6 +560,22 @@ impl Actor for IndexActor {
             }
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
+            }
+            IndexMsg::FramePolled { camera, result } => {
+                if let Some(counts) = state.camera_counts.get_mut(camera) {
+                    match result {
+                        Ok(path) => {
+                            counts.polled += 1;
+                            counts.last_error = None;
+                            state.fresh_frames.insert(path, camera);
+                        }
+                        Err(e) => {
+                            counts.failed += 1;
+                            counts.last_error = Some(e);
+                        }
+                    }
+                    state.changed(&myself);
+                }
             }
             IndexMsg::Stopping => {
                 state.lifecycle = Some(DeviceState::Stopping);
@@ -675,6 +771,7 @@ pub fn hit(entry: &Entry, score: f32) -> Hit {
         bytes: entry.size,
         width: entry.width,
         height: entry.height,
+        source: entry.source.clone(),
         thumb_url: None,
     }
 }

@@ -180,6 +180,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         before: request.before,
         min_score: request.min_score,
         exclude: None,
+        source: request.source.clone(),
     };
     if let Some(like) = &request.like {
         // Image to image: the device has the vectors already; no cloud round trip.

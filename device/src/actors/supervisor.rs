@@ -11,10 +11,11 @@ use edgeclip_messages::{homeassistant, topics};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
+use super::camera::{CameraActor, CameraArgs, CameraMsg};
 use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
 use super::discovery::{DiscoveryActor, DiscoveryArgs, DiscoveryMsg};
 use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
-use super::index::{IndexActor, IndexArgs, IndexMsg, Models};
+use super::index::{CameraSpec, IndexActor, IndexArgs, IndexMsg, Models};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
@@ -51,6 +52,7 @@ pub struct SupervisorState {
     encoder: ActorRef<ImageEncoderMsg>,
     search: ActorRef<SearchMsg>,
     capture: ActorRef<CaptureMsg>,
+    cameras: Vec<ActorRef<CameraMsg>>,
     discovery: Option<ActorRef<DiscoveryMsg>>,
     http: Option<HttpServer>,
     stopping: bool,
@@ -114,6 +116,11 @@ impl Actor for DeviceSupervisor {
             building,
             layout,
             models: models_tx,
+            cameras: config
+                .cameras
+                .iter()
+                .map(|c| CameraSpec { name: c.name.clone(), folder: c.folder.clone(), duplicate_threshold: c.duplicate_threshold })
+                .collect(),
             index,
             store,
             device_id: device.clone(),
@@ -163,8 +170,17 @@ impl Actor for DeviceSupervisor {
             best_image: ha.image_bytes.then_some((config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
+        // Camera frames are found by the capture like any picture: their folders must exist
+        // before it starts watching.
+        let mut folders = config.folders.clone();
+        for cam in &config.cameras {
+            std::fs::create_dir_all(&cam.folder).map_err(|e| format!("camera {}: cannot create {}: {e}", cam.name, cam.folder.display()))?;
+            if !folders.contains(&cam.folder) {
+                folders.push(cam.folder.clone());
+            }
+        }
         let capture_args = CaptureArgs {
-            folders: config.folders.clone(),
+            folders,
             extensions: config.encoder.extensions.clone(),
             rescan: (config.capture.rescan_s > 0).then(|| Duration::from_secs(config.capture.rescan_s)),
             watch: config.capture.watch,
@@ -174,6 +190,21 @@ impl Actor for DeviceSupervisor {
             index: index.clone(),
         };
         let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell.clone()).await?;
+        let mut cameras = Vec::new();
+        for (number, cam) in config.cameras.iter().enumerate() {
+            let args = CameraArgs {
+                number,
+                name: cam.name.clone(),
+                url: crate::camera::CameraUrl::parse(&cam.url)?,
+                interval: Duration::from_millis(cam.interval_ms),
+                timeout: Duration::from_millis(cam.timeout_ms),
+                max_bytes: (cam.max_frame_mib << 20) as usize,
+                folder: cam.folder.clone(),
+                index: index.clone(),
+                capture: capture.clone(),
+            };
+            cameras.push(Actor::spawn_linked(None, CameraActor, args, cell.clone()).await?.0);
+        }
         let discovery = if ha.discovery {
             let options = homeassistant::DiscoveryOptions {
                 prefix: ha.prefix.clone(),
@@ -234,7 +265,7 @@ impl Actor for DeviceSupervisor {
         link.cast(LinkMsg::Start(router))?;
         capture.cast(CaptureMsg::Scan)?;
         info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
-        Ok(SupervisorState { link, index, encoder, search, capture, discovery, http, stopping: false })
+        Ok(SupervisorState { link, index, encoder, search, capture, cameras, discovery, http, stopping: false })
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
@@ -260,6 +291,9 @@ impl Actor for DeviceSupervisor {
                 info!("device shutting down");
                 if let Some(http) = state.http.take() {
                     http.shutdown(STOP_TIMEOUT).await;
+                }
+                for camera in state.cameras.drain(..) {
+                    let _ = camera.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 }
                 let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.index.cast(IndexMsg::Stopping);
