@@ -10,6 +10,16 @@ pub fn results_table(response: &SearchResponse) -> String {
         SearchResponse::Error(e) => format!("error: {}\n", e.error),
         SearchResponse::Results(r) => {
             let mut out = String::new();
+            if !r.groups.is_empty() {
+                for (g, group) in r.groups.iter().enumerate() {
+                    let _ = writeln!(out, "group {} ({} pictures)", g + 1, group.len());
+                    for hit in group {
+                        let _ = writeln!(out, "      {:>7.4}  {:<16}  {}", hit.score, hit.id, hit.path);
+                    }
+                }
+                let _ = writeln!(out, "{} groups of near-duplicates in {} ms (model {})", r.groups.len(), r.took_ms, r.model);
+                return out;
+            }
             if r.hits.is_empty() {
                 let _ = writeln!(out, "no pictures indexed yet ({} ms)", r.took_ms);
                 return out;
@@ -98,6 +108,7 @@ mod tests {
             took_ms: 12,
             hits: vec![hit("a.jpg", 0.5), hit("b.jpg", 0.25)],
             partial: false,
+            groups: Vec::new(),
         });
         let t = results_table(&r);
         assert!(t.find("a.jpg").unwrap() < t.find("b.jpg").unwrap());

@@ -899,6 +899,57 @@ async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_search
     device.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let root = tempfile::tempdir().expect("root");
+    for sub in ["a", "b"] {
+        let copy = copy_pictures(&shapes);
+        std::fs::rename(copy.path(), root.path().join(sub)).expect("move");
+    }
+    // One more copy, re-encoded as PNG: other bytes, nearly the same vector.
+    let name = labels.keys().next().expect("a picture").clone();
+    image::open(shapes.join(&name)).expect("decode").save(root.path().join("a/again.png")).expect("png");
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    // No cloud: groups are answered by the device alone.
+    let device = Device::start(device_config(&broker.url(), "twins", &[root.path()], state.path())).await.expect("device");
+    wait_idle(&device).await;
+    let mut client = Client::connect(&broker.url(), Duration::from_secs(5)).await.expect("connect");
+    let request = SearchRequest { duplicates: Some(0.99), k: Some(1000), ..SearchRequest::text("") };
+    let answer = bounded("duplicates", client.request("twins", request.clone(), Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Results(r) = answer else { panic!("duplicates search failed: {answer:?}") };
+    assert!(r.hits.is_empty());
+    let groups: Vec<Vec<String>> = r.groups.iter().map(|g| {
+        let mut names: Vec<String> = g.iter().map(|h| h.path.strip_prefix(&root.path().display().to_string()).unwrap_or(&h.path).to_string()).collect();
+        names.sort();
+        names
+    }).collect();
+    // The picture with two copies comes first (largest group), then pairs.
+    assert_eq!(groups[0], {
+        let mut expected = vec![format!("/a/{name}"), "/a/again.png".to_string(), format!("/b/{name}")];
+        expected.sort();
+        expected
+    }, "{groups:?}");
+    for g in &groups[1..] {
+        assert_eq!(g.len(), 2, "{groups:?}");
+        assert_eq!(file_name(&g[0]), file_name(&g[1]), "{groups:?}");
+    }
+    assert_eq!(groups.len(), labels.len(), "every picture is in a group: {groups:?}");
+    assert!(r.groups.iter().flatten().all(|h| h.score >= 0.99));
+    // Filters choose what is compared: folder b alone holds no two alike pictures.
+    let only_b = SearchRequest { folder: Some(root.path().join("b").display().to_string()), ..request.clone() };
+    let answer = bounded("duplicates in b", client.request("twins", only_b, Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Results(r) = answer else { panic!("failed: {answer:?}") };
+    assert!(r.groups.is_empty(), "{r:?}");
+    let bad = bounded("bad", client.request("twins", SearchRequest { duplicates: Some(1.5), ..request }, Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Error(e) = bad else { panic!("a threshold above 1 must be refused") };
+    assert!(e.error.contains("duplicates"), "{}", e.error);
+    client.disconnect().await;
+    device.shutdown().await.expect("shutdown");
+}
+
 // ---- hostile pictures ----
 
 fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {

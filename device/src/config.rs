@@ -178,6 +178,8 @@ pub struct SearchConfig {
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
     pub max_server_vectors: usize,
+    /// Most pictures a near-duplicate search compares pairwise.
+    pub max_duplicate_pictures: usize,
     /// How the index keeps vectors in memory for ranking.
     pub vectors: crate::vectors::Precision,
 }
@@ -231,6 +233,9 @@ impl DeviceConfig {
         }
         if self.search.server_chunk_vectors == 0 {
             return bad("search.server_chunk_vectors must be >= 1".into());
+        }
+        if self.search.max_duplicate_pictures < 2 || self.search.max_duplicate_pictures > 1_000_000 {
+            return bad("search.max_duplicate_pictures must be in 2..=1000000".into());
         }
         if self.search.max_text_bytes == 0 {
             return bad("search.max_text_bytes must be >= 1".into());

@@ -8,6 +8,7 @@
 //! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
 //! - [`encode`]: the image tower on tract.
 //! - [`rank`]: simsimd dot products and bounded top-k.
+//! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
 //! - [`index`]: vectors and their pictures.
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
@@ -28,6 +29,7 @@
 pub mod actors;
 pub mod camera;
 pub mod config;
+pub mod duplicates;
 pub mod encode;
 pub mod error;
 pub mod http;

@@ -40,6 +40,11 @@ pub struct SearchRequest {
     /// Only pictures of this source: a camera's name (`""`: only library pictures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Near-duplicate groups instead of a ranking: groups of pictures whose vectors have a
+    /// cosine of at least this (0 < d <= 1, e.g. 0.95), answered on the device alone; `k`
+    /// bounds the number of groups, the filters which pictures are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicates: Option<f32>,
 }
 
 /// Who ranks the pictures of a search.
@@ -55,7 +60,7 @@ pub enum SearchMode {
 impl SearchRequest {
     /// A plain text search with the device's defaults.
     pub fn text(text: impl Into<String>) -> Self {
-        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None, source: None }
+        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None, source: None, duplicates: None }
     }
 
     /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise
@@ -71,8 +76,11 @@ impl SearchRequest {
             SearchRequest::text(trimmed)
         };
         request.text = request.text.trim().to_string();
-        if request.text.is_empty() && request.like.is_none() {
-            return Err(WireError::Field { field: "text", reason: "is empty (give a text, or a picture path in like)".into() });
+        if request.text.is_empty() && request.like.is_none() && request.duplicates.is_none() {
+            return Err(WireError::Field { field: "text", reason: "is empty (give a text, a picture path in like, or a duplicates threshold)".into() });
+        }
+        if request.duplicates.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
+            return Err(WireError::Field { field: "duplicates", reason: "must be a cosine in (0, 1]".into() });
         }
         if request.min_score.is_some_and(|m| !m.is_finite()) {
             return Err(WireError::Field { field: "min_score", reason: "must be a number".into() });
@@ -167,6 +175,10 @@ pub struct SearchResults {
     /// missing. Absent (false) otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,
+    /// For a `duplicates` search: the groups, largest first; each hit's `score` is its best
+    /// cosine with another picture of its group (`hits` is then empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Vec<Hit>>,
 }
 
 /// A failed search.
@@ -431,6 +443,11 @@ mod tests {
         assert_eq!((like.after, like.min_score), (Some(5), Some(0.2)));
         let camera = SearchRequest::parse(br#"{"text":"a person","source":"door"}"#, 100).unwrap();
         assert_eq!(camera.source.as_deref(), Some("door"));
+        let dups = SearchRequest::parse(br#"{"duplicates":0.95,"folder":"/photos"}"#, 100).unwrap();
+        assert_eq!(dups.duplicates, Some(0.95));
+        for bad in [&br#"{"duplicates":0}"#[..], br#"{"duplicates":1.5}"#, br#"{"duplicates":-0.5}"#] {
+            assert!(SearchRequest::parse(bad, 100).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

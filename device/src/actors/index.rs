@@ -119,6 +119,19 @@ pub enum IndexMsg {
         /// The answer, or why not.
         port: RpcReplyPort<Result<Ranking, String>>,
     },
+    /// Groups of near-duplicates among the pictures `filter` keeps (the complete index).
+    Duplicates {
+        /// Least cosine between two pictures of a group.
+        threshold: f32,
+        /// Most groups returned.
+        k: usize,
+        /// Which pictures are compared.
+        filter: Filter,
+        /// Most pictures compared (O(n²) work).
+        max: usize,
+        /// The model id and the groups, or why not.
+        port: RpcReplyPort<Result<(String, Vec<Vec<Hit>>), String>>,
+    },
     /// The entry of the picture with this id (for the HTTP endpoint's thumbnails).
     Picture(String, RpcReplyPort<Option<Entry>>),
     /// The pictures `filter` keeps, int8-quantised in chunks, for a server-ranked search.
@@ -555,6 +568,9 @@ impl Actor for IndexActor {
                 };
                 let _ = port.send(answer);
             }
+            IndexMsg::Duplicates { threshold, k, filter, max, port } => {
+                let _ = port.send(duplicates(&state.args.index, threshold, k, &filter, max));
+            }
             IndexMsg::Export { filter, chunk_vectors, max_vectors, port } => {
                 let _ = port.send(export(&state.args.index, &filter, chunk_vectors, max_vectors));
             }
@@ -721,6 +737,21 @@ fn rank(serving: &Index, building: Option<&Index>, query: &Query, k: usize, filt
     };
     let hits = index.search_filtered(model.as_str(), &query, k, filter).map_err(|e| e.to_string())?;
     Ok(Ranking { model: model.to_string(), hits: to_hits(hits), partial })
+}
+
+/// Near-duplicate groups among the pictures `filter` keeps; the work runs off the async threads.
+fn duplicates(index: &Index, threshold: f32, k: usize, filter: &Filter, max: usize) -> Result<(String, Vec<Vec<Hit>>), String> {
+    let kept: Vec<(&Entry, Cow<'_, [f32]>)> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
+    if kept.len() > max {
+        return Err(format!(
+            "{} pictures match, more than search.max_duplicate_pictures = {max} can be compared pairwise; narrow the search (folder, after, before, source)",
+            kept.len()
+        ));
+    }
+    let flat: Vec<f32> = kept.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let groups = blocking(|| crate::duplicates::groups(&flat, index.dim(), threshold));
+    let groups = groups.into_iter().take(k).map(|g| g.members.into_iter().map(|(row, score)| hit(kept[row].0, score)).collect()).collect();
+    Ok((index.model().to_string(), groups))
 }
 
 /// A server-ranked search's view of the index: ids are positions in `paths`.

@@ -28,6 +28,10 @@ use crate::index::Filter;
 /// How long the index may take to rank (it is in-process and fast; this only guards
 /// against a stuck actor).
 const RANK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the index may take to group near-duplicates: O(n²) comparisons, bounded by
+/// `search.max_duplicate_pictures` (5,000 pictures: ~12.5 million 512-d dot products, a few
+/// seconds on a Raspberry Pi 4).
+const DUPLICATES_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Messages of the search actor.
 pub enum SearchMsg {
@@ -74,6 +78,8 @@ pub struct SearchArgs {
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
     pub max_server_vectors: usize,
+    /// Most pictures a near-duplicate search may compare.
+    pub max_duplicate_pictures: usize,
     /// Base URL of the device's HTTP endpoint (`http://host:port`), when it is on: hits get
     /// `<base>/thumb/<id>` as their thumbnail URL.
     pub thumb_base: Option<String>,
@@ -182,6 +188,20 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         exclude: None,
         source: request.source.clone(),
     };
+    if let Some(threshold) = request.duplicates {
+        // Near-duplicate groups: the device compares its own vectors; no cloud round trip.
+        let started = Instant::now();
+        let max = state.args.max_duplicate_pictures;
+        let grouped = ractor::call_t!(state.args.index, |port| IndexMsg::Duplicates { threshold, k, filter, max, port }, DUPLICATES_TIMEOUT.as_millis() as u64);
+        let text = if request.text.is_empty() { format!("duplicates at {threshold}") } else { request.text.clone() };
+        let response = match grouped {
+            Ok(Ok((model, groups))) => SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits: Vec::new(), partial: false, groups }),
+            Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
+            Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),
+        };
+        answer(state, port, response);
+        return;
+    }
     if let Some(like) = &request.like {
         // Image to image: the device has the vectors already; no cloud round trip.
         let started = Instant::now();
@@ -203,7 +223,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         let export = ractor::call_t!(state.args.index, |port| IndexMsg::Export { filter: f, chunk_vectors, max_vectors, port }, RANK_TIMEOUT.as_millis() as u64);
         match export {
             Ok(Ok(export)) if export.chunks.is_empty() => {
-                let empty = SearchResults { id, text: request.text, model: export.model, took_ms: 0, hits: Vec::new(), partial: false };
+                let empty = SearchResults { id, text: request.text, model: export.model, took_ms: 0, hits: Vec::new(), partial: false, groups: Vec::new() };
                 answer(state, port, SearchResponse::Results(empty));
                 return;
             }
@@ -326,7 +346,7 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
                 .map(|(i, score)| Hit { score, ..server.pictures[i as usize].clone() })
                 .collect();
             let took_ms = p.started.elapsed().as_millis() as u64;
-            SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits, partial: false })
+            SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits, partial: false, groups: Vec::new() })
         }
         (None, None) => return,
     };
@@ -438,7 +458,7 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
 fn respond<E: std::fmt::Display>(ranked: Result<Result<Ranking, String>, E>, id: String, text: String, started: Instant) -> SearchResponse {
     match ranked {
         Ok(Ok(Ranking { model, hits, partial })) => {
-            SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits, partial })
+            SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits, partial, groups: Vec::new() })
         }
         Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
         Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),

@@ -166,6 +166,7 @@ impl Actor for DeviceSupervisor {
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
             server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
             max_server_vectors: config.search.max_server_vectors,
+            max_duplicate_pictures: config.search.max_duplicate_pictures,
             thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
             best_image: ha.image_bytes.then_some((config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
         };
