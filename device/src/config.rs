@@ -142,6 +142,8 @@ pub struct EncoderConfig {
     pub max_file_mib: u64,
     /// Picture file extensions.
     pub extensions: Vec<String>,
+    /// Scheduling of the encoder threads: `low` (nice 10), `idle` (SCHED_IDLE) or `normal`.
+    pub priority: crate::workers::Priority,
 }
 
 /// `[capture]`.

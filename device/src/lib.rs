@@ -15,6 +15,7 @@
 //! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
 //! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
+//! - [`workers`]: the encoder's thread pool at low priority.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
 //!
@@ -45,6 +46,7 @@ pub mod store;
 pub mod thumb;
 pub mod vectors;
 pub mod watch;
+pub mod workers;
 
 pub use config::DeviceConfig;
 pub use error::DeviceError;

@@ -134,6 +134,7 @@ impl Actor for DeviceSupervisor {
             preprocess: model.preprocess.clone(),
             limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
             workers: config.encoder.workers,
+            priority: config.encoder.priority,
             max_file_bytes: config.encoder.max_file_mib << 20,
             index: index.clone(),
         };
