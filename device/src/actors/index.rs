@@ -476,6 +476,8 @@ impl Actor for IndexActor {
             }
             IndexMsg::Failed { path, error } => {
                 state.done_one();
+                // A camera frame that cannot be decoded stays on disk, listed as failed.
+                state.fresh_frames.remove(&path);
                 record_failure(state, path, error);
                 state.changed(&myself);
             }
