@@ -78,6 +78,7 @@ fn entry(i: usize) -> Entry {
         width: 4000,
         height: 3000,
         taken_s: i as i64,
+        source: String::new(),
     }
 }
 

@@ -10,6 +10,16 @@ pub fn results_table(response: &SearchResponse) -> String {
         SearchResponse::Error(e) => format!("error: {}\n", e.error),
         SearchResponse::Results(r) => {
             let mut out = String::new();
+            if !r.groups.is_empty() {
+                for (g, group) in r.groups.iter().enumerate() {
+                    let _ = writeln!(out, "group {} ({} pictures)", g + 1, group.len());
+                    for hit in group {
+                        let _ = writeln!(out, "      {:>7.4}  {:<16}  {}", hit.score, hit.id, hit.path);
+                    }
+                }
+                let _ = writeln!(out, "{} groups of near-duplicates in {} ms (model {})", r.groups.len(), r.took_ms, r.model);
+                return out;
+            }
             if r.hits.is_empty() {
                 let _ = writeln!(out, "no pictures indexed yet ({} ms)", r.took_ms);
                 return out;
@@ -20,6 +30,9 @@ pub fn results_table(response: &SearchResponse) -> String {
                 let _ = writeln!(out, "{:>4}  {:>7.4}  {:<16}  {:>11}  {}", i + 1, hit.score, hit.id, size, hit.path);
             }
             let _ = writeln!(out, "{} hits for {:?} in {} ms (model {})", r.hits.len(), r.text, r.took_ms, r.model);
+            if r.partial {
+                let _ = writeln!(out, "partial: the device is re-indexing for this model; pictures not re-encoded yet are missing");
+            }
             out
         }
     }
@@ -67,6 +80,9 @@ pub fn status_summary(s: &DeviceStatus) -> String {
     let _ = writeln!(out, "device   {} ({:?}, edgeclip {})", s.device_id, s.state, s.version);
     let _ = writeln!(out, "indexed  {} pictures, {} pending, {} failed ({} encoded since start)", s.indexed, s.pending, s.failed, s.encoded);
     let _ = writeln!(out, "model    {} (dimension {})", s.model, s.dim);
+    if let Some(r) = &s.reindex {
+        let _ = writeln!(out, "reindex  {} of {} pictures for model {} (searches use {} until done)", r.indexed, r.total, r.model, s.model);
+    }
     let _ = writeln!(out, "folders  {}", s.folders.join(", "));
     for f in &s.recent_failures {
         let _ = writeln!(out, "skipped  {}: {}", f.path, f.error);
@@ -80,7 +96,7 @@ mod tests {
     use edgeclip_messages::dashboard::{Hit, SearchError, SearchResults};
 
     fn hit(path: &str, score: f32) -> Hit {
-        Hit { path: path.into(), score, taken_s: 0, id: "0123456789abcdef".into(), bytes: 1, width: 2, height: 3, thumb_url: None }
+        Hit { path: path.into(), score, taken_s: 0, id: "0123456789abcdef".into(), bytes: 1, width: 2, height: 3, source: String::new(), thumb_url: None }
     }
 
     #[test]
@@ -91,6 +107,8 @@ mod tests {
             model: "m".into(),
             took_ms: 12,
             hits: vec![hit("a.jpg", 0.5), hit("b.jpg", 0.25)],
+            partial: false,
+            groups: Vec::new(),
         });
         let t = results_table(&r);
         assert!(t.find("a.jpg").unwrap() < t.find("b.jpg").unwrap());

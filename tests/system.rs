@@ -652,6 +652,304 @@ async fn more_like_this_needs_no_cloud_and_filters_restrict_the_hits() {
     device.shutdown().await.expect("shutdown");
 }
 
+// ---- a model change ----
+
+/// The bundled model under another folder name with a harmlessly different config.json (one
+/// more newline): another model id, the same weights (the towers are symbolic links), hence the
+/// same vectors.
+fn model_copy(into: &Path) -> std::path::PathBuf {
+    let dir = into.join("clip-shapes-v2");
+    for sub in ["visual", "textual"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("folder");
+        for entry in std::fs::read_dir(model_dir().join(sub)).expect("model folder") {
+            let path = entry.expect("entry").path();
+            std::os::unix::fs::symlink(&path, dir.join(sub).join(path.file_name().expect("name"))).expect("link");
+        }
+    }
+    std::fs::copy(model_dir().join("SHA256SUMS"), dir.join("SHA256SUMS")).expect("sums");
+    let mut config = std::fs::read(model_dir().join("config.json")).expect("config");
+    config.push(b'\n');
+    std::fs::write(dir.join("config.json"), config).expect("config");
+    dir
+}
+
+fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    std::fs::File::options().write(true).open(path).expect("picture").set_modified(t).expect("mtime");
+}
+
+async fn status_until(device: &Device, what: &str, pred: impl Fn(&edgeclip_messages::dashboard::DeviceStatus) -> bool) -> edgeclip_messages::dashboard::DeviceStatus {
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    loop {
+        let s = device.status().await.expect("status");
+        if pred(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} never happened: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_change_re_indexes_in_the_background_while_the_old_index_answers_until_the_switch() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let n = labels.len() as u64;
+    let pictures = copy_pictures(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let models = tempfile::tempdir().expect("models");
+    let v2 = model_copy(models.path());
+    let old_id = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model").id;
+    let new_id = edgeclip_device::model::ModelFolder::open(&v2, None).expect("model copy").id;
+    assert_ne!(old_id, new_id);
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let cloud = Cloud::start(cloud_config(&broker.url(), "upgrade-w")).await.expect("cloud");
+    let config = device_config(&broker.url(), "upgrader", &[pictures.path()], state.path());
+    let red = || SearchRequest { k: Some(5), ..SearchRequest::text("a red circle") };
+
+    let device = Device::start(config.clone()).await.expect("device");
+    wait_idle(&device).await;
+    let before = device.search(red()).await.expect("search");
+    device.shutdown().await.expect("shutdown");
+
+    // The device gets the new model. One picture is still being written (modified "in the
+    // future"), so the re-index cannot finish before the test lets it.
+    let mut names: Vec<&String> = labels.keys().collect();
+    names.sort();
+    let late = pictures.path().join(names[0]);
+    let late_mtime = std::fs::metadata(&late).expect("late").modified().expect("mtime");
+    set_mtime(&late, std::time::SystemTime::now() + Duration::from_secs(3600));
+    let mut new_config = config.clone();
+    new_config.model.dir = v2.clone();
+    let device = Device::start(new_config.clone()).await.expect("device with the new model");
+    let during = status_until(&device, "re-encoding all but one picture", |s| s.reindex.as_ref().is_some_and(|r| r.indexed == n - 1)).await;
+    assert_eq!((during.model.as_str(), during.indexed), (old_id.as_str(), n), "{during:?}");
+    assert_eq!(during.reindex.as_ref().map(|r| (r.model.as_str(), r.total)), Some((new_id.as_str(), n)), "{during:?}");
+
+    // The cloud still serves the old model: the old index answers, completely.
+    let answer = device.search(red()).await.expect("search");
+    let SearchResponse::Results(r) = &answer else { panic!("search failed during the re-index: {answer:?}") };
+    assert_eq!((r.model.as_str(), r.partial), (old_id.as_str(), false));
+    assert_eq!(hits(&answer), hits(&before));
+    // "More like this" too, even for the picture not re-encoded yet.
+    let like = SearchRequest { like: Some(late.display().to_string()), k: Some(3), ..SearchRequest::text("") };
+    let SearchResponse::Results(r) = device.search(like.clone()).await.expect("like") else { panic!("like failed during the re-index") };
+    assert_eq!((r.model.as_str(), r.hits.len()), (old_id.as_str(), 3));
+
+    // A restart in the middle resumes: nothing already re-encoded is encoded again.
+    device.shutdown().await.expect("shutdown");
+    let device = Device::start(new_config.clone()).await.expect("device again");
+    let resumed = status_until(&device, "the resumed re-index", |s| s.state != edgeclip_messages::dashboard::DeviceState::Starting).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resumed = device.status().await.map(|s| (s.encoded, s.reindex.map(|r| r.indexed))).unwrap_or_else(|_| panic!("{resumed:?}"));
+    assert_eq!(resumed, (0, Some(n - 1)));
+
+    // The cloud switches to the new model first: searches are answered from the index being
+    // built, marked partial (the late picture is not in it yet).
+    cloud.shutdown().await.expect("cloud shutdown");
+    let mut cloud_config_v2 = cloud_config(&broker.url(), "upgrade-w2");
+    cloud_config_v2.model.dir = v2.clone();
+    let cloud = Cloud::start(cloud_config_v2).await.expect("cloud with the new model");
+    let answer = device.search(SearchRequest { k: Some(100), ..red() }).await.expect("search");
+    let SearchResponse::Results(r) = &answer else { panic!("search failed with the new cloud: {answer:?}") };
+    assert_eq!((r.model.as_str(), r.partial, r.hits.len() as u64), (new_id.as_str(), true, n - 1));
+    assert!(r.hits.iter().all(|h| Path::new(&h.path) != late));
+
+    // The picture is complete: the new index is, and the device switches to it.
+    set_mtime(&late, late_mtime);
+    let after = status_until(&device, "the switch", |s| s.reindex.is_none() && s.model == new_id && s.pending == 0).await;
+    assert_eq!((after.indexed, after.encoded), (n, 1), "{after:?}");
+    let answer = device.search(red()).await.expect("search");
+    let SearchResponse::Results(r) = &answer else { panic!("search failed after the switch: {answer:?}") };
+    assert_eq!((r.model.as_str(), r.partial), (new_id.as_str(), false));
+    assert_eq!(hits(&answer), hits(&before), "same weights, same ranking");
+    device.shutdown().await.expect("shutdown");
+    assert!(!state.path().join("index.next").exists() && !state.path().join("index.old").exists());
+    let stored = edgeclip_device::store::Store::stored_model(&state.path().join("index")).expect("readable");
+    assert_eq!(stored.map(|(m, _)| m), Some(new_id));
+    cloud.shutdown().await.expect("cloud shutdown");
+}
+
+// ---- cameras ----
+
+/// A camera on a free port: every GET is answered with the current frame (404 while there is
+/// none).
+struct FakeCamera {
+    url: String,
+    frame: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeCamera {
+    async fn start() -> FakeCamera {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://127.0.0.1:{}/snapshot.jpg", listener.local_addr().expect("addr").port());
+        let frame = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+        let serving = frame.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { continue };
+                let serving = serving.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut request, mut buf) = (Vec::new(), [0u8; 1024]);
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384 {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = serving.lock().expect("lock").clone();
+                    let response = match body {
+                        Some(b) => [format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len()).into_bytes(), b].concat(),
+                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = socket.write_all(&response).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        FakeCamera { url, frame, task }
+    }
+
+    fn show(&self, picture: Option<Vec<u8>>) {
+        *self.frame.lock().expect("lock") = picture;
+    }
+}
+
+impl Drop for FakeCamera {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn camera_of(s: &edgeclip_messages::dashboard::DeviceStatus) -> edgeclip_messages::dashboard::CameraStatus {
+    s.cameras.first().cloned().expect("the camera in the status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_searchable_by_source() {
+    let shapes = data("shapes");
+    let reference = Reference::new(&shapes);
+    let names = reference.names();
+    // Two clearly different scenes: the first picture, and the one least like it.
+    let a = names[0].clone();
+    let b = names.iter().min_by(|x, y| {
+        let cos = |n: &String| edgeclip_device::rank::dot(reference.vector(&a), reference.vector(n));
+        cos(x).total_cmp(&cos(y))
+    }).expect("pictures").clone();
+    assert!(edgeclip_device::rank::dot(reference.vector(&a), reference.vector(&b)) < 0.9);
+    let (frame_a, frame_b) = (std::fs::read(shapes.join(&a)).expect("a"), std::fs::read(shapes.join(&b)).expect("b"));
+
+    let library = copy_pictures(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let camera = FakeCamera::start().await;
+    camera.show(Some(frame_a.clone()));
+    let mut config = device_config(&broker.url(), "watcher", &[library.path()], state.path());
+    let mut cam: edgeclip_device::config::CameraConfig =
+        serde_json::from_value(serde_json::json!({"name": "door", "url": camera.url, "interval_ms": 150})).expect("camera config");
+    cam.folder = Default::default();
+    config.cameras.push(cam);
+    let config = config.validated().expect("valid");
+    let folder = state.path().join("cameras/door");
+    let started_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let device = Device::start(config).await.expect("device");
+
+    // The camera goes dark (404) between scenes until every frame it gave is handled, so the
+    // frames of two scenes are never encoded at the same time.
+    let drained = |s: &edgeclip_messages::dashboard::DeviceStatus| {
+        let c = camera_of(s);
+        c.last_error.is_some() && c.polled == c.kept + c.skipped && s.pending == 0
+    };
+    // A static scene: one frame kept, the others deleted.
+    status_until(&device, "a static scene", |s| camera_of(s).kept == 1 && camera_of(s).skipped >= 3).await;
+    camera.show(None);
+    status_until(&device, "the first scene handled", drained).await;
+    // Something changes: kept; and back: kept again (it differs from the last kept frame).
+    camera.show(Some(frame_b));
+    status_until(&device, "a second scene", |s| camera_of(s).kept == 2 && camera_of(s).last_error.is_none()).await;
+    camera.show(None);
+    status_until(&device, "the second scene handled", drained).await;
+    camera.show(Some(frame_a));
+    status_until(&device, "the first scene again", |s| camera_of(s).kept == 3 && camera_of(s).last_error.is_none()).await;
+    // The camera fails: counted, named, and nothing more is saved.
+    camera.show(None);
+    let settled = status_until(&device, "failing polls with every frame handled", |s| camera_of(s).failed >= 2 && drained(s)).await;
+    let c = camera_of(&settled);
+    assert!(c.last_error.as_deref().is_some_and(|e| e.contains("404")), "{c:?}");
+    assert_eq!(c.kept, 3, "{c:?}");
+    let mut frames: Vec<String> = std::fs::read_dir(&folder).expect("camera folder").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    frames.sort();
+    assert_eq!(frames.len(), 3, "only kept frames stay on disk: {frames:?}");
+    assert!(frames.iter().all(|f| f.len() == "YYYYMMDD-HHMMSS-mmm.jpg".len() && f.ends_with(".jpg")), "{frames:?}");
+    assert_eq!(settled.indexed as usize, names.len() + 3, "{settled:?}");
+
+    // Searchable by source: "more like this" of the library's first picture.
+    let query = library.path().join(&a).display().to_string();
+    let like = |source: Option<&str>| SearchRequest { like: Some(query.clone()), k: Some(100), source: source.map(String::from), ..SearchRequest::text("") };
+    let SearchResponse::Results(r) = device.search(like(Some("door"))).await.expect("answer") else { panic!("source search failed") };
+    assert_eq!(r.hits.len(), 3, "{r:?}");
+    assert!(r.hits.iter().all(|h| h.source == "door" && Path::new(&h.path).starts_with(&folder) && h.taken_s >= started_s - 1), "{r:?}");
+    assert!(r.hits[0].score > 0.999 && r.hits[1].score > 0.999, "the two frames of the first scene come first: {r:?}");
+    let SearchResponse::Results(r) = device.search(like(Some(""))).await.expect("answer") else { panic!("library search failed") };
+    assert_eq!(r.hits.len(), names.len() - 1);
+    assert!(r.hits.iter().all(|h| h.source.is_empty()));
+    let SearchResponse::Results(r) = device.search(like(Some("yard"))).await.expect("answer") else { panic!("search failed") };
+    assert!(r.hits.is_empty());
+    device.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let root = tempfile::tempdir().expect("root");
+    for sub in ["a", "b"] {
+        let copy = copy_pictures(&shapes);
+        std::fs::rename(copy.path(), root.path().join(sub)).expect("move");
+    }
+    // One more copy, re-encoded as PNG: other bytes, nearly the same vector.
+    let name = labels.keys().next().expect("a picture").clone();
+    image::open(shapes.join(&name)).expect("decode").save(root.path().join("a/again.png")).expect("png");
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    // No cloud: groups are answered by the device alone.
+    let device = Device::start(device_config(&broker.url(), "twins", &[root.path()], state.path())).await.expect("device");
+    wait_idle(&device).await;
+    let mut client = Client::connect(&broker.url(), Duration::from_secs(5)).await.expect("connect");
+    let request = SearchRequest { duplicates: Some(0.99), k: Some(1000), ..SearchRequest::text("") };
+    let answer = bounded("duplicates", client.request("twins", request.clone(), Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Results(r) = answer else { panic!("duplicates search failed: {answer:?}") };
+    assert!(r.hits.is_empty());
+    let groups: Vec<Vec<String>> = r.groups.iter().map(|g| {
+        let mut names: Vec<String> = g.iter().map(|h| h.path.strip_prefix(&root.path().display().to_string()).unwrap_or(&h.path).to_string()).collect();
+        names.sort();
+        names
+    }).collect();
+    // The picture with two copies comes first (largest group), then pairs.
+    assert_eq!(groups[0], {
+        let mut expected = vec![format!("/a/{name}"), "/a/again.png".to_string(), format!("/b/{name}")];
+        expected.sort();
+        expected
+    }, "{groups:?}");
+    for g in &groups[1..] {
+        assert_eq!(g.len(), 2, "{groups:?}");
+        assert_eq!(file_name(&g[0]), file_name(&g[1]), "{groups:?}");
+    }
+    assert_eq!(groups.len(), labels.len(), "every picture is in a group: {groups:?}");
+    assert!(r.groups.iter().flatten().all(|h| h.score >= 0.99));
+    // Filters choose what is compared: folder b alone holds no two alike pictures.
+    let only_b = SearchRequest { folder: Some(root.path().join("b").display().to_string()), ..request.clone() };
+    let answer = bounded("duplicates in b", client.request("twins", only_b, Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Results(r) = answer else { panic!("failed: {answer:?}") };
+    assert!(r.groups.is_empty(), "{r:?}");
+    let bad = bounded("bad", client.request("twins", SearchRequest { duplicates: Some(1.5), ..request }, Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Error(e) = bad else { panic!("a threshold above 1 must be refused") };
+    assert!(e.error.contains("duplicates"), "{}", e.error);
+    client.disconnect().await;
+    device.shutdown().await.expect("shutdown");
+}
+
 // ---- hostile pictures ----
 
 fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {

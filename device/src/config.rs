@@ -37,6 +37,55 @@ pub struct DeviceConfig {
     pub http: HttpConfig,
     /// Home Assistant MQTT discovery.
     pub homeassistant: HomeAssistantConfig,
+    /// Cameras polled for snapshots (`[[cameras]]`).
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// One `[[cameras]]` entry: a camera's HTTP snapshot URL polled at an interval.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Name, and the source id of its frames (letters, digits, '.', '_', '-').
+    pub name: String,
+    /// Snapshot URL: `http://[user:password@]host[:port]/path`.
+    pub url: String,
+    /// Time between polls.
+    #[serde(default = "CameraConfig::default_interval_ms")]
+    pub interval_ms: u64,
+    /// Where frames are kept; empty: `<state_dir>/cameras/<name>`.
+    #[serde(default)]
+    pub folder: PathBuf,
+    /// A frame whose cosine with the camera's last kept frame is at least this is deleted.
+    #[serde(default = "CameraConfig::default_duplicate_threshold")]
+    pub duplicate_threshold: f32,
+    /// Longest a poll may take, connection included.
+    #[serde(default = "CameraConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest snapshot accepted, MiB.
+    #[serde(default = "CameraConfig::default_max_frame_mib")]
+    pub max_frame_mib: u64,
+}
+
+impl CameraConfig {
+    /// 10 s: a scene worth searching changes on that scale, and a Pi encodes a frame in well
+    /// under a second.
+    pub fn default_interval_ms() -> u64 {
+        10_000
+    }
+    /// 0.98: frames of a static scene (sensor noise, compression) score above 0.99 with CLIP
+    /// models; a person entering the picture drops well below.
+    pub fn default_duplicate_threshold() -> f32 {
+        0.98
+    }
+    /// 5 s: a snapshot on the LAN takes milliseconds; a camera that slow is failing.
+    pub fn default_timeout_ms() -> u64 {
+        5000
+    }
+    /// 16 MiB: a 12-megapixel JPEG is ~5 MiB.
+    pub fn default_max_frame_mib() -> u64 {
+        16
+    }
 }
 
 /// `[homeassistant]`.
@@ -93,6 +142,8 @@ pub struct EncoderConfig {
     pub max_file_mib: u64,
     /// Picture file extensions.
     pub extensions: Vec<String>,
+    /// Scheduling of the encoder threads: `low` (nice 10), `idle` (SCHED_IDLE) or `normal`.
+    pub priority: crate::workers::Priority,
 }
 
 /// `[capture]`.
@@ -129,6 +180,8 @@ pub struct SearchConfig {
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
     pub max_server_vectors: usize,
+    /// Most pictures a near-duplicate search compares pairwise.
+    pub max_duplicate_pictures: usize,
     /// How the index keeps vectors in memory for ranking.
     pub vectors: crate::vectors::Precision,
 }
@@ -183,6 +236,9 @@ impl DeviceConfig {
         if self.search.server_chunk_vectors == 0 {
             return bad("search.server_chunk_vectors must be >= 1".into());
         }
+        if self.search.max_duplicate_pictures < 2 || self.search.max_duplicate_pictures > 1_000_000 {
+            return bad("search.max_duplicate_pictures must be in 2..=1000000".into());
+        }
         if self.search.max_text_bytes == 0 {
             return bad("search.max_text_bytes must be >= 1".into());
         }
@@ -201,6 +257,29 @@ impl DeviceConfig {
             return bad(format!("homeassistant.prefix = {prefix:?} must be a concrete topic without leading or trailing '/'"));
         }
         self.http.cache_dir = self.state_dir.join(&self.http.cache_dir);
+        let mut names = std::collections::HashSet::new();
+        for cam in &mut self.cameras {
+            edgeclip_messages::topics::validate_device_id(&cam.name).map_err(|e| DeviceError::Config(format!("cameras: name {:?}: {e}", cam.name)))?;
+            if !names.insert(cam.name.clone()) {
+                return bad(format!("cameras: two cameras are named {:?}", cam.name));
+            }
+            crate::camera::CameraUrl::parse(&cam.url).map_err(|e| DeviceError::Config(format!("cameras.{}.url: {e}", cam.name)))?;
+            if cam.interval_ms < 100 {
+                return bad(format!("cameras.{}.interval_ms must be at least 100", cam.name));
+            }
+            if !(cam.duplicate_threshold > 0.0 && cam.duplicate_threshold <= 1.0) {
+                return bad(format!("cameras.{}.duplicate_threshold must be in (0, 1]", cam.name));
+            }
+            if !(1..=600_000).contains(&cam.timeout_ms) {
+                return bad(format!("cameras.{}.timeout_ms must be in 1..=600000", cam.name));
+            }
+            if !(1..=1024).contains(&cam.max_frame_mib) {
+                return bad(format!("cameras.{}.max_frame_mib must be in 1..=1024", cam.name));
+            }
+            if cam.folder.as_os_str().is_empty() {
+                cam.folder = self.state_dir.join("cameras").join(&cam.name);
+            }
+        }
         Ok(self)
     }
 
@@ -280,5 +359,31 @@ mod tests {
         assert!(err.contains("http.bind"), "{err}");
         let err = DeviceConfig::load(None, &[("broker.url", "http://x".into())]).unwrap_err().to_string();
         assert!(err.contains("mqtt://"), "{err}");
+    }
+
+    #[test]
+    fn cameras_get_defaults_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("device.toml");
+        std::fs::write(&file, "device_id = \"nas\"\nstate_dir = \"/var/lib/edgeclip\"\n[[cameras]]\nname = \"door\"\nurl = \"http://10.0.0.5/snap.jpg\"\n[[cameras]]\nname = \"yard\"\nurl = \"http://u:p@yard:8080/s\"\ninterval_ms = 500\nfolder = \"/srv/yard\"\nduplicate_threshold = 0.9\n").unwrap();
+        let cfg = DeviceConfig::load(Some(&file), &[]).unwrap();
+        assert_eq!(cfg.cameras.len(), 2);
+        let door = &cfg.cameras[0];
+        assert_eq!((door.interval_ms, door.duplicate_threshold, door.folder.as_path()), (10_000, 0.98, Path::new("/var/lib/edgeclip/cameras/door")));
+        assert_eq!((cfg.cameras[1].interval_ms, cfg.cameras[1].folder.as_path()), (500, Path::new("/srv/yard")));
+        assert!(DeviceConfig::load(None, &[]).unwrap().cameras.is_empty());
+        for (bad, named) in [
+            ("name = \"a/b\"\nurl = \"http://x/\"", "name"),
+            ("name = \"c\"\nurl = \"https://x/\"", "url"),
+            ("name = \"c\"\nurl = \"http://x/\"\ninterval_ms = 5", "interval_ms"),
+            ("name = \"c\"\nurl = \"http://x/\"\nduplicate_threshold = 1.5", "duplicate_threshold"),
+            ("name = \"c\"\nurl = \"http://x/\"\nwhat = 1", "what"),
+        ] {
+            std::fs::write(&file, format!("[[cameras]]\n{bad}\n")).unwrap();
+            let err = DeviceConfig::load(Some(&file), &[("device_id", "nas".into())]).unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        std::fs::write(&file, "[[cameras]]\nname = \"c\"\nurl = \"http://x/\"\n[[cameras]]\nname = \"c\"\nurl = \"http://y/\"\n").unwrap();
+        assert!(DeviceConfig::load(Some(&file), &[("device_id", "nas".into())]).unwrap_err().to_string().contains("two cameras"));
     }
 }

@@ -28,8 +28,11 @@ pub struct Entry {
     pub width: u32,
     /// Height in pixels, EXIF orientation applied.
     pub height: u32,
-    /// Capture time, seconds since the epoch: EXIF DateTimeOriginal, else the modification time.
+    /// Capture time, seconds since the epoch: EXIF DateTimeOriginal, else the modification time
+    /// (for a camera's frame: the time it was polled).
     pub taken_s: i64,
+    /// Source id: the name of the camera whose frame this is; empty for a library picture.
+    pub source: String,
 }
 
 impl Entry {
@@ -64,6 +67,8 @@ pub struct Filter {
     pub min_score: Option<f32>,
     /// Never this picture (the query picture of a "more like this" search).
     pub exclude: Option<PathBuf>,
+    /// Only pictures of this source (a camera's name; "" for library pictures).
+    pub source: Option<String>,
 }
 
 impl Filter {
@@ -73,6 +78,7 @@ impl Filter {
             && self.after.is_none_or(|t| e.taken_s >= t)
             && self.before.is_none_or(|t| e.taken_s < t)
             && self.exclude.as_ref().is_none_or(|p| &e.path != p)
+            && self.source.as_ref().is_none_or(|s| &e.source == s)
     }
 }
 
@@ -234,7 +240,7 @@ mod tests {
     use super::*;
 
     fn entry(p: &str) -> Entry {
-        Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0 }
+        Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: String::new() }
     }
 
     #[test]
@@ -274,6 +280,8 @@ mod tests {
         assert_eq!(names(Filter { before: Some(20), ..Filter::default() }), ["/a/1.jpg"]);
         assert_eq!(names(Filter { min_score: Some(0.7), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
         assert_eq!(names(Filter { exclude: Some("/a/1.jpg".into()), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
+        assert!(names(Filter { source: Some("door".into()), ..Filter::default() }).is_empty());
+        assert_eq!(names(Filter { source: Some(String::new()), ..Filter::default() }).len(), 3);
         assert_eq!(index.vector_of(Path::new("/b/3.jpg")).as_deref(), Some(&[0.6, 0.8][..]));
     }
 

@@ -8,12 +8,16 @@
 //! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
 //! - [`encode`]: the image tower on tract.
 //! - [`rank`]: simsimd dot products and bounded top-k.
+//! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
 //! - [`index`]: vectors and their pictures.
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
 //! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
+//! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
+//! - [`workers`]: the encoder's thread pool at low priority.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
+//! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
 //!
 //! Shells: [`actors`] (one actor per file), [`http`] (thumbnails and the search page),
 //! [`service`] (start, search, shutdown),
@@ -24,7 +28,9 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod camera;
 pub mod config;
+pub mod duplicates;
 pub mod encode;
 pub mod error;
 pub mod http;
@@ -33,12 +39,14 @@ pub mod metadata;
 pub mod model;
 pub mod preprocess;
 pub mod rank;
+pub mod reindex;
 pub mod scan;
 pub mod service;
 pub mod store;
 pub mod thumb;
 pub mod vectors;
 pub mod watch;
+pub mod workers;
 
 pub use config::DeviceConfig;
 pub use error::DeviceError;

@@ -13,7 +13,8 @@
 //! is harmless (the journal's final state is the snapshot's), so a crash between the two
 //! renames loses nothing. Records are upserts by path, so replays never duplicate a picture.
 //!
-//! Both files name the model id and dimension; an index of another model is set aside
+//! An Upsert body: kind, path, size, mtime, SHA-256, width, height, capture time, source id
+//! (version 2), f32 vector. Both files name the model id and dimension; an index of another model is set aside
 //! (renamed with a `.old` suffix) and the pictures are encoded again.
 
 use std::fs::{File, OpenOptions};
@@ -26,7 +27,9 @@ use crate::vectors::Precision;
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"ECIX";
 const JOURNAL_MAGIC: &[u8; 4] = b"ECJL";
-const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the source id to Upsert records; version 1 files are read and rewritten
+/// as version 2 when the store opens.
+const FORMAT_VERSION: u32 = 2;
 const UPSERT: u8 = 1;
 const REMOVE: u8 = 2;
 /// Records larger than this are corrupt (a path of 4 KiB and a 4096-dim vector fit easily).
@@ -91,11 +94,14 @@ impl Store {
         }
 
         let mut snapshot_bytes = 0;
+        let mut outdated = false;
         if snapshot_path.exists() {
             let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| apply(&mut index, r))?;
             snapshot_bytes = good;
+            outdated |= file_version(&snapshot_path) < FORMAT_VERSION;
         }
         let journal_bytes = if journal_path.exists() {
+            outdated |= file_version(&journal_path) < FORMAT_VERSION;
             let (replayed, _, good, total) = read_records(&journal_path, JOURNAL_MAGIC, |r| apply(&mut index, r))?;
             report.replayed = replayed;
             if good < total {
@@ -110,7 +116,35 @@ impl Store {
         };
         let journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
         report.pictures = index.len();
-        Ok((Store { dir: dir.to_path_buf(), model: model.to_string(), dim, journal, journal_bytes, snapshot_bytes }, index, report))
+        let mut store = Store { dir: dir.to_path_buf(), model: model.to_string(), dim, journal, journal_bytes, snapshot_bytes };
+        if outdated {
+            // Appending version 2 records to a version 1 journal would mix formats.
+            store.compact(&index)?;
+        }
+        Ok((store, index, report))
+    }
+
+    /// The model id and dimension an existing store in `dir` was built with (`None`: no store
+    /// there), read from the snapshot's header, else the journal's. An unreadable header is
+    /// an error with the reason.
+    pub fn stored_model(dir: &Path) -> Result<Option<(String, usize)>, String> {
+        for (file, magic) in [("snapshot.bin", SNAPSHOT_MAGIC), ("journal.bin", JOURNAL_MAGIC)] {
+            if let Some((_, model, dim)) = read_header(&dir.join(file), magic)? {
+                return Ok(Some((model, dim)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The model id of the vectors this store holds.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The store's folder was renamed to `dir` (the switch after a re-index): the open
+    /// journal follows its inode; later compactions write in the new folder.
+    pub fn moved_to(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
     }
 
     /// Records a picture's vector durably.
@@ -235,7 +269,7 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<(u64, String, usiz
         return Err("bad magic".into());
     }
     let version = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
     }
     let dim = u32::from_le_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]) as usize;
@@ -246,6 +280,12 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<(u64, String, usiz
     let mut model = vec![0u8; len];
     f.read_exact(&mut model).map_err(|e| e.to_string())?;
     Ok(Some((16 + len as u64, String::from_utf8(model).map_err(|e| e.to_string())?, dim)))
+}
+
+/// The format version in a file's header (0 if unreadable).
+fn file_version(path: &Path) -> u32 {
+    let mut fixed = [0u8; 8];
+    File::open(path).and_then(|mut f| f.read_exact(&mut fixed)).map(|()| u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]])).unwrap_or(0)
 }
 
 /// Reads every complete, checksummed record. Returns (records, header length, length up to
@@ -259,6 +299,7 @@ fn read_records(path: &Path, magic: &[u8; 4], mut each: impl FnMut(Record) -> Re
     let file = File::open(path).map_err(|e| DeviceError::io(path, e))?;
     let total = file.metadata().map_err(|e| DeviceError::io(path, e))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
+    let version = file_version(path);
     let mut skip = vec![0u8; header as usize];
     r.read_exact(&mut skip).map_err(|e| DeviceError::io(path, e))?;
     let mut good = header;
@@ -278,7 +319,7 @@ fn read_records(path: &Path, magic: &[u8; 4], mut each: impl FnMut(Record) -> Re
         if r.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
             break;
         }
-        match decode(&body, dim) {
+        match decode(&body, dim, version) {
             Some(rec) => {
                 each(rec)?;
                 records += 1;
@@ -324,6 +365,9 @@ fn encode_upsert(out: &mut Vec<u8>, e: &Entry, vector: &[f32]) {
     out.extend_from_slice(&e.width.to_le_bytes());
     out.extend_from_slice(&e.height.to_le_bytes());
     out.extend_from_slice(&e.taken_s.to_le_bytes());
+    let source = &e.source.as_bytes()[..e.source.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(source.len() as u16).to_le_bytes());
+    out.extend_from_slice(source);
     for v in vector {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -349,7 +393,7 @@ impl<'a> Body<'a> {
     }
 }
 
-fn decode(body: &[u8], dim: usize) -> Option<Record> {
+fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
     let mut b = Body(body);
     match b.take(1)?[0] {
         UPSERT => {
@@ -360,12 +404,18 @@ fn decode(body: &[u8], dim: usize) -> Option<Record> {
             let width = u32::from_le_bytes(b.array()?);
             let height = u32::from_le_bytes(b.array()?);
             let taken_s = i64::from_le_bytes(b.array()?);
+            let source = if version >= 2 {
+                let len = u16::from_le_bytes(b.array()?) as usize;
+                String::from_utf8(b.take(len)?.to_vec()).ok()?
+            } else {
+                String::new()
+            };
             let raw = b.take(dim * 4)?;
             if !b.0.is_empty() {
                 return None;
             }
             let vector = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            Some(Record::Upsert(Entry { path, size, mtime_ns, hash, width, height, taken_s }, vector))
+            Some(Record::Upsert(Entry { path, size, mtime_ns, hash, width, height, taken_s, source }, vector))
         }
         REMOVE => {
             let path = b.path()?;
@@ -380,7 +430,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, n: u8) -> Entry {
-        Entry { path: PathBuf::from(name), size: n as u64, mtime_ns: -5, hash: [n; 32], width: 3, height: 2, taken_s: 1_700_000_000 }
+        Entry { path: PathBuf::from(name), size: n as u64, mtime_ns: -5, hash: [n; 32], width: 3, height: 2, taken_s: 1_700_000_000, source: if n % 2 == 0 { String::new() } else { format!("cam{n}") } }
     }
 
     fn v(x: f32) -> Vec<f32> {
@@ -454,6 +504,40 @@ mod tests {
         assert!(index.is_empty());
         assert!(report.reset.unwrap().contains("old-model"));
         assert!(dir.path().join("journal.bin.old").exists());
+    }
+
+    #[test]
+    fn a_version_1_journal_is_read_and_rewritten_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = Vec::new();
+        file.extend_from_slice(JOURNAL_MAGIC);
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(&3u32.to_le_bytes());
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(b"m");
+        let mut body = vec![UPSERT];
+        put_path(&mut body, Path::new("a"));
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&(-5i128).to_le_bytes());
+        body.extend_from_slice(&[1; 32]);
+        body.extend_from_slice(&3u32.to_le_bytes());
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(&1_700_000_000i64.to_le_bytes());
+        for x in v(0.1) {
+            body.extend_from_slice(&x.to_le_bytes());
+        }
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        file.extend_from_slice(&body);
+        std::fs::write(dir.path().join("journal.bin"), file).unwrap();
+        let (mut store, index, _) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!(index.get(Path::new("a")), Some(&Entry { source: String::new(), ..entry("a", 1) }));
+        assert_eq!(file_version(&dir.path().join("journal.bin")), FORMAT_VERSION);
+        store.upsert(&entry("b", 3), &v(0.2)).unwrap();
+        drop(store);
+        let (_, index, _) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!(index.get(Path::new("b")).map(|e| e.source.as_str()), Some("cam3"));
+        assert_eq!(index.len(), 2);
     }
 
     #[cfg(unix)]

@@ -37,6 +37,14 @@ pub struct SearchRequest {
     /// Who ranks: the device (default, method A) or the cloud (method B).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<SearchMode>,
+    /// Only pictures of this source: a camera's name (`""`: only library pictures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Near-duplicate groups instead of a ranking: groups of pictures whose vectors have a
+    /// cosine of at least this (0 < d <= 1, e.g. 0.95), answered on the device alone; `k`
+    /// bounds the number of groups, the filters which pictures are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicates: Option<f32>,
 }
 
 /// Who ranks the pictures of a search.
@@ -52,7 +60,7 @@ pub enum SearchMode {
 impl SearchRequest {
     /// A plain text search with the device's defaults.
     pub fn text(text: impl Into<String>) -> Self {
-        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None }
+        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None, source: None, duplicates: None }
     }
 
     /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise
@@ -68,8 +76,11 @@ impl SearchRequest {
             SearchRequest::text(trimmed)
         };
         request.text = request.text.trim().to_string();
-        if request.text.is_empty() && request.like.is_none() {
-            return Err(WireError::Field { field: "text", reason: "is empty (give a text, or a picture path in like)".into() });
+        if request.text.is_empty() && request.like.is_none() && request.duplicates.is_none() {
+            return Err(WireError::Field { field: "text", reason: "is empty (give a text, a picture path in like, or a duplicates threshold)".into() });
+        }
+        if request.duplicates.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
+            return Err(WireError::Field { field: "duplicates", reason: "must be a cosine in (0, 1]".into() });
         }
         if request.min_score.is_some_and(|m| !m.is_finite()) {
             return Err(WireError::Field { field: "min_score", reason: "must be a number".into() });
@@ -115,6 +126,9 @@ pub struct Hit {
     /// Height in pixels, EXIF orientation applied (0 when unknown).
     #[serde(default)]
     pub height: u32,
+    /// Source id: the camera whose frame this is (absent for library pictures).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
     /// URL of a small JPEG of the picture, served by the device itself on the home network
     /// (absent when the device's HTTP endpoint is off). The picture never leaves the device
     /// otherwise.
@@ -156,6 +170,15 @@ pub struct SearchResults {
     pub took_ms: u64,
     /// Best hits first.
     pub hits: Vec<Hit>,
+    /// True when the hits come from an index still being built (the device re-indexes for a
+    /// new model, and the cloud serves only the new one): pictures not yet re-encoded are
+    /// missing. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// For a `duplicates` search: the groups, largest first; each hit's `score` is its best
+    /// cosine with another picture of its group (`hits` is then empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Vec<Hit>>,
 }
 
 /// A failed search.
@@ -364,8 +387,45 @@ pub struct DeviceStatus {
     pub folders: Vec<String>,
     /// The most recent failures, newest last (bounded).
     pub recent_failures: Vec<Failure>,
+    /// While the device re-indexes for a new model: the progress of the new index. Searches
+    /// are answered from the complete index of `model` meanwhile, and from this one once it
+    /// is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reindex: Option<Reindex>,
+    /// The cameras the device polls for snapshots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<CameraStatus>,
     /// edgeclip version of the device.
     pub version: String,
+}
+
+/// A camera the device polls (see [`DeviceStatus::cameras`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraStatus {
+    /// The camera's name: the source id of its frames.
+    pub name: String,
+    /// Snapshots fetched and saved.
+    pub polled: u64,
+    /// Polls that failed (no answer, HTTP error, not a picture, too large).
+    pub failed: u64,
+    /// Frames kept (indexed).
+    pub kept: u64,
+    /// Frames deleted as near-duplicates of the last kept one.
+    pub skipped: u64,
+    /// The last poll's error, while polls fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Progress of a re-index for a new model (see [`DeviceStatus::reindex`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reindex {
+    /// Model id of the index being built.
+    pub model: String,
+    /// Pictures in it so far.
+    pub indexed: u64,
+    /// Pictures it will hold once complete, as far as known (indexed + pending).
+    pub total: u64,
 }
 
 #[cfg(test)]
@@ -381,6 +441,13 @@ mod tests {
         let like = SearchRequest::parse(br#"{"like":"/photos/a.jpg","folder":"/photos","after":5,"min_score":0.2}"#, 100).unwrap();
         assert_eq!(like.like.as_deref(), Some("/photos/a.jpg"));
         assert_eq!((like.after, like.min_score), (Some(5), Some(0.2)));
+        let camera = SearchRequest::parse(br#"{"text":"a person","source":"door"}"#, 100).unwrap();
+        assert_eq!(camera.source.as_deref(), Some("door"));
+        let dups = SearchRequest::parse(br#"{"duplicates":0.95,"folder":"/photos"}"#, 100).unwrap();
+        assert_eq!(dups.duplicates, Some(0.95));
+        for bad in [&br#"{"duplicates":0}"#[..], br#"{"duplicates":1.5}"#, br#"{"duplicates":-0.5}"#] {
+            assert!(SearchRequest::parse(bad, 100).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

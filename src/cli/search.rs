@@ -30,6 +30,13 @@ pub struct SearchArgs {
     /// Only hits scoring at least this (cosine similarity).
     #[arg(long, value_name = "SCORE")]
     pub min_score: Option<f32>,
+    /// Near-duplicate groups instead of a ranking: pictures whose vectors have at least this
+    /// cosine (e.g. 0.95), grouped; answered on the device alone (no text needed).
+    #[arg(long, value_name = "COSINE")]
+    pub duplicates: Option<f32>,
+    /// Only frames of this camera (its `name` in `[[cameras]]`); "" for library pictures only.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
     /// Who ranks: `device` (the cloud returns the text vector) or `server` (the device sends
     /// its vectors and the cloud ranks); default: the device's configuration.
     #[arg(long, value_parser = ["device", "server"])]
@@ -46,7 +53,7 @@ pub struct SearchArgs {
     /// Search every online device: the cloud encodes the text once, each device ranks its
     /// pictures, the cloud merges the hits (with a device column) and lists the devices that
     /// did not answer before the deadline. Exits 0 if at least one device answered.
-    #[arg(long, conflicts_with_all = ["device", "like", "folder", "after", "before", "min_score", "mode"])]
+    #[arg(long, conflicts_with_all = ["device", "like", "folder", "after", "before", "min_score", "mode", "source", "duplicates"])]
     pub all: bool,
     /// With --all: seconds the devices have to answer (default: the cloud's fleet.deadline_ms).
     #[arg(long, requires = "all", value_parser = super::parse_seconds)]
@@ -73,6 +80,8 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
         after: args.after,
         before: args.before,
         min_score: args.min_score,
+        source: args.source.clone(),
+        duplicates: args.duplicates,
         mode: args.mode.as_deref().map(|m| if m == "server" { SearchMode::Server } else { SearchMode::Device }),
         ..SearchRequest::text(args.text.clone())
     };

@@ -266,6 +266,16 @@ impl Reference {
         Reference { tokenizer, text, pictures }
     }
 
+    /// The image vector of a picture, by file name.
+    pub fn vector(&self, name: &str) -> &[f32] {
+        &self.pictures.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} is not a reference picture")).1
+    }
+
+    /// File names of the reference pictures, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.pictures.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// (file name, score) of the `k` best pictures for `text`, best first.
     pub fn rank(&self, text: &str, k: usize) -> Vec<(String, f32)> {
         let q = self.text.encode(&self.tokenizer.encode(text).expect("tokens")).expect("text vector");

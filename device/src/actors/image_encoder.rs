@@ -1,5 +1,6 @@
 //! [`ImageEncoderActor`]: decodes, preprocesses and encodes pictures, `workers` at a time,
-//! on blocking threads (never on the async threads), and hands the vectors to the index.
+//! on its own threads at low priority (`workers.rs`; never on the async threads), and hands the
+//! vectors to the index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::error::DeviceError;
 use crate::index::Entry;
 use crate::preprocess::{decode_bytes, DecodeLimits, PreprocessCfg};
 use crate::scan::FileSeen;
+use crate::workers::{Priority, Workers};
 
 /// Messages of the image encoder.
 pub enum ImageEncoderMsg {
@@ -37,6 +39,8 @@ pub struct ImageEncoderArgs {
     pub limits: DecodeLimits,
     /// Pictures encoded at once.
     pub workers: usize,
+    /// Scheduling of the encoding threads.
+    pub priority: Priority,
     /// Larger files are skipped without being read.
     pub max_file_bytes: u64,
     /// Where results go.
@@ -47,6 +51,7 @@ pub struct ImageEncoderArgs {
 pub struct ImageEncoderState {
     args: ImageEncoderArgs,
     slots: Arc<Semaphore>,
+    threads: Workers,
 }
 
 /// The image encoder actor.
@@ -59,7 +64,8 @@ impl Actor for ImageEncoderActor {
 
     async fn pre_start(&self, _myself: ActorRef<ImageEncoderMsg>, args: ImageEncoderArgs) -> Result<ImageEncoderState, ActorProcessingErr> {
         let slots = Arc::new(Semaphore::new(args.workers.max(1)));
-        Ok(ImageEncoderState { args, slots })
+        let threads = Workers::start(args.workers, args.priority)?;
+        Ok(ImageEncoderState { args, slots, threads })
     }
 
     async fn handle(&self, _myself: ActorRef<ImageEncoderMsg>, msg: ImageEncoderMsg, state: &mut ImageEncoderState) -> Result<(), ActorProcessingErr> {
@@ -82,9 +88,10 @@ impl Actor for ImageEncoderActor {
         let limits = state.args.limits;
         let max_file_bytes = state.args.max_file_bytes;
         let index = state.args.index.clone();
+        let threads = state.threads.clone();
         tokio::spawn(async move {
             let path = seen.path.clone();
-            let msg = match encode_or_reuse(seen, reuse, tower, preprocess, limits, max_file_bytes, &index).await {
+            let msg = match encode_or_reuse(seen, reuse, tower, preprocess, limits, max_file_bytes, &index, &threads).await {
                 Ok((entry, vector, encoded)) => IndexMsg::Insert { entry, vector, encoded },
                 Err(e) => IndexMsg::Failed { path, error: e.to_string() },
             };
@@ -98,6 +105,7 @@ impl Actor for ImageEncoderActor {
 /// Reads and hashes the file; reuses the vector of a picture with the same content (renamed,
 /// moved, copied) if the index has one, else decodes, preprocesses and encodes it. File and
 /// model work run on blocking threads.
+#[allow(clippy::too_many_arguments)]
 async fn encode_or_reuse(
     seen: FileSeen,
     reuse: bool,
@@ -106,6 +114,7 @@ async fn encode_or_reuse(
     limits: DecodeLimits,
     max_file_bytes: u64,
     index: &ActorRef<IndexMsg>,
+    threads: &Workers,
 ) -> Result<(Entry, Vec<f32>, bool), DeviceError> {
     if seen.size > max_file_bytes {
         return Err(DeviceError::Decode(format!("file of {} bytes is larger than the limit of {max_file_bytes}", seen.size)));
@@ -124,7 +133,9 @@ async fn encode_or_reuse(
         let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, ..old };
         return Ok((entry, vector, false));
     }
-    let (entry, vector) = tokio::task::spawn_blocking(move || encode_bytes(&seen, &bytes, hash, &tower, &preprocess, limits))
+    // Decoding and inference on the encoder's own low-priority threads.
+    let (entry, vector) = threads
+        .run(move || encode_bytes(&seen, &bytes, hash, &tower, &preprocess, limits))
         .await
         .map_err(|e| DeviceError::Actor(format!("encoder crashed: {e}")))??;
     Ok((entry, vector, true))
@@ -157,6 +168,7 @@ fn encode_bytes(
         width: img.width(),
         height: img.height(),
         taken_s,
+        source: String::new(),
     };
     Ok((entry, vector))
 }

@@ -1,5 +1,10 @@
 //! [`IndexActor`]: owns the vector index; inserts what the encoder made, ranks query vectors
 //! in place, counts progress and publishes the retained status (throttled).
+//!
+//! During a re-index for a new model (see [`crate::reindex`]) it holds two indexes: the
+//! complete one of the previous model, which answers searches, and the one being built, which
+//! receives every new vector. A query vector is ranked by the index of its model; the switch
+//! happens the first time nothing is left to encode.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -7,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, Failure, Hit};
+use edgeclip_messages::dashboard::{CameraStatus, DeviceState, DeviceStatus, Failure, Hit, Reindex};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, ArchivedTextVector, EncodeReply, FleetQuery, Received};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -15,8 +20,43 @@ use tracing::{info, warn};
 
 use crate::error::DeviceError;
 use crate::index::{Entry, Filter, Index, Ranked};
+use crate::reindex::Layout;
 use crate::scan::FileSeen;
 use crate::store::Store;
+
+/// The models of the indexes, for the search actor: which model's text vector to ask the
+/// cloud for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Models {
+    /// Model of the complete index searches are answered from.
+    pub serving: String,
+    /// Model of the index being built, during a re-index.
+    pub building: Option<String>,
+}
+
+/// A camera as the index sees it: whose frames are in which folder, and when a new frame is
+/// a near-duplicate of the last kept one.
+#[derive(Debug, Clone)]
+pub struct CameraSpec {
+    /// The camera's name: the source id of its frames.
+    pub name: String,
+    /// The folder its frames are saved in.
+    pub folder: PathBuf,
+    /// Cosine at or above which a new frame is a near-duplicate.
+    pub duplicate_threshold: f32,
+}
+
+/// A ranking: the model of the vectors compared, the hits, and whether they come from an
+/// index still being built.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    /// Model id of the vectors compared.
+    pub model: String,
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// True when ranked by an index still being re-built (pictures may be missing).
+    pub partial: bool,
+}
 
 /// Failures kept for the status message.
 const RECENT_FAILURES: usize = 10;
@@ -65,8 +105,8 @@ pub enum IndexMsg {
         k: usize,
         /// Which pictures may be returned.
         filter: Filter,
-        /// The answer: model id and hits, or why not.
-        port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
+        /// The answer, or why not.
+        port: RpcReplyPort<Result<Ranking, String>>,
     },
     /// Rank the index against the vector of one of its pictures ("more like this").
     Like {
@@ -76,8 +116,21 @@ pub enum IndexMsg {
         k: usize,
         /// Which pictures may be returned (the picture itself never is).
         filter: Filter,
-        /// The answer: model id and hits, or why not.
-        port: RpcReplyPort<Result<(String, Vec<Hit>), String>>,
+        /// The answer, or why not.
+        port: RpcReplyPort<Result<Ranking, String>>,
+    },
+    /// Groups of near-duplicates among the pictures `filter` keeps (the complete index).
+    Duplicates {
+        /// Least cosine between two pictures of a group.
+        threshold: f32,
+        /// Most groups returned.
+        k: usize,
+        /// Which pictures are compared.
+        filter: Filter,
+        /// Most pictures compared (O(n²) work).
+        max: usize,
+        /// The model id and the groups, or why not.
+        port: RpcReplyPort<Result<(String, Vec<Vec<Hit>>), String>>,
     },
     /// The entry of the picture with this id (for the HTTP endpoint's thumbnails).
     Picture(String, RpcReplyPort<Option<Entry>>),
@@ -94,6 +147,13 @@ pub enum IndexMsg {
     },
     /// The current status.
     Status(RpcReplyPort<DeviceStatus>),
+    /// A camera was polled: the frame saved (to be kept or deleted once encoded), or why not.
+    FramePolled {
+        /// The camera's position in [`IndexArgs::cameras`].
+        camera: usize,
+        /// The saved frame, or the poll's error.
+        result: Result<PathBuf, String>,
+    },
     /// The device is shutting down.
     Stopping,
     /// Timer: publish the status if it changed.
@@ -139,6 +199,14 @@ pub struct IndexArgs {
     pub status_interval: Duration,
     /// The MQTT link.
     pub link: ActorRef<LinkMsg>,
+    /// During a re-index: the index of the device's model being built, and its store.
+    pub building: Option<(Store, Index)>,
+    /// Where the indexes live (for the switch).
+    pub layout: Layout,
+    /// Tells the search actor the models of the indexes.
+    pub models: tokio::sync::watch::Sender<Models>,
+    /// The cameras polled.
+    pub cameras: Vec<CameraSpec>,
 }
 
 /// State of the index actor.
@@ -164,6 +232,14 @@ pub struct IndexState {
     /// The store's last write error, while pictures are unsaved.
     storage_error: Option<String>,
     retry_armed: bool,
+    /// Frames saved by a camera and not yet encoded: the only pictures the near-duplicate
+    /// rule applies to (never a frame already kept, e.g. during a re-index).
+    fresh_frames: HashMap<PathBuf, usize>,
+    /// Per camera: its counters.
+    camera_counts: Vec<CameraStatus>,
+    /// Per camera: the vector of its last kept frame (`None` inside: none yet), filled from
+    /// the index at the camera's first new frame.
+    last_kept: Vec<Option<Option<Vec<f32>>>>,
 }
 
 impl IndexState {
@@ -187,6 +263,82 @@ impl IndexState {
             folders: self.args.folders.clone(),
             recent_failures: self.recent.iter().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            cameras: self.camera_counts.clone(),
+            reindex: self.args.building.as_ref().map(|(_, b)| Reindex { model: b.model().to_string(), indexed: b.len() as u64, total: b.len() as u64 + waiting }),
+        }
+    }
+
+    /// The camera whose folder holds `path`.
+    fn camera_of(&self, path: &std::path::Path) -> Option<usize> {
+        self.args.cameras.iter().position(|c| path.starts_with(&c.folder))
+    }
+
+    /// Whether a new frame of `camera` is a near-duplicate of its last kept frame; if not, it
+    /// becomes the last kept frame.
+    fn duplicate_frame(&mut self, camera: usize, vector: &[f32]) -> bool {
+        if self.last_kept[camera].is_none() {
+            let name = &self.args.cameras[camera].name;
+            let latest = self.target_index().iter().filter(|(e, _)| &e.source == name).max_by(|(a, _), (b, _)| (a.taken_s, &a.path).cmp(&(b.taken_s, &b.path)));
+            self.last_kept[camera] = Some(latest.map(|(_, v)| v.into_owned()));
+        }
+        let threshold = self.args.cameras[camera].duplicate_threshold;
+        let last = self.last_kept[camera].as_mut().expect("filled above");
+        if last.as_deref().is_some_and(|l| crate::camera::near_duplicate(l, vector, threshold)) {
+            return true;
+        }
+        *last = Some(vector.to_vec());
+        false
+    }
+
+    /// The index new vectors go to (the one being built during a re-index) and its store.
+    fn target(&mut self) -> (&mut Store, &mut Index) {
+        match &mut self.args.building {
+            Some((store, index)) => (store, index),
+            None => (&mut self.args.store, &mut self.args.index),
+        }
+    }
+
+    /// The index new vectors go to.
+    fn target_index(&self) -> &Index {
+        self.args.building.as_ref().map_or(&self.args.index, |(_, b)| b)
+    }
+
+    /// Makes a picture durable, then visible, in the target index. During a re-index, the
+    /// serving index's vector of a picture whose content changed is removed (it describes
+    /// content that is gone).
+    fn insert(&mut self, entry: Entry, vector: &[f32]) -> Result<(), DeviceError> {
+        let changed = self.args.building.is_some() && self.args.index.get(&entry.path).is_some_and(|old| old.hash != entry.hash);
+        let path = entry.path.clone();
+        let (store, index) = self.target();
+        persist_and_insert(store, index, entry, vector)?;
+        if changed {
+            if let Err(e) = remove_persisted(&mut self.args.store, &mut self.args.index, &path) {
+                warn!(path = %path.display(), error = %e, "stale vector of the previous model not removed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches to the index being built once every picture found is in it.
+    fn finish_reindex(&mut self) {
+        if self.args.building.is_none() || self.lifecycle.is_some() || !self.unsaved.is_empty() || self.pending + self.settling > 0 {
+            return;
+        }
+        let layout = self.args.layout.clone();
+        match blocking(|| crate::reindex::switch(&layout)) {
+            Ok(()) => {
+                let Some((mut store, index)) = self.args.building.take() else { return };
+                store.moved_to(&layout.current);
+                let previous = std::mem::replace(&mut self.args.index, index);
+                self.args.store = store;
+                info!(from = previous.model(), to = self.args.index.model(), pictures = self.args.index.len(), "re-index complete; searches now use the new index");
+                let _ = self.args.models.send(Models { serving: self.args.index.model().to_string(), building: None });
+                self.storage_error = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "switching to the new index failed; searches keep the previous one, retrying");
+                self.storage_error = Some(format!("switch to the re-built index: {e}"));
+            }
         }
     }
 
@@ -220,6 +372,13 @@ impl IndexState {
         self.dirty = true;
         if self.pending + self.settling == 0 {
             self.run = None;
+            if self.args.building.is_some() {
+                self.finish_reindex();
+                if self.args.building.is_some() && self.storage_error.is_some() && !self.retry_armed {
+                    self.retry_armed = true;
+                    myself.send_after(STORAGE_RETRY, || IndexMsg::RetryStorage);
+                }
+            }
             self.publish();
         } else if !self.timer_armed {
             self.timer_armed = true;
@@ -237,7 +396,16 @@ impl Actor for IndexActor {
     type Arguments = IndexArgs;
 
     async fn pre_start(&self, _myself: ActorRef<IndexMsg>, args: IndexArgs) -> Result<IndexState, ActorProcessingErr> {
+        let camera_counts = args
+            .cameras
+            .iter()
+            .map(|c| CameraStatus { name: c.name.clone(), polled: 0, failed: 0, kept: 0, skipped: 0, last_error: None })
+            .collect();
+        let last_kept = vec![None; args.cameras.len()];
         let mut state = IndexState {
+            fresh_frames: HashMap::new(),
+            camera_counts,
+            last_kept,
             args,
             pending: 0,
             settling: 0,
@@ -271,11 +439,30 @@ impl Actor for IndexActor {
                 }
                 state.changed(&myself);
             }
-            IndexMsg::Insert { entry, vector, encoded } => {
+            IndexMsg::Insert { mut entry, vector, encoded } => {
                 state.done_one();
                 state.encoded += u64::from(encoded);
+                // A camera's frame: its source is the camera, its capture time the poll time
+                // (the file's modification time), whatever its EXIF says.
+                let camera = state.camera_of(&entry.path);
+                entry.source = camera.map(|c| state.args.cameras[c].name.clone()).unwrap_or_default();
+                if camera.is_some() {
+                    entry.taken_s = entry.mtime_ns.div_euclid(1_000_000_000) as i64;
+                }
+                if let Some(cam) = state.fresh_frames.remove(&entry.path) {
+                    if state.duplicate_frame(cam, &vector) {
+                        let path = entry.path.clone();
+                        if let Err(e) = blocking(|| std::fs::remove_file(&path)) {
+                            warn!(frame = %path.display(), error = %e, "near-duplicate frame not deleted");
+                        }
+                        state.camera_counts[cam].skipped += 1;
+                        state.changed(&myself);
+                        return Ok(());
+                    }
+                    state.camera_counts[cam].kept += 1;
+                }
                 if state.unsaved.is_empty() {
-                    match persist_and_insert(&mut state.args, entry.clone(), &vector) {
+                    match state.insert(entry.clone(), &vector) {
                         Ok(()) => state.storage_error = None,
                         Err(e @ DeviceError::Io { .. }) => keep_unsaved(state, &myself, entry, vector, e.to_string()),
                         Err(e) => record_failure(state, entry.path, e.to_string()),
@@ -289,6 +476,8 @@ impl Actor for IndexActor {
             }
             IndexMsg::Failed { path, error } => {
                 state.done_one();
+                // A camera frame that cannot be decoded stays on disk, listed as failed.
+                state.fresh_frames.remove(&path);
                 record_failure(state, path, error);
                 state.changed(&myself);
             }
@@ -298,13 +487,19 @@ impl Actor for IndexActor {
                     let before = state.unsaved.len();
                     state.unsaved.retain(|(e, _)| &e.path != p);
                     any |= state.unsaved.len() != before;
-                    if state.args.index.get(p).is_none() {
-                        continue;
-                    }
-                    let kept = state.args.index.get(p).cloned().zip(state.args.index.vector_of(p).map(|v| v.into_owned()));
-                    match blocking(|| state.args.store.remove(p)) {
-                        Ok(()) => {
-                            any |= state.args.index.remove(p);
+                    // The vector of the target index is kept for a rename's reuse; one of the
+                    // previous model never is (it does not fit the index being built).
+                    let target = state.target_index();
+                    let kept = target.get(p).cloned().zip(target.vector_of(p).map(|v| v.into_owned()));
+                    let (store, index) = state.target();
+                    let removed = remove_persisted(store, index, p);
+                    let removed = match (removed, state.args.building.is_some()) {
+                        (Ok(r), true) => remove_persisted(&mut state.args.store, &mut state.args.index, p).map(|s| r | s),
+                        (other, _) => other,
+                    };
+                    match removed {
+                        Ok(r) => {
+                            any |= r;
                             if let Some((entry, vector)) = kept {
                                 remember_removed(state, entry, vector);
                             }
@@ -328,8 +523,7 @@ impl Actor for IndexActor {
             }
             IndexMsg::Reuse(hash, port) => {
                 let found = state
-                    .args
-                    .index
+                    .target_index()
                     .iter()
                     .find(|(e, _)| e.hash == hash)
                     .map(|(e, v)| (e.clone(), v.to_vec()))
@@ -337,41 +531,69 @@ impl Actor for IndexActor {
                 let _ = port.send(found);
             }
             IndexMsg::Known(port) => {
-                let known = state
-                    .args
-                    .index
-                    .iter()
-                    .map(|(e, _)| FileSeen { path: e.path.clone(), size: e.size, mtime_ns: e.mtime_ns })
-                    .collect();
+                let seen = |e: &Entry| FileSeen { path: e.path.clone(), size: e.size, mtime_ns: e.mtime_ns };
+                let mut known: Vec<FileSeen> = state.target_index().iter().map(|(e, _)| seen(e)).collect();
+                if let Some((_, building)) = &state.args.building {
+                    // Pictures only the previous model's index holds: known paths whose vector
+                    // for this model is still to be made. An impossible modification time
+                    // makes the scan queue them if they exist, and report them gone if not
+                    // (which removes them from the serving index too).
+                    known.extend(
+                        state.args.index.iter().filter(|(e, _)| building.get(&e.path).is_none()).map(|(e, _)| FileSeen { mtime_ns: i128::MIN, ..seen(e) }),
+                    );
+                }
                 let _ = port.send(known);
             }
             IndexMsg::Rank { query, k, filter, port } => {
-                let _ = port.send(rank(&state.args.index, &query, k, &filter));
+                let _ = port.send(rank(&state.args.index, state.args.building.as_ref().map(|(_, b)| b), &query, k, &filter));
             }
             IndexMsg::Picture(id, port) => {
-                let _ = port.send(state.args.index.by_id(&id).cloned());
+                let building = state.args.building.as_ref().and_then(|(_, b)| b.by_id(&id));
+                let _ = port.send(state.args.index.by_id(&id).or(building).cloned());
             }
             IndexMsg::Like { path, k, mut filter, port } => {
-                let index = &state.args.index;
-                // The picture is named by its path or by its id.
-                let path = match index.get(&path) {
-                    Some(_) => path,
-                    None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()).unwrap_or(path),
-                };
-                let answer = match index.vector_of(&path) {
+                // The complete index answers; a picture only the index being built holds (new
+                // since the re-index began) is answered from that one.
+                let serving = (&state.args.index, false);
+                let candidates = std::iter::once(serving).chain(state.args.building.as_ref().map(|(_, b)| (b, true)));
+                let found = candidates.into_iter().find_map(|(index, partial)| resolve(index, &path).map(|p| (index, partial, p)));
+                let answer = match found {
                     None => Err(format!("{} is not an indexed picture (give its path or id)", path.display())),
-                    Some(query) => {
+                    Some((index, partial, path)) => {
+                        let query = index.vector_of(&path).map(|v| v.into_owned()).unwrap_or_default();
                         filter.exclude = Some(path);
-                        index.search_filtered(index.model(), &query, k, &filter).map(|hits| (index.model().to_string(), to_hits(hits))).map_err(|e| e.to_string())
+                        index
+                            .search_filtered(index.model(), &query, k, &filter)
+                            .map(|hits| Ranking { model: index.model().to_string(), hits: to_hits(hits), partial })
+                            .map_err(|e| e.to_string())
                     }
                 };
                 let _ = port.send(answer);
+            }
+            IndexMsg::Duplicates { threshold, k, filter, max, port } => {
+                let _ = port.send(duplicates(&state.args.index, threshold, k, &filter, max));
             }
             IndexMsg::Export { filter, chunk_vectors, max_vectors, port } => {
                 let _ = port.send(export(&state.args.index, &filter, chunk_vectors, max_vectors));
             }
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
+            }
+            IndexMsg::FramePolled { camera, result } => {
+                if let Some(counts) = state.camera_counts.get_mut(camera) {
+                    match result {
+                        Ok(path) => {
+                            counts.polled += 1;
+                            counts.last_error = None;
+                            state.fresh_frames.insert(path, camera);
+                        }
+                        Err(e) => {
+                            counts.failed += 1;
+                            counts.last_error = Some(e);
+                        }
+                    }
+                    state.changed(&myself);
+                }
             }
             IndexMsg::Stopping => {
                 state.lifecycle = Some(DeviceState::Stopping);
@@ -393,15 +615,31 @@ impl Actor for IndexActor {
     }
 }
 
-/// Makes the picture durable, then visible; compacts the store when its journal is large.
-fn persist_and_insert(args: &mut IndexArgs, entry: Entry, vector: &[f32]) -> Result<(), crate::error::DeviceError> {
-    if vector.len() != args.index.dim() {
-        return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), args.index.dim())));
+/// The indexed picture named by `path`: its path, or its id.
+fn resolve(index: &Index, path: &std::path::Path) -> Option<PathBuf> {
+    match index.get(path) {
+        Some(e) => Some(e.path.clone()),
+        None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()),
     }
-    blocking(|| args.store.upsert(&entry, vector))?;
-    args.index.upsert(entry, vector)?;
-    if args.store.should_compact() {
-        let (store, index) = (&mut args.store, &args.index);
+}
+
+/// Removes a picture from a store, then from its index; true if it was indexed.
+fn remove_persisted(store: &mut Store, index: &mut Index, path: &std::path::Path) -> Result<bool, DeviceError> {
+    if index.get(path).is_none() {
+        return Ok(false);
+    }
+    blocking(|| store.remove(path))?;
+    Ok(index.remove(path))
+}
+
+/// Makes the picture durable, then visible; compacts the store when its journal is large.
+fn persist_and_insert(store: &mut Store, index: &mut Index, entry: Entry, vector: &[f32]) -> Result<(), crate::error::DeviceError> {
+    if vector.len() != index.dim() {
+        return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), index.dim())));
+    }
+    blocking(|| store.upsert(&entry, vector))?;
+    index.upsert(entry, vector)?;
+    if store.should_compact() {
         if let Err(e) = blocking(|| store.compact(index)) {
             warn!(error = %e, "compaction failed; the journal keeps growing until it succeeds");
         }
@@ -460,7 +698,7 @@ fn keep_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>, entry: Entr
 /// Writes the unsaved pictures in order until the store fails again.
 fn retry_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>) {
     while let Some((entry, vector)) = state.unsaved.pop_front() {
-        match persist_and_insert(&mut state.args, entry.clone(), &vector) {
+        match state.insert(entry.clone(), &vector) {
             Ok(()) => {}
             Err(e @ DeviceError::Io { .. }) => {
                 state.unsaved.push_front((entry, vector));
@@ -486,15 +724,36 @@ fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
     state.recent.push_back(Failure { path: path.display().to_string(), error });
 }
 
-/// Ranks directly on the archived vector of the reply: no copy, no deserialisation.
-fn rank(index: &Index, query: &Query, k: usize, filter: &Filter) -> Result<(String, Vec<Hit>), String> {
+/// Ranks directly on the archived vector of the reply: no copy, no deserialisation. The
+/// vector is ranked by the index of its model: the serving one, or during a re-index the one
+/// being built (a partial answer).
+fn rank(serving: &Index, building: Option<&Index>, query: &Query, k: usize, filter: &Filter) -> Result<Ranking, String> {
     let Some(text) = query.text_vector() else {
         return Err("the cloud's reply holds no vector".into());
     };
     let (model, query) = (&text.model, vector_view(&text.vector));
     validate_vector(&query).map_err(|e| format!("the cloud's vector is unusable: {e}"))?;
+    let (index, partial) = match building {
+        Some(b) if serving.model() != model.as_str() && b.model() == model.as_str() => (b, true),
+        _ => (serving, false),
+    };
     let hits = index.search_filtered(model.as_str(), &query, k, filter).map_err(|e| e.to_string())?;
-    Ok((model.to_string(), to_hits(hits)))
+    Ok(Ranking { model: model.to_string(), hits: to_hits(hits), partial })
+}
+
+/// Near-duplicate groups among the pictures `filter` keeps; the work runs off the async threads.
+fn duplicates(index: &Index, threshold: f32, k: usize, filter: &Filter, max: usize) -> Result<(String, Vec<Vec<Hit>>), String> {
+    let kept: Vec<(&Entry, Cow<'_, [f32]>)> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
+    if kept.len() > max {
+        return Err(format!(
+            "{} pictures match, more than search.max_duplicate_pictures = {max} can be compared pairwise; narrow the search (folder, after, before, source)",
+            kept.len()
+        ));
+    }
+    let flat: Vec<f32> = kept.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let groups = blocking(|| crate::duplicates::groups(&flat, index.dim(), threshold));
+    let groups = groups.into_iter().take(k).map(|g| g.members.into_iter().map(|(row, score)| hit(kept[row].0, score)).collect()).collect();
+    Ok((index.model().to_string(), groups))
 }
 
 /// A server-ranked search's view of the index: ids are positions in `paths`.
@@ -545,6 +804,7 @@ pub fn hit(entry: &Entry, score: f32) -> Hit {
         bytes: entry.size,
         width: entry.width,
         height: entry.height,
+        source: entry.source.clone(),
         thumb_url: None,
     }
 }

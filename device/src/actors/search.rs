@@ -16,18 +16,22 @@ use edgeclip_link::LinkMsg;
 use edgeclip_messages::dashboard::{Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    self, ArchivedRankBody, ArchivedReplyBody, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest,
+    self, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest,
     Received,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use super::index::{IndexMsg, Query};
+use super::index::{IndexMsg, Models, Query, Ranking};
 use crate::index::Filter;
 
 /// How long the index may take to rank (it is in-process and fast; this only guards
 /// against a stuck actor).
 const RANK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the index may take to group near-duplicates: O(n²) comparisons, bounded by
+/// `search.max_duplicate_pictures` (5,000 pictures: ~12.5 million 512-d dot products, a few
+/// seconds on a Raspberry Pi 4).
+const DUPLICATES_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Messages of the search actor.
 pub enum SearchMsg {
@@ -49,8 +53,9 @@ pub enum SearchMsg {
 pub struct SearchArgs {
     /// Device id.
     pub device_id: String,
-    /// Model id of the index, named in requests to the cloud.
-    pub model: String,
+    /// Model ids of the indexes (the serving one is named in requests to the cloud; during a
+    /// re-index, the one being built is asked for when the cloud serves only that one).
+    pub models: tokio::sync::watch::Receiver<Models>,
     /// Wait for the cloud.
     pub cloud_timeout: Duration,
     /// Send an unanswered request once more after this long (None: never).
@@ -73,6 +78,8 @@ pub struct SearchArgs {
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
     pub max_server_vectors: usize,
+    /// Most pictures a near-duplicate search may compare.
+    pub max_duplicate_pictures: usize,
     /// Base URL of the device's HTTP endpoint (`http://host:port`), when it is on: hits get
     /// `<base>/thumb/<id>` as their thumbnail URL.
     pub thumb_base: Option<String>,
@@ -83,6 +90,8 @@ pub struct SearchArgs {
 
 struct Pending {
     id: String,
+    /// Model whose text vector was asked for.
+    model: String,
     text: String,
     k: usize,
     filter: Filter,
@@ -136,7 +145,7 @@ impl Actor for SearchActor {
                 }
             },
             SearchMsg::Search(request, port) => start(&myself, state, request, port).await,
-            SearchMsg::CloudReply(bytes) => on_cloud_reply(state, bytes).await,
+            SearchMsg::CloudReply(bytes) => on_cloud_reply(&myself, state, bytes).await,
             SearchMsg::FleetQuery(bytes) => on_fleet_query(state, &bytes).await,
             SearchMsg::Retry(request_id) => {
                 if let Some(p) = state.pending.get_mut(&request_id) {
@@ -177,12 +186,28 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         before: request.before,
         min_score: request.min_score,
         exclude: None,
+        source: request.source.clone(),
     };
+    if let Some(threshold) = request.duplicates {
+        // Near-duplicate groups: the device compares its own vectors; no cloud round trip.
+        let started = Instant::now();
+        let max = state.args.max_duplicate_pictures;
+        let grouped = ractor::call_t!(state.args.index, |port| IndexMsg::Duplicates { threshold, k, filter, max, port }, DUPLICATES_TIMEOUT.as_millis() as u64);
+        let text = if request.text.is_empty() { format!("duplicates at {threshold}") } else { request.text.clone() };
+        let response = match grouped {
+            Ok(Ok((model, groups))) => SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits: Vec::new(), partial: false, groups }),
+            Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
+            Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),
+        };
+        answer(state, port, response);
+        return;
+    }
     if let Some(like) = &request.like {
         // Image to image: the device has the vectors already; no cloud round trip.
         let started = Instant::now();
         let path = PathBuf::from(like);
         let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Like { path, k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
+        let ranked: Result<Result<Ranking, String>, _> = ranked;
         let text = if request.text.is_empty() { format!("like {like}") } else { request.text.clone() };
         let response = respond(ranked, id, text, started);
         answer(state, port, response);
@@ -190,6 +215,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
     }
     let reply_to = topics::cloud_reply(&state.args.device_id);
     let mut server = None;
+    let model = state.args.models.borrow().serving.clone();
     let sent = if request.mode.unwrap_or(state.args.default_mode) == SearchMode::Server {
         // Method B: the text and the (int8) vectors go to the cloud, which ranks.
         let (chunk_vectors, max_vectors) = (state.args.server_chunk_vectors, state.args.max_server_vectors);
@@ -197,7 +223,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         let export = ractor::call_t!(state.args.index, |port| IndexMsg::Export { filter: f, chunk_vectors, max_vectors, port }, RANK_TIMEOUT.as_millis() as u64);
         match export {
             Ok(Ok(export)) if export.chunks.is_empty() => {
-                let empty = SearchResults { id, text: request.text, model: export.model, took_ms: 0, hits: Vec::new() };
+                let empty = SearchResults { id, text: request.text, model: export.model, took_ms: 0, hits: Vec::new(), partial: false, groups: Vec::new() };
                 answer(state, port, SearchResponse::Results(empty));
                 return;
             }
@@ -237,7 +263,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
             Err(e) => Err(format!("index did not answer: {e}")),
         }
     } else {
-        let request = EncodeRequest { request_id, reply_to, model: state.args.model.clone(), text: request.text.clone() };
+        let request = EncodeRequest { request_id, reply_to, model: model.clone(), text: request.text.clone() };
         wire::encode(&request).map(|f| vec![(0, topics::CLOUD_ENCODE, f)]).map_err(|e| e.to_string())
     };
     let mut resend = Vec::new();
@@ -256,7 +282,7 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
             return;
         }
     }
-    state.pending.insert(request_id, Pending { id, text: request.text, k, filter, started: Instant::now(), port, server, resend });
+    state.pending.insert(request_id, Pending { id, model, text: request.text, k, filter, started: Instant::now(), port, server, resend });
     if let Some(retry) = state.args.cloud_retry {
         myself.send_after(retry, move || SearchMsg::Retry(request_id));
     }
@@ -320,14 +346,14 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
                 .map(|(i, score)| Hit { score, ..server.pictures[i as usize].clone() })
                 .collect();
             let took_ms = p.started.elapsed().as_millis() as u64;
-            SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits })
+            SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits, partial: false, groups: Vec::new() })
         }
         (None, None) => return,
     };
     answer(state, p.port, response);
 }
 
-async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
+async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, bytes: Vec<u8>) {
     if Kind::of(&bytes) == Some(Kind::RankReply) {
         on_rank_reply(state, &bytes);
         return;
@@ -344,7 +370,16 @@ async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
         info!(request_id, "reply to an unknown or expired request ignored");
         return;
     };
+    let building = state.args.models.borrow().building.clone();
     let response = match &reply.get().body {
+        ArchivedReplyBody::Error(f) if f.code == ArchivedErrorCode::ModelMismatch && building.as_ref().is_some_and(|b| *b != p.model) => {
+            // The device re-indexes for a new model and the cloud no longer serves the
+            // previous one: ask for the new model's vector, ranked by the index being built.
+            let model = building.unwrap_or_default();
+            info!(id = %p.id, asked = %p.model, %model, "the cloud serves only the new model; answering from the index being built");
+            ask_again(myself, state, p, model);
+            return;
+        }
         ArchivedReplyBody::Error(f) => SearchResponse::Error(SearchError {
             id: p.id.clone(),
             error: format!("the cloud refused the search ({:?}): {}", f.code, f.message),
@@ -357,6 +392,30 @@ async fn on_cloud_reply(state: &mut SearchState, bytes: Vec<u8>) {
         }
     };
     answer(state, p.port, response);
+}
+
+/// Sends a pending search's text again under a new request id, asking for `model`'s vector
+/// (a late reply to the first request then finds no pending search and is ignored).
+fn ask_again(myself: &ActorRef<SearchMsg>, state: &mut SearchState, mut p: Pending, model: String) {
+    state.next_request = state.next_request.wrapping_add(1);
+    let request_id = state.next_request;
+    let request = EncodeRequest { request_id, reply_to: topics::cloud_reply(&state.args.device_id), model: model.clone(), text: p.text.clone() };
+    match wire::encode(&request) {
+        Ok(frame) => {
+            p.resend = if state.args.cloud_retry.is_some() { vec![(0, topics::CLOUD_ENCODE, frame.clone())] } else { Vec::new() };
+            edgeclip_link::publish(&state.args.link, topics::CLOUD_ENCODE.to_string(), frame, false);
+        }
+        Err(e) => {
+            answer(state, p.port.take(), SearchResponse::Error(SearchError { id: p.id.clone(), error: e.to_string() }));
+            return;
+        }
+    }
+    p.model = model;
+    state.pending.insert(request_id, p);
+    if let Some(retry) = state.args.cloud_retry {
+        myself.send_after(retry, move || SearchMsg::Retry(request_id));
+    }
+    myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
 }
 
 /// Ranks a fleet search's vector through the same index path as the device's own searches
@@ -383,7 +442,7 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
             let query = Query::Fleet(query);
             let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { query, k, filter: Filter::default(), port }, RANK_TIMEOUT.as_millis() as u64);
             match ranked {
-                Ok(Ok((_, hits))) => FleetBody::Hits(hits.into_iter().map(|h| DeviceHit { path: h.path, score: h.score, taken_s: h.taken_s }).collect()),
+                Ok(Ok(Ranking { hits, .. })) => FleetBody::Hits(hits.into_iter().map(|h| DeviceHit { path: h.path, score: h.score, taken_s: h.taken_s }).collect()),
                 Ok(Err(error)) => FleetBody::Error(error),
                 Err(e) => FleetBody::Error(format!("index did not answer: {e}")),
             }
@@ -396,9 +455,11 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
 }
 
 /// The answer to a search from the index's ranking.
-fn respond<E: std::fmt::Display>(ranked: Result<Result<(String, Vec<Hit>), String>, E>, id: String, text: String, started: Instant) -> SearchResponse {
+fn respond<E: std::fmt::Display>(ranked: Result<Result<Ranking, String>, E>, id: String, text: String, started: Instant) -> SearchResponse {
     match ranked {
-        Ok(Ok((model, hits))) => SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits }),
+        Ok(Ok(Ranking { model, hits, partial })) => {
+            SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits, partial, groups: Vec::new() })
+        }
         Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
         Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),
     }

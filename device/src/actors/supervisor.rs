@@ -11,15 +11,16 @@ use edgeclip_messages::{homeassistant, topics};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
+use super::camera::{CameraActor, CameraArgs, CameraMsg};
 use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
 use super::discovery::{DiscoveryActor, DiscoveryArgs, DiscoveryMsg};
 use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
-use super::index::{IndexActor, IndexArgs, IndexMsg};
+use super::index::{CameraSpec, IndexActor, IndexArgs, IndexMsg, Models};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
 use crate::http::{HttpContext, HttpServer};
-use crate::store::Store;
+use crate::reindex::Layout;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
 
@@ -51,6 +52,7 @@ pub struct SupervisorState {
     encoder: ActorRef<ImageEncoderMsg>,
     search: ActorRef<SearchMsg>,
     capture: ActorRef<CaptureMsg>,
+    cameras: Vec<ActorRef<CameraMsg>>,
     discovery: Option<ActorRef<DiscoveryMsg>>,
     http: Option<HttpServer>,
     stopping: bool,
@@ -85,10 +87,22 @@ impl Actor for DeviceSupervisor {
         let options = config.broker.link_options(subscriptions, presence);
         let cell = myself.get_cell();
         let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
-        let store_dir = config.state_dir.join("index");
-        let (store_model, store_dim, precision) = (model.id.clone(), model.dim, config.search.vectors);
-        let (store, index, report) =
-            tokio::task::spawn_blocking(move || Store::open_with(&store_dir, &store_model, store_dim, precision)).await??;
+        let layout = Layout::new(&config.state_dir);
+        let (store_layout, store_model, store_dim, precision) = (layout.clone(), model.id.clone(), model.dim, config.search.vectors);
+        let opened = tokio::task::spawn_blocking(move || crate::reindex::open(&store_layout, &store_model, store_dim, precision)).await??;
+        let ((store, index), building, report) = (opened.serving, opened.building, opened.report);
+        for what in &opened.recovered {
+            info!(%what, "index folders");
+        }
+        if let Some((_, b)) = &building {
+            warn!(
+                serving = index.model(),
+                pictures = index.len(),
+                building = b.model(),
+                done = b.len(),
+                "the index was built with another model: it keeps answering searches while every picture is encoded again in the background"
+            );
+        }
         if let Some(reason) = &report.reset {
             warn!(%reason, "previous index set aside; pictures will be encoded again");
         }
@@ -96,7 +110,17 @@ impl Actor for DeviceSupervisor {
             warn!(bytes = report.truncated_bytes, "cut a torn record off the index journal (power cut while writing)");
         }
         info!(pictures = report.pictures, replayed = report.replayed, vectors = ?index.precision(), "index opened");
+        let models = Models { serving: index.model().to_string(), building: building.as_ref().map(|(_, b)| b.model().to_string()) };
+        let (models_tx, models_rx) = tokio::sync::watch::channel(models);
         let index_args = IndexArgs {
+            building,
+            layout,
+            models: models_tx,
+            cameras: config
+                .cameras
+                .iter()
+                .map(|c| CameraSpec { name: c.name.clone(), folder: c.folder.clone(), duplicate_threshold: c.duplicate_threshold })
+                .collect(),
             index,
             store,
             device_id: device.clone(),
@@ -110,6 +134,7 @@ impl Actor for DeviceSupervisor {
             preprocess: model.preprocess.clone(),
             limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
             workers: config.encoder.workers,
+            priority: config.encoder.priority,
             max_file_bytes: config.encoder.max_file_mib << 20,
             index: index.clone(),
         };
@@ -129,7 +154,7 @@ impl Actor for DeviceSupervisor {
         };
         let search_args = SearchArgs {
             device_id: device.clone(),
-            model: model.id.clone(),
+            models: models_rx,
             cloud_timeout: config.cloud_timeout(),
             cloud_retry: config.cloud_retry(),
             default_k: config.search.default_k,
@@ -142,12 +167,22 @@ impl Actor for DeviceSupervisor {
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
             server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
             max_server_vectors: config.search.max_server_vectors,
+            max_duplicate_pictures: config.search.max_duplicate_pictures,
             thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
             best_image: ha.image_bytes.then_some((config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
+        // Camera frames are found by the capture like any picture: their folders must exist
+        // before it starts watching.
+        let mut folders = config.folders.clone();
+        for cam in &config.cameras {
+            std::fs::create_dir_all(&cam.folder).map_err(|e| format!("camera {}: cannot create {}: {e}", cam.name, cam.folder.display()))?;
+            if !folders.contains(&cam.folder) {
+                folders.push(cam.folder.clone());
+            }
+        }
         let capture_args = CaptureArgs {
-            folders: config.folders.clone(),
+            folders,
             extensions: config.encoder.extensions.clone(),
             rescan: (config.capture.rescan_s > 0).then(|| Duration::from_secs(config.capture.rescan_s)),
             watch: config.capture.watch,
@@ -157,6 +192,21 @@ impl Actor for DeviceSupervisor {
             index: index.clone(),
         };
         let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell.clone()).await?;
+        let mut cameras = Vec::new();
+        for (number, cam) in config.cameras.iter().enumerate() {
+            let args = CameraArgs {
+                number,
+                name: cam.name.clone(),
+                url: crate::camera::CameraUrl::parse(&cam.url)?,
+                interval: Duration::from_millis(cam.interval_ms),
+                timeout: Duration::from_millis(cam.timeout_ms),
+                max_bytes: (cam.max_frame_mib << 20) as usize,
+                folder: cam.folder.clone(),
+                index: index.clone(),
+                capture: capture.clone(),
+            };
+            cameras.push(Actor::spawn_linked(None, CameraActor, args, cell.clone()).await?.0);
+        }
         let discovery = if ha.discovery {
             let options = homeassistant::DiscoveryOptions {
                 prefix: ha.prefix.clone(),
@@ -217,7 +267,7 @@ impl Actor for DeviceSupervisor {
         link.cast(LinkMsg::Start(router))?;
         capture.cast(CaptureMsg::Scan)?;
         info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
-        Ok(SupervisorState { link, index, encoder, search, capture, discovery, http, stopping: false })
+        Ok(SupervisorState { link, index, encoder, search, capture, cameras, discovery, http, stopping: false })
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
@@ -243,6 +293,9 @@ impl Actor for DeviceSupervisor {
                 info!("device shutting down");
                 if let Some(http) = state.http.take() {
                     http.shutdown(STOP_TIMEOUT).await;
+                }
+                for camera in state.cameras.drain(..) {
+                    let _ = camera.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 }
                 let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.index.cast(IndexMsg::Stopping);
