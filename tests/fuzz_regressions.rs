@@ -143,7 +143,15 @@ fn store_seeds() -> Vec<Vec<u8>> {
     both.extend_from_slice(&upsert);
     both.push(0xA5);
     both.extend_from_slice(&[0, 1, 2, 3]);
-    vec![seed, both]
+    // format 2 (mode 3: f32, version 2): the upsert carries a source id
+    let mut v2 = upsert[..upsert.len() - 16].to_vec();
+    v2.extend_from_slice(&4u16.to_le_bytes());
+    v2.extend_from_slice(b"cam1");
+    v2.extend_from_slice(&upsert[upsert.len() - 16..]);
+    let mut third = vec![3u8, 0];
+    third.extend_from_slice(&v2);
+    third.push(0xA5);
+    vec![seed, both, third]
 }
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -191,11 +199,16 @@ fn saved_fuzz_inputs_pass_the_fuzz_checks() {
     eprintln!("{replayed} saved inputs replayed");
 }
 
-/// The store seeds reach the record decoder: the second opens to one picture (its journal's
-/// tail is torn off), the first to none (its picture is removed again).
+/// The store seeds reach the record decoder: the second and third (format 2) open to one
+/// picture, the first to none (its picture is removed again); a format-1 upsert read as
+/// format 2 is refused.
 #[test]
 fn store_seeds_reach_the_record_decoder() {
     let seeds = store_seeds();
     assert_eq!(harness::store(&seeds[0]), Some(0));
     assert_eq!(harness::store(&seeds[1]), Some(1));
+    assert_eq!(harness::store(&seeds[2]), Some(1));
+    let mut v1_as_v2 = seeds[1].clone();
+    v1_as_v2[0] = 4;
+    assert_eq!(harness::store(&v1_as_v2), Some(0));
 }

@@ -69,6 +69,7 @@ pub fn zero_copy(dim: usize, rows: usize) -> anyhow::Result<Value> {
             width: 1,
             height: 1,
             taken_s: 0,
+            source: String::new(),
         };
         index.upsert(entry, &v)?;
     }

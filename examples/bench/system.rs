@@ -83,6 +83,7 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
             width: 4000,
             height: 3000,
             taken_s: 1_700_000_000 + i as i64,
+            source: String::new(),
         };
         index.upsert(entry, &v)?;
         table.push(&v);

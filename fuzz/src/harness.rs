@@ -80,7 +80,16 @@ fn rank_received(vector: &[f32]) {
     let dim = vector.len();
     let mut index = edgeclip_device::index::Index::new("m", 4);
     for i in 0..3u8 {
-        let entry = Entry { path: PathBuf::from(format!("p{i}")), size: 1, mtime_ns: 0, hash: [i; 32], width: 1, height: 1, taken_s: 0 };
+        let entry = Entry {
+            path: PathBuf::from(format!("p{i}")),
+            size: 1,
+            mtime_ns: 0,
+            hash: [i; 32],
+            width: 1,
+            height: 1,
+            taken_s: 0,
+            source: String::new(),
+        };
         index.upsert(entry, &[1.0, 0.0, f32::from(i), 0.5]).expect("upsert");
     }
     match index.search_filtered("m", vector, 2, &Filter::default()) {
@@ -129,6 +138,12 @@ pub fn picture(data: &[u8]) {
         assert_eq!(t.len(), cfg.tensor_len());
         assert!(t.iter().all(|v| v.is_finite()), "non-finite model input");
     }
+    // The image encoder's path: large JPEGs decoded at a reduced scale, the rest as above.
+    if let Ok((t, (w, h))) = clip_cfg().picture(data, limits) {
+        assert_eq!(t.len(), clip_cfg().tensor_len());
+        assert!(t.iter().all(|v| v.is_finite()), "non-finite model input (scaled decode)");
+        assert!(w > 0 && h > 0 && w <= limits.max_side && h <= limits.max_side);
+    }
     let _ = edgeclip_device::metadata::exif_capture_time(data);
     let _ = edgeclip_device::thumb::make_thumbnail(data, 64, limits);
 }
@@ -158,7 +173,7 @@ pub fn tokenize(data: &[u8]) {
 
 const DIM: usize = 4;
 
-/// The persistent index opened from damaged files. The input is cut into records, each
+/// The persistent index opened from damaged files (format 1 or 2, by the first byte). The input is cut into records, each
 /// written with a correct length and checksum (so that the record decoder is reached) unless
 /// its first byte says to break the checksum; the last part is appended raw, as a torn tail.
 /// Opening must succeed or fail cleanly; an index that opened must survive compaction and
@@ -172,7 +187,9 @@ pub fn store(data: &[u8]) -> Option<usize> {
     };
     let mut parts = rest.split(|&b| b == 0xA5).collect::<Vec<_>>();
     let tail = parts.pop().unwrap_or_default();
-    let mut journal = header(b"ECJL");
+    // format 1 (no source id in upserts) or 2
+    let version = 1 + u32::from(mode / 3 % 2);
+    let mut journal = header(b"ECJL", version);
     for body in parts {
         let (crc_ok, body) = match body.split_first() {
             Some((&flag, b)) => (flag & 0x80 == 0, b),
@@ -202,9 +219,9 @@ pub fn store(data: &[u8]) -> Option<usize> {
     Some(pictures)
 }
 
-fn header(magic: &[u8; 4]) -> Vec<u8> {
+fn header(magic: &[u8; 4], version: u32) -> Vec<u8> {
     let mut h = magic.to_vec();
-    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&version.to_le_bytes());
     h.extend_from_slice(&(DIM as u32).to_le_bytes());
     h.extend_from_slice(&1u32.to_le_bytes());
     h.extend_from_slice(b"m");

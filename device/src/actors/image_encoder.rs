@@ -14,7 +14,7 @@ use super::index::IndexMsg;
 use crate::encode::ImageTower;
 use crate::error::DeviceError;
 use crate::index::Entry;
-use crate::preprocess::{decode_bytes, DecodeLimits, PreprocessCfg};
+use crate::preprocess::{DecodeLimits, PreprocessCfg};
 use crate::scan::FileSeen;
 use crate::workers::{Priority, Workers};
 
@@ -155,18 +155,19 @@ fn encode_bytes(
     limits: DecodeLimits,
 ) -> Result<(Entry, Vec<f32>), DeviceError> {
     let started = std::time::Instant::now();
-    let img = decode_bytes(bytes, limits)?;
+    // Large JPEGs are decoded at a reduced scale (DCT scaling); width and height are the full ones.
+    let (tensor, (width, height)) = preprocess.picture(bytes, limits)?;
     let taken_s = crate::metadata::exif_capture_time(bytes).unwrap_or((seen.mtime_ns / 1_000_000_000) as i64);
     let decoded = started.elapsed();
-    let vector = tower.encode(preprocess.tensor(&img))?;
+    let vector = tower.encode(tensor)?;
     debug!(path = %seen.path.display(), ?decoded, total = ?started.elapsed(), "encoded");
     let entry = Entry {
         path: seen.path.clone(),
         size: bytes.len() as u64,
         mtime_ns: seen.mtime_ns,
         hash,
-        width: img.width(),
-        height: img.height(),
+        width,
+        height,
         taken_s,
         source: String::new(),
     };
