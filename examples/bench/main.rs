@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value = "models/full/MobileCLIP-S1")]
     mobileclip: PathBuf,
     /// Python with onnxruntime, numpy and faiss-cpu.
-    #[arg(long, env = "EDGECLIP_BENCH_PYTHON", default_value = "python3")]
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
     python: PathBuf,
     /// Where the numbers go.
     #[arg(long, default_value = "target/bench/results.json")]
@@ -205,7 +205,7 @@ fn python(python: &Path, threads: usize, tasks: &[Value], work: &Path) -> anyhow
         .arg(&spec)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .with_context(|| format!("running {} (set EDGECLIP_BENCH_PYTHON to a Python with onnxruntime, numpy, faiss-cpu)", python.display()))?;
+        .with_context(|| format!("running {} (set BENCH_PYTHON to a Python with onnxruntime, numpy, faiss-cpu)", python.display()))?;
     anyhow::ensure!(out.status.success(), "bench/reference.py failed with {}", out.status);
     let tasks: Value = serde_json::from_slice(&out.stdout).context("bench/reference.py printed no JSON")?;
     Ok(tasks)
