@@ -618,11 +618,7 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
 async fn more_like_this_needs_no_cloud_and_filters_restrict_the_hits() {
     let shapes = data("shapes");
     let labels = labels(&shapes);
-    let root = tempfile::tempdir().expect("root");
-    for sub in ["a", "b"] {
-        let copy = copy_pictures(&shapes);
-        std::fs::rename(copy.path(), root.path().join(sub)).expect("move");
-    }
+    let root = two_copies(&shapes);
     let state = tempfile::tempdir().expect("state");
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     // No cloud at all: "more like this" is answered by the device alone.
@@ -903,11 +899,7 @@ async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_search
 async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
     let shapes = data("shapes");
     let labels = labels(&shapes);
-    let root = tempfile::tempdir().expect("root");
-    for sub in ["a", "b"] {
-        let copy = copy_pictures(&shapes);
-        std::fs::rename(copy.path(), root.path().join(sub)).expect("move");
-    }
+    let root = two_copies(&shapes);
     // One more copy, re-encoded as PNG: other bytes, nearly the same vector.
     let name = labels.keys().next().expect("a picture").clone();
     image::open(shapes.join(&name)).expect("decode").save(root.path().join("a/again.png")).expect("png");

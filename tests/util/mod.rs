@@ -73,6 +73,16 @@ pub fn copy_pictures(from: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// A fresh temporary folder holding the fixture's pictures twice, in `a/` and `b/`.
+pub fn two_copies(from: &Path) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("root");
+    for sub in ["a", "b"] {
+        let copy = copy_pictures(from);
+        std::fs::rename(copy.path(), root.path().join(sub)).expect("move");
+    }
+    root
+}
+
 /// Device configuration for tests: given broker and folders, quick timeouts.
 pub fn device_config(url: &str, id: &str, folders: &[&Path], state: &Path) -> DeviceConfig {
     let folders: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
