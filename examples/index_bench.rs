@@ -1,5 +1,6 @@
-//! Benchmark of the device's persistent index: write N pictures, then for each in-memory
-//! precision (f32, f16, i8) open it in a fresh process (time to open, resident memory) and
+//! Benchmark of the device's persistent index: for each precision (f32, f16, i8) write N
+//! pictures (snapshot + vector file, as compaction leaves them), then open it in a fresh
+//! process (time to open, resident memory: private, and the vector file's mapped pages) and
 //! rank 50 queries (top-10 latency, overlap of the top 10 with f32's). Two kinds of vectors:
 //! `random` (uniform unit vectors: scores crowd together, the worst case for quantisation)
 //! and `clustered` (unit vectors around 500 centres, queries near a centre: closer to real
@@ -19,12 +20,17 @@ const DIM: usize = 512;
 const QUERIES: usize = 50;
 const MODEL: &str = "bench@0";
 
-fn rss_mib() -> f64 {
+/// A line of /proc/self/status in MiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
 }
 
 /// Deterministic vectors of one kind.
@@ -102,6 +108,8 @@ fn measure(dir: &Path, kind: &str, precision: Precision) -> anyhow::Result<()> {
         serde_json::json!({
             "pictures": report.pictures, "open_s": open_s, "top10_ms": top10_ms, "rss_mib": rss_mib(),
             "rss_before_open_mib": idle, "vector_mib": index.vector_bytes() as f64 / 1048576.0, "tops": tops,
+            "rss_anon_mib": status_mib("RssAnon:"), "rss_file_mib": status_mib("RssFile:"),
+            "mapped_vector_mib": index.mapped_vector_bytes() as f64 / 1048576.0,
         })
     );
     Ok(())
@@ -124,27 +132,27 @@ fn main() -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let mut results = Vec::new();
     println!(
-        "{:>9}  {:>9}  {:>4}  {:>7}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8}  {:>12}",
-        "pictures", "vectors", "type", "write s", "disk MiB", "open s", "top-10 ms", "RSS MiB", "vec MiB", "top-10 = f32"
+        "{:>9}  {:>9}  {:>4}  {:>7}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:>12}",
+        "pictures", "vectors", "type", "write s", "disk MiB", "open s", "top-10 ms", "RSS MiB", "anon MiB", "file MiB", "vec MiB", "top-10 = f32"
     );
     for &n in &sizes {
         for kind in ["clustered", "random"] {
-            let dir = tempfile::tempdir()?;
-            let started = Instant::now();
-            {
-                let (mut store, _, _) = Store::open(dir.path(), MODEL, DIM)?;
-                let mut index = Index::new(MODEL, DIM);
-                let mut gen = Gen::new(kind, 0x9e37_79b9_7f4a_7c15);
-                for i in 0..n {
-                    index.upsert(entry(i), &gen.vector(0.08))?;
-                }
-                // One compaction writes the snapshot the way a running device ends up with it.
-                store.compact(&index)?;
-            }
-            let write_s = started.elapsed().as_secs_f64();
-            let disk: u64 = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
             let mut reference: Option<Vec<Vec<i64>>> = None;
-            for precision in ["f32", "f16", "i8"] {
+            for (precision, p) in [("f32", Precision::F32), ("f16", Precision::F16), ("i8", Precision::I8)] {
+                let dir = tempfile::tempdir()?;
+                let started = Instant::now();
+                {
+                    let (mut store, _, _) = Store::open_with(dir.path(), MODEL, DIM, p)?;
+                    let mut index = Index::with_precision(MODEL, DIM, p);
+                    let mut gen = Gen::new(kind, 0x9e37_79b9_7f4a_7c15);
+                    for i in 0..n {
+                        index.upsert(entry(i), &gen.vector(0.08))?;
+                    }
+                    // One compaction writes the snapshot the way a running device ends up with it.
+                    store.compact(&mut index)?;
+                }
+                let write_s = started.elapsed().as_secs_f64();
+                let disk: u64 = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
                 let out = Command::new(&me).arg("--measure").arg(dir.path()).arg(kind).arg(precision).output()?;
                 anyhow::ensure!(out.status.success(), "measuring {precision}: {}", String::from_utf8_lossy(&out.stderr));
                 let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -153,10 +161,10 @@ fn main() -> anyhow::Result<()> {
                 let overlap = tops.iter().zip(reference.iter()).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count()).sum::<usize>()
                     as f64
                     / (10 * tops.len()) as f64;
-                let (open_s, ms, rss, vec_mib) =
-                    (m["open_s"].as_f64().unwrap_or(f64::NAN), m["top10_ms"].as_f64().unwrap_or(f64::NAN), m["rss_mib"].as_f64().unwrap_or(f64::NAN), m["vector_mib"].as_f64().unwrap_or(f64::NAN));
+                let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+                let (open_s, ms, rss, vec_mib, anon, file) = (f("open_s"), f("top10_ms"), f("rss_mib"), f("vector_mib"), f("rss_anon_mib"), f("rss_file_mib"));
                 println!(
-                    "{n:>9}  {kind:>9}  {precision:>4}  {write_s:>7.1}  {:>8.1}  {open_s:>6.2}  {ms:>9.2}  {rss:>8.0}  {vec_mib:>8.1}  {:>11.1}%",
+                    "{n:>9}  {kind:>9}  {precision:>4}  {write_s:>7.1}  {:>8.1}  {open_s:>6.2}  {ms:>9.2}  {rss:>8.0}  {anon:>8.0}  {file:>8.0}  {vec_mib:>8.1}  {:>11.1}%",
                     disk as f64 / 1048576.0,
                     overlap * 100.0
                 );
@@ -164,6 +172,7 @@ fn main() -> anyhow::Result<()> {
                     "pictures": n, "dim": DIM, "vectors": kind, "precision": precision, "write_and_compact_s": write_s,
                     "disk_bytes": disk, "open_s": open_s, "top10_ms": ms, "rss_mib": rss, "vector_mib": vec_mib,
                     "rss_before_open_mib": m["rss_before_open_mib"], "top10_overlap_with_f32": overlap, "queries": QUERIES,
+                    "rss_anon_mib": anon, "rss_file_mib": file, "mapped_vector_mib": m["mapped_vector_mib"],
                 }));
             }
         }

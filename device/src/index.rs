@@ -114,6 +114,48 @@ impl Index {
         Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), rows: HashMap::new(), ids: HashMap::new() }
     }
 
+    /// An index of `entries` whose vectors are the rows of `vectors`, in order (a snapshot
+    /// and its mapped vector file). Fails if the counts differ or a path appears twice.
+    pub fn from_rows(model: impl Into<String>, entries: Vec<Entry>, vectors: VectorTable) -> Result<Self, DeviceError> {
+        if entries.len() != vectors.len() {
+            return Err(DeviceError::Mismatch(format!("{} pictures for {} vectors", entries.len(), vectors.len())));
+        }
+        let mut rows = HashMap::with_capacity(entries.len());
+        let mut ids = HashMap::with_capacity(entries.len());
+        for (row, e) in entries.iter().enumerate() {
+            if rows.insert(e.path.clone(), row).is_some() {
+                return Err(DeviceError::Mismatch(format!("{} appears twice", e.path.display())));
+            }
+            ids.insert(picture_key(&e.path), e.path.clone());
+        }
+        Ok(Self { model: model.into(), dim: vectors.dim(), entries, vectors, rows, ids })
+    }
+
+    /// Replaces the vector table by `vectors`, which must hold the same rows in the same
+    /// order (the vector file just written from this index, now mapped).
+    pub fn adopt_vectors(&mut self, vectors: VectorTable) -> Result<(), DeviceError> {
+        if vectors.len() != self.entries.len() || vectors.dim() != self.dim {
+            return Err(DeviceError::Mismatch(format!("{} vectors for {} pictures", vectors.len(), self.entries.len())));
+        }
+        self.vectors = vectors;
+        Ok(())
+    }
+
+    /// The pictures, in row order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The vector table (its rows in the order of [`Index::iter`]).
+    pub fn vectors(&self) -> &VectorTable {
+        &self.vectors
+    }
+
+    /// Bytes of vectors ranked straight from the mapped vector file (the rest is in memory).
+    pub fn mapped_vector_bytes(&self) -> usize {
+        self.vectors.mapped_bytes()
+    }
+
     /// How the vectors are kept in memory.
     pub fn precision(&self) -> Precision {
         self.vectors.precision()

@@ -13,6 +13,8 @@
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
 //! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
+//! - [`vector_file`]: the snapshot's vectors in one flat aligned file, ranked from a memory map.
+//! - [`vectors`]: the vector table (f32, f16 or int8; mapped rows, then rows in memory).
 //! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`workers`]: the encoder's thread pool at low priority.
@@ -44,6 +46,7 @@ pub mod scan;
 pub mod service;
 pub mod store;
 pub mod thumb;
+pub mod vector_file;
 pub mod vectors;
 pub mod watch;
 pub mod workers;

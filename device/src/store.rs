@@ -1,20 +1,29 @@
 //! The persistent index: a snapshot plus an append-only journal, power-cut safe.
 //!
 //! ```text
-//! <state>/index/snapshot.bin   header + one Upsert record per picture (replaced atomically)
-//! <state>/index/journal.bin    header + Upsert / Remove records appended since the snapshot
+//! <state>/index/snapshot.bin      header (with generation G) + one Row record per picture
+//! <state>/index/vectors-G.bin     their vectors, row by row (see vector_file), memory-mapped
+//! <state>/index/journal.bin       header + Upsert / Remove records appended since the snapshot
 //! record = [body length u32 LE][CRC-32 of body u32 LE][body]
 //! ```
+//! The snapshot's vectors are ranked straight from the mapped vector file (zero-copy, in the
+//! precision the device is configured with); the journal's pictures are kept in memory until
+//! the next compaction maps them too.
 //! Every append is written and `fdatasync`ed before the index answers with the new picture,
 //! so a power cut loses at most the pictures being encoded. On open, the journal is replayed
 //! over the snapshot up to its last complete record; a torn tail is cut off. Compaction writes
-//! a new snapshot to a temporary file, syncs it, renames it over the old one, syncs the folder,
-//! then starts an empty journal the same way. Replaying an old journal over a newer snapshot
+//! the vector file of generation G+1 (temporary file, sync, rename, sync the folder), then the
+//! snapshot naming G+1 the same way, then starts an empty journal, and only then deletes
+//! generation G's vector file: at every moment the snapshot on disk names a complete vector
+//! file. Vector files no snapshot names (a crash mid-compaction) are deleted on open. Replaying an old journal over a newer snapshot
 //! is harmless (the journal's final state is the snapshot's), so a crash between the two
 //! renames loses nothing. Records are upserts by path, so replays never duplicate a picture.
 //!
 //! An Upsert body: kind, path, size, mtime, SHA-256, width, height, capture time, source id
-//! (version 2), f32 vector. Both files name the model id and dimension; an index of another model is set aside
+//! (version 2), f32 vector. A Row body (version 3 snapshots): the same without the vector.
+//! Version 1 and 2 snapshots (vectors inside) are read and rewritten as version 3. A vector
+//! file that does not match its snapshot (missing, wrong length, checksum) is set aside
+//! with the reason in the open report: those pictures are encoded again. Both files name the model id and dimension; an index of another model is set aside
 //! (renamed with a `.old` suffix) and the pictures are encoded again.
 
 use std::fs::{File, OpenOptions};
@@ -23,15 +32,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::DeviceError;
 use crate::index::{Entry, Index};
-use crate::vectors::Precision;
+use crate::vector_file::{self, Mapped};
+use crate::vectors::{Precision, VectorTable};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"ECIX";
 const JOURNAL_MAGIC: &[u8; 4] = b"ECJL";
-/// Version 2 added the source id to Upsert records; version 1 files are read and rewritten
-/// as version 2 when the store opens.
-const FORMAT_VERSION: u32 = 2;
+/// Version 2 added the source id to Upsert records; version 3 moved the snapshot's vectors
+/// to the mapped vector file. Older files are read and rewritten when the store opens.
+const FORMAT_VERSION: u32 = 3;
 const UPSERT: u8 = 1;
 const REMOVE: u8 = 2;
+const ROW: u8 = 3;
 /// Records larger than this are corrupt (a path of 4 KiB and a 4096-dim vector fit easily).
 const MAX_RECORD: usize = 64 << 10;
 
@@ -54,6 +65,8 @@ pub struct Store {
     dir: PathBuf,
     model: String,
     dim: usize,
+    /// Generation of the snapshot's vector file (0: none written yet).
+    generation: u64,
     journal: File,
     journal_bytes: u64,
     snapshot_bytes: u64,
@@ -77,8 +90,11 @@ impl Store {
         let mismatch = |path: &Path| -> Result<Option<String>, DeviceError> {
             match read_header(path, if path == snapshot_path { SNAPSHOT_MAGIC } else { JOURNAL_MAGIC }) {
                 Ok(None) => Ok(None),
-                Ok(Some((_, m, d))) if m == model && d == dim => Ok(None),
-                Ok(Some((_, m, d))) => Ok(Some(format!("index was built with model {m} (dimension {d}); this device runs {model} (dimension {dim})"))),
+                Ok(Some(h)) if h.model == model && h.dim == dim => Ok(None),
+                Ok(Some(h)) => Ok(Some(format!(
+                    "index was built with model {} (dimension {}); this device runs {model} (dimension {dim})",
+                    h.model, h.dim
+                ))),
                 Err(e) => Ok(Some(format!("index header unreadable: {e}"))),
             }
         };
@@ -95,10 +111,50 @@ impl Store {
 
         let mut snapshot_bytes = 0;
         let mut outdated = false;
+        let mut generation = 0;
         if snapshot_path.exists() {
-            let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| apply(&mut index, r))?;
-            snapshot_bytes = good;
-            outdated |= file_version(&snapshot_path) < FORMAT_VERSION;
+            let version = file_version(&snapshot_path);
+            outdated |= version < FORMAT_VERSION;
+            if version >= 3 {
+                generation = read_header(&snapshot_path, SNAPSHOT_MAGIC).ok().flatten().map_or(0, |h| h.generation);
+                let mut entries = Vec::new();
+                let mut stray = 0;
+                let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| {
+                    match r {
+                        Record::Row(e) => entries.push(e),
+                        _ => stray += 1,
+                    }
+                    Ok(())
+                })?;
+                snapshot_bytes = good;
+                let vectors_path = vectors_file(dir, generation);
+                let opened = if stray > 0 {
+                    Err(format!("the snapshot holds {stray} records that are not rows"))
+                } else {
+                    Mapped::open(&vectors_path, dim, entries.len())
+                        .and_then(|m| Index::from_rows(model, entries, VectorTable::mapped(dim, m)).map_err(|e| e.to_string()))
+                };
+                match opened {
+                    Ok(mapped) if mapped.precision() == precision => index = mapped,
+                    Ok(mapped) => {
+                        // Another precision was configured: convert (compaction writes it).
+                        for (entry, vector) in mapped.iter() {
+                            index.upsert(entry.clone(), &vector)?;
+                        }
+                        outdated = true;
+                    }
+                    Err(why) => {
+                        report.reset = Some(format!(
+                            "{} unusable ({why}); the snapshot's pictures will be encoded again",
+                            vectors_path.display()
+                        ));
+                        outdated = true;
+                    }
+                }
+            } else {
+                let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| apply(&mut index, r))?;
+                snapshot_bytes = good;
+            }
         }
         let journal_bytes = if journal_path.exists() {
             outdated |= file_version(&journal_path) < FORMAT_VERSION;
@@ -112,14 +168,17 @@ impl Store {
             }
             good
         } else {
-            write_atomically(dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, model, dim))?
+            write_atomically(dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, model, dim, None))?
         };
         let journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
         report.pictures = index.len();
-        let mut store = Store { dir: dir.to_path_buf(), model: model.to_string(), dim, journal, journal_bytes, snapshot_bytes };
+        let mut store = Store { dir: dir.to_path_buf(), model: model.to_string(), dim, generation, journal, journal_bytes, snapshot_bytes };
         if outdated {
-            // Appending version 2 records to a version 1 journal would mix formats.
-            store.compact(&index)?;
+            // Appending version 3 records to an older journal would mix formats; a snapshot
+            // without its vector file must not be kept.
+            store.compact(&mut index)?;
+        } else {
+            store.remove_unnamed_vector_files();
         }
         Ok((store, index, report))
     }
@@ -129,8 +188,8 @@ impl Store {
     /// an error with the reason.
     pub fn stored_model(dir: &Path) -> Result<Option<(String, usize)>, String> {
         for (file, magic) in [("snapshot.bin", SNAPSHOT_MAGIC), ("journal.bin", JOURNAL_MAGIC)] {
-            if let Some((_, model, dim)) = read_header(&dir.join(file), magic)? {
-                return Ok(Some((model, dim)));
+            if let Some(h) = read_header(&dir.join(file), magic)? {
+                return Ok(Some((h.model, h.dim)));
             }
         }
         Ok(None)
@@ -183,16 +242,22 @@ impl Store {
         self.journal_bytes > (1 << 20) && self.journal_bytes > self.snapshot_bytes
     }
 
-    /// Writes `index` as the new snapshot and starts an empty journal.
-    pub fn compact(&mut self, index: &Index) -> Result<(), DeviceError> {
+    /// Writes `index` as the new snapshot (its vectors as the next vector file) and starts an
+    /// empty journal; the index then ranks every picture from the new file's memory map.
+    pub fn compact(&mut self, index: &mut Index) -> Result<(), DeviceError> {
+        let next = self.generation + 1;
+        let vectors_path = vectors_file(&self.dir, next);
+        let (rows, precision) = (index.len(), index.precision());
+        let table = index.vectors();
+        write_atomically(&self.dir, &vectors_path, |w| vector_file::write(w, precision, self.dim, rows, &table.parts()))?;
         let snapshot_path = self.dir.join("snapshot.bin");
         let (model, dim) = (self.model.clone(), self.dim);
         self.snapshot_bytes = write_atomically(&self.dir, &snapshot_path, |w| {
-            let mut n = write_header(w, SNAPSHOT_MAGIC, &model, dim)?;
+            let mut n = write_header(w, SNAPSHOT_MAGIC, &model, dim, Some(next))?;
             let mut body = Vec::new();
-            for (entry, vector) in index.iter() {
+            for entry in index.entries() {
                 body.clear();
-                encode_upsert(&mut body, entry, &vector);
+                encode_entry(&mut body, ROW, entry);
                 w.write_all(&(body.len() as u32).to_le_bytes())?;
                 w.write_all(&crc32fast::hash(&body).to_le_bytes())?;
                 w.write_all(&body)?;
@@ -200,16 +265,44 @@ impl Store {
             }
             Ok(n)
         })?;
+        self.generation = next;
         let journal_path = self.dir.join("journal.bin");
-        self.journal_bytes = write_atomically(&self.dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, &model, dim))?;
+        self.journal_bytes = write_atomically(&self.dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, &model, dim, None))?;
         self.journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
+        // Rank from the file just written: the rows in memory and the private copies of
+        // changed pages are released.
+        match Mapped::open(&vectors_path, dim, rows) {
+            Ok(m) => index.adopt_vectors(VectorTable::mapped(dim, m))?,
+            Err(why) => tracing::warn!(file = %vectors_path.display(), %why, "vector file not mapped; vectors stay in memory"),
+        }
+        self.remove_unnamed_vector_files();
         Ok(())
     }
+
+    /// Deletes vector files the snapshot does not name (older generations, a crash's leftovers).
+    fn remove_unnamed_vector_files(&self) {
+        let keep = vectors_file(&self.dir, self.generation);
+        let Ok(list) = std::fs::read_dir(&self.dir) else { return };
+        for e in list.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("vectors-") && (name.ends_with(".bin") || name.ends_with(".tmp")) && e.path() != keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The vector file of snapshot generation `generation`.
+fn vectors_file(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("vectors-{generation}.bin"))
 }
 
 enum Record {
     Upsert(Entry, Vec<f32>),
     Remove(PathBuf),
+    /// A snapshot picture whose vector is the vector file's row of the same number.
+    Row(Entry),
 }
 
 fn apply(index: &mut Index, record: Record) -> Result<(), DeviceError> {
@@ -219,6 +312,7 @@ fn apply(index: &mut Index, record: Record) -> Result<(), DeviceError> {
             index.remove(&path);
             Ok(())
         }
+        Record::Row(entry) => Err(DeviceError::Mismatch(format!("a snapshot row ({}) outside a snapshot", entry.path.display()))),
     }
 }
 
@@ -247,17 +341,33 @@ fn write_atomically(dir: &Path, target: &Path, fill: impl FnOnce(&mut BufWriter<
     Ok(n)
 }
 
-fn write_header(w: &mut impl Write, magic: &[u8; 4], model: &str, dim: usize) -> std::io::Result<u64> {
+fn write_header(w: &mut impl Write, magic: &[u8; 4], model: &str, dim: usize, generation: Option<u64>) -> std::io::Result<u64> {
     w.write_all(magic)?;
     w.write_all(&FORMAT_VERSION.to_le_bytes())?;
     w.write_all(&(dim as u32).to_le_bytes())?;
     w.write_all(&(model.len() as u32).to_le_bytes())?;
     w.write_all(model.as_bytes())?;
-    Ok(16 + model.len() as u64)
+    let mut n = 16 + model.len() as u64;
+    if let Some(g) = generation {
+        w.write_all(&g.to_le_bytes())?;
+        n += 8;
+    }
+    Ok(n)
 }
 
-/// The header of `path`: (header length, model, dimension); `None` if the file does not exist.
-fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<(u64, String, usize)>, String> {
+/// A file's header.
+struct Header {
+    /// Bytes up to the first record.
+    len: u64,
+    version: u32,
+    model: String,
+    dim: usize,
+    /// The vector file's generation (snapshots of version 3 and later; else 0).
+    generation: u64,
+}
+
+/// The header of `path`; `None` if the file does not exist.
+fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<Header>, String> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -279,7 +389,15 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<(u64, String, usiz
     }
     let mut model = vec![0u8; len];
     f.read_exact(&mut model).map_err(|e| e.to_string())?;
-    Ok(Some((16 + len as u64, String::from_utf8(model).map_err(|e| e.to_string())?, dim)))
+    let model = String::from_utf8(model).map_err(|e| e.to_string())?;
+    let mut header = Header { len: 16 + len as u64, version, model, dim, generation: 0 };
+    if magic == SNAPSHOT_MAGIC && version >= 3 {
+        let mut g = [0u8; 8];
+        f.read_exact(&mut g).map_err(|e| e.to_string())?;
+        header.generation = u64::from_le_bytes(g);
+        header.len += 8;
+    }
+    Ok(Some(header))
 }
 
 /// The format version in a file's header (0 if unreadable).
@@ -295,11 +413,10 @@ fn file_version(path: &Path) -> u32 {
 /// Returns (records read, header length, length up to the last good record, file length).
 fn read_records(path: &Path, magic: &[u8; 4], mut each: impl FnMut(Record) -> Result<(), DeviceError>) -> Result<(usize, u64, u64, u64), DeviceError> {
     let corrupt = |reason: String| DeviceError::Mismatch(format!("{}: {reason}", path.display()));
-    let (header, _, dim) = read_header(path, magic).map_err(corrupt)?.ok_or_else(|| corrupt("missing".into()))?;
+    let Header { len: header, version, dim, .. } = read_header(path, magic).map_err(corrupt)?.ok_or_else(|| corrupt("missing".into()))?;
     let file = File::open(path).map_err(|e| DeviceError::io(path, e))?;
     let total = file.metadata().map_err(|e| DeviceError::io(path, e))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let version = file_version(path);
     let mut skip = vec![0u8; header as usize];
     r.read_exact(&mut skip).map_err(|e| DeviceError::io(path, e))?;
     let mut good = header;
@@ -357,7 +474,15 @@ fn path_from(bytes: &[u8]) -> PathBuf {
 }
 
 fn encode_upsert(out: &mut Vec<u8>, e: &Entry, vector: &[f32]) {
-    out.push(UPSERT);
+    encode_entry(out, UPSERT, e);
+    for v in vector {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A record of `kind` with the picture's fields (an Upsert's vector follows them).
+fn encode_entry(out: &mut Vec<u8>, kind: u8, e: &Entry) {
+    out.push(kind);
     put_path(out, &e.path);
     out.extend_from_slice(&e.size.to_le_bytes());
     out.extend_from_slice(&e.mtime_ns.to_le_bytes());
@@ -368,9 +493,6 @@ fn encode_upsert(out: &mut Vec<u8>, e: &Entry, vector: &[f32]) {
     let source = &e.source.as_bytes()[..e.source.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(source.len() as u16).to_le_bytes());
     out.extend_from_slice(source);
-    for v in vector {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
 }
 
 /// A cursor over a record body.
@@ -396,7 +518,7 @@ impl<'a> Body<'a> {
 fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
     let mut b = Body(body);
     match b.take(1)?[0] {
-        UPSERT => {
+        kind @ (UPSERT | ROW) => {
             let path = b.path()?;
             let size = u64::from_le_bytes(b.array()?);
             let mtime_ns = i128::from_le_bytes(b.array()?);
@@ -410,12 +532,16 @@ fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
             } else {
                 String::new()
             };
+            let entry = Entry { path, size, mtime_ns, hash, width, height, taken_s, source };
+            if kind == ROW {
+                return b.0.is_empty().then_some(Record::Row(entry));
+            }
             let raw = b.take(dim * 4)?;
             if !b.0.is_empty() {
                 return None;
             }
             let vector = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            Some(Record::Upsert(Entry { path, size, mtime_ns, hash, width, height, taken_s, source }, vector))
+            Some(Record::Upsert(entry, vector))
         }
         REMOVE => {
             let path = b.path()?;
@@ -450,11 +576,11 @@ mod tests {
         store.remove(Path::new("b")).unwrap();
         index.remove(Path::new("b"));
         drop(store);
-        let (mut store, reopened, report) = Store::open(dir.path(), "m", 3).unwrap();
+        let (mut store, mut reopened, report) = Store::open(dir.path(), "m", 3).unwrap();
         assert_eq!((report.pictures, report.replayed), (2, 4));
         assert_eq!(reopened.get(Path::new("c")), Some(&entry("c", 2)));
         assert!(reopened.get(Path::new("b")).is_none());
-        store.compact(&reopened).unwrap();
+        store.compact(&mut reopened).unwrap();
         store.upsert(&entry("d", 9), &v(0.25)).unwrap();
         drop(store);
         let (_, again, report) = Store::open(dir.path(), "m", 3).unwrap();
@@ -462,6 +588,158 @@ mod tests {
         assert_eq!(again.get(Path::new("d")), Some(&entry("d", 9)));
         let (_, vector) = again.iter().find(|(e, _)| e.path == Path::new("d")).unwrap();
         assert_eq!(vector, v(0.25).as_slice());
+    }
+
+    fn vectors_by_path(index: &Index) -> Vec<(PathBuf, Vec<f32>)> {
+        let mut out: Vec<_> = index.iter().map(|(e, v)| (e.path.clone(), v.into_owned())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn vector_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("vectors-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_snapshot_vectors_are_ranked_from_the_mapped_file_in_every_precision() {
+        for precision in [Precision::F32, Precision::F16, Precision::I8] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut store, mut index, _) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+                let e = entry(name, i as u8);
+                store.upsert(&e, &v(i as f32 / 4.0)).unwrap();
+                index.upsert(e, &v(i as f32 / 4.0)).unwrap();
+            }
+            assert_eq!(index.mapped_vector_bytes(), 0);
+            store.compact(&mut index).unwrap();
+            // After compaction the index ranks from the file just written.
+            assert_eq!(index.mapped_vector_bytes(), 4 * precision.bytes_per_vector(3), "{precision:?}");
+            assert_eq!(vector_files(dir.path()), ["vectors-1.bin"]);
+            let kept = vectors_by_path(&index);
+            drop(store);
+
+            // Reopened: mapped, the same vectors bit for bit.
+            let (mut store, mut index, report) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            assert_eq!((report.pictures, report.reset.as_deref()), (4, None));
+            assert_eq!(index.mapped_vector_bytes(), 4 * precision.bytes_per_vector(3));
+            assert_eq!(vectors_by_path(&index), kept);
+            // Journal changes over mapped rows: a replaced vector, a removal, a new picture.
+            for (op, name, x) in [("set", "b", 0.9), ("remove", "a", 0.0), ("add", "e", 0.6)] {
+                if op == "remove" {
+                    store.remove(Path::new(name)).unwrap();
+                    index.remove(Path::new(name));
+                } else {
+                    let e = entry(name, 7);
+                    store.upsert(&e, &v(x)).unwrap();
+                    index.upsert(e, &v(x)).unwrap();
+                }
+            }
+            let changed = vectors_by_path(&index);
+            let best = index.search("m", &v(0.9), 1).unwrap()[0].entry.path.clone();
+            assert_eq!(best, PathBuf::from("b"), "{precision:?}");
+            drop(store);
+            let (mut store, mut index, report) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            assert_eq!((report.pictures, report.replayed), (4, 3));
+            assert_eq!(vectors_by_path(&index), changed, "{precision:?}: journal replayed over the mapped rows");
+            // The next compaction writes generation 2 and deletes generation 1.
+            store.compact(&mut index).unwrap();
+            assert_eq!(vector_files(dir.path()), ["vectors-2.bin"]);
+            drop(store);
+            let (_, index, _) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            assert_eq!(vectors_by_path(&index), changed);
+            assert_eq!(index.mapped_vector_bytes(), 4 * precision.bytes_per_vector(3));
+        }
+    }
+
+    #[test]
+    fn a_crash_mid_compaction_and_a_damaged_vector_file_lose_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut index, _) = Store::open(dir.path(), "m", 3).unwrap();
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            let e = entry(name, i as u8);
+            store.upsert(&e, &v(i as f32)).unwrap();
+            index.upsert(e, &v(i as f32)).unwrap();
+        }
+        store.compact(&mut index).unwrap();
+        store.upsert(&entry("c", 3), &v(0.5)).unwrap();
+        drop(store);
+        // A crash after the next vector file was renamed into place, before the snapshot
+        // naming it: the snapshot still names generation 1, the stray file is deleted.
+        std::fs::write(dir.path().join("vectors-2.bin"), b"half").unwrap();
+        std::fs::write(dir.path().join("vectors-2.tmp"), b"half").unwrap();
+        let (store, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!((report.pictures, report.reset), (3, None));
+        assert_eq!(vector_files(dir.path()), ["vectors-1.bin"]);
+        drop((store, index));
+        // A damaged vector file: the snapshot's pictures are dropped with the reason (the scan
+        // encodes them again); the journal's picture is kept; the store is consistent after.
+        let path = dir.path().join("vectors-1.bin");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        let reason = report.reset.unwrap();
+        assert!(reason.contains("vectors-1.bin") && reason.contains("checksum"), "{reason}");
+        assert_eq!(index.entries().iter().map(|e| e.path.clone()).collect::<Vec<_>>(), [PathBuf::from("c")]);
+        let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!((index.len(), report.reset), (1, None));
+        // Deleted altogether: the same.
+        for f in vector_files(dir.path()) {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert!(report.reset.unwrap().contains("vectors-"));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn another_precision_converts_the_vector_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut index, _) = Store::open(dir.path(), "m", 3).unwrap();
+        let e = entry("a", 1);
+        store.upsert(&e, &v(0.3)).unwrap();
+        index.upsert(e, &v(0.3)).unwrap();
+        store.compact(&mut index).unwrap();
+        drop(store);
+        let (_, index, _) = Store::open_with(dir.path(), "m", 3, Precision::I8).unwrap();
+        assert_eq!((index.precision(), index.mapped_vector_bytes()), (Precision::I8, Precision::I8.bytes_per_vector(3)));
+        assert_eq!(vector_files(dir.path()), ["vectors-2.bin"]);
+        let got = index.vector_of(Path::new("a")).unwrap().into_owned();
+        assert!(got.iter().zip(v(0.3)).all(|(a, b)| (a - b).abs() < 1e-2), "{got:?}");
+    }
+
+    #[test]
+    fn a_version_2_snapshot_with_vectors_inside_is_rewritten_with_a_vector_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = Vec::new();
+        file.extend_from_slice(SNAPSHOT_MAGIC);
+        file.extend_from_slice(&2u32.to_le_bytes());
+        file.extend_from_slice(&3u32.to_le_bytes());
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(b"m");
+        for (name, x) in [("a", 0.1), ("b", 0.7)] {
+            let mut body = Vec::new();
+            encode_upsert(&mut body, &entry(name, 3), &v(x));
+            file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            file.extend_from_slice(&body);
+        }
+        std::fs::write(dir.path().join("snapshot.bin"), file).unwrap();
+        let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!((report.pictures, report.reset), (2, None));
+        assert_eq!(file_version(&dir.path().join("snapshot.bin")), FORMAT_VERSION);
+        assert_eq!(vector_files(dir.path()), ["vectors-1.bin"]);
+        assert_eq!(index.vector_of(Path::new("b")).unwrap().as_ref(), v(0.7).as_slice());
+        let (_, again, _) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!(vectors_by_path(&again), vectors_by_path(&index));
+        assert_eq!(again.get(Path::new("a")), Some(&entry("a", 3)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use simsimd::SpatialSimilarity;
 use edgeclip_messages::wire::quantise as quantise_i8;
 
 use crate::rank::dot as dot_f32;
+use crate::vector_file::{Mapped, Parts};
 
 /// How the table stores vectors in memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -45,6 +46,49 @@ enum Rows {
     I8 { codes: Vec<i8>, scales: Vec<f32> },
 }
 
+impl Rows {
+    fn new(precision: Precision) -> Rows {
+        match precision {
+            Precision::F32 => Rows::F32(Vec::new()),
+            Precision::F16 => Rows::F16(Vec::new()),
+            Precision::I8 => Rows::I8 { codes: Vec::new(), scales: Vec::new() },
+        }
+    }
+
+    fn len(&self, dim: usize) -> usize {
+        match self {
+            Rows::F32(v) => v.len() / dim,
+            Rows::F16(v) => v.len() / dim,
+            Rows::I8 { scales, .. } => scales.len(),
+        }
+    }
+
+    fn truncate(&mut self, rows: usize, dim: usize) {
+        match self {
+            Rows::F32(v) => v.truncate(rows * dim),
+            Rows::F16(v) => v.truncate(rows * dim),
+            Rows::I8 { codes, scales } => {
+                codes.truncate(rows * dim);
+                scales.truncate(rows);
+            }
+        }
+    }
+}
+
+/// One row as stored.
+enum RowRef<'a> {
+    F32(&'a [f32]),
+    F16(&'a [simsimd::f16]),
+    I8(&'a [i8], f32),
+}
+
+/// One row as stored, writable.
+enum RowMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [simsimd::f16]),
+    I8(&'a mut [i8], &'a mut f32),
+}
+
 /// A query prepared once for scoring every row of a table.
 #[derive(Debug, Clone)]
 pub enum Query<'a> {
@@ -56,22 +100,25 @@ pub enum Query<'a> {
     I8(Vec<i8>, f32),
 }
 
-/// Rows of `dim` values in one precision.
-#[derive(Debug, Clone)]
+/// Rows of `dim` values in one precision: first the rows of a mapped vector file (if the
+/// table was opened from one), then rows in memory.
+#[derive(Debug)]
 pub struct VectorTable {
     dim: usize,
+    base: Option<Mapped>,
     rows: Rows,
 }
 
 impl VectorTable {
     /// An empty table of `dim`-value rows stored in `precision`.
     pub fn new(dim: usize, precision: Precision) -> Self {
-        let rows = match precision {
-            Precision::F32 => Rows::F32(Vec::new()),
-            Precision::F16 => Rows::F16(Vec::new()),
-            Precision::I8 => Rows::I8 { codes: Vec::new(), scales: Vec::new() },
-        };
-        Self { dim, rows }
+        Self { dim, base: None, rows: Rows::new(precision) }
+    }
+
+    /// A table whose rows are those of a mapped vector file (ranked from the map; rows
+    /// added later are kept in memory).
+    pub fn mapped(dim: usize, file: Mapped) -> Self {
+        Self { dim, rows: Rows::new(file.precision()), base: Some(file) }
     }
 
     /// The storage precision.
@@ -88,16 +135,16 @@ impl VectorTable {
         self.dim
     }
 
+    fn base_rows(&self) -> usize {
+        self.base.as_ref().map_or(0, Mapped::rows)
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         if self.dim == 0 {
             return 0;
         }
-        match &self.rows {
-            Rows::F32(v) => v.len() / self.dim,
-            Rows::F16(v) => v.len() / self.dim,
-            Rows::I8 { scales, .. } => scales.len(),
-        }
+        self.base_rows() + self.rows.len(self.dim)
     }
 
     /// True when the table has no rows.
@@ -105,9 +152,62 @@ impl VectorTable {
         self.len() == 0
     }
 
-    /// Bytes the rows take in memory (excluding spare capacity).
+    /// Bytes the rows take (mapped and in memory, excluding spare capacity).
     pub fn bytes(&self) -> usize {
         self.len() * self.precision().bytes_per_vector(self.dim)
+    }
+
+    /// Bytes of the rows ranked straight from the mapped vector file.
+    pub fn mapped_bytes(&self) -> usize {
+        self.base_rows() * self.precision().bytes_per_vector(self.dim)
+    }
+
+    fn row(&self, row: usize) -> RowRef<'_> {
+        let d = self.dim;
+        let b = self.base_rows();
+        if row < b {
+            let m = self.base.as_ref().expect("base rows exist");
+            let r = row * d..(row + 1) * d;
+            return match m.precision() {
+                Precision::F32 => RowRef::F32(&m.f32s()[r]),
+                Precision::F16 => RowRef::F16(&m.f16s()[r]),
+                Precision::I8 => {
+                    let (scales, codes) = m.i8s();
+                    RowRef::I8(&codes[r], scales[row])
+                }
+            };
+        }
+        let t = row - b;
+        let r = t * d..(t + 1) * d;
+        match &self.rows {
+            Rows::F32(v) => RowRef::F32(&v[r]),
+            Rows::F16(v) => RowRef::F16(&v[r]),
+            Rows::I8 { codes, scales } => RowRef::I8(&codes[r], scales[t]),
+        }
+    }
+
+    fn row_mut(&mut self, row: usize) -> RowMut<'_> {
+        let d = self.dim;
+        let b = self.base_rows();
+        if row < b {
+            let m = self.base.as_mut().expect("base rows exist");
+            let r = row * d..(row + 1) * d;
+            return match m.precision() {
+                Precision::F32 => RowMut::F32(&mut m.f32s_mut()[r]),
+                Precision::F16 => RowMut::F16(&mut m.f16s_mut()[r]),
+                Precision::I8 => {
+                    let (scales, codes) = m.i8s_mut();
+                    RowMut::I8(&mut codes[r], &mut scales[row])
+                }
+            };
+        }
+        let t = row - b;
+        let r = t * d..(t + 1) * d;
+        match &mut self.rows {
+            Rows::F32(v) => RowMut::F32(&mut v[r]),
+            Rows::F16(v) => RowMut::F16(&mut v[r]),
+            Rows::I8 { codes, scales } => RowMut::I8(&mut codes[r], &mut scales[t]),
+        }
     }
 
     /// Appends a row; `v` must have `dim` values.
@@ -122,53 +222,81 @@ impl VectorTable {
 
     /// Replaces row `row` with `v`.
     pub fn set(&mut self, row: usize, v: &[f32]) {
-        let d = self.dim;
-        match &mut self.rows {
-            Rows::F32(rows) => rows[row * d..(row + 1) * d].copy_from_slice(v),
-            Rows::F16(rows) => {
-                for (dst, &x) in rows[row * d..(row + 1) * d].iter_mut().zip(v) {
+        match self.row_mut(row) {
+            RowMut::F32(dst) => dst.copy_from_slice(v),
+            RowMut::F16(dst) => {
+                for (dst, &x) in dst.iter_mut().zip(v) {
                     *dst = simsimd::f16::from_f32(x);
                 }
             }
-            Rows::I8 { codes, scales } => {
-                let mut fresh = Vec::with_capacity(d);
-                scales[row] = quantise_i8(v, &mut fresh);
-                codes[row * d..(row + 1) * d].copy_from_slice(&fresh);
+            RowMut::I8(dst, scale) => {
+                let mut fresh = Vec::with_capacity(v.len());
+                *scale = quantise_i8(v, &mut fresh);
+                dst.copy_from_slice(&fresh);
             }
         }
     }
 
-    /// Removes row `row` by moving the last row into its place.
+    /// Removes row `row` by moving the last row into its place (bit for bit).
     pub fn swap_remove(&mut self, row: usize) {
-        let d = self.dim;
         let last = self.len() - 1;
-        fn move_last<T: Copy>(v: &mut Vec<T>, row: usize, last: usize, d: usize) {
-            if row != last {
-                v.copy_within(last * d..(last + 1) * d, row * d);
+        if row != last {
+            enum Owned {
+                F32(Vec<f32>),
+                F16(Vec<simsimd::f16>),
+                I8(Vec<i8>, f32),
             }
-            v.truncate(last * d);
+            let moved = match self.row(last) {
+                RowRef::F32(v) => Owned::F32(v.to_vec()),
+                RowRef::F16(v) => Owned::F16(v.to_vec()),
+                RowRef::I8(v, s) => Owned::I8(v.to_vec(), s),
+            };
+            match (self.row_mut(row), moved) {
+                (RowMut::F32(dst), Owned::F32(v)) => dst.copy_from_slice(&v),
+                (RowMut::F16(dst), Owned::F16(v)) => dst.copy_from_slice(&v),
+                (RowMut::I8(dst, scale), Owned::I8(v, s)) => {
+                    dst.copy_from_slice(&v);
+                    *scale = s;
+                }
+                _ => unreachable!("a table holds one precision"),
+            }
         }
-        match &mut self.rows {
-            Rows::F32(rows) => move_last(rows, row, last, d),
-            Rows::F16(rows) => move_last(rows, row, last, d),
-            Rows::I8 { codes, scales } => {
-                move_last(codes, row, last, d);
-                scales.swap_remove(row);
-            }
+        let tail = self.rows.len(self.dim);
+        if tail > 0 {
+            self.rows.truncate(tail - 1, self.dim);
+        } else if let Some(m) = self.base.as_mut() {
+            m.pop();
         }
     }
 
     /// Row `row` as f32 values (borrowed from an f32 table, decoded otherwise).
     pub fn get(&self, row: usize) -> Cow<'_, [f32]> {
-        let d = self.dim;
-        match &self.rows {
-            Rows::F32(rows) => Cow::Borrowed(&rows[row * d..(row + 1) * d]),
-            Rows::F16(rows) => Cow::Owned(rows[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect()),
-            Rows::I8 { codes, scales } => {
-                let s = scales[row];
-                Cow::Owned(codes[row * d..(row + 1) * d].iter().map(|&c| c as f32 * s).collect())
-            }
+        match self.row(row) {
+            RowRef::F32(v) => Cow::Borrowed(v),
+            RowRef::F16(v) => Cow::Owned(v.iter().map(|x| x.to_f32()).collect()),
+            RowRef::I8(v, s) => Cow::Owned(v.iter().map(|&c| c as f32 * s).collect()),
         }
+    }
+
+    /// The table's rows as the parts of a vector file: the mapped rows, then those in memory.
+    pub fn parts(&self) -> Vec<Parts<'_>> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(m) = &self.base {
+            out.push(match m.precision() {
+                Precision::F32 => Parts::F32(m.f32s()),
+                Precision::F16 => Parts::F16(m.f16s()),
+                Precision::I8 => {
+                    let (scales, codes) = m.i8s();
+                    Parts::I8 { scales, codes }
+                }
+            });
+        }
+        out.push(match &self.rows {
+            Rows::F32(v) => Parts::F32(v),
+            Rows::F16(v) => Parts::F16(v),
+            Rows::I8 { codes, scales } => Parts::I8 { scales, codes },
+        });
+        out
     }
 
     /// Prepares `query` (of `dim` values) for [`VectorTable::score`].
@@ -186,16 +314,14 @@ impl VectorTable {
 
     /// Dot product of row `row` with a query prepared by this table.
     pub fn score(&self, query: &Query<'_>, row: usize) -> f32 {
-        let d = self.dim;
-        let r = row * d..(row + 1) * d;
-        match (&self.rows, query) {
-            (Rows::F32(rows), Query::F32(q)) => dot_f32(q, &rows[r]),
-            (Rows::F16(rows), Query::F16(q)) => match simsimd::f16::dot(q, &rows[r]) {
+        match (self.row(row), query) {
+            (RowRef::F32(r), Query::F32(q)) => dot_f32(q, r),
+            (RowRef::F16(r), Query::F16(q)) => match simsimd::f16::dot(q, r) {
                 Some(x) => x as f32,
                 None => f32::NAN,
             },
-            (Rows::I8 { codes, scales }, Query::I8(q, qs)) => match i8::dot(q, &codes[r]) {
-                Some(x) => x as f32 * qs * scales[row],
+            (RowRef::I8(r, s), Query::I8(q, qs)) => match i8::dot(q, r) {
+                Some(x) => x as f32 * qs * s,
                 None => f32::NAN,
             },
             // A query prepared by another table: score it exactly.

@@ -54,8 +54,9 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
     let index_dir = state.join("index");
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(&index_dir)?;
-    let (mut store, _, _) = Store::open(&index_dir, &folder.id, folder.dim)?;
-    let mut index = Index::new(folder.id.clone(), folder.dim);
+    // In int8, the precision the measured device runs with: its vector file is mapped as is.
+    let (mut store, _, _) = Store::open_with(&index_dir, &folder.id, folder.dim, Precision::I8)?;
+    let mut index = Index::with_precision(folder.id.clone(), folder.dim, Precision::I8);
     let mut table = VectorTable::new(folder.dim, Precision::I8);
     let mut gen = Gen::new(0xe2e);
     let mut v = Vec::with_capacity(folder.dim);
@@ -88,7 +89,7 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
         index.upsert(entry, &v)?;
         table.push(&v);
     }
-    store.compact(&index)?;
+    store.compact(&mut index)?;
     drop(store);
     let mut q = Vec::new();
     gen.unit(folder.dim, &mut q);

@@ -205,13 +205,13 @@ pub fn store(data: &[u8]) -> Option<usize> {
     let index_dir = dir.path().join("index");
     std::fs::create_dir_all(&index_dir).expect("index folder");
     std::fs::write(index_dir.join("journal.bin"), &journal).expect("journal written");
-    let (mut store, index, _report) = Store::open_with(&index_dir, "m", DIM, precision).ok()?;
+    let (mut store, mut index, _report) = Store::open_with(&index_dir, "m", DIM, precision).ok()?;
     let pictures = index.len();
     let mut paths: Vec<PathBuf> = index.iter().map(|(e, _)| e.path.clone()).collect();
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), pictures, "a picture is in the index twice");
-    store.compact(&index).expect("compaction of an opened index");
+    store.compact(&mut index).expect("compaction of an opened index");
     drop(store);
     let (_, again, report) = Store::open_with(&index_dir, "m", DIM, precision).expect("reopen after compaction");
     assert_eq!(again.len(), pictures, "compaction changed the pictures");
