@@ -332,6 +332,150 @@ def train(args, x, sh, bg, val=None, cfg=None):
     return model, train_time, hist
 
 
+def train_head(args, model, x, sh, bg, val=None):
+    """Second phase (locked-trunk tuning, as in LiT): the image tower's stem and first three
+    stages are frozen; their output for every training picture (and its mirror image) is
+    computed once, and the last stage, the attention pooling and the whole text tower are
+    trained on it with large batches. Each step costs a fraction of a full step, so the
+    tower's top and the text side see many more captions on the same CPU. Half of each batch
+    comes in groups of four that share a colour and show different kinds, half in groups that
+    share colour and kind at different positions; captions name positions more often."""
+    import torch
+    import torch.nn.functional as F
+    import open_clip
+
+    torch.manual_seed(args.seed + 1)
+    rng = np.random.default_rng((args.seed, 3))
+    V = model.visual
+    model.eval()
+    n = len(x)
+    t0 = time.time()
+    feats = None
+    with torch.no_grad():
+        for flip in (0, 1):
+            for i in range(0, n, 128):
+                xb = x[i:i + 128]
+                if flip:
+                    xb = np.ascontiguousarray(xb[:, :, ::-1])
+                f = V.layer3(V.layer2(V.layer1(V.stem(torch.from_numpy(S.normalize_uint8(xb))))))
+                if feats is None:
+                    feats = np.zeros((2, n) + tuple(f.shape[1:]), np.float16)
+                feats[flip, i:i + len(f)] = f.numpy().astype(np.float16)
+    log(f"head: trunk features of {n} pictures x 2 orientations in {time.time() - t0:.0f}s, {feats.nbytes >> 20} MiB")
+    shf = np.stack([sh, S.flip_label_arrays(sh)])
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in (V.layer4, V.attnpool, model.transformer, model.ln_final, model.token_embedding):
+        for p in m.parameters():
+            p.requires_grad_(True)
+    for p in (model.positional_embedding, model.text_projection, model.logit_scale):
+        p.requires_grad_(True)
+    D = model.text_projection.shape[1]
+    aux = torch.nn.ModuleDict({
+        "pair": torch.nn.Linear(D, len(S.COLOURS) * len(S.KINDS)),
+        "pair_pos": torch.nn.Linear(D, len(S.COLOURS) * len(S.KINDS) * len(S.POSITIONS)),
+        "size": torch.nn.Linear(D, len(S.COLOURS) * len(S.KINDS) * len(S.SIZES)),
+        "bg": torch.nn.Linear(D, len(S.COLOURS)),
+    })
+    params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
+    no_decay_ids = {id(model.token_embedding.weight), id(model.positional_embedding)}
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in no_decay_ids]
+    decay_ids = {id(p) for p in decay}
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0}],
+                            lr=args.head_lr, betas=(0.9, 0.98), eps=1e-6)
+    steps, B = args.head_steps, args.head_batch
+    warm = max(1, int(0.05 * steps))
+
+    def lr_at(step):
+        if step < warm:
+            return args.head_lr * (step + 1) / warm
+        return args.head_lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    def encode_text_train(tokens):
+        L = int(tokens.argmax(-1).max()) + 1
+        tok = tokens[:, :L]
+        h = model.token_embedding(tok) + model.positional_embedding[:L]
+        h = model.ln_final(model.transformer(h, attn_mask=model.attn_mask[:L, :L]))
+        return F.normalize(h[torch.arange(h.shape[0]), tok.argmax(-1)] @ model.text_projection, dim=-1)
+
+    by_pair, by_pair_pos = {}, {}
+    for i in range(n):
+        for c, k, _, p in sh[i]:
+            if c != S.NO_SHAPE:
+                by_pair.setdefault((int(c), int(k)), []).append(i)
+                by_pair_pos.setdefault((int(c), int(k), int(p)), []).append(i)
+
+    def group_kinds():
+        c = int(rng.integers(len(S.COLOURS)))
+        out = []
+        for k in rng.permutation(len(S.KINDS)):
+            pool = by_pair.get((c, int(k)))
+            if pool:
+                out.append((pool[int(rng.integers(len(pool)))], int(rng.integers(2))))
+        return out
+
+    def group_positions():
+        c, k = int(rng.integers(len(S.COLOURS))), int(rng.integers(len(S.KINDS)))
+        out = []
+        for p in rng.permutation(len(S.POSITIONS))[:4]:
+            pool = by_pair_pos.get((c, k, int(p)))
+            if pool:
+                # unflipped, so that the sampled position is the one shown
+                out.append((pool[int(rng.integers(len(pool)))], 0))
+        return out
+
+    hist = []
+    t0 = time.time()
+    for step in range(steps):
+        model.train()
+        for m in (V.layer1, V.layer2, V.layer3):
+            m.eval()  # frozen, with their running statistics
+        chosen = {}
+        n_hard = int(round(B * args.hard))
+        while len(chosen) < n_hard:
+            for i, f in (group_kinds() if len(chosen) < n_hard // 2 else group_positions()):
+                chosen.setdefault(i, f)
+        while len(chosen) < B:
+            chosen.setdefault(int(rng.integers(n)), int(rng.integers(2)))
+        idx = np.array(list(chosen.keys())[:B])
+        flip = np.array([chosen[i] for i in idx])
+        fb = torch.from_numpy(feats[flip, idx].astype(np.float32))
+        shb, bgb = shf[flip, idx], bg[idx]
+        caps = [S.make_caption(rng, shb[i], bgb[i], pos_p=args.head_pos) for i in range(len(idx))]
+        req = np.stack([c[1] for c in caps])
+        bgr = np.array([c[2] for c in caps])
+        Mt = torch.from_numpy(S.match_matrix(req, bgr, shb, bgb).astype(np.float32))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        ie = F.normalize(V.attnpool(V.layer4(fb)), dim=-1)
+        te = encode_text_train(open_clip.tokenize([c[0] for c in caps]))
+        logits = model.logit_scale.exp() * te @ ie.T
+        lt = -(Mt / Mt.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+        li = -(Mt.T / Mt.T.sum(1, keepdim=True) * F.log_softmax(logits.T, 1)).sum(1).mean()
+        loss = (lt + li) / 2 + args.aux * aux_loss(aux, ie, shb, bgb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        hist.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            log(f"head step {step}/{steps} loss {np.mean(hist[-50:]):.3f} lr {lr_at(step):.2e} {(time.time() - t0) / (step + 1):.2f}s/step")
+        ckpt_path = getattr(args, "ckpt_path", None)
+        if ckpt_path and (step + 1) % 250 == 0:
+            torch.save(model.state_dict(), ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+        if val is not None and args.val_every and (step + 1) % (2 * args.val_every) == 0 and step + 1 < steps:
+            log("head val", {k: round(v, 3) for k, v in torch_metrics(model, val).items() if not isinstance(v, dict)})
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return model, time.time() - t0, hist
+
+
 def dense_targets(shb, grid):
     """[B, grid*grid] int64: 0 background, 1 + colour*4 + kind inside a shape, -100 near edges."""
     c = (np.arange(grid) + 0.5) / grid
@@ -471,35 +615,57 @@ def main():
     ap.add_argument("--hard", type=float, default=0.5, help="fraction of each batch drawn as same-colour, different-kind groups of 4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="start from this state dict (a further cosine cycle, warm restart)")
+    ap.add_argument("--head-steps", type=int, default=4000, help="second phase: steps on the frozen trunk's features (0 = none)")
+    ap.add_argument("--head-batch", type=int, default=256)
+    ap.add_argument("--head-lr", type=float, default=1e-3)
+    ap.add_argument("--head-pos", type=float, default=0.7, help="second phase: probability that a caption names a shape's position")
     ap.add_argument("--val-every", type=int, default=250, help="torch validation every N steps (0 = off)")
     ap.add_argument("--out", default=os.path.join(HERE, "clip-shapes"))
     ap.add_argument("--work", default=os.path.join(HERE, ".work"))
-    ap.add_argument("--stage", default="all", choices=["all", "data", "train", "export", "eval"])
+    ap.add_argument("--stage", default="all", choices=["all", "data", "train", "head", "export", "eval"])
     ap.add_argument("--quick", action="store_true", help="tiny data and few steps: a smoke-test model")
     args = ap.parse_args()
     if args.quick:
         args.train_images, args.steps, args.batch = min(args.train_images, 4000), min(args.steps, 120), 128
+        args.head_steps = min(args.head_steps, 60)
     os.makedirs(args.work, exist_ok=True)
     import torch
     torch.set_num_threads(2)
 
     ckpt = os.path.join(args.work, "clip-shapes.pt")
+    phase1 = os.path.join(args.work, "clip-shapes-phase1.pt")
     run_info_path = os.path.join(args.work, "train_info.json")
-    if args.stage in ("all", "data", "train"):
+    if args.stage in ("all", "data", "train", "head"):
         x, sh, bg = make_train_data(args.work, args.seed, args.train_images)
         edir, elabels = make_eval_data(args.work, args.seed, args.eval_images)
-    if args.stage in ("all", "train"):
+    if args.stage in ("all", "train", "head"):
         names = sorted(elabels)[:1000]
         val = None
         if args.val_every:
             xv = load_preprocessed(edir, names, os.path.join(edir, "val1000.npy"))
             val = (xv, [elabels[n] for n in names])
-        model, train_time, hist = train(args, x, sh, bg, val)
+        info = {}
+        if args.stage != "head":
+            model, train_time, hist = train(args, x, sh, bg, val)
+            torch.save(model.state_dict(), phase1)
+            info = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "train_images": args.train_images,
+                    "init": args.init, "aux": args.aux, "hard": args.hard,
+                    "seed": args.seed, "train_seconds": round(train_time, 1), "final_loss": float(np.mean(hist[-20:])),
+                    "quick": args.quick, "torch_threads": torch.get_num_threads()}
+        else:
+            import open_clip
+            model = open_clip.CLIP(**CONFIG)
+            model.load_state_dict(torch.load(phase1))
+            if os.path.exists(run_info_path):
+                with open(run_info_path) as f:
+                    info = {k: v for k, v in json.load(f).items() if not k.startswith("head_")}
+        if args.head_steps:
+            args.ckpt_path = os.path.join(args.work, "clip-shapes-head.running.pt")
+            model, head_time, head_hist = train_head(args, model, x, sh, bg, val)
+            info.update({"head_steps": args.head_steps, "head_batch": args.head_batch, "head_lr": args.head_lr,
+                         "head_pos": args.head_pos, "head_seconds": round(head_time, 1),
+                         "head_final_loss": float(np.mean(head_hist[-50:]))})
         torch.save(model.state_dict(), ckpt)
-        info = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "train_images": args.train_images,
-                "init": args.init, "aux": args.aux, "hard": args.hard,
-                "seed": args.seed, "train_seconds": round(train_time, 1), "final_loss": float(np.mean(hist[-20:])),
-                "quick": args.quick, "torch_threads": torch.get_num_threads()}
         with open(run_info_path, "w") as f:
             json.dump(info, f, indent=2)
         log("trained", info)

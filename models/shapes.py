@@ -356,8 +356,9 @@ def _np_phrase(rng, spec, with_size, with_pos, drop_article=False):
     return text
 
 
-def make_caption(rng: np.random.Generator, shapes: np.ndarray, bg: int):
-    """Random caption of varied detail for an image given as label arrays (possibly flipped).
+def make_caption(rng: np.random.Generator, shapes: np.ndarray, bg: int, pos_p: float = 0.45):
+    """Random caption of varied detail for an image given as label arrays (possibly flipped);
+    a shape's position is named with probability `pos_p`.
     Returns (text, req [2,4] int16, bg_req int)."""
     present = [i for i in range(2) if shapes[i, 0] != NO_SHAPE]
     specs = [{"colour": COLOURS[shapes[i, 0]], "shape": KINDS[shapes[i, 1]],
@@ -377,7 +378,7 @@ def make_caption(rng: np.random.Generator, shapes: np.ndarray, bg: int):
     for slot, i in enumerate(mention):
         spec = dict(specs[i])
         with_size = rng.random() < 0.35
-        with_pos = rng.random() < 0.45
+        with_pos = rng.random() < pos_p
         if kind_only:
             spec["colour"] = None
         if colour_only:
