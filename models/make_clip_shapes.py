@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Make edgeclip's small test CLIP, `models/clip-shapes/`: generate synthetic shape scenes,
-train an open_clip `CLIP` from scratch, export both towers to ONNX in the Immich layout,
+train an open_clip `CLIP` from scratch (two phases: the whole model, then the top of the image
+tower and the text tower on the frozen trunk's features), export both towers to ONNX in the Immich layout,
 evaluate the exported files with onnxruntime and write quality.json and SHA256SUMS.
 
-    /work/pyenv/bin/python models/make_clip_shapes.py            # everything (~60 min on 2 cores)
+    /work/pyenv/bin/python models/make_clip_shapes.py            # everything (~85 min on 2 cores)
 
 Stages can be run alone (`--stage data|train|export|eval`); every stage reuses what an
 earlier one left under models/.work/ (git-ignored). All randomness comes from --seed.
@@ -615,7 +616,7 @@ def main():
     ap.add_argument("--hard", type=float, default=0.5, help="fraction of each batch drawn as same-colour, different-kind groups of 4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="start from this state dict (a further cosine cycle, warm restart)")
-    ap.add_argument("--head-steps", type=int, default=4000, help="second phase: steps on the frozen trunk's features (0 = none)")
+    ap.add_argument("--head-steps", type=int, default=3500, help="second phase: steps on the frozen trunk's features (0 = none)")
     ap.add_argument("--head-batch", type=int, default=256)
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--head-pos", type=float, default=0.7, help="second phase: probability that a caption names a shape's position")
