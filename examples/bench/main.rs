@@ -315,8 +315,9 @@ fn print_tables(r: &Value, cores: usize) {
             if let Some(mem) = s["runs"].as_array().and_then(|a| a.first()).map(|r| &r["memory"]) {
                 let weights = r["image"][name]["weights_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
                 println!(
-                    "{name:<12} memory: empty idle {:.1} MiB, 100k idle {:.1} MiB (peak {:.1}), after searches {:.1} MiB; weights {:.1} MiB -> beyond weights {:.1} MiB",
-                    f(&mem["empty_idle_rss_mib"]), f(&mem["indexed_idle_rss_mib"]), f(&mem["indexed_peak_rss_mib"]), f(&mem["indexed_after_searches_rss_mib"]), weights,
+                    "{name:<12} memory: empty idle {:.1} MiB, 100k idle {:.1} MiB (peak {:.1}), after searches {:.1} MiB (private {:.1}, mapped files {:.1}); weights {:.1} MiB -> beyond weights {:.1} MiB",
+                    f(&mem["empty_idle_rss_mib"]), f(&mem["indexed_idle_rss_mib"]), f(&mem["indexed_peak_rss_mib"]), f(&mem["indexed_after_searches_rss_mib"]),
+                    f(&mem["indexed_after_searches_rss_anon_mib"]), f(&mem["indexed_after_searches_rss_file_mib"]), weights,
                     f(&mem["indexed_after_searches_rss_mib"]) - weights
                 );
             }

@@ -32,13 +32,15 @@ impl Drop for Killed {
     }
 }
 
+/// A line of a process's /proc status in MiB (`VmRSS:`, `VmHWM:`, `RssAnon:`, `RssFile:`).
+fn status_mib(pid: u32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+}
+
 /// Resident and peak resident memory of a process, MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| {
-        status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_mib(pid, "VmRSS:"), status_mib(pid, "VmHWM:"))
 }
 
 /// A state folder whose index holds `n` pictures of `model_dir`'s model (seeded unit vectors,
@@ -329,6 +331,9 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         memory["indexed_peak_rss_mib_before_searches"] = json!(idle_hwm);
         memory["indexed_after_searches_rss_mib"] = json!(rss);
         memory["indexed_peak_rss_mib"] = json!(hwm);
+        // Private memory, and file pages mapped (the vector file, the program's own code).
+        memory["indexed_after_searches_rss_anon_mib"] = json!(status_mib(device.0.id(), "RssAnon:"));
+        memory["indexed_after_searches_rss_file_mib"] = json!(status_mib(device.0.id(), "RssFile:"));
     }
     drop(device);
     client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
