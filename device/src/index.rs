@@ -1,7 +1,9 @@
 //! The vector index: one row per picture, vectors in one contiguous table for the ranker.
 //!
-//! Kept in memory, in f32, f16 or int8 ([`Precision`]); rows are removed by swapping the last
-//! row in, so the table stays dense.
+//! Vectors in f32, f16 or int8 ([`Precision`]), ranked from the mapped vector file and from
+//! memory; rows are removed by swapping the last row in, so the table stays dense. Each path
+//! is held once (by its entry); the map from picture key to row serves lookups by path and
+//! by id.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -54,6 +56,17 @@ fn picture_key(path: &Path) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
+/// Two paths with one id (8 bytes of SHA-256: about one chance in 10^7 among a million
+/// pictures): the second is refused, not silently merged.
+fn collision(kept: &Path, refused: &Path) -> DeviceError {
+    DeviceError::Mismatch(format!(
+        "{} has the same picture id as {} ({}); it is not indexed",
+        refused.display(),
+        kept.display(),
+        picture_id(refused)
+    ))
+}
+
 /// Which pictures a search may return.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -98,9 +111,9 @@ pub struct Index {
     dim: usize,
     entries: Vec<Entry>,
     vectors: VectorTable,
-    rows: HashMap<PathBuf, usize>,
-    /// Picture key (see [`picture_id`]) -> path.
-    ids: HashMap<u64, PathBuf>,
+    /// Picture key (see [`picture_id`]) -> row. The path itself is held once, by the entry:
+    /// a lookup by path computes the key and checks the entry's path.
+    keys: HashMap<u64, usize>,
 }
 
 impl Index {
@@ -111,7 +124,7 @@ impl Index {
 
     /// An empty index for vectors of `model`, of dimension `dim`, kept in `precision`.
     pub fn with_precision(model: impl Into<String>, dim: usize, precision: Precision) -> Self {
-        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), rows: HashMap::new(), ids: HashMap::new() }
+        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), keys: HashMap::new() }
     }
 
     /// An index of `entries` whose vectors are the rows of `vectors`, in order (a snapshot
@@ -120,15 +133,13 @@ impl Index {
         if entries.len() != vectors.len() {
             return Err(DeviceError::Mismatch(format!("{} pictures for {} vectors", entries.len(), vectors.len())));
         }
-        let mut rows = HashMap::with_capacity(entries.len());
-        let mut ids = HashMap::with_capacity(entries.len());
+        let mut keys = HashMap::with_capacity(entries.len());
         for (row, e) in entries.iter().enumerate() {
-            if rows.insert(e.path.clone(), row).is_some() {
-                return Err(DeviceError::Mismatch(format!("{} appears twice", e.path.display())));
+            if let Some(other) = keys.insert(picture_key(&e.path), row) {
+                return Err(collision(&entries[other].path, &e.path));
             }
-            ids.insert(picture_key(&e.path), e.path.clone());
         }
-        Ok(Self { model: model.into(), dim: vectors.dim(), entries, vectors, rows, ids })
+        Ok(Self { model: model.into(), dim: vectors.dim(), entries, vectors, keys })
     }
 
     /// Replaces the vector table by `vectors`, which must hold the same rows in the same
@@ -186,9 +197,13 @@ impl Index {
         self.entries.is_empty()
     }
 
+    fn row(&self, path: &Path) -> Option<usize> {
+        self.keys.get(&picture_key(path)).copied().filter(|&r| self.entries[r].path == path)
+    }
+
     /// The entry of `path`, if indexed.
     pub fn get(&self, path: &Path) -> Option<&Entry> {
-        self.rows.get(path).map(|&r| &self.entries[r])
+        self.row(path).map(|r| &self.entries[r])
     }
 
     /// The entry of the picture with this id (see [`picture_id`]), if indexed.
@@ -197,7 +212,7 @@ impl Index {
             return None;
         }
         let key = u64::from_str_radix(id, 16).ok()?;
-        self.get(self.ids.get(&key)?)
+        self.keys.get(&key).map(|&r| &self.entries[r])
     }
 
     /// Every picture with its vector (as kept: decoded from f16 or int8).
@@ -214,14 +229,15 @@ impl Index {
                 self.dim
             )));
         }
-        match self.rows.get(&entry.path) {
+        let key = picture_key(&entry.path);
+        match self.keys.get(&key) {
+            Some(&row) if self.entries[row].path != entry.path => return Err(collision(&self.entries[row].path, &entry.path)),
             Some(&row) => {
                 self.vectors.set(row, vector);
                 self.entries[row] = entry;
             }
             None => {
-                self.ids.insert(picture_key(&entry.path), entry.path.clone());
-                self.rows.insert(entry.path.clone(), self.entries.len());
+                self.keys.insert(key, self.entries.len());
                 self.entries.push(entry);
                 self.vectors.push(vector);
             }
@@ -231,13 +247,13 @@ impl Index {
 
     /// Removes a picture; true if it was indexed.
     pub fn remove(&mut self, path: &Path) -> bool {
-        let Some(row) = self.rows.remove(path) else { return false };
-        self.ids.remove(&picture_key(path));
+        let Some(row) = self.row(path) else { return false };
+        self.keys.remove(&picture_key(path));
         let last = self.entries.len() - 1;
         self.entries.swap_remove(row);
         self.vectors.swap_remove(row);
         if row != last {
-            self.rows.insert(self.entries[row].path.clone(), row);
+            self.keys.insert(picture_key(&self.entries[row].path), row);
         }
         true
     }
@@ -249,7 +265,7 @@ impl Index {
 
     /// The vector of an indexed picture (as kept: decoded from f16 or int8).
     pub fn vector_of(&self, path: &Path) -> Option<Cow<'_, [f32]>> {
-        self.rows.get(path).map(|&r| self.vectors.get(r))
+        self.row(path).map(|r| self.vectors.get(r))
     }
 
     /// [`Index::search`] among the pictures `filter` keeps.
@@ -341,6 +357,30 @@ mod tests {
         index.remove(Path::new("/a/1.jpg"));
         assert!(index.by_id(&id).is_none());
         assert!(index.by_id(&picture_id(Path::new("/a/2.jpg"))).is_some());
+    }
+
+    #[test]
+    fn lookups_by_path_and_id_stay_right_through_removals_that_move_rows() {
+        let mut index = Index::new("m", 2);
+        let names: Vec<String> = (0..40).map(|i| format!("/p/{i}.jpg")).collect();
+        for (i, n) in names.iter().enumerate() {
+            index.upsert(entry(n), &[i as f32, 1.0]).unwrap();
+        }
+        for n in names.iter().step_by(3) {
+            assert!(index.remove(Path::new(n)));
+        }
+        for (i, n) in names.iter().enumerate() {
+            let p = Path::new(n);
+            if i % 3 == 0 {
+                assert!(index.get(p).is_none() && index.by_id(&picture_id(p)).is_none() && index.vector_of(p).is_none());
+            } else {
+                assert_eq!(index.get(p).map(|e| &e.path), Some(&p.to_path_buf()));
+                assert_eq!(index.by_id(&picture_id(p)).map(|e| &e.path), Some(&p.to_path_buf()));
+                assert_eq!(index.vector_of(p).unwrap()[0], i as f32);
+            }
+        }
+        assert_eq!(index.len(), 26);
+        assert!(index.get(Path::new("/p/not-there.jpg")).is_none());
     }
 
     #[test]

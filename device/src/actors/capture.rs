@@ -48,12 +48,19 @@ pub struct CaptureArgs {
     pub index: ActorRef<IndexMsg>,
 }
 
+/// Size and modification time: what tells a changed file (the path is the map's key).
+type Stamp = (u64, i128);
+
+fn stamp(f: &FileSeen) -> Stamp {
+    (f.size, f.mtime_ns)
+}
+
 /// State of the capture actor.
 pub struct CaptureState {
     args: CaptureArgs,
     /// What was queued (or found unsupported) for each path, so an unchanged picture is never
     /// queued twice.
-    queued: HashMap<PathBuf, FileSeen>,
+    queued: HashMap<PathBuf, Stamp>,
     /// Whether `queued` was filled from the index yet.
     seeded: bool,
     /// Whether a scan is already scheduled by an event or a settling file.
@@ -119,7 +126,10 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
         // What the persistent index already holds counts as queued: an unchanged picture is
         // never encoded again after a restart.
         let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
-        state.queued.extend(known.into_iter().map(|f| (f.path.clone(), f)));
+        state.queued.extend(known.into_iter().map(|f| {
+            let s = stamp(&f);
+            (f.path, s)
+        }));
         state.seeded = true;
     }
     let folders = state.args.folders.clone();
@@ -136,7 +146,7 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
     let mut fresh = Vec::new();
     let mut settling = 0;
     for seen in &found.files {
-        if !reencode && state.queued.get(&seen.path) == Some(seen) {
+        if !reencode && state.queued.get(&seen.path) == Some(&stamp(seen)) {
             continue;
         }
         if seen.mtime_ns > settle_before {
@@ -147,8 +157,8 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
     }
     let mut unsupported = Vec::new();
     for seen in &found.unsupported {
-        if state.queued.get(&seen.path) != Some(seen) {
-            state.queued.insert(seen.path.clone(), seen.clone());
+        if state.queued.get(&seen.path) != Some(&stamp(seen)) {
+            state.queued.insert(seen.path.clone(), stamp(seen));
             unsupported.push(seen.path.clone());
         }
     }
@@ -167,7 +177,7 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
     let _ = state.args.index.cast(IndexMsg::Scanned { queued: fresh.len() as u64, settling });
     info!(found = found.files.len(), queued = fresh.len(), removed = gone.len(), settling, unsupported = unsupported.len(), "scanned folders");
     for seen in fresh {
-        state.queued.insert(seen.path.clone(), seen.clone());
+        state.queued.insert(seen.path.clone(), stamp(&seen));
         let msg = if reencode { ImageEncoderMsg::Reencode(seen) } else { ImageEncoderMsg::Encode(seen) };
         if state.args.encoder.cast(msg).is_err() {
             break;
