@@ -202,6 +202,11 @@ async fn the_cloud_bounds_each_requester_and_says_which_limit() {
     config.limits.burst = 2;
     let cloud = bounded("cloud start", Cloud::start(config)).await.expect("cloud");
     let model = edgeclip_cloud::model::TextModelFolder::open(&model_dir(), None).expect("model").id;
+    // The worker publishes its presence after subscribing, on the same connection: once it is
+    // seen, requests are no longer published before the worker listens.
+    let presence_topic = edgeclip_cloud::actors::supervisor::worker_presence_topic("bounded-w");
+    let presence = Recorder::start(&url, &presence_topic).await;
+    presence.wait_for(&presence_topic, |p| p == model.as_bytes()).await;
     let replies = Recorder::start(&url, "edgeclip/+/cloud/reply").await;
     let request = |device: &str, id: u64| {
         wire::encode(&EncodeRequest { request_id: id, reply_to: topics::cloud_reply(device), model: model.clone(), text: format!("a red circle number {id}") })
