@@ -220,6 +220,15 @@ impl Index {
         self.entries.iter().enumerate().map(|(row, e)| (e, self.vectors.get(row)))
     }
 
+    /// Whether a picture at `path` can be added or replaced: an error if another picture has
+    /// its id (see [`picture_id`]).
+    pub fn admits(&self, path: &Path) -> Result<(), DeviceError> {
+        match self.keys.get(&picture_key(path)) {
+            Some(&row) if self.entries[row].path != path => Err(collision(&self.entries[row].path, path)),
+            _ => Ok(()),
+        }
+    }
+
     /// Adds or replaces the picture's vector.
     pub fn upsert(&mut self, entry: Entry, vector: &[f32]) -> Result<(), DeviceError> {
         if vector.len() != self.dim {
@@ -229,9 +238,9 @@ impl Index {
                 self.dim
             )));
         }
+        self.admits(&entry.path)?;
         let key = picture_key(&entry.path);
         match self.keys.get(&key) {
-            Some(&row) if self.entries[row].path != entry.path => return Err(collision(&self.entries[row].path, &entry.path)),
             Some(&row) => {
                 self.vectors.set(row, vector);
                 self.entries[row] = entry;

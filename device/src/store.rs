@@ -307,6 +307,9 @@ enum Record {
 
 fn apply(index: &mut Index, record: Record) -> Result<(), DeviceError> {
     match record {
+        // A record the index cannot take (an id collision, which the device refuses before
+        // writing) is skipped rather than making the whole store unreadable.
+        Record::Upsert(entry, _) if index.admits(&entry.path).is_err() => Ok(()),
         Record::Upsert(entry, vector) => index.upsert(entry, &vector),
         Record::Remove(path) => {
             index.remove(&path);

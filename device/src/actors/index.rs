@@ -637,6 +637,8 @@ fn persist_and_insert(store: &mut Store, index: &mut Index, entry: Entry, vector
     if vector.len() != index.dim() {
         return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), index.dim())));
     }
+    // Refused before it is written: a journal record the index cannot take would be replayed.
+    index.admits(&entry.path)?;
     blocking(|| store.upsert(&entry, vector))?;
     index.upsert(entry, vector)?;
     if store.should_compact() {
