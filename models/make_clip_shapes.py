@@ -6,7 +6,8 @@ evaluate the exported files with onnxruntime and write quality.json and SHA256SU
 
     /work/pyenv/bin/python models/make_clip_shapes.py            # everything (~85 min on 2 cores)
 
-Stages can be run alone (`--stage data|train|export|eval`); every stage reuses what an
+Stages can be run alone (`--stage data|train|head|export|eval`; `head` reruns the second training
+phase from the first phase's checkpoint); every stage reuses what an
 earlier one left under models/.work/ (git-ignored). All randomness comes from --seed.
 """
 from __future__ import annotations
