@@ -18,6 +18,7 @@
 //! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`workers`]: the encoder's thread pool at low priority.
+//! - [`heap`]: freed heap back to the system after a scan.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
 //!
@@ -35,6 +36,7 @@ pub mod config;
 pub mod duplicates;
 pub mod encode;
 pub mod error;
+pub mod heap;
 pub mod http;
 pub mod index;
 pub mod metadata;

@@ -187,5 +187,9 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
         state.scan_scheduled = true;
         myself.send_after(state.args.settle, || CaptureMsg::Scan);
     }
+    // The scan's lists (and, the first time, the index's listing) are freed now: give their
+    // pages back rather than keeping them resident.
+    drop(found);
+    crate::heap::trim();
     Ok(())
 }
