@@ -113,10 +113,12 @@ impl Store {
         let mut outdated = false;
         let mut generation = 0;
         if snapshot_path.exists() {
-            let version = file_version(&snapshot_path);
+            // Readable: an unreadable header was set aside above.
+            let header = read_header(&snapshot_path, SNAPSHOT_MAGIC).ok().flatten();
+            let version = header.as_ref().map_or(0, |h| h.version);
             outdated |= version < FORMAT_VERSION;
             if version >= 3 {
-                generation = read_header(&snapshot_path, SNAPSHOT_MAGIC).ok().flatten().map_or(0, |h| h.generation);
+                generation = header.map_or(0, |h| h.generation);
                 let mut entries = Vec::new();
                 let mut stray = 0;
                 let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| {
