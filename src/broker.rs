@@ -61,6 +61,11 @@ dynamic_filters = true
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        match nodelay_on_listener(listen) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(%listen, "embedded broker: listening socket not found; TCP_NODELAY not set (searches may wait ~40 ms per packet)"),
+            Err(e) => tracing::warn!(%listen, error = %e, "embedded broker: cannot set TCP_NODELAY"),
+        }
         Ok(Self { addr: listen })
     }
 
@@ -78,5 +83,83 @@ dynamic_filters = true
     /// `mqtt://host:port` of the broker.
     pub fn url(&self) -> String {
         format!("mqtt://{}", self.addr)
+    }
+}
+
+/// Sets `TCP_NODELAY` on rumqttd's listening socket for `listen`, found among this process's
+/// file descriptors; returns whether it was found.
+///
+/// rumqttd 0.20 never sets `TCP_NODELAY` on the connections it accepts, so each small reply
+/// it forwards waits behind the previous one's delayed ACK (Nagle): ~88 ms per search over
+/// loopback instead of ~2 ms. Linux copies the option from a listening socket to every socket
+/// it accepts, and rumqttd gives no access to its listener, so it is set on the listener here
+/// before any client connects (the readiness probe above is the only earlier connection). An fd
+/// is touched only if it is a listening socket bound to exactly `listen`, which only the broker's
+/// can be: [`EmbeddedBroker::start`] checked that the address was free.
+#[cfg(target_os = "linux")]
+fn nodelay_on_listener(listen: SocketAddr) -> std::io::Result<bool> {
+    use std::os::fd::{BorrowedFd, RawFd};
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+            continue;
+        };
+        // SAFETY: the fd is only borrowed for the calls below; if another thread closed it
+        // meanwhile they fail with EBADF (or, if the number was reused, inspect another fd,
+        // which is left alone unless it is a listener on `listen`).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let is_it = socket.is_listener().unwrap_or(false)
+            && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(listen);
+        if is_it {
+            socket.set_tcp_nodelay(true)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn nodelay_on_listener(_listen: SocketAddr) -> std::io::Result<bool> {
+    // Elsewhere accepted sockets may not inherit the option; the embedded broker is for
+    // trying edgeclip out and for tests, a deployment uses its own broker.
+    Ok(false)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::os::fd::{BorrowedFd, RawFd};
+
+    /// The socket rumqttd accepted for a client whose local address is `client`, if any yet.
+    fn accepted_nodelay(client: SocketAddr) -> Option<bool> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()? {
+            let Some(fd) = entry.ok()?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: borrowed for the calls below only (see `nodelay_on_listener`).
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            if socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client) {
+                return socket.tcp_nodelay().ok();
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn accepted_connections_do_not_wait_for_delayed_acks() {
+        let broker = EmbeddedBroker::start_on_free_port().unwrap();
+        let client = TcpStream::connect(broker.addr()).unwrap();
+        let local = client.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let nodelay = loop {
+            if let Some(n) = accepted_nodelay(local) {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "the broker never accepted the connection");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(nodelay, "TCP_NODELAY is off on the broker's side of the connection");
     }
 }
