@@ -184,6 +184,8 @@ pub struct SearchConfig {
     pub max_duplicate_pictures: usize,
     /// How the index keeps vectors in memory for ranking.
     pub vectors: crate::vectors::Precision,
+    /// Most threads one search ranks on; 0 means one per core.
+    pub threads: usize,
 }
 
 /// `[status]`.
@@ -214,6 +216,12 @@ impl DeviceConfig {
         self.broker.validate(client_id).map_err(|e| DeviceError::Config(e.to_string()))?;
         if self.encoder.workers == 0 {
             self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        if self.search.threads == 0 {
+            self.search.threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        if self.search.threads > 64 {
+            return bad(format!("search.threads = {} is more than 64", self.search.threads));
         }
         if self.encoder.workers > 64 {
             return bad(format!("encoder.workers = {} is more than 64", self.encoder.workers));

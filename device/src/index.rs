@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::DeviceError;
-use crate::rank::{top_k_by, Scored};
+use crate::rank::{top_k_split, Scored};
 use crate::vectors::{Precision, VectorTable};
 
 /// What the index knows of a picture besides its vector.
@@ -114,6 +114,8 @@ pub struct Index {
     /// Picture key (see [`picture_id`]) -> row. The path itself is held once, by the entry:
     /// a lookup by path computes the key and checks the entry's path.
     keys: HashMap<u64, usize>,
+    /// Most threads one search ranks on (see [`top_k_split`]).
+    search_threads: usize,
 }
 
 impl Index {
@@ -124,7 +126,7 @@ impl Index {
 
     /// An empty index for vectors of `model`, of dimension `dim`, kept in `precision`.
     pub fn with_precision(model: impl Into<String>, dim: usize, precision: Precision) -> Self {
-        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), keys: HashMap::new() }
+        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), keys: HashMap::new(), search_threads: 1 }
     }
 
     /// An index of `entries` whose vectors are the rows of `vectors`, in order (a snapshot
@@ -139,7 +141,7 @@ impl Index {
                 return Err(collision(&entries[other].path, &e.path));
             }
         }
-        Ok(Self { model: model.into(), dim: vectors.dim(), entries, vectors, keys })
+        Ok(Self { model: model.into(), dim: vectors.dim(), entries, vectors, keys, search_threads: 1 })
     }
 
     /// Replaces the vector table by `vectors`, which must hold the same rows in the same
@@ -150,6 +152,12 @@ impl Index {
         }
         self.vectors = vectors;
         Ok(())
+    }
+
+    /// Lets one search rank on up to `threads` threads (at least 1; an index ranks on one until
+    /// told otherwise). Large indexes only: see [`crate::rank::MIN_ROWS_PER_THREAD`].
+    pub fn set_search_threads(&mut self, threads: usize) {
+        self.search_threads = threads.max(1);
     }
 
     /// The pictures, in row order.
@@ -294,7 +302,7 @@ impl Index {
         }
         let unfiltered = *filter == Filter::default();
         let prepared = self.vectors.query(query);
-        Ok(top_k_by(self.entries.len(), k, |row| unfiltered || filter.keeps(&self.entries[row]), |row| self.vectors.score(&prepared, row))
+        Ok(top_k_split(self.entries.len(), k, self.search_threads, |row| unfiltered || filter.keeps(&self.entries[row]), |row| self.vectors.score(&prepared, row))
             .into_iter()
             .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
             .map(|Scored { row, score }| Ranked { entry: &self.entries[row], score })
@@ -308,6 +316,28 @@ mod tests {
 
     fn entry(p: &str) -> Entry {
         Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: String::new() }
+    }
+
+    #[test]
+    fn searches_split_over_threads_answer_like_one_thread() {
+        let rows = crate::rank::MIN_ROWS_PER_THREAD * 2 + 77;
+        let mut index = Index::with_precision("m", 4, Precision::I8);
+        for i in 0..rows {
+            let a = i as f32 * 0.001;
+            let folder = if i % 2 == 0 { "even" } else { "odd" };
+            index.upsert(entry(&format!("{folder}/{i}.jpg")), &[a.cos(), a.sin(), 0.3, 0.1]).unwrap();
+        }
+        let query = [0.2f32.cos(), 0.2f32.sin(), 0.0, 0.0];
+        let filter = Filter { folder: Some(PathBuf::from("odd")), ..Filter::default() };
+        let answer = |index: &Index, filter: &Filter| -> Vec<(PathBuf, f32)> {
+            index.search_filtered("m", &query, 25, filter).unwrap().into_iter().map(|h| (h.entry.path.clone(), h.score)).collect()
+        };
+        let (one, one_filtered) = (answer(&index, &Filter::default()), answer(&index, &filter));
+        assert_eq!(one.len(), 25);
+        assert!(one_filtered.iter().all(|(p, _)| p.starts_with("odd")));
+        index.set_search_threads(2);
+        assert_eq!(answer(&index, &Filter::default()), one);
+        assert_eq!(answer(&index, &filter), one_filtered);
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Ranking: the shared data set (seeded unit vectors written to files that the NumPy and
 //! FAISS peers read too) and edgeclip's ranker on it (`VectorTable` scoring with simsimd,
-//! `top_k_by`'s bounded heap: exactly what `Index::search` runs), in f32, f16 and int8.
+//! `top_k_split`'s bounded heaps: exactly what `Index::search` runs), in f32, f16 and int8.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use edgeclip_device::rank::{top_k_by, Scored};
+use edgeclip_device::rank::{top_k_split, Scored};
 use edgeclip_device::vectors::{Precision, VectorTable};
 use edgeclip_messages::wire::quantise;
 use serde_json::{json, Value};
@@ -85,34 +85,11 @@ fn write(path: &Path, bytes: impl Iterator<Item = u8>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Top-k of `table` against `query` on `threads` threads: each thread ranks a contiguous share
-/// of the rows with `top_k_by` (the device's ranker), then the shares' winners are merged.
+/// Top-k of `table` against `query` on `threads` threads, as `Index::search` ranks: each
+/// thread ranks a contiguous share of the rows, then the shares' winners are merged.
 fn top_k(table: &VectorTable, query: &[f32], k: usize, threads: usize) -> Vec<Scored> {
     let prepared = table.query(query);
-    let n = table.len();
-    if threads <= 1 {
-        return top_k_by(n, k, |_| true, |row| table.score(&prepared, row));
-    }
-    let share = n.div_ceil(threads);
-    let mut all: Vec<Scored> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let prepared = &prepared;
-                let start = t * share;
-                let len = share.min(n.saturating_sub(start));
-                s.spawn(move || {
-                    top_k_by(len, k, |_| true, |row| table.score(prepared, start + row))
-                        .into_iter()
-                        .map(|h| Scored { row: h.row + start, score: h.score })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    });
-    all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-    all.truncate(k);
-    all
+    top_k_split(table.len(), k, threads, |_| true, |row| table.score(&prepared, row))
 }
 
 /// edgeclip's ranker over the first `n` rows of `data` for each size, type and thread count.

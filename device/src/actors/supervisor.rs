@@ -90,7 +90,11 @@ impl Actor for DeviceSupervisor {
         let layout = Layout::new(&config.state_dir);
         let (store_layout, store_model, store_dim, precision) = (layout.clone(), model.id.clone(), model.dim, config.search.vectors);
         let opened = tokio::task::spawn_blocking(move || crate::reindex::open(&store_layout, &store_model, store_dim, precision)).await??;
-        let ((store, index), building, report) = (opened.serving, opened.building, opened.report);
+        let ((store, mut index), mut building, report) = (opened.serving, opened.building, opened.report);
+        index.set_search_threads(config.search.threads);
+        if let Some((_, b)) = &mut building {
+            b.set_search_threads(config.search.threads);
+        }
         for what in &opened.recovered {
             info!(%what, "index folders");
         }
