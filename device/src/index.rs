@@ -51,9 +51,23 @@ pub fn picture_id(path: &Path) -> String {
     format!("{:016x}", picture_key(path))
 }
 
-fn picture_key(path: &Path) -> u64 {
+/// The 64-bit key of a picture's path: the number [`picture_id`] writes in hexadecimal. What
+/// the index and the capture actor key pictures by, so neither needs a second copy of the path.
+pub fn picture_key(path: &Path) -> u64 {
     let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
     u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+/// An indexed picture as the capture actor compares it with the disk: its [`picture_key`],
+/// size and modification time (nanoseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// [`picture_key`] of its path.
+    pub key: u64,
+    /// Size in bytes when indexed.
+    pub size: u64,
+    /// Modification time when indexed.
+    pub mtime_ns: i128,
 }
 
 /// Two paths with one id (8 bytes of SHA-256: about one chance in 10^7 among a million
@@ -207,6 +221,16 @@ impl Index {
 
     fn row(&self, path: &Path) -> Option<usize> {
         self.keys.get(&picture_key(path)).copied().filter(|&r| self.entries[r].path == path)
+    }
+
+    /// The path of the picture whose [`picture_key`] is `key`, if indexed.
+    pub fn path_of_key(&self, key: u64) -> Option<&Path> {
+        self.keys.get(&key).map(|&r| self.entries[r].path.as_path())
+    }
+
+    /// Each picture's key with the size and modification time it was indexed at.
+    pub fn stamps(&self) -> impl Iterator<Item = Known> + '_ {
+        self.keys.iter().map(|(&key, &row)| Known { key, size: self.entries[row].size, mtime_ns: self.entries[row].mtime_ns })
     }
 
     /// The entry of `path`, if indexed.

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::image_encoder::ImageEncoderMsg;
 use super::index::IndexMsg;
+use crate::index::picture_key;
 use crate::scan::{scan_folders, FileSeen};
 use crate::watch::FolderWatcher;
 
@@ -48,7 +49,8 @@ pub struct CaptureArgs {
     pub index: ActorRef<IndexMsg>,
 }
 
-/// Size and modification time: what tells a changed file (the path is the map's key).
+/// Size and modification time: what tells a changed file (the map's key is the path's
+/// [`picture_key`]).
 type Stamp = (u64, i128);
 
 fn stamp(f: &FileSeen) -> Stamp {
@@ -58,9 +60,10 @@ fn stamp(f: &FileSeen) -> Stamp {
 /// State of the capture actor.
 pub struct CaptureState {
     args: CaptureArgs,
-    /// What was queued (or found unsupported) for each path, so an unchanged picture is never
-    /// queued twice.
-    queued: HashMap<PathBuf, Stamp>,
+    /// What was queued (or found unsupported) for each path, by its key, so an unchanged
+    /// picture is never queued twice. Keys, not paths: the index holds every path already,
+    /// and a key takes 8 bytes where a path takes ~100 (~10 MiB less at 100,000 pictures).
+    queued: HashMap<u64, Stamp>,
     /// Whether `queued` was filled from the index yet.
     seeded: bool,
     /// Whether a scan is already scheduled by an event or a settling file.
@@ -126,10 +129,7 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
         // What the persistent index already holds counts as queued: an unchanged picture is
         // never encoded again after a restart.
         let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
-        state.queued.extend(known.into_iter().map(|f| {
-            let s = stamp(&f);
-            (f.path, s)
-        }));
+        state.queued.extend(known.into_iter().map(|k| (k.key, (k.size, k.mtime_ns))));
         state.seeded = true;
     }
     let folders = state.args.folders.clone();
@@ -145,28 +145,33 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
         .unwrap_or(i128::MAX);
     let mut fresh = Vec::new();
     let mut settling = 0;
+    let mut present = HashSet::with_capacity(found.files.len() + found.unsupported.len());
     for seen in &found.files {
-        if !reencode && state.queued.get(&seen.path) == Some(&stamp(seen)) {
+        let key = picture_key(&seen.path);
+        present.insert(key);
+        if !reencode && state.queued.get(&key) == Some(&stamp(seen)) {
             continue;
         }
         if seen.mtime_ns > settle_before {
             settling += 1;
             continue;
         }
-        fresh.push(seen.clone());
+        fresh.push((key, seen.clone()));
     }
     let mut unsupported = Vec::new();
     for seen in &found.unsupported {
-        if state.queued.get(&seen.path) != Some(&stamp(seen)) {
-            state.queued.insert(seen.path.clone(), stamp(seen));
+        let key = picture_key(&seen.path);
+        present.insert(key);
+        if state.queued.get(&key) != Some(&stamp(seen)) {
+            state.queued.insert(key, stamp(seen));
             unsupported.push(seen.path.clone());
         }
     }
-    let present: HashSet<&PathBuf> = found.files.iter().chain(&found.unsupported).map(|f| &f.path).collect();
-    let gone: Vec<PathBuf> = state.queued.keys().filter(|p| !present.contains(p)).cloned().collect();
-    for p in &gone {
-        state.queued.remove(p);
+    let gone: Vec<u64> = state.queued.keys().filter(|k| !present.contains(k)).copied().collect();
+    for k in &gone {
+        state.queued.remove(k);
     }
+    drop(present);
     // Removals first: a renamed picture's vector is then found by its content hash and reused.
     if !gone.is_empty() {
         let _ = state.args.index.cast(IndexMsg::Remove(gone.clone()));
@@ -176,8 +181,8 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
     }
     let _ = state.args.index.cast(IndexMsg::Scanned { queued: fresh.len() as u64, settling });
     info!(found = found.files.len(), queued = fresh.len(), removed = gone.len(), settling, unsupported = unsupported.len(), "scanned folders");
-    for seen in fresh {
-        state.queued.insert(seen.path.clone(), stamp(&seen));
+    for (key, seen) in fresh {
+        state.queued.insert(key, stamp(&seen));
         let msg = if reencode { ImageEncoderMsg::Reencode(seen) } else { ImageEncoderMsg::Encode(seen) };
         if state.args.encoder.cast(msg).is_err() {
             break;

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgeclip_link::LinkMsg;
@@ -19,9 +19,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::error::DeviceError;
-use crate::index::{Entry, Filter, Index, Ranked};
+use crate::index::{picture_key, Entry, Filter, Index, Known, Ranked};
 use crate::reindex::Layout;
-use crate::scan::FileSeen;
 use crate::store::Store;
 
 /// The models of the indexes, for the search actor: which model's text vector to ask the
@@ -93,10 +92,10 @@ pub enum IndexMsg {
         /// Why.
         error: String,
     },
-    /// These pictures are gone from disk.
-    Remove(Vec<PathBuf>),
+    /// The pictures with these keys ([`crate::index::picture_key`]) are gone from disk.
+    Remove(Vec<u64>),
     /// What is indexed, as the capture actor compares it with the disk.
-    Known(RpcReplyPort<Vec<FileSeen>>),
+    Known(RpcReplyPort<Vec<Known>>),
     /// Rank the index against a text vector from the cloud, read in place.
     Rank {
         /// The cloud's reply or fleet query (must hold a vector).
@@ -481,8 +480,11 @@ impl Actor for IndexActor {
                 record_failure(state, path, error);
                 state.changed(&myself);
             }
-            IndexMsg::Remove(paths) => {
+            IndexMsg::Remove(keys) => {
                 let mut any = false;
+                // A key nothing holds is a file that was never indexed (unsupported, failed,
+                // or still being encoded): nothing to remove.
+                let paths: Vec<PathBuf> = keys.into_iter().filter_map(|k| path_of_key(state, k)).collect();
                 for p in &paths {
                     let before = state.unsaved.len();
                     state.unsaved.retain(|(e, _)| &e.path != p);
@@ -531,16 +533,13 @@ impl Actor for IndexActor {
                 let _ = port.send(found);
             }
             IndexMsg::Known(port) => {
-                let seen = |e: &Entry| FileSeen { path: e.path.clone(), size: e.size, mtime_ns: e.mtime_ns };
-                let mut known: Vec<FileSeen> = state.target_index().iter().map(|(e, _)| seen(e)).collect();
+                let mut known: Vec<Known> = state.target_index().stamps().collect();
                 if let Some((_, building)) = &state.args.building {
                     // Pictures only the previous model's index holds: known paths whose vector
                     // for this model is still to be made. An impossible modification time
                     // makes the scan queue them if they exist, and report them gone if not
                     // (which removes them from the serving index too).
-                    known.extend(
-                        state.args.index.iter().filter(|(e, _)| building.get(&e.path).is_none()).map(|(e, _)| FileSeen { mtime_ns: i128::MIN, ..seen(e) }),
-                    );
+                    known.extend(state.args.index.stamps().filter(|k| building.path_of_key(k.key).is_none()).map(|k| Known { mtime_ns: i128::MIN, ..k }));
                 }
                 let _ = port.send(known);
             }
@@ -621,6 +620,14 @@ fn resolve(index: &Index, path: &std::path::Path) -> Option<PathBuf> {
         Some(e) => Some(e.path.clone()),
         None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()),
     }
+}
+
+/// The path of the picture with key `key` in the index being written to, the serving one, or
+/// among the pictures not yet saved.
+fn path_of_key(state: &IndexState, key: u64) -> Option<PathBuf> {
+    let indexed = state.target_index().path_of_key(key).or_else(|| state.args.index.path_of_key(key));
+    let unsaved = || state.unsaved.iter().map(|(e, _)| e.path.as_path()).find(|p| picture_key(p) == key);
+    indexed.or_else(unsaved).map(Path::to_path_buf)
 }
 
 /// Removes a picture from a store, then from its index; true if it was indexed.
