@@ -935,6 +935,16 @@ async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
     let answer = bounded("duplicates in b", client.request("twins", only_b, Duration::from_secs(20))).await.expect("answer");
     let SearchResponse::Results(r) = answer else { panic!("failed: {answer:?}") };
     assert!(r.groups.is_empty(), "{r:?}");
+    // Folder a alone: the picture and its PNG copy, named right although the rows compared
+    // are a subset of the index's.
+    let only_a = SearchRequest { folder: Some(root.path().join("a").display().to_string()), ..request.clone() };
+    let answer = bounded("duplicates in a", client.request("twins", only_a, Duration::from_secs(20))).await.expect("answer");
+    let SearchResponse::Results(r) = answer else { panic!("failed: {answer:?}") };
+    let mut in_a: Vec<String> = r.groups.iter().flatten().map(|h| h.path.clone()).collect();
+    in_a.sort();
+    let mut expected = vec![root.path().join("a").join(&name).display().to_string(), root.path().join("a/again.png").display().to_string()];
+    expected.sort();
+    assert_eq!((r.groups.len(), in_a), (1, expected));
     let bad = bounded("bad", client.request("twins", SearchRequest { duplicates: Some(1.5), ..request }, Duration::from_secs(20))).await.expect("answer");
     let SearchResponse::Error(e) = bad else { panic!("a threshold above 1 must be refused") };
     assert!(e.error.contains("duplicates"), "{}", e.error);

@@ -6,7 +6,6 @@
 //! receives every new vector. A query vector is ranked by the index of its model; the switch
 //! happens the first time nothing is left to encode.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -752,17 +751,27 @@ fn rank(serving: &Index, building: Option<&Index>, query: &Query, k: usize, filt
 
 /// Near-duplicate groups among the pictures `filter` keeps; the work runs off the async threads.
 fn duplicates(index: &Index, threshold: f32, k: usize, filter: &Filter, max: usize) -> Result<(String, Vec<Vec<Hit>>), String> {
-    let kept: Vec<(&Entry, Cow<'_, [f32]>)> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
-    if kept.len() > max {
+    // Counted before any vector is decoded: the bound is also what bounds the memory.
+    let rows = kept_rows(index, filter);
+    if rows.len() > max {
         return Err(format!(
             "{} pictures match, more than search.max_duplicate_pictures = {max} can be compared pairwise; narrow the search (folder, after, before, source)",
-            kept.len()
+            rows.len()
         ));
     }
-    let flat: Vec<f32> = kept.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let mut flat: Vec<f32> = Vec::with_capacity(rows.len() * index.dim());
+    for &row in &rows {
+        flat.extend_from_slice(&index.vectors().get(row));
+    }
     let groups = blocking(|| crate::duplicates::groups(&flat, index.dim(), threshold));
-    let groups = groups.into_iter().take(k).map(|g| g.members.into_iter().map(|(row, score)| hit(kept[row].0, score)).collect()).collect();
+    let entries = index.entries();
+    let groups = groups.into_iter().take(k).map(|g| g.members.into_iter().map(|(i, score)| hit(&entries[rows[i]], score)).collect()).collect();
     Ok((index.model().to_string(), groups))
+}
+
+/// Rows of the pictures `filter` keeps, in row order.
+fn kept_rows(index: &Index, filter: &Filter) -> Vec<usize> {
+    index.entries().iter().enumerate().filter(|(_, e)| filter.keeps(e)).map(|(row, _)| row).collect()
 }
 
 /// A server-ranked search's view of the index: ids are positions in `paths`.
@@ -778,20 +787,22 @@ pub struct Export {
 }
 
 fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usize) -> Result<Export, String> {
-    let kept: Vec<(&Entry, Cow<'_, [f32]>)> = index.iter().filter(|(e, _)| filter.keeps(e)).collect();
-    if kept.len() > max_vectors {
+    let rows = kept_rows(index, filter);
+    if rows.len() > max_vectors {
         return Err(format!(
             "{} pictures match, more than search.max_server_vectors = {max_vectors} may leave the device; search in device mode or narrow the search",
-            kept.len()
+            rows.len()
         ));
     }
-    let mut out = Export { model: index.model().to_string(), dim: index.dim(), pictures: Vec::new(), chunks: Vec::new() };
-    for group in kept.chunks(chunk_vectors.max(1)) {
-        let (mut ids, mut scales, mut codes) = (Vec::new(), Vec::new(), Vec::with_capacity(group.len() * index.dim()));
-        for (entry, vector) in group {
+    // One vector decoded at a time, straight into the chunk's int8 codes: the export holds
+    // what it sends (~520 bytes a 512-d picture), not every vector in f32 (2 KiB) besides.
+    let mut out = Export { model: index.model().to_string(), dim: index.dim(), pictures: Vec::with_capacity(rows.len()), chunks: Vec::new() };
+    for group in rows.chunks(chunk_vectors.max(1)) {
+        let (mut ids, mut scales, mut codes) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()), Vec::with_capacity(group.len() * index.dim()));
+        for &row in group {
             ids.push(out.pictures.len() as u32);
-            out.pictures.push(hit(entry, 0.0));
-            scales.push(edgeclip_messages::wire::quantise(vector, &mut codes));
+            out.pictures.push(hit(&index.entries()[row], 0.0));
+            scales.push(edgeclip_messages::wire::quantise(&index.vectors().get(row), &mut codes));
         }
         out.chunks.push((ids, scales, codes));
     }
@@ -815,5 +826,49 @@ pub fn hit(entry: &Entry, score: f32) -> Hit {
         height: entry.height,
         source: entry.source.clone(),
         thumb_url: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vectors::Precision;
+
+    fn entry(path: &str) -> Entry {
+        Entry { path: PathBuf::from(path), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: String::new() }
+    }
+
+    /// Rows of folders a and b interleaved: what a filter keeps is not a prefix of the rows.
+    fn interleaved() -> Index {
+        let mut index = Index::with_precision("m", 2, Precision::I8);
+        for (path, v) in [("b/1", [1.0, 0.0]), ("a/1", [0.0, 1.0]), ("b/2", [1.0, 0.0]), ("a/2", [0.0, 1.0]), ("a/3", [0.6, -0.8])] {
+            index.upsert(entry(path), &v).unwrap();
+        }
+        index
+    }
+
+    #[test]
+    fn duplicates_among_filtered_rows_name_the_right_pictures() {
+        let index = interleaved();
+        let only_a = Filter { folder: Some(PathBuf::from("a")), ..Filter::default() };
+        let (_, groups) = duplicates(&index, 0.99, 10, &only_a, 10).unwrap();
+        let names: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(|h| h.path.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["a/1", "a/2"]]);
+        let refused = duplicates(&index, 0.99, 10, &only_a, 2).unwrap_err();
+        assert!(refused.contains("3 pictures match"), "{refused}");
+    }
+
+    #[test]
+    fn exports_hold_the_filtered_pictures_with_their_own_vectors() {
+        let index = interleaved();
+        let only_a = Filter { folder: Some(PathBuf::from("a")), ..Filter::default() };
+        let exported = export(&index, &only_a, 2, 10).unwrap();
+        let paths: Vec<&str> = exported.pictures.iter().map(|h| h.path.as_str()).collect();
+        assert_eq!(paths, vec!["a/1", "a/2", "a/3"]);
+        assert_eq!(exported.chunks.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), vec![vec![0, 1], vec![2]]);
+        let (_, scales, codes) = &exported.chunks[1];
+        let a3: Vec<f32> = codes.iter().map(|&c| c as f32 * scales[0]).collect();
+        assert!((a3[0] - 0.6).abs() < 0.01 && (a3[1] + 0.8).abs() < 0.01, "{a3:?}");
+        assert!(export(&index, &only_a, 2, 2).err().is_some_and(|e| e.contains("3 pictures match")));
     }
 }
