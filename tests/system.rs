@@ -896,6 +896,70 @@ async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_search
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_camera_deletes_frames_older_than_keep_days_and_beyond_keep_frames() {
+    use edgeclip_device::camera::frame_name;
+    let shapes = data("shapes");
+    let reference = Reference::new(&shapes);
+    let names = reference.names();
+    let a = names[0].clone();
+    let b = names.iter().min_by(|x, y| {
+        let cos = |n: &String| edgeclip_device::rank::dot(reference.vector(&a), reference.vector(n));
+        cos(x).total_cmp(&cos(y))
+    }).expect("pictures").clone();
+    let (frame_a, frame_b) = (std::fs::read(shapes.join(&a)).expect("a"), std::fs::read(shapes.join(&b)).expect("b"));
+
+    // Frames left by earlier runs: two older than 30 days, two recent; and a file of the
+    // user's own, which is never a frame however old.
+    let library = tempfile::tempdir().expect("library");
+    let state = tempfile::tempdir().expect("state");
+    let folder = state.path().join("cameras/door");
+    std::fs::create_dir_all(&folder).expect("camera folder");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let day = 86_400_000;
+    let left = |days: i64| format!("{}.jpg", frame_name(now_ms - days * day));
+    for (days, bytes) in [(40, &frame_a), (31, &frame_b), (2, &frame_a), (1, &frame_b)] {
+        std::fs::write(folder.join(left(days)), bytes).expect("old frame");
+    }
+    std::fs::write(folder.join("holiday.jpg"), &frame_b).expect("user file");
+
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let camera = FakeCamera::start().await;
+    camera.show(Some(frame_a.clone()));
+    let mut config = device_config(&broker.url(), "keeper", &[library.path()], state.path());
+    let cam: edgeclip_device::config::CameraConfig =
+        serde_json::from_value(serde_json::json!({"name": "door", "url": camera.url, "interval_ms": 150, "keep_days": 30, "keep_frames": 2})).expect("camera config");
+    config.cameras.push(cam);
+    let device = Device::start(config.validated().expect("valid")).await.expect("device");
+    let drained = |s: &edgeclip_messages::dashboard::DeviceStatus| {
+        let c = camera_of(s);
+        c.last_error.is_some() && c.polled == c.kept + c.skipped && s.pending == 0
+    };
+    // The first frame: the two old frames go (age); once it is kept, the older of the recent
+    // two goes too (it and one older frame make keep_frames = 2).
+    status_until(&device, "the first frame kept", |s| camera_of(s).kept == 1 && camera_of(s).skipped >= 2).await;
+    camera.show(None);
+    status_until(&device, "the first scene handled", drained).await;
+    // A new scene: kept, and the last recent frame goes.
+    camera.show(Some(frame_b));
+    status_until(&device, "a second scene", |s| camera_of(s).kept == 2 && camera_of(s).last_error.is_none()).await;
+    camera.show(None);
+    // Every frame handled, and a scan since the deletions (each poll's frame triggers one).
+    let on_disk = || {
+        let mut files: Vec<String> = std::fs::read_dir(&folder).expect("folder").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        files
+    };
+    let settled = status_until(&device, "the second scene handled and the index in step with the folder", |s| drained(s) && s.indexed as usize == on_disk().len()).await;
+    let c = camera_of(&settled);
+    assert_eq!((c.kept, c.pruned), (2, 4), "{c:?}");
+    let files = on_disk();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files[2], "holiday.jpg", "{files:?}");
+    assert!(files[..2].iter().all(|f| f.as_str() > left(1).as_str()), "only this run's two kept frames stay: {files:?}");
+    device.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
     let shapes = data("shapes");
     let labels = labels(&shapes);

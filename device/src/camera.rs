@@ -5,6 +5,7 @@
 //! below the threshold): a static scene keeps one frame, and a slow drift (the light over a
 //! day) still adds one whenever it has drifted far enough.
 
+use std::path::Path;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
@@ -149,6 +150,57 @@ pub fn frame_name(unix_ms: i64) -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:03}", s / 3600, s / 60 % 60, s % 60, ms_of_day % 1000)
 }
 
+/// Length of a [`frame_name`]: `YYYYMMDD-HHMMSS-mmm`.
+const FRAME_NAME_LEN: usize = 19;
+
+/// Whether `file` is a frame the camera actor saved: a [`frame_name`], an optional `-n` (two
+/// polls in one millisecond), then a picture extension. Nothing else in a camera's folder is
+/// ever pruned.
+pub fn is_frame_file(file: &str) -> bool {
+    let Some((stem, ext)) = file.rsplit_once('.') else { return false };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let time = stem.get(..FRAME_NAME_LEN).unwrap_or("");
+    let shape = time.len() == FRAME_NAME_LEN && digits(&time[..8]) && &time[8..9] == "-" && digits(&time[9..15]) && &time[15..16] == "-" && digits(&time[16..]);
+    let rest = &stem[time.len()..];
+    shape && (rest.is_empty() || rest.strip_prefix('-').is_some_and(digits)) && ["jpg", "png", "gif", "webp", "bmp"].contains(&ext)
+}
+
+/// The frames of one camera's folder to delete, given its file names: every frame polled
+/// before `cutoff_ms` (when set), then the oldest beyond the newest `keep` (when set). Frame
+/// names sort by poll time, so no file is read; files that are not frames are never chosen.
+pub fn frames_to_prune(names: impl IntoIterator<Item = String>, cutoff_ms: Option<i64>, keep: Option<usize>) -> Vec<String> {
+    let mut frames: Vec<String> = names.into_iter().filter(|n| is_frame_file(n)).collect();
+    frames.sort_unstable();
+    let cutoff = cutoff_ms.map(frame_name);
+    let too_old = cutoff.map_or(0, |c| frames.partition_point(|f| f[..FRAME_NAME_LEN] < *c));
+    let too_many = keep.map_or(0, |k| frames.len().saturating_sub(k));
+    frames.truncate(too_old.max(too_many));
+    frames
+}
+
+/// Deletes the frames of `folder` that [`frames_to_prune`] chooses among those named before
+/// `before` (a frame file name; all frames when `None`). Only names are listed: cheap at every
+/// poll even with tens of thousands of frames. Returns how many were deleted and what failed
+/// (a frame already gone is not a failure).
+pub fn prune_frames(folder: &Path, before: Option<&str>, cutoff_ms: Option<i64>, keep: Option<usize>) -> (usize, Vec<String>) {
+    if cutoff_ms.is_none() && keep.is_none() {
+        return (0, Vec::new());
+    }
+    let names: Vec<String> = match std::fs::read_dir(folder) {
+        Ok(dir) => dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| before.is_none_or(|b| n.as_str() < b)).collect(),
+        Err(e) => return (0, vec![format!("listing {}: {e}", folder.display())]),
+    };
+    let (mut deleted, mut problems) = (0, Vec::new());
+    for frame in frames_to_prune(names, cutoff_ms, keep) {
+        match std::fs::remove_file(folder.join(&frame)) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("deleting {frame}: {e}")),
+        }
+    }
+    (deleted, problems)
+}
+
 /// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
@@ -170,6 +222,32 @@ pub fn near_duplicate(last_kept: &[f32], frame: &[f32], threshold: f32) -> bool 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_frame_files_are_pruned_oldest_first_by_age_and_count() {
+        let day = 86_400_000i64;
+        let t0 = 1_700_000_000_000i64;
+        let frames: Vec<String> = (0..5).map(|i| format!("{}.jpg", frame_name(t0 + i * day))).collect();
+        let mut names = frames.clone();
+        names.extend(["holiday.jpg", "notes.txt", ".frame.part", "20231114-221320-000.txt", "2023111-221320-000.jpg"].map(String::from));
+        names.push(format!("{}-1.png", frame_name(t0)));
+        assert!(names[..5].iter().all(|n| is_frame_file(n)) && is_frame_file(names.last().unwrap()));
+        assert!(!names[5..10].iter().any(|n| is_frame_file(n)), "{names:?}");
+        // Nothing to do without limits.
+        assert!(frames_to_prune(names.clone(), None, None).is_empty());
+        // By age: frames polled before day 2.
+        let old = frames_to_prune(names.clone(), Some(t0 + 2 * day), None);
+        assert_eq!(old, vec![format!("{}-1.png", frame_name(t0)), frames[0].clone(), frames[1].clone()]);
+        // By count: the newest 2 stay.
+        let many = frames_to_prune(names.clone(), None, Some(2));
+        assert_eq!(many.len(), 4);
+        assert!(!many.contains(&frames[3]) && !many.contains(&frames[4]));
+        // Both: whichever removes more.
+        assert_eq!(frames_to_prune(names.clone(), Some(t0 + 4 * day), Some(3)).len(), 5);
+        assert_eq!(frames_to_prune(names.clone(), Some(t0 + day), Some(5)).len(), 2);
+        // Keeping none deletes every frame, and only frames.
+        assert_eq!(frames_to_prune(names, None, Some(0)).len(), 6);
+    }
+
     use super::*;
 
     #[test]

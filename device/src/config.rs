@@ -65,6 +65,12 @@ pub struct CameraConfig {
     /// Largest snapshot accepted, MiB.
     #[serde(default = "CameraConfig::default_max_frame_mib")]
     pub max_frame_mib: u64,
+    /// Frames polled longer ago than this many days are deleted; 0 keeps them for ever.
+    #[serde(default = "CameraConfig::default_keep_days")]
+    pub keep_days: u32,
+    /// At most this many frames are kept, the oldest deleted first; 0: no count limit.
+    #[serde(default = "CameraConfig::default_keep_frames")]
+    pub keep_frames: usize,
 }
 
 impl CameraConfig {
@@ -85,6 +91,15 @@ impl CameraConfig {
     /// 16 MiB: a 12-megapixel JPEG is ~5 MiB.
     pub fn default_max_frame_mib() -> u64 {
         16
+    }
+    /// 30 days: a month of history to search, as camera recorders usually keep.
+    pub fn default_keep_days() -> u32 {
+        30
+    }
+    /// 10,000 frames: ~2 GB at ~200 KB a snapshot, whatever the scene does; a busy scene
+    /// polled every 10 s keeps about a day of frames.
+    pub fn default_keep_frames() -> usize {
+        10_000
     }
 }
 

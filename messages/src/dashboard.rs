@@ -412,6 +412,9 @@ pub struct CameraStatus {
     pub kept: u64,
     /// Frames deleted as near-duplicates of the last kept one.
     pub skipped: u64,
+    /// Frames deleted for age or count (`keep_days`, `keep_frames`).
+    #[serde(default)]
+    pub pruned: u64,
     /// The last poll's error, while polls fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

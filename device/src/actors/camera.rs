@@ -1,8 +1,11 @@
 //! [`CameraActor`]: polls one camera's snapshot URL every `interval`, saves each frame in the
 //! camera's folder (named by its UTC poll time, modification time = poll time) and tells the
 //! index (which decides whether it is a near-duplicate once it is encoded) and the capture
-//! (which scans the folder, so the frame goes the same way as any picture). One actor per
-//! camera: a slow camera delays only itself.
+//! (which scans the folder, so the frame goes the same way as any picture). After each saved
+//! frame, frames older than `keep_days` are deleted (the capture's scan then takes them out of
+//! the index); the count limit `keep_frames` is applied by the index actor when it keeps a
+//! frame, since only then is it known that the new frame is not a near-duplicate. One actor per camera: a slow camera
+//! delays only itself.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::capture::CaptureMsg;
 use super::index::IndexMsg;
-use crate::camera::{fetch, frame_name, picture_extension, CameraUrl};
+use crate::camera::{fetch, frame_name, picture_extension, prune_frames, CameraUrl};
 
 /// Messages of the camera actor.
 pub enum CameraMsg {
@@ -36,6 +39,8 @@ pub struct CameraArgs {
     pub max_bytes: usize,
     /// Where frames are saved.
     pub folder: PathBuf,
+    /// Frames polled longer ago than this are deleted.
+    pub keep_for: Option<Duration>,
     /// Told about every poll.
     pub index: ActorRef<IndexMsg>,
     /// Told to scan after every saved frame.
@@ -64,7 +69,8 @@ impl Actor for CameraActor {
                     warn!(camera = %args.name, error = %e, "snapshot failed");
                 }
                 let saved = result.is_ok();
-                let _ = args.index.cast(IndexMsg::FramePolled { camera: args.number, result });
+                let pruned = if saved { prune_old(args).await } else { 0 };
+                let _ = args.index.cast(IndexMsg::FramePolled { camera: args.number, result, pruned });
                 if saved {
                     let _ = args.capture.cast(CaptureMsg::Changed);
                 }
@@ -75,6 +81,23 @@ impl Actor for CameraActor {
         }
         Ok(())
     }
+}
+
+/// Deletes the frames polled longer ago than `keep_for`; returns how many. (The count limit
+/// is applied by the index when it keeps a frame: only then is it known which frames stay.)
+async fn prune_old(args: &CameraArgs) -> usize {
+    let Some(cutoff_ms) = args.keep_for.and_then(|d| SystemTime::now().checked_sub(d)).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as i64) else {
+        return 0;
+    };
+    let folder = args.folder.clone();
+    let (pruned, problems) = tokio::task::spawn_blocking(move || prune_frames(&folder, None, Some(cutoff_ms), None)).await.unwrap_or_default();
+    for problem in problems {
+        warn!(camera = %args.name, %problem, "pruning old frames");
+    }
+    if pruned > 0 {
+        debug!(camera = %args.name, pruned, "frames older than keep_days deleted");
+    }
+    pruned
 }
 
 /// Fetches a snapshot and saves it: written under a name the scan ignores, given the poll time

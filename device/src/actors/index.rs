@@ -42,6 +42,8 @@ pub struct CameraSpec {
     pub folder: PathBuf,
     /// Cosine at or above which a new frame is a near-duplicate.
     pub duplicate_threshold: f32,
+    /// Most frames kept (0: no limit); the oldest are deleted when a new one is kept.
+    pub keep_frames: usize,
 }
 
 /// A ranking: the model of the vectors compared, the hits, and whether they come from an
@@ -151,6 +153,8 @@ pub enum IndexMsg {
         camera: usize,
         /// The saved frame, or the poll's error.
         result: Result<PathBuf, String>,
+        /// Frames deleted after this poll for age or count.
+        pruned: usize,
     },
     /// The device is shutting down.
     Stopping,
@@ -397,7 +401,7 @@ impl Actor for IndexActor {
         let camera_counts = args
             .cameras
             .iter()
-            .map(|c| CameraStatus { name: c.name.clone(), polled: 0, failed: 0, kept: 0, skipped: 0, last_error: None })
+            .map(|c| CameraStatus { name: c.name.clone(), polled: 0, failed: 0, kept: 0, skipped: 0, pruned: 0, last_error: None })
             .collect();
         let last_kept = vec![None; args.cameras.len()];
         let mut state = IndexState {
@@ -458,6 +462,7 @@ impl Actor for IndexActor {
                         return Ok(());
                     }
                     state.camera_counts[cam].kept += 1;
+                    state.camera_counts[cam].pruned += keep_newest_frames(&state.args.cameras[cam], &entry.path) as u64;
                 }
                 if state.unsaved.is_empty() {
                     match state.insert(entry.clone(), &vector) {
@@ -577,8 +582,9 @@ impl Actor for IndexActor {
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
             }
-            IndexMsg::FramePolled { camera, result } => {
+            IndexMsg::FramePolled { camera, result, pruned } => {
                 if let Some(counts) = state.camera_counts.get_mut(camera) {
+                    counts.pruned += pruned as u64;
                     match result {
                         Ok(path) => {
                             counts.polled += 1;
@@ -619,6 +625,21 @@ fn resolve(index: &Index, path: &std::path::Path) -> Option<PathBuf> {
         Some(e) => Some(e.path.clone()),
         None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()),
     }
+}
+
+/// Applies a camera's `keep_frames` once `kept` is known to stay: the frames polled before it
+/// beyond the newest `keep_frames - 1` are deleted (the capture's next scan takes them out of
+/// the index). Counting only frames older than a kept one means a frame still waiting for its
+/// near-duplicate check never pushes a kept frame out. Returns how many were deleted.
+fn keep_newest_frames(camera: &CameraSpec, kept: &Path) -> usize {
+    let (Some(keep), Some(name)) = ((camera.keep_frames > 0).then(|| camera.keep_frames - 1), kept.file_name().and_then(|n| n.to_str())) else {
+        return 0;
+    };
+    let (deleted, problems) = blocking(|| crate::camera::prune_frames(&camera.folder, Some(name), None, Some(keep)));
+    for problem in problems {
+        warn!(camera = %camera.name, %problem, "pruning frames beyond keep_frames");
+    }
+    deleted
 }
 
 /// The path of the picture with key `key` in the index being written to, the serving one, or

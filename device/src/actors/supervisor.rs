@@ -123,7 +123,7 @@ impl Actor for DeviceSupervisor {
             cameras: config
                 .cameras
                 .iter()
-                .map(|c| CameraSpec { name: c.name.clone(), folder: c.folder.clone(), duplicate_threshold: c.duplicate_threshold })
+                .map(|c| CameraSpec { name: c.name.clone(), folder: c.folder.clone(), duplicate_threshold: c.duplicate_threshold, keep_frames: c.keep_frames })
                 .collect(),
             index,
             store,
@@ -206,6 +206,7 @@ impl Actor for DeviceSupervisor {
                 timeout: Duration::from_millis(cam.timeout_ms),
                 max_bytes: (cam.max_frame_mib << 20) as usize,
                 folder: cam.folder.clone(),
+                keep_for: (cam.keep_days > 0).then(|| Duration::from_secs(u64::from(cam.keep_days) * 86_400)),
                 index: index.clone(),
                 capture: capture.clone(),
             };
