@@ -917,14 +917,20 @@ async fn a_camera_deletes_frames_older_than_keep_days_and_beyond_keep_frames() {
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     let day = 86_400_000;
     let left = |days: i64| format!("{}.jpg", frame_name(now_ms - days * day));
+    // Each with its poll time as modification time, as the camera saves them: the newest (of
+    // scene b) is then the last kept frame the first new one is compared with.
+    let write = |name: String, bytes: &[u8], days: i64| {
+        std::fs::write(folder.join(&name), bytes).expect("old frame");
+        let polled = std::time::UNIX_EPOCH + Duration::from_millis((now_ms - days * day) as u64);
+        std::fs::File::options().write(true).open(folder.join(&name)).and_then(|f| f.set_modified(polled)).expect("mtime");
+    };
     for (days, bytes) in [(40, &frame_a), (31, &frame_b), (2, &frame_a), (1, &frame_b)] {
-        std::fs::write(folder.join(left(days)), bytes).expect("old frame");
+        write(left(days), bytes, days);
     }
-    std::fs::write(folder.join("holiday.jpg"), &frame_b).expect("user file");
+    write("holiday.jpg".into(), &frame_b, 400);
 
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     let camera = FakeCamera::start().await;
-    camera.show(Some(frame_a.clone()));
     let mut config = device_config(&broker.url(), "keeper", &[library.path()], state.path());
     let cam: edgeclip_device::config::CameraConfig =
         serde_json::from_value(serde_json::json!({"name": "door", "url": camera.url, "interval_ms": 150, "keep_days": 30, "keep_frames": 2})).expect("camera config");
@@ -934,6 +940,10 @@ async fn a_camera_deletes_frames_older_than_keep_days_and_beyond_keep_frames() {
         let c = camera_of(s);
         c.last_error.is_some() && c.polled == c.kept + c.skipped && s.pending == 0
     };
+    // The camera answers once the leftovers are indexed (the first new frame is then compared
+    // with the newest of them, as after a restart).
+    status_until(&device, "the leftover frames indexed", |s| s.indexed == 5 && s.pending == 0).await;
+    camera.show(Some(frame_a.clone()));
     // The first frame: the two old frames go (age); once it is kept, the older of the recent
     // two goes too (it and one older frame make keep_frames = 2).
     status_until(&device, "the first frame kept", |s| camera_of(s).kept == 1 && camera_of(s).skipped >= 2).await;
