@@ -4,8 +4,8 @@
 //! (which scans the folder, so the frame goes the same way as any picture). After each saved
 //! frame, frames older than `keep_days` are deleted (the capture's scan then takes them out of
 //! the index); the count limit `keep_frames` is applied by the index actor when it keeps a
-//! frame, since only then is it known that the new frame is not a near-duplicate. One actor per camera: a slow camera
-//! delays only itself.
+//! frame, since only then is it known that the new frame is not a near-duplicate. One actor
+//! per camera: a slow camera delays only itself.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
