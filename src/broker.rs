@@ -98,24 +98,31 @@ dynamic_filters = true
 /// can be: [`EmbeddedBroker::start`] checked that the address was free.
 #[cfg(target_os = "linux")]
 fn nodelay_on_listener(listen: SocketAddr) -> std::io::Result<bool> {
+    let found = find_socket(|socket| {
+        let is_it = socket.is_listener().unwrap_or(false) && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(listen);
+        is_it.then(|| socket.set_tcp_nodelay(true))
+    })?;
+    found.transpose().map(|set| set.is_some())
+}
+
+/// The first `Some` that `pick` returns for one of this process's sockets (its file
+/// descriptors, as listed in `/proc/self/fd`).
+#[cfg(target_os = "linux")]
+fn find_socket<T>(mut pick: impl FnMut(socket2::SockRef<'_>) -> Option<T>) -> std::io::Result<Option<T>> {
     use std::os::fd::{BorrowedFd, RawFd};
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
             continue;
         };
-        // SAFETY: the fd is only borrowed for the calls below; if another thread closed it
+        // SAFETY: the fd is only borrowed for `pick`'s calls; if another thread closed it
         // meanwhile they fail with EBADF (or, if the number was reused, inspect another fd,
-        // which is left alone unless it is a listener on `listen`).
+        // which `pick` leaves alone unless it is the socket it looks for).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let socket = socket2::SockRef::from(&fd);
-        let is_it = socket.is_listener().unwrap_or(false)
-            && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(listen);
-        if is_it {
-            socket.set_tcp_nodelay(true)?;
-            return Ok(true);
+        if let Some(found) = pick(socket2::SockRef::from(&fd)) {
+            return Ok(Some(found));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -128,23 +135,11 @@ fn nodelay_on_listener(_listen: SocketAddr) -> std::io::Result<bool> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
-    use std::os::fd::{BorrowedFd, RawFd};
 
-    /// The socket rumqttd accepted for a client whose local address is `client`, if any yet.
+    /// Whether the socket rumqttd accepted for a client whose local address is `client` has
+    /// `TCP_NODELAY`, once it exists.
     fn accepted_nodelay(client: SocketAddr) -> Option<bool> {
-        for entry in std::fs::read_dir("/proc/self/fd").ok()? {
-            let Some(fd) = entry.ok()?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
-            // SAFETY: borrowed for the calls below only (see `nodelay_on_listener`).
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let socket = socket2::SockRef::from(&fd);
-            if socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client) {
-                return socket.tcp_nodelay().ok();
-            }
-        }
-        None
+        find_socket(|socket| (socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client)).then(|| socket.tcp_nodelay().ok()).flatten()).ok().flatten()
     }
 
     #[test]

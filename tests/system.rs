@@ -822,18 +822,23 @@ fn camera_of(s: &edgeclip_messages::dashboard::DeviceStatus) -> edgeclip_message
     s.cameras.first().cloned().expect("the camera in the status")
 }
 
+/// Two clearly different camera scenes among the fixtures: the first picture, and the one
+/// least like it.
+fn two_scenes(reference: &Reference) -> (String, String) {
+    let names = reference.names();
+    let a = names[0].clone();
+    let cos = |n: &String| edgeclip_device::rank::dot(reference.vector(&a), reference.vector(n));
+    let b = names.iter().min_by(|x, y| cos(x).total_cmp(&cos(y))).expect("pictures").clone();
+    assert!(cos(&b) < 0.9);
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_searchable_by_source() {
     let shapes = data("shapes");
     let reference = Reference::new(&shapes);
     let names = reference.names();
-    // Two clearly different scenes: the first picture, and the one least like it.
-    let a = names[0].clone();
-    let b = names.iter().min_by(|x, y| {
-        let cos = |n: &String| edgeclip_device::rank::dot(reference.vector(&a), reference.vector(n));
-        cos(x).total_cmp(&cos(y))
-    }).expect("pictures").clone();
-    assert!(edgeclip_device::rank::dot(reference.vector(&a), reference.vector(&b)) < 0.9);
+    let (a, b) = two_scenes(&reference);
     let (frame_a, frame_b) = (std::fs::read(shapes.join(&a)).expect("a"), std::fs::read(shapes.join(&b)).expect("b"));
 
     let library = copy_pictures(&shapes);
@@ -899,13 +904,7 @@ async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_search
 async fn a_camera_deletes_frames_older_than_keep_days_and_beyond_keep_frames() {
     use edgeclip_device::camera::frame_name;
     let shapes = data("shapes");
-    let reference = Reference::new(&shapes);
-    let names = reference.names();
-    let a = names[0].clone();
-    let b = names.iter().min_by(|x, y| {
-        let cos = |n: &String| edgeclip_device::rank::dot(reference.vector(&a), reference.vector(n));
-        cos(x).total_cmp(&cos(y))
-    }).expect("pictures").clone();
+    let (a, b) = two_scenes(&Reference::new(&shapes));
     let (frame_a, frame_b) = (std::fs::read(shapes.join(&a)).expect("a"), std::fs::read(shapes.join(&b)).expect("b"));
 
     // Frames left by earlier runs: two older than 30 days, two recent; and a file of the
