@@ -326,7 +326,7 @@ impl Index {
         }
         let unfiltered = *filter == Filter::default();
         let prepared = self.vectors.query(query);
-        Ok(top_k_split(self.entries.len(), k, self.search_threads, |row| unfiltered || filter.keeps(&self.entries[row]), |row| self.vectors.score(&prepared, row))
+        Ok(top_k_split(self.entries.len(), k, self.search_threads, |row| unfiltered || filter.keeps(&self.entries[row]), self.vectors.scorer(&prepared))
             .into_iter()
             .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
             .map(|Scored { row, score }| Ranked { entry: &self.entries[row], score })

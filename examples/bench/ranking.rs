@@ -89,7 +89,7 @@ fn write(path: &Path, bytes: impl Iterator<Item = u8>) -> anyhow::Result<()> {
 /// thread ranks a contiguous share of the rows, then the shares' winners are merged.
 fn top_k(table: &VectorTable, query: &[f32], k: usize, threads: usize) -> Vec<Scored> {
     let prepared = table.query(query);
-    top_k_split(table.len(), k, threads, |_| true, |row| table.score(&prepared, row))
+    top_k_split(table.len(), k, threads, |_| true, table.scorer(&prepared))
 }
 
 /// edgeclip's ranker over the first `n` rows of `data` for each size, type and thread count.
