@@ -98,8 +98,13 @@ pub const MIN_ROWS_PER_THREAD: usize = 16_384;
 /// cores leave. A share whose thread cannot be started is ranked on the calling thread.
 pub fn top_k_split(rows: usize, k: usize, threads: usize, keep: impl Fn(usize) -> bool + Sync, score: impl Score + Sync) -> Vec<Scored> {
     let threads = threads.min(rows / MIN_ROWS_PER_THREAD).max(1);
-    let share = rows.div_ceil(threads);
     let (keep, score) = (&keep, &score);
+    if threads == 1 {
+        let mut best = top_k_in(0..rows, k, keep, score);
+        best.sort_by_key(|s| Reverse(ByScore(*s)));
+        return best;
+    }
+    let share = rows.div_ceil(threads);
     let mut all: Vec<Scored> = std::thread::scope(|s| {
         let spawned: Vec<_> = (1..threads)
             .map(|t| {
