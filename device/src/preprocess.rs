@@ -142,7 +142,7 @@ impl PreprocessCfg {
             ResizeMode::Shortest | ResizeMode::Squash => w.min(h),
             ResizeMode::Longest => w.max(h),
         };
-        [8, 4, 2].into_iter().find(|&f| side / f >= 2 * self.size).unwrap_or(1)
+        dct_reduction(side, 2 * self.size)
     }
 
     /// [`PreprocessCfg::tensor`] of a picture decoded at a reduced scale from one of `full`
@@ -265,6 +265,24 @@ pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, 
         return Err(DeviceError::Decode("truncated JPEG (no end-of-image marker after the last scan)".into()));
     }
     decode_reader(Cursor::new(bytes), limits)
+}
+
+/// The largest DCT reduction (1, 2, 4 or 8) that keeps `side` pixels at least `keep`.
+fn dct_reduction(side: u32, keep: u32) -> u32 {
+    [8, 4, 2].into_iter().find(|&f| side / f >= keep).unwrap_or(1)
+}
+
+/// [`decode_bytes`] for showing the picture at most `side` pixels on its longer side: a large
+/// JPEG is decoded at the DCT reduction that keeps its longer side at least twice `side` (a
+/// 12-megapixel photo for a 256-pixel thumbnail at 1/4 of its size: a fraction of the time,
+/// 2 MB of pixels instead of 36).
+pub fn decode_for_side(bytes: &[u8], limits: DecodeLimits, side: u32) -> Result<DynamicImage, DeviceError> {
+    if bytes.starts_with(&[0xff, 0xd8]) && jpeg_is_complete(bytes) {
+        if let Some((img, _)) = decode_jpeg_scaled(bytes, limits, |w, h| dct_reduction(w.max(h), 2 * side.max(1))) {
+            return Ok(img);
+        }
+    }
+    decode_bytes(bytes, limits)
 }
 
 /// Decodes a complete baseline or progressive RGB or greyscale JPEG at the DCT reduction

@@ -6,7 +6,7 @@ use std::io::Cursor;
 use image::codecs::jpeg::JpegEncoder;
 
 use crate::error::DeviceError;
-use crate::preprocess::{decode_bytes, DecodeLimits};
+use crate::preprocess::{decode_for_side, DecodeLimits};
 
 /// JPEG quality of thumbnails: small files, no visible blocks at grid size.
 const QUALITY: u8 = 80;
@@ -16,8 +16,9 @@ const QUALITY: u8 = 80;
 /// the way up the camera meant by any browser). Corrupt, truncated or oversized pictures are
 /// errors, never panics.
 pub fn make_thumbnail(bytes: &[u8], max_side: u32, limits: DecodeLimits) -> Result<Vec<u8>, DeviceError> {
-    let img = decode_bytes(bytes, limits)?;
     let side = max_side.max(1);
+    // Large JPEGs are decoded at a reduced scale that still leaves twice the thumbnail's side.
+    let img = decode_for_side(bytes, limits, side)?;
     let small = if img.width() > side || img.height() > side { img.thumbnail(side, side) } else { img };
     let rgb = small.to_rgb8();
     let mut out = Vec::new();
@@ -30,6 +31,7 @@ pub fn make_thumbnail(bytes: &[u8], max_side: u32, limits: DecodeLimits) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::decode_bytes;
     use image::{DynamicImage, GenericImageView};
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
@@ -78,6 +80,25 @@ mod tests {
         let rotated = with_orientation(&jpeg(400, 200), 6);
         let thumb = make_thumbnail(&rotated, 100, DecodeLimits::default()).unwrap();
         assert_eq!(size_of(&thumb), (50, 100));
+    }
+
+    #[test]
+    fn large_jpegs_are_thumbnailed_from_a_reduced_decode_that_looks_the_same() {
+        // Smooth content, as photos are at thumbnail scale.
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(2400, 1600, |x, y| {
+            image::Rgb([(x / 10 % 256) as u8, (y / 7 % 256) as u8, ((x + y) / 20 % 256) as u8])
+        }));
+        let mut big = Vec::new();
+        img.write_to(&mut Cursor::new(&mut big), image::ImageFormat::Jpeg).unwrap();
+        let thumb = image::load_from_memory(&make_thumbnail(&big, 200, DecodeLimits::default()).unwrap()).unwrap().to_rgb8();
+        assert_eq!(thumb.dimensions(), (200, 133));
+        // Decoded at a quarter of its size (600 px keeps twice 200; an eighth would not).
+        assert_eq!(decode_for_side(&big, DecodeLimits::default(), 200).unwrap().width(), 600);
+        // The thumbnail of the full decode, made the same way.
+        let full = decode_bytes(&big, DecodeLimits::default()).unwrap().thumbnail(200, 200).to_rgb8();
+        let diff: u64 = thumb.as_raw().iter().zip(full.as_raw()).map(|(a, b)| a.abs_diff(*b) as u64).sum();
+        let mean = diff as f64 / thumb.as_raw().len() as f64;
+        assert!(mean < 4.0, "mean difference {mean} levels");
     }
 
     #[test]
