@@ -156,13 +156,20 @@ impl PreprocessCfg {
             ResizeMode::Shortest => scale_side(w, h, size, w <= h),
             ResizeMode::Longest => scale_side(w, h, size, w >= h),
         };
-        let rgb = resize_rgb(img, nw, nh, filter);
-        let mut out = vec![0.0f32; self.tensor_len()];
-        let plane = (size * size) as usize;
         // Offsets of the output window in the resized picture (crop) or of the picture in the
         // output (pad), as torchvision computes them.
         let (crop_x, crop_y) = (centre_offset(nw, size), centre_offset(nh, size));
         let (pad_x, pad_y) = (centre_offset(size, nw), centre_offset(size, nh));
+        // Only the part of the resized picture that the output shows is computed: a cropped
+        // mode never resizes what it crops away (nor allocates it: a 16384x10 panorama would
+        // otherwise be resized to 367,001x224 pixels first).
+        let window = match self.resize_mode {
+            ResizeMode::Longest => Window { x: 0, y: 0, w: nw, h: nh },
+            _ => Window { x: crop_x, y: crop_y, w: size.min(nw - crop_x), h: size.min(nh - crop_y) },
+        };
+        let rgb = resize_rgb(img, (nw, nh), window, filter);
+        let mut out = vec![0.0f32; self.tensor_len()];
+        let plane = (size * size) as usize;
         for c in 0..3 {
             let fill = (self.fill_color as f32 / 255.0 - self.mean[c]) / self.std[c];
             let channel = &mut out[c * plane..(c + 1) * plane];
@@ -172,8 +179,10 @@ impl PreprocessCfg {
                         ResizeMode::Longest => (x as i64 - pad_x as i64, y as i64 - pad_y as i64),
                         _ => ((x + crop_x) as i64, (y + crop_y) as i64),
                     };
-                    let v = if sx >= 0 && sy >= 0 && (sx as u32) < nw && (sy as u32) < nh {
-                        let p = rgb.get_pixel(sx as u32, sy as u32).0[c];
+                    // Coordinates in the resized picture, then in the computed window of it.
+                    let (wx, wy) = (sx - window.x as i64, sy - window.y as i64);
+                    let v = if wx >= 0 && wy >= 0 && wx < window.w as i64 && wy < window.h as i64 {
+                        let p = rgb.get_pixel(wx as u32, wy as u32).0[c];
                         (p as f32 / 255.0 - self.mean[c]) / self.std[c]
                     } else {
                         fill
@@ -210,18 +219,35 @@ fn centre_offset(outer: u32, inner: u32) -> u32 {
     }
 }
 
-/// Resizes to RGB8 with fast_image_resize (SIMD convolution: SSE4.1/AVX2 on x86, NEON on
-/// arm64; fixed-point coefficients like PIL's, whose resize open_clip's preprocessing uses).
-/// Alpha is dropped before resizing (not composited), as Immich does; the colour under
-/// transparent pixels is kept.
-fn resize_rgb(img: &DynamicImage, w: u32, h: u32, alg: ResizeAlg) -> image::RgbImage {
+/// A rectangle of the resized picture, in its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+}
+
+/// The `window` of the picture resized to `size` (width, height), as RGB8: the same pixels as
+/// resizing the whole picture and cropping, computed for the window only (the filter still
+/// reads the source pixels around it). fast_image_resize: SIMD convolution (SSE4.1/AVX2 on
+/// x86, NEON on arm64) with fixed-point coefficients like PIL's, whose resize open_clip's
+/// preprocessing uses. Alpha is dropped before resizing (not composited), as Immich does; the
+/// colour under transparent pixels is kept.
+fn resize_rgb(img: &DynamicImage, size: (u32, u32), window: Window, alg: ResizeAlg) -> image::RgbImage {
     let rgb = img.to_rgb8();
-    if rgb.dimensions() == (w, h) {
-        return rgb;
-    }
     let (sw, sh) = rgb.dimensions();
-    let mut out = image::RgbImage::new(w, h);
-    if let Err(e) = fir_resize(rgb.into_raw(), (sw, sh), &mut out, (w, h), alg) {
+    if (sw, sh) == size {
+        if window == (Window { x: 0, y: 0, w: sw, h: sh }) {
+            return rgb;
+        }
+        return image::imageops::crop_imm(&rgb, window.x, window.y, window.w, window.h).to_image();
+    }
+    // The window in source pixels.
+    let (fx, fy) = (sw as f64 / size.0 as f64, sh as f64 / size.1 as f64);
+    let crop = (window.x as f64 * fx, window.y as f64 * fy, window.w as f64 * fx, window.h as f64 * fy);
+    let mut out = image::RgbImage::new(window.w, window.h);
+    if let Err(e) = fir_resize(rgb.into_raw(), (sw, sh), crop, &mut out, (window.w, window.h), alg) {
         // Both sizes are at least 1x1 and the buffers are made for them, so this is not
         // reached; should it be, the picture gets a wrong (black) input, not a crash.
         tracing::error!(error = %e, "resize failed");
@@ -229,10 +255,11 @@ fn resize_rgb(img: &DynamicImage, w: u32, h: u32, alg: ResizeAlg) -> image::RgbI
     out
 }
 
-fn fir_resize(src: Vec<u8>, (sw, sh): (u32, u32), dst: &mut [u8], (w, h): (u32, u32), alg: ResizeAlg) -> Result<(), String> {
+fn fir_resize(src: Vec<u8>, (sw, sh): (u32, u32), crop: (f64, f64, f64, f64), dst: &mut [u8], (w, h): (u32, u32), alg: ResizeAlg) -> Result<(), String> {
     let src = fir::images::Image::from_vec_u8(sw, sh, src, fir::PixelType::U8x3).map_err(|e| e.to_string())?;
     let mut dst = fir::images::Image::from_slice_u8(w, h, dst, fir::PixelType::U8x3).map_err(|e| e.to_string())?;
-    fir::Resizer::new().resize(&src, &mut dst, &fir::ResizeOptions::new().resize_alg(alg)).map_err(|e| e.to_string())
+    let options = fir::ResizeOptions::new().resize_alg(alg).crop(crop.0, crop.1, crop.2, crop.3);
+    fir::Resizer::new().resize(&src, &mut dst, &options).map_err(|e| e.to_string())
 }
 
 /// Bounds on what a picture may cost to decode.
@@ -462,6 +489,39 @@ mod tests {
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
         jpeg
+    }
+
+    #[test]
+    fn a_resized_window_is_the_crop_of_the_whole_resize() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(400, 300, |x, y| {
+            image::Rgb([((x * 7 + y * 3) % 256) as u8, ((x * x + y) % 251) as u8, ((x / 3 + y * y / 5) % 256) as u8])
+        }));
+        let alg = ResizeAlg::Convolution(FilterType::CatmullRom);
+        for (size, window) in [((298, 224), Window { x: 37, y: 0, w: 224, h: 224 }), ((224, 170), Window { x: 0, y: 23, w: 224, h: 100 })] {
+            let whole = resize_rgb(&img, size, Window { x: 0, y: 0, w: size.0, h: size.1 }, alg);
+            assert_eq!(whole.dimensions(), size);
+            let expect = image::imageops::crop_imm(&whole, window.x, window.y, window.w, window.h).to_image();
+            let got = resize_rgb(&img, size, window, alg);
+            assert_eq!(got.dimensions(), (window.w, window.h));
+            let diffs: Vec<u8> = got.as_raw().iter().zip(expect.as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
+            assert!(diffs.iter().all(|&d| d <= 1), "largest difference {:?}", diffs.iter().max());
+            assert!(diffs.iter().filter(|&&d| d > 0).count() * 100 <= diffs.len(), "more than 1% of values differ");
+        }
+    }
+
+    #[test]
+    fn an_extreme_panorama_is_resized_only_where_the_crop_shows_it() {
+        let cfg = clip_cfg(224);
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(16_384, 10, image::Rgb([200, 100, 50])));
+        // Shortest side to 224 would make it 367,001 pixels wide; only the 224x224 centre is made.
+        let (nw, nh) = scale_side(16_384, 10, 224, false);
+        assert_eq!((nw, nh), (367_001, 224));
+        let window = Window { x: centre_offset(nw, 224), y: 0, w: 224, h: 224 };
+        assert_eq!(resize_rgb(&img, (nw, nh), window, cfg.filter().unwrap()).dimensions(), (224, 224));
+        let tensor = cfg.tensor(&img);
+        assert_eq!(tensor.len(), cfg.tensor_len());
+        let red = (200.0 / 255.0 - cfg.mean[0]) / cfg.std[0];
+        assert!(tensor[..224 * 224].iter().all(|v| (v - red).abs() < 0.02), "a uniform picture stays uniform");
     }
 
     #[test]
