@@ -472,6 +472,9 @@ mod tests {
             drop(file);
             let mut t = VectorTable::mapped(dim, crate::vector_file::Mapped::open(&path, dim, 17).unwrap());
             rows[17..].iter().for_each(|r| t.push(r));
+            // A non-finite row (the encoder refuses such vectors; what a kernel makes of it
+            // differs by CPU: NaN here, a finite number from f16 under qemu-aarch64) scores the
+            // same both ways.
             t.push(&[f32::NAN; 24]);
             assert_eq!(t.mapped_bytes(), 17 * precision.bytes_per_vector(dim));
             let q = unit(100, dim);
@@ -484,7 +487,6 @@ mod tests {
                 let expect = &one[range.clone()];
                 assert!(block.iter().zip(expect).all(|(a, b)| a.to_bits() == b.to_bits()), "{precision:?} {range:?}: {block:?} vs {expect:?}");
             }
-            assert!(one[30].is_nan() || precision == Precision::I8, "{precision:?}: {}", one[30]);
         }
     }
 
