@@ -118,15 +118,6 @@ impl Score for Scorer<'_> {
     }
 }
 
-/// Rows in a part of a table.
-fn part_rows(part: &Parts<'_>, dim: usize) -> usize {
-    match part {
-        Parts::F32(v) => v.len() / dim.max(1),
-        Parts::F16(v) => v.len() / dim.max(1),
-        Parts::I8 { scales, .. } => scales.len(),
-    }
-}
-
 /// Rows of `dim` values in one precision: first the rows of a mapped vector file (if the
 /// table was opened from one), then rows in memory.
 #[derive(Debug)]
@@ -364,11 +355,14 @@ impl VectorTable {
     /// per row, so the SIMD kernel runs in a tight loop over the rows.
     pub fn score_rows(&self, query: &Query<'_>, rows: Range<usize>, out: &mut [f32]) {
         debug_assert_eq!(rows.len(), out.len());
+        if rows.is_empty() {
+            return;
+        }
         let d = self.dim;
         let mut first = 0;
         let (base, tail) = self.part_pair();
-        for part in base.into_iter().chain(std::iter::once(tail)) {
-            let count = part_rows(&part, d);
+        let parts = base.map(|b| (b, self.base_rows())).into_iter().chain(std::iter::once((tail, self.rows.len(d))));
+        for (part, count) in parts {
             let (start, end) = (rows.start.max(first), rows.end.min(first + count));
             if start < end {
                 let (local, out) = (start - first..end - first, &mut out[start - rows.start..end - rows.start]);
