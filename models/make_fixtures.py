@@ -10,6 +10,10 @@
   models/samples/               240 demo scenes IMG_0001.jpg.. + labels.json (every colour+shape
                                 pair in >= 7 pictures)
   tests/data/tokenizer_parity.json  open_clip.tokenize vs tokenizer.json (Python `tokenizers`)
+  tests/data/text-towers/       two tiny random text towers (width 4, 49,408 tokens) for the
+                                cloud's load paths: fixed.onnx, fixed at 77 tokens as other
+                                exporters write it, and looks-ahead.onnx, with a dynamic
+                                sequence axis but no causal mask, so cutting a text changes it
 
 Everything is deterministic (fixed seeds).
 """
@@ -335,8 +339,26 @@ def make_tokenizer_parity():
     return summary
 
 
+def make_text_tower_fixtures():
+    import open_clip
+    import torch
+
+    out = os.path.join(ROOT, "tests", "data", "text-towers")
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(SEED)
+    model = open_clip.CLIP(embed_dim=4, vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 4, "heads": 1, "layers": 2}).eval()
+    text = E.sample_text()
+    E.export_text(model, os.path.join(out, "fixed.onnx"), text, any_length=False)
+    # the same weights without the causal mask: every position sees the padding after it
+    model.attn_mask.zero_()
+    E.export_text(model, os.path.join(out, "looks-ahead.onnx"), text, any_length=True, check=False)
+    for name in ("fixed.onnx", "looks-ahead.onnx"):
+        print(f"tests/data/text-towers/{name}: {os.path.getsize(os.path.join(out, name))} bytes")
+
+
 def main():
-    what = sys.argv[1:] or ["shapes", "preprocess", "samples", "tokenizer"]
+    what = sys.argv[1:] or ["shapes", "preprocess", "samples", "tokenizer", "text-towers"]
     if "shapes" in what:
         make_shapes_fixtures()
     if "preprocess" in what:
@@ -345,6 +367,8 @@ def main():
         make_samples()
     if "tokenizer" in what:
         make_tokenizer_parity()
+    if "text-towers" in what:
+        make_text_tower_fixtures()
 
 
 if __name__ == "__main__":
