@@ -11,7 +11,8 @@ SPEC.json is a list of tasks, each an object with "task" and its arguments:
   {"task": "peak_matmul", "n": 2048}
   {"task": "flops", "onnx": PATH, "input_shape": [1, 3, 224, 224]}
   {"task": "onnx", "name": "...", "onnx": PATH, "input": RAW_FILE, "dtype": "float32"|"int64",
-   "shape": [1, ...], "rows": R, "seconds": S}       (R different inputs of `shape` in RAW_FILE)
+   "shape": [1, ...], "rows": R, "seconds": S}       (R different inputs of `shape` in RAW_FILE;
+   "cut_after_argmax": true cuts each row just after its first largest value, the end token)
   {"task": "rank", "dir": DATA_DIR, "n": [100000, 1000000], "dim": 512, "k": 10,
    "queries": Q, "types": ["f32", "f16", "i8"]}
 Thread counts are fixed before NumPy is imported (OpenBLAS reads them at load time).
@@ -129,6 +130,10 @@ def run_onnx(task):
     shape = task["shape"]
     rows = task.get("rows", 1)
     data = np.fromfile(task["input"], dtype=dtype).reshape([rows] + shape)
+    if task.get("cut_after_argmax"):
+        # each token row cut just after its end-of-text token (its first largest id), as
+        # edgeclip's cloud feeds a text tower with a dynamic sequence axis
+        data = [row[:, :int(row[0].argmax()) + 1] for row in data]
     seconds = task.get("seconds", 5.0)
 
     def session(intra):

@@ -248,7 +248,9 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
 }
 
 /// The cloud's text tower: tokenise + encode per query on one thread and on all cores, the
-/// model alone, and the cache as the text encoder keeps it. Writes the id rows for onnxruntime.
+/// model alone (on the queries, and on a text of the full context length, which a tower that
+/// cuts texts after their end token cannot shorten), and the cache as the text encoder keeps
+/// it. Writes the padded id rows for onnxruntime.
 pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> anyhow::Result<Value> {
     let folder = TextModelFolder::open(model_dir, None)?;
     let started = Instant::now();
@@ -269,6 +271,12 @@ pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> any
     let next = || i.fetch_add(1, Ordering::Relaxed) as usize % texts.len();
     let tokenize = time(seconds / 2.0, 20, || Ok(tokenizer.encode(&texts[next()])?))?;
     let model_1t = time(seconds, 5, || Ok(tower.encode(&rows[next()])?))?;
+    let mut longest = vec![320i64; folder.context_length];
+    longest[0] = 49406;
+    longest[folder.context_length - 1] = 49407;
+    let model_longest = time(seconds / 2.0, 3, || Ok(tower.encode(&longest)?))?;
+    let cut_lengths: Vec<usize> =
+        rows.iter().map(|r| if tower.cuts() { edgeclip_cloud::encode::cut_length(r) } else { r.len() }).collect();
     let full_1t = time(seconds, 5, || {
         let ids = tokenizer.encode(&texts[next()])?;
         Ok(tower.encode(&ids)?)
@@ -293,7 +301,9 @@ pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> any
         "model": folder.id, "dim": folder.dim, "context_length": folder.context_length,
         "weights_bytes": std::fs::metadata(folder.textual_onnx())?.len(), "load_s": load_s,
         "tokenize": tokenize.json(),
+        "cuts": tower.cuts(), "cut_lengths": cut_lengths,
         "model_1_thread": model_1t.json(),
+        "model_1_thread_full_context": model_longest.json(),
         "tokenize_and_model_1_thread": full_1t.json(),
         "queries_per_s_per_core": 1000.0 / full_1t.median(),
         "parallel_workers": {"threads": cores, "per_s": parallel},

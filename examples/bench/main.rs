@@ -125,6 +125,19 @@ fn main() -> anyhow::Result<()> {
             py_tasks.push(json!({"task": "onnx", "name": format!("text/{}", m.name), "onnx": onnx, "input": ids,
                                  "dtype": "int64", "shape": [1, ctx], "rows": 64, "seconds": args.seconds}));
             flops_tasks.push(json!({"task": "flops", "name": format!("flops/text/{}", m.name), "onnx": onnx, "input_shape": [1, ctx]}));
+            if r["cuts"].as_bool() == Some(true) {
+                // onnxruntime on the same rows cut as edgeclip cuts them: the engines compared
+                // on equal work, next to the padded rows other deployments feed.
+                py_tasks.push(json!({"task": "onnx", "name": format!("text-cut/{}", m.name), "onnx": onnx, "input": ids,
+                                     "dtype": "int64", "shape": [1, ctx], "rows": 64, "seconds": args.seconds,
+                                     "cut_after_argmax": true}));
+                let mut lengths: Vec<u64> = r["cut_lengths"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+                lengths.sort_unstable();
+                lengths.dedup();
+                for l in lengths {
+                    flops_tasks.push(json!({"task": "flops", "name": format!("flops/text/{}/{l}", m.name), "onnx": onnx, "input_shape": [1, l]}));
+                }
+            }
             results["text"][m.name] = r;
         }
     }
@@ -268,7 +281,23 @@ fn print_tables(r: &Value, cores: usize) {
                 .map(|t| f(&t["one_session"]["per_s"]).max(f(&t["parallel_sessions"]["per_s"])))
                 .unwrap_or(f64::NAN);
             let m1 = f(&e["model_1_thread"]["median_ms"]);
-            println!("{name:<12} {:<44} {:>7.1} /s  {:>7.1} /s  {:>7.2} {:>7.0}%", "model alone, queries/s per core", 1000.0 / m1, 1000.0 / ort1, ort1 / m1, 100.0 * flops / (m1 / 1e3) / (peak(1) * 1e9));
+            let cut_lengths: Vec<u64> = e["cut_lengths"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+            // the FLOPs of the work actually done: the mean over the queries at their cut lengths
+            let query_flops = if e["cuts"].as_bool() == Some(true) && !cut_lengths.is_empty() {
+                cut_lengths.iter().map(|l| task(r, 1, &format!("flops/text/{name}/{l}")).map(|t| f(&t["flops"])).unwrap_or(f64::NAN)).sum::<f64>()
+                    / cut_lengths.len() as f64
+            } else {
+                flops
+            };
+            let of_peak = |ms: f64, fl: f64| 100.0 * fl / (ms / 1e3) / (peak(1) * 1e9);
+            println!("{name:<12} {:<44} {:>7.1} /s  {:>7.1} /s  {:>7.2} {:>7.0}%", "model alone, queries/s per core", 1000.0 / m1, 1000.0 / ort1, ort1 / m1, of_peak(m1, query_flops));
+            if e["cuts"].as_bool() == Some(true) {
+                let mean_len = cut_lengths.iter().sum::<u64>() as f64 / cut_lengths.len().max(1) as f64;
+                let ort_cut = task(r, 1, &format!("text-cut/{name}")).map(|t| f(&t["one_session"]["median_ms"])).unwrap_or(f64::NAN);
+                println!("{name:<12} {:<44} {:>7.1} /s  {:>7.1} /s  {:>7.2}", format!("  same, both cut ({mean_len:.1} tokens on average)"), 1000.0 / m1, 1000.0 / ort_cut, ort_cut / m1);
+                let ml = f(&e["model_1_thread_full_context"]["median_ms"]);
+                println!("{name:<12} {:<44} {:>7.1} /s  {:>7.1} /s  {:>7.2} {:>7.0}%", "  a text of the full context length", 1000.0 / ml, 1000.0 / ort1, ort1 / ml, of_peak(ml, flops));
+            }
             println!("{name:<12} {:<44} {:>7.1} /s", "tokenize + model, queries/s per core", f(&e["queries_per_s_per_core"]));
             let tn = f(&e["parallel_workers"]["per_s"]).max(f(&e["model_tract_multithread"]["per_s"]));
             println!("{name:<12} {:<44} {:>7.1} /s  {:>7.1} /s  {:>7.2}", format!("{cores} cores, queries/s"), tn, ortn, tn / ortn);
