@@ -52,7 +52,7 @@ impl Actor for CloudSupervisor {
         let (onnx, ctx, dim) = (model.textual_onnx(), model.context_length, model.dim);
         let started = std::time::Instant::now();
         let tower = tokio::task::spawn_blocking(move || TextTower::load(&onnx, ctx, dim)).await??;
-        info!(model = %model.id, dim, took = ?started.elapsed(), "text tower loaded");
+        info!(model = %model.id, dim, cuts_after_end_token = tower.cuts(), took = ?started.elapsed(), "text tower loaded");
 
         let presence = Some(Presence {
                 topic: worker_presence_topic(&config.worker_id),
