@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Export open_clip ViT-B-32 with random initial weights (no pretrained weights can be
-downloaded here) in the Immich layout, to check edgeclip's loading and speed on a model of
-real size:
+"""Export an open_clip model in the Immich layout. By default ViT-B-32 with random initial
+weights (no pretrained weights can be downloaded here), to check edgeclip's loading and speed
+on a model of real size; with --pretrained, a real model for edgeclip:
 
     /work/pyenv/bin/python models/export_full.py [OUT_DIR]      # default models/full/ViT-B-32
     /work/pyenv/bin/python models/export_full.py --model MobileCLIP-S1 [--skip-parity]
+    /work/pyenv/bin/python models/export_full.py OUT_DIR --model ViT-B-32 --pretrained CHECKPOINT
 
 (--model: any open_clip architecture; MobileCLIP models are reparameterised first, as their
-inference form requires.)
+inference form requires. --pretrained: real weights, as open_clip's `create_model` takes them:
+a local checkpoint file, or a pretrained tag where open_clip can download it. The text tower
+is written with a dynamic sequence axis where the architecture allows it, which lets the cloud
+run each query only up to its end-of-text token; see models/README.md.)
 
 Writes config.json (open_clip's own ViT-B-32 model config), visual/model.onnx (~350 MB),
 textual/model.onnx (~250 MB), visual/preprocess_cfg.json, textual/tokenizer.json,
@@ -34,6 +38,8 @@ def main():
     parser.add_argument("out", nargs="?")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--skip-parity", action="store_true")
+    parser.add_argument("--pretrained", default=None,
+                        help="weights: a checkpoint file or an open_clip pretrained tag (default: random)")
     args = parser.parse_args()
     MODEL = args.model
     out = args.out or os.path.join(HERE, "full", MODEL)
@@ -44,7 +50,7 @@ def main():
     torch.manual_seed(0)
     t0 = time.time()
     cfg = open_clip.get_model_config(MODEL)
-    model = open_clip.create_model(MODEL, pretrained=None)
+    model = open_clip.create_model(MODEL, pretrained=args.pretrained)
     model.eval()
     if MODEL.startswith("MobileCLIP"):
         from timm.utils.model import reparameterize_model
