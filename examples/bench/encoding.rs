@@ -255,10 +255,11 @@ pub fn query_text(i: usize) -> String {
     format!("a {} {} number {i}", colours[i % 8], things[(i / 8) % 8])
 }
 
-/// The cloud's text tower: tokenise + encode per query on one thread and on all cores, the
-/// model alone (on the queries, and on a text of the full context length, which a tower that
-/// cuts texts after their end token cannot shorten, and after evicting the caches, as a
-/// sporadic search meets it), and the cache as the text encoder keeps it. Writes the padded id rows for onnxruntime.
+/// The cloud's text tower: tokenise + encode per query on one thread and on all cores; the
+/// model alone on the queries, on a text of the full context length (which a tower that cuts
+/// texts after their end token cannot shorten) and after evicting the caches (as a sporadic
+/// search meets it); the cache as the text encoder keeps it. Writes the padded id rows for
+/// onnxruntime.
 pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> anyhow::Result<Value> {
     let folder = TextModelFolder::open(model_dir, None)?;
     let started = Instant::now();
