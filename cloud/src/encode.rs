@@ -52,6 +52,16 @@ pub fn cut_length(ids: &[i64]) -> usize {
     (end + 1).min(ids.len())
 }
 
+/// `model` optimised once for one row of any length.
+fn any_length_plan(model: &InferenceModel, input_type: DatumType) -> TractResult<Arc<TypedRunnableModel>> {
+    let length = model.symbols.sym("sequence_length");
+    model
+        .clone()
+        .with_input_fact(0, InferenceFact::dt_shape(input_type, [1.to_dim(), length.to_dim()]))?
+        .into_optimized()?
+        .into_runnable()
+}
+
 impl TextTower {
     /// Loads `model.onnx` for rows of `context_length` ids and checks it yields `dim` values.
     ///
@@ -70,15 +80,10 @@ impl TextTower {
                 return Err(CloudError::Model { path: onnx.to_path_buf(), reason: format!("text input of type {other:?} is not supported") })
             }
         };
-        let declared_length = fact.shape.dims().nth(1).and_then(|d| d.concretize()).and_then(|d| d.to_i64().ok());
-        if declared_length.is_none() {
-            let length = model.symbols.sym("sequence_length");
-            let any_length = model
-                .clone()
-                .with_input_fact(0, InferenceFact::dt_shape(input_type, [1.to_dim(), length.to_dim()]))
-                .and_then(|m| m.into_optimized())
-                .and_then(|m| m.into_runnable());
-            match any_length {
+        // a dimension the model names (`sequence_length`) is a symbol, not a number
+        let fixed_length = fact.shape.dims().nth(1).and_then(|d| d.concretize()).is_some_and(|d| d.to_i64().is_ok());
+        if !fixed_length {
+            match any_length_plan(&model, input_type) {
                 Ok(plan) => {
                     let tower = Self { plan, input_type, context_length, dim, cut: true };
                     match tower.check_cut() {
@@ -234,12 +239,7 @@ mod tests {
         assert!(!tower.cuts(), "the check at load must refuse to cut this tower");
         // what cutting would have done: the same model at any length, asked for both
         let model = tract_onnx::onnx().with_ignore_value_info(true).model_for_path(&path).expect("model");
-        let length = model.symbols.sym("n");
-        let plan = model
-            .with_input_fact(0, InferenceFact::dt_shape(DatumType::I64, [1.to_dim(), length.to_dim()]))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .expect("plan");
+        let plan = any_length_plan(&model, DatumType::I64).expect("plan");
         let any = TextTower { plan, input_type: DatumType::I64, context_length: 77, dim: 4, cut: false };
         let ids = row(&[49406, 320, 1125, 49407]);
         let full = tower.encode(&ids).expect("full");
