@@ -134,6 +134,9 @@ def run_onnx(task):
         # each token row cut just after its end-of-text token (its first largest id), as
         # edgeclip's cloud feeds a text tower with a dynamic sequence axis
         data = [row[:, :int(row[0].argmax()) + 1] for row in data]
+    if task.get("batch"):
+        # the same picture `batch` times in one run, as edgeclip's device runs a batch
+        data = np.repeat(data, task["batch"], axis=1)
     seconds = task.get("seconds", 5.0)
 
     def session(intra):
@@ -144,7 +147,7 @@ def run_onnx(task):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(task["onnx"], so, providers=["CPUExecutionProvider"])
 
-    out = {"onnxruntime": ort.__version__, "threads": threads}
+    out = {"onnxruntime": ort.__version__, "threads": threads, "batch": task.get("batch", 1)}
     # Latency: one session using all `threads` threads, inputs in turn.
     s = session(threads)
     name = s.get_inputs()[0].name

@@ -470,10 +470,21 @@ async fn a_restart_encodes_nothing_and_changes_on_disk_are_followed() {
     assert_eq!((first.indexed as usize, first.encoded as usize), (labels.len(), labels.len()));
     let before = device.search(SearchRequest { k: Some(5), ..SearchRequest::text("a red circle") }).await.expect("search");
     device.shutdown().await.expect("shutdown");
+    // The batch measured at the first start is kept, and the next start takes it from the file.
+    let memo = state.path().join(edgeclip_device::batch_memo::FILE);
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&memo).expect("measured batch kept")).expect("json");
+    assert_eq!(kept["batch"].as_u64(), Some(first.encoder_batch as u64), "{kept}");
+    assert!(kept["single_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{kept}");
+    // Another batch written there is what the next start runs, without measuring.
+    let recalled = if first.encoder_batch == 1 { 2 } else { 1 };
+    let mut edited = kept.clone();
+    edited["batch"] = recalled.into();
+    std::fs::write(&memo, serde_json::to_vec(&edited).unwrap()).expect("edit");
 
     let device = Device::start(config.clone()).await.expect("device again");
     let second = wait_idle(&device).await;
     assert_eq!((second.indexed as usize, second.encoded), (labels.len(), 0), "{second:?}");
+    assert_eq!(second.encoder_batch, recalled);
     let after = device.search(SearchRequest { k: Some(5), ..SearchRequest::text("a red circle") }).await.expect("search");
     assert_eq!(hits(&before), hits(&after));
 
@@ -1100,6 +1111,40 @@ async fn hostile_pictures_are_skipped_with_a_reason_and_good_ones_indexed() {
     assert_eq!(status.indexed + status.failed, good + 6, "{status:#?}");
     let response = device.search(SearchRequest { k: Some(3), ..SearchRequest::text("a red circle") }).await.expect("search");
     assert_eq!(hits(&response).len(), 3);
+    device.shutdown().await.expect("shutdown");
+    cloud.shutdown().await.expect("cloud shutdown");
+}
+
+/// Pictures encoded in batches (gathered from the queue, several per run of the model) get
+/// the vectors they get one at a time, and a bad picture in a batch is reported alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pictures_encoded_in_batches_rank_exactly_as_the_model_does_and_bad_ones_fail_alone() {
+    let shapes = data("shapes");
+    let good = labels(&shapes).len();
+    let pictures = copy_pictures(&shapes);
+    let jpeg = std::fs::read(shapes.join("red_circle.jpg")).expect("fixture");
+    std::fs::write(pictures.path().join("truncated.jpg"), &jpeg[..jpeg.len() / 3]).expect("truncated");
+    std::fs::write(pictures.path().join("notes.jpg"), b"shopping list: eggs, milk").expect("text");
+    let reference = Reference::new(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let cloud = Cloud::start(cloud_config(&broker.url(), "batches-w")).await.expect("cloud");
+    let mut config = device_config(&broker.url(), "batches", &[pictures.path()], state.path());
+    // One worker, so that the first scan's pictures queue up and are taken 3 at a time.
+    config.encoder.batch = 3;
+    config.encoder.workers = 1;
+    let device = Device::start(config).await.expect("device");
+    let status = wait_idle(&device).await;
+    assert_eq!((status.indexed as usize, status.encoder_batch), (good, 3), "{status:#?}");
+    let failed: Vec<String> = status.recent_failures.iter().map(|f| file_name(&f.path)).collect();
+    assert_eq!(status.failed, 2, "{status:#?}");
+    for bad in ["truncated.jpg", "notes.jpg"] {
+        assert!(failed.contains(&bad.to_string()), "{bad} not reported: {failed:?}");
+    }
+    for text in ["a red circle", "a blue square", "a yellow star and a purple square"] {
+        let response = device.search(SearchRequest { k: Some(good), ..SearchRequest::text(text) }).await.expect("search");
+        assert_same_ranking(&scored(&response), &reference.rank(text, good), text);
+    }
     device.shutdown().await.expect("shutdown");
     cloud.shutdown().await.expect("cloud shutdown");
 }

@@ -149,6 +149,8 @@ pub struct ModelConfig {
 pub struct EncoderConfig {
     /// Concurrent encodings; 0 means one per core.
     pub workers: usize,
+    /// Pictures per run of the image tower; 0 measures at start which batch is fastest.
+    pub batch: usize,
     /// Largest width or height decoded.
     pub max_side: u32,
     /// Largest decoder allocation, MiB.
@@ -240,6 +242,9 @@ impl DeviceConfig {
         }
         if self.encoder.workers > 64 {
             return bad(format!("encoder.workers = {} is more than 64", self.encoder.workers));
+        }
+        if self.encoder.batch > 64 {
+            return bad(format!("encoder.batch = {} is more than 64", self.encoder.batch));
         }
         if self.encoder.max_side < 16 {
             return bad("encoder.max_side must be at least 16".into());

@@ -3,53 +3,149 @@
 //! The plan is shared (`Arc`) and `run` takes `&self`, so several worker threads encode
 //! pictures at once with one copy of the weights. Inputs and outputs are taken by position,
 //! not by name, since exports name them differently.
+//!
+//! A tower either runs one picture at a time on a plan optimised for batch 1, or several
+//! pictures per run on a plan optimised for any batch. Which is faster depends on the model
+//! and the CPU (a transformer's skinny products gain from more rows until its activations
+//! leave the cache; a small convolutional model loses its batch-1 optimisations), so by
+//! default [`ImageTower::load_batched`] measures both on the machine and keeps the faster:
+//! [`choose_batch`] decides from the timings.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
 use crate::error::DeviceError;
 
-/// A loaded, optimised image tower for batches of one picture.
+/// Largest batch tried when the batch is measured (`encoder.batch = 0`).
+pub const MAX_AUTO_BATCH: usize = 4;
+
+/// A batch is kept only if it encodes a picture at least this much faster than batch 1.
+const MIN_GAIN: f64 = 0.10;
+
+/// A loaded, optimised image tower.
 #[derive(Clone)]
 pub struct ImageTower {
     plan: Arc<TypedRunnableModel>,
     size: usize,
     dim: usize,
+    batch: usize,
 }
 
 impl std::fmt::Debug for ImageTower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageTower").field("size", &self.size).field("dim", &self.dim).finish()
+        f.debug_struct("ImageTower").field("size", &self.size).field("dim", &self.dim).field("batch", &self.batch).finish()
     }
 }
 
+/// What [`ImageTower::load_batched`] measured: milliseconds per picture of the batch-1 plan
+/// and of each batch tried on the any-batch plan. Empty when the batch was configured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchTimings {
+    /// Batch-1 plan, ms per picture.
+    pub single_ms: Option<f64>,
+    /// (batch, ms per picture) on the any-batch plan.
+    pub batched_ms: Vec<(usize, f64)>,
+}
+
+/// The batch to run given the batch-1 plan's time per picture and the any-batch plan's per
+/// batch tried: the fastest batch if it beats batch 1 by [`MIN_GAIN`], else 1 (which keeps
+/// the batch-1 plan). Timings that are not finite are ignored.
+pub fn choose_batch(single_ms: f64, batched_ms: &[(usize, f64)]) -> usize {
+    let best = batched_ms
+        .iter()
+        .filter(|(b, ms)| *b > 1 && ms.is_finite() && *ms > 0.0)
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    match best {
+        Some(&(b, ms)) if !single_ms.is_finite() || ms < single_ms * (1.0 - MIN_GAIN) => b,
+        _ => 1,
+    }
+}
+
+/// Parses `onnx` and optimises it for batches of `batch` pictures, or of any size if `None`.
+fn plan(onnx: &Path, size: usize, batch: Option<usize>) -> TractResult<Arc<TypedRunnableModel>> {
+    let model = tract_onnx::onnx()
+        // Files that carry symbolic shapes in value_info (dynamo or quantised exports) would
+        // otherwise fail to unify the fixed batch with the symbol.
+        .with_ignore_value_info(true)
+        .model_for_path(onnx)?;
+    let n = match batch {
+        Some(b) => b.to_dim(),
+        None => model.symbols.sym("batch").to_dim(),
+    };
+    model
+        .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [n, 3.to_dim(), size.to_dim(), size.to_dim()]))?
+        .into_optimized()?
+        .into_runnable()
+}
+
 impl ImageTower {
-    /// Loads `model.onnx` for `size`x`size` RGB input and checks that it yields `dim` values.
+    /// Loads `model.onnx` for `size`x`size` RGB input, one picture per run, and checks that it
+    /// yields `dim` values.
     pub fn load(onnx: &Path, size: usize, dim: usize) -> Result<Self, DeviceError> {
+        Ok(Self::load_batched(onnx, size, dim, 1)?.0)
+    }
+
+    /// Loads `model.onnx` to run `batch` pictures at once; `batch = 0` measures batch 1 against
+    /// batches up to [`MAX_AUTO_BATCH`] (the best of two runs each, on a picture-like input)
+    /// and keeps the faster ([`choose_batch`]). Only one plan is held at a time, so the peak
+    /// memory of loading is that of one plan.
+    pub fn load_batched(onnx: &Path, size: usize, dim: usize, batch: usize) -> Result<(Self, BatchTimings), DeviceError> {
         let err = |e: TractError| DeviceError::Model { path: onnx.to_path_buf(), reason: format!("{e:#}") };
-        let plan = tract_onnx::onnx()
-            // Files that carry symbolic shapes in value_info (dynamo or quantised exports) would
-            // otherwise fail to unify the fixed batch with the symbol.
-            .with_ignore_value_info(true)
-            .model_for_path(onnx)
-            .map_err(err)?
-            .with_input_fact(0, f32::fact([1, 3, size, size]).into())
-            .map_err(err)?
-            .into_optimized()
-            .map_err(err)?
-            .into_runnable()
-            .map_err(err)?;
-        let tower = Self { plan, size, dim };
-        let probe = tower.encode(vec![0.0; 3 * size * size])?;
-        if probe.len() != dim {
+        let tower = |plan, batch| Self { plan, size, dim, batch };
+        if batch != 0 {
+            let t = tower(plan(onnx, size, (batch == 1).then_some(1)).map_err(err)?, batch);
+            t.check_dim(onnx)?;
+            return Ok((t, BatchTimings::default()));
+        }
+        let single = tower(plan(onnx, size, Some(1)).map_err(err)?, 1);
+        single.check_dim(onnx)?;
+        let mut timings = BatchTimings { single_ms: Some(single.ms_per_picture(1)?), batched_ms: Vec::new() };
+        drop(single);
+        let any = tower(plan(onnx, size, None).map_err(err)?, 1);
+        // Larger batches while each is faster per picture than everything before it.
+        let mut best = timings.single_ms.unwrap_or(f64::INFINITY);
+        for b in 2..=MAX_AUTO_BATCH {
+            let ms = any.ms_per_picture(b)?;
+            timings.batched_ms.push((b, ms));
+            if ms >= best {
+                break;
+            }
+            best = ms;
+        }
+        let chosen = choose_batch(timings.single_ms.unwrap_or(f64::INFINITY), &timings.batched_ms);
+        if chosen == 1 {
+            drop(any);
+            return Ok((tower(plan(onnx, size, Some(1)).map_err(err)?, 1), timings));
+        }
+        Ok((Self { batch: chosen, ..any }, timings))
+    }
+
+    /// Refuses a model whose output is not `dim` values per picture.
+    fn check_dim(&self, onnx: &Path) -> Result<(), DeviceError> {
+        let probe = self.encode(vec![0.0; 3 * self.size * self.size])?;
+        if probe.len() != self.dim {
             return Err(DeviceError::Model {
                 path: onnx.to_path_buf(),
-                reason: format!("outputs {} values, config.json says embed_dim {dim}", probe.len()),
+                reason: format!("outputs {} values, config.json says embed_dim {}", probe.len(), self.dim),
             });
         }
-        Ok(tower)
+        Ok(())
+    }
+
+    /// Best of two runs of `batch` picture-like inputs, in ms per picture.
+    fn ms_per_picture(&self, batch: usize) -> Result<f64, DeviceError> {
+        let picture: Vec<f32> = (0..3 * self.size * self.size).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            let pictures = vec![picture.clone(); batch];
+            let started = Instant::now();
+            self.run(pictures)?;
+            best = best.min(started.elapsed().as_secs_f64() * 1e3 / batch as f64);
+        }
+        Ok(best)
     }
 
     /// Output dimension.
@@ -57,11 +153,46 @@ impl ImageTower {
         self.dim
     }
 
+    /// Pictures per run this tower was loaded for (1: a plan optimised for one picture).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
     /// Encodes one preprocessed picture (`3 * size * size` values, NCHW) into an L2-normalised
     /// vector. Exports normally normalise already; normalising again is harmless and protects
     /// the ranker's dot-product-equals-cosine invariant from exports that do not.
     pub fn encode(&self, pixels: Vec<f32>) -> Result<Vec<f32>, DeviceError> {
-        let input = tract_ndarray::Array4::from_shape_vec((1, 3, self.size, self.size), pixels)
+        let mut vectors = self.run(vec![pixels])?;
+        let mut vector = vectors.pop().ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
+        normalise(&mut vector)?;
+        Ok(vector)
+    }
+
+    /// Encodes several pictures, [`ImageTower::batch`] per run (the batch-1 plan runs them
+    /// one after the other), into L2-normalised vectors in the same order.
+    pub fn encode_batch(&self, pictures: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, DeviceError> {
+        let mut vectors = Vec::with_capacity(pictures.len());
+        let mut pictures = pictures.into_iter().peekable();
+        while pictures.peek().is_some() {
+            let run: Vec<Vec<f32>> = pictures.by_ref().take(self.batch).collect();
+            for mut v in self.run(run)? {
+                normalise(&mut v)?;
+                vectors.push(v);
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// One run of the plan on `pictures` (one, or any number on the any-batch plan): the raw
+    /// output rows.
+    fn run(&self, pictures: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, DeviceError> {
+        let n = pictures.len();
+        let per = 3 * self.size * self.size;
+        if let Some(p) = pictures.iter().find(|p| p.len() != per) {
+            return Err(DeviceError::Inference(format!("a picture of {} values, the model takes {per}", p.len())));
+        }
+        let flat: Vec<f32> = if n == 1 { pictures.into_iter().next().unwrap_or_default() } else { pictures.concat() };
+        let input = tract_ndarray::Array4::from_shape_vec((n, 3, self.size, self.size), flat)
             .map_err(|e| DeviceError::Inference(e.to_string()))?;
         let outputs = self
             .plan
@@ -69,9 +200,11 @@ impl ImageTower {
             .map_err(|e| DeviceError::Inference(format!("{e:#}")))?;
         let first = outputs.first().ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
         let view = first.to_plain_array_view::<f32>().map_err(|e| DeviceError::Inference(format!("{e:#}")))?;
-        let mut vector: Vec<f32> = view.iter().copied().collect();
-        normalise(&mut vector)?;
-        Ok(vector)
+        let values: Vec<f32> = view.iter().copied().collect();
+        if n == 0 || values.len() % n != 0 {
+            return Err(DeviceError::Inference(format!("{} output values for {n} pictures", values.len())));
+        }
+        Ok(values.chunks(values.len() / n).map(<[f32]>::to_vec).collect())
     }
 }
 
@@ -96,5 +229,66 @@ mod tests {
         assert_eq!(v, vec![0.6, 0.8]);
         assert!(normalise(&mut [0.0, 0.0]).is_err());
         assert!(normalise(&mut [f32::NAN, 1.0]).is_err());
+    }
+
+    #[test]
+    fn the_batch_is_the_fastest_one_only_if_clearly_faster() {
+        assert_eq!(choose_batch(100.0, &[(2, 85.0), (3, 80.0), (4, 120.0)]), 3);
+        // Under the 10% gain batch 1 is kept.
+        assert_eq!(choose_batch(100.0, &[(2, 95.0), (3, 92.0)]), 1);
+        // A convolutional model that loses its batch-1 optimisations.
+        assert_eq!(choose_batch(6.0, &[(2, 11.0)]), 1);
+        assert_eq!(choose_batch(100.0, &[]), 1);
+        assert_eq!(choose_batch(100.0, &[(2, f64::NAN), (3, 0.0)]), 1);
+        assert_eq!(choose_batch(f64::NAN, &[(2, 50.0)]), 2);
+    }
+
+    fn bundled() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/clip-shapes/visual/model.onnx")
+    }
+
+    /// Distinct picture-like inputs for the bundled model (224x224).
+    fn pictures(n: usize) -> Vec<Vec<f32>> {
+        (0..n).map(|k| (0..3 * 224 * 224).map(|i| (((i * 31 + k * 7919) % 251) as f32 / 125.0 - 1.0) * (1.0 + k as f32 / 4.0)).collect()).collect()
+    }
+
+    fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-5, "max abs diff {diff}");
+        }
+    }
+
+    #[test]
+    fn a_batch_encodes_each_picture_as_batch_1_does() {
+        let single = ImageTower::load(&bundled(), 224, 64).unwrap();
+        assert_eq!(single.batch(), 1);
+        let input = pictures(4);
+        let one_by_one: Vec<Vec<f32>> = input.iter().map(|p| single.encode(p.clone()).unwrap()).collect();
+        assert_ne!(one_by_one[0], one_by_one[1]);
+        assert_close(&single.encode_batch(input.clone()).unwrap(), &one_by_one);
+        let (three, timings) = ImageTower::load_batched(&bundled(), 224, 64, 3).unwrap();
+        assert_eq!((three.batch(), timings), (3, BatchTimings::default()));
+        // 4 pictures: a run of 3, then a run of 1.
+        assert_close(&three.encode_batch(input.clone()).unwrap(), &one_by_one);
+        assert!(three.encode_batch(Vec::new()).unwrap().is_empty());
+        // A picture of the wrong size is an error, in either plan.
+        let mut bad = input;
+        bad[1].truncate(10);
+        assert!(three.encode_batch(bad.clone()).is_err());
+        assert!(single.encode_batch(bad).is_err());
+    }
+
+    #[test]
+    fn a_measured_batch_encodes_as_batch_1_does() {
+        let (tower, timings) = ImageTower::load_batched(&bundled(), 224, 64, 0).unwrap();
+        let single = timings.single_ms.unwrap();
+        assert!(single.is_finite() && single > 0.0);
+        assert!(!timings.batched_ms.is_empty() && timings.batched_ms.len() < MAX_AUTO_BATCH);
+        assert_eq!(tower.batch(), choose_batch(single, &timings.batched_ms));
+        let input = pictures(3);
+        let reference = ImageTower::load(&bundled(), 224, 64).unwrap().encode_batch(input.clone()).unwrap();
+        assert_close(&tower.encode_batch(input).unwrap(), &reference);
     }
 }

@@ -6,7 +6,7 @@
 //! Pure engines (no IO beyond reading the file they are given, no actors; unit-tested here):
 //! - [`model`]: the model folder (config.json, visual/).
 //! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
-//! - [`encode`]: the image tower on tract.
+//! - [`encode`]: the image tower on tract, one picture or a measured batch per run.
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
 //! - [`index`]: vectors and their pictures.
@@ -18,6 +18,7 @@
 //! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`workers`]: the encoder's thread pool at low priority.
+//! - [`batch_memo`]: the measured batch kept in the state folder per model and machine.
 //! - [`heap`]: freed heap back to the system after a scan.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod batch_memo;
 pub mod camera;
 pub mod config;
 pub mod duplicates;

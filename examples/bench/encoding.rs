@@ -215,6 +215,36 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
     let batch_mt = time(s, 2, || multithread_tract_scope(pool.clone(), || Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?)))?;
     drop(batched);
 
+    // The device's default: the batch measured at load (`encoder.batch = 0`), run as the
+    // image encoder runs it (each worker decodes its batch, then one run of the model).
+    let started = Instant::now();
+    let (auto, measured) = ImageTower::load_batched(&folder.visual_onnx(), size, folder.dim, 0)?;
+    let auto_load_s = started.elapsed().as_secs_f64();
+    let b = auto.batch();
+    let batch_of = |n: usize| vec![fast_tensor.clone(); n];
+    let auto_batch = if b > 1 {
+        let v_batch = auto.encode_batch(batch_of(b))?;
+        anyhow::ensure!(v_batch.iter().all(|v| cosine(v, &v_fast) > 0.99999), "a batch encodes differently");
+        let model_1t = time(s, 2, || Ok(auto.encode_batch(batch_of(b))?))?;
+        let model_parallel = b as f64 * throughput(cores, s, |_| Ok(auto.encode_batch(batch_of(b)).map(|_| ())?))?;
+        let device_1t = time(s, 2, || {
+            let pictures = (0..b).map(|_| Ok(cfg.picture(jpeg, limits)?.0)).collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(auto.encode_batch(pictures)?)
+        })?;
+        let device_parallel = b as f64
+            * throughput(cores, s, |_| {
+                let pictures = (0..b).map(|_| Ok(cfg.picture(jpeg, limits)?.0)).collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(auto.encode_batch(pictures).map(|_| ())?)
+            })?;
+        json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "batched_ms": measured.batched_ms,
+               "model_1_thread_ms_per_picture": model_1t.median() / b as f64, "model_parallel_per_s": model_parallel,
+               "device_path_1_thread_ms_per_picture": device_1t.median() / b as f64, "device_path_parallel_per_s": device_parallel,
+               "decode_preprocess_share": decode_preprocess_fast.median() / (device_1t.median() / b as f64)})
+    } else {
+        json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "batched_ms": measured.batched_ms})
+    };
+    drop(auto);
+
     let single = plan(&folder.visual_onnx(), 1, size)?;
     let one_input = Tensor::from_shape(&[1, 3, size, size], &fast_tensor)?;
     let prof = profile(&single, &one_input, 3)?;
@@ -236,6 +266,7 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
         "model_all_cores_best_per_s": best_all_cores,
         "model_batch": {"batch": batch, "one_thread_ms_per_picture": batch_1t.median() / batch as f64,
                         "multithread_per_s": batch as f64 * 1000.0 / batch_mt.median()},
+        "auto_batch": auto_batch,
         "device_path_scaled_1_thread": device_path_fast.json(),
         "device_path_full_1_thread": device_path_full.json(),
         "device_path_scaled_parallel": {"threads": cores, "per_s": device_parallel_fast},

@@ -113,6 +113,10 @@ fn main() -> anyhow::Result<()> {
             let onnx = m.dir.join("visual/model.onnx");
             py_tasks.push(json!({"task": "onnx", "name": format!("image/{}", m.name), "onnx": onnx, "input": input,
                                  "dtype": "float32", "shape": [1, 3, size, size], "rows": 1, "seconds": args.seconds}));
+            if let Some(b) = r["auto_batch"]["batch"].as_u64().filter(|&b| b > 1) {
+                py_tasks.push(json!({"task": "onnx", "name": format!("image-batch/{}", m.name), "onnx": onnx, "input": input,
+                                     "dtype": "float32", "shape": [1, 3, size, size], "rows": 1, "batch": b, "seconds": args.seconds}));
+            }
             flops_tasks.push(json!({"task": "flops", "name": format!("flops/image/{}", m.name), "onnx": onnx, "input_shape": [1, 3, size, size]}));
             results["image"][m.name] = r;
         }
@@ -264,10 +268,31 @@ fn print_tables(r: &Value, cores: usize) {
             println!("{name:<12} {:<44} {:>8.1} ms", "  tract multithread executor, 1 picture", f(&e["model_tract_multithread"]["timing"]["median_ms"]));
             println!("{name:<12} {:<44} {:>7.1} /s", format!("  {cores} plans in parallel"), f(&e["model_parallel_plans"]["per_s"]));
             println!("{name:<12} {:<44} {:>7.1} /s", format!("  batch {} with tract threads", e["model_batch"]["batch"]), f(&e["model_batch"]["multithread_per_s"]));
+            let ab = &e["auto_batch"];
+            let b = ab["batch"].as_u64().unwrap_or(1);
+            if b > 1 {
+                let per_picture = |t: &Value| f(&t["one_session"]["median_ms"]) / b as f64;
+                let ortb1 = task(r, 1, &format!("image-batch/{name}")).map(|t| per_picture(&t)).unwrap_or(f64::NAN);
+                let ortbn = task(r, cores, &format!("image-batch/{name}"))
+                    .map(|t| b as f64 * f(&t["one_session"]["per_s"]).max(f(&t["parallel_sessions"]["per_s"])))
+                    .unwrap_or(f64::NAN);
+                let tb1 = f(&ab["model_1_thread_ms_per_picture"]);
+                let tbn = f(&ab["model_parallel_per_s"]);
+                println!("{name:<12} {:<44} {:>8.1} ms {:>8.1} ms {:>7.2} {:>7.0}%", format!("batch {b} (measured at load), 1 thread, /picture"), tb1, ortb1, ortb1 / tb1, 100.0 * flops / (tb1 / 1e3) / (peak(1) * 1e9));
+                println!("{name:<12} {:<44} {:>8.1} ms {:>11} {:>7.2}", "  against onnxruntime at batch 1", tb1, "", ort1 / tb1);
+                println!("{name:<12} {:<44} {:>7.1} /s  {:>7.1} /s  {:>7.2} {:>7.0}%", format!("batch {b}, {cores} cores (pictures/s)"), tbn, ortbn, tbn / ortbn, 100.0 * flops * tbn / (peak(cores) * 1e9));
+                println!("{name:<12} {:<44} {:>7.1} /s  {:>10} {:>7.2}", "  against onnxruntime at batch 1", tbn, "", tbn / ortn);
+            } else {
+                println!("{name:<12} {:<44} {:>8}", "batch measured at load", format!("1 ({:.1} ms; {})", f(&ab["single_ms"]), ab["batched_ms"]));
+            }
             println!("{name:<12} {:<44} {:>8.1} ms", "decode+preprocess, full decode", f(&e["decode_preprocess_full"]["median_ms"]));
             println!("{name:<12} {:<44} {:>8.1} ms", "decode+preprocess, DCT-scaled decode", f(&e["decode_preprocess_scaled"]["median_ms"]));
             println!("{name:<12} {:<44} {:>8.1} ms  share {:.0}% (full decode: {:.0}%)", "device path, 1 thread", f(&e["device_path_scaled_1_thread"]["median_ms"]), 100.0 * f(&e["decode_preprocess_share_scaled"]), 100.0 * f(&e["decode_preprocess_share_full"]));
             println!("{name:<12} {:<44} {:>7.1} /s  (full decode: {:.1} /s)", format!("device path, {cores} workers"), f(&e["device_path_scaled_parallel"]["per_s"]), f(&e["device_path_full_parallel"]["per_s"]));
+            if b > 1 {
+                println!("{name:<12} {:<44} {:>8.1} ms  share {:.0}%", format!("device path, batch {b}, 1 thread, /picture"), f(&ab["device_path_1_thread_ms_per_picture"]), 100.0 * f(&ab["decode_preprocess_share"]));
+                println!("{name:<12} {:<44} {:>7.1} /s", format!("device path, batch {b}, {cores} workers"), f(&ab["device_path_parallel_per_s"]));
+            }
             println!("{name:<12} {:<44} {:>11.6}", "embedding cosine, scaled vs full decode", f(&e["early_downscale"]["cosine_full_vs_scaled_embedding"]));
         }
     }

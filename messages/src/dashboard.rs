@@ -395,6 +395,10 @@ pub struct DeviceStatus {
     /// The cameras the device polls for snapshots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cameras: Vec<CameraStatus>,
+    /// Pictures per run of the image tower (measured at the first start unless configured;
+    /// 0 from a device that does not say).
+    #[serde(default)]
+    pub encoder_batch: u32,
     /// edgeclip version of the device.
     pub version: String,
 }

@@ -209,6 +209,8 @@ pub struct IndexArgs {
     pub models: tokio::sync::watch::Sender<Models>,
     /// The cameras polled.
     pub cameras: Vec<CameraSpec>,
+    /// Pictures per run of the image tower (for status).
+    pub encoder_batch: usize,
 }
 
 /// State of the index actor.
@@ -266,6 +268,7 @@ impl IndexState {
             recent_failures: self.recent.iter().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             cameras: self.camera_counts.clone(),
+            encoder_batch: self.args.encoder_batch as u32,
             reindex: self.args.building.as_ref().map(|(_, b)| Reindex { model: b.model().to_string(), indexed: b.len() as u64, total: b.len() as u64 + waiting }),
         }
     }

@@ -70,8 +70,25 @@ impl Actor for DeviceSupervisor {
         let model = ModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
         let (onnx, size, dim) = (model.visual_onnx(), model.preprocess.size as usize, model.dim);
         let started = std::time::Instant::now();
-        let tower = tokio::task::spawn_blocking(move || ImageTower::load(&onnx, size, dim)).await??;
-        info!(model = %model.id, dim, took = ?started.elapsed(), "image tower loaded");
+        // A batch measured at an earlier start on this machine is not measured again.
+        let machine = crate::batch_memo::this_machine();
+        let recalled = (config.encoder.batch == 0).then(|| crate::batch_memo::recall(&config.state_dir, &model.id, &machine)).flatten();
+        let batch = recalled.unwrap_or(config.encoder.batch);
+        let (tower, timings) = tokio::task::spawn_blocking(move || ImageTower::load_batched(&onnx, size, dim, batch)).await??;
+        if batch == 0 {
+            if let Err(e) = crate::batch_memo::remember(&config.state_dir, &model.id, &machine, tower.batch(), &timings) {
+                warn!(error = %e, "the measured batch is not kept; the next start measures it again");
+            }
+        }
+        info!(
+            recalled = recalled.is_some(),
+            model = %model.id,
+            dim,
+            batch = tower.batch(),
+            measured_ms_per_picture = ?timings,
+            took = ?started.elapsed(),
+            "image tower loaded"
+        );
 
         let device = config.device_id.clone();
         let presence = Some(Presence {
@@ -117,6 +134,7 @@ impl Actor for DeviceSupervisor {
         let models = Models { serving: index.model().to_string(), building: building.as_ref().map(|(_, b)| b.model().to_string()) };
         let (models_tx, models_rx) = tokio::sync::watch::channel(models);
         let index_args = IndexArgs {
+            encoder_batch: tower.batch(),
             building,
             layout,
             models: models_tx,
