@@ -75,10 +75,14 @@ fn plan(onnx: &Path, size: usize, batch: Option<usize>) -> TractResult<Arc<Typed
         Some(b) => b.to_dim(),
         None => model.symbols.sym("batch").to_dim(),
     };
-    model
+    let plan = model
         .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [n, 3.to_dim(), size.to_dim(), size.to_dim()]))?
         .into_optimized()?
-        .into_runnable()
+        .into_runnable()?;
+    // The parsed and the unoptimised graphs (a copy of the weights each) are freed by now;
+    // their pages go back to the system.
+    crate::heap::trim();
+    Ok(plan)
 }
 
 impl ImageTower {
@@ -90,8 +94,8 @@ impl ImageTower {
 
     /// Loads `model.onnx` to run `batch` pictures at once; `batch = 0` measures batch 1 against
     /// batches up to [`MAX_AUTO_BATCH`] (the best of two runs each, on a picture-like input)
-    /// and keeps the faster ([`choose_batch`]). Only one plan is held at a time, so the peak
-    /// memory of loading is that of one plan.
+    /// and keeps the faster ([`choose_batch`]). Only one plan is held at a time and the heap
+    /// is trimmed between them, so the peak memory of loading is about that of one plan.
     pub fn load_batched(onnx: &Path, size: usize, dim: usize, batch: usize) -> Result<(Self, BatchTimings), DeviceError> {
         let err = |e: TractError| DeviceError::Model { path: onnx.to_path_buf(), reason: format!("{e:#}") };
         let tower = |plan, batch| Self { plan, size, dim, batch };
@@ -103,7 +107,10 @@ impl ImageTower {
         let single = tower(plan(onnx, size, Some(1)).map_err(err)?, 1);
         single.check_dim(onnx)?;
         let mut timings = BatchTimings { single_ms: Some(single.ms_per_picture(1)?), batched_ms: Vec::new() };
+        // Freed load-time buffers back to the system before the next plan is built: glibc
+        // reuses them poorly, and the peak of loading would be that of two plans.
         drop(single);
+        crate::heap::trim();
         let any = tower(plan(onnx, size, None).map_err(err)?, 1);
         // Larger batches while each is faster per picture than everything before it.
         let mut best = timings.single_ms.unwrap_or(f64::INFINITY);
@@ -118,6 +125,7 @@ impl ImageTower {
         let chosen = choose_batch(timings.single_ms.unwrap_or(f64::INFINITY), &timings.batched_ms);
         if chosen == 1 {
             drop(any);
+            crate::heap::trim();
             return Ok((tower(plan(onnx, size, Some(1)).map_err(err)?, 1), timings));
         }
         Ok((Self { batch: chosen, ..any }, timings))
