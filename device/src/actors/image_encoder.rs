@@ -203,6 +203,9 @@ async fn read_or_reuse(seen: FileSeen, reuse: bool, max_file_bytes: u64, index: 
 /// against a stuck actor).
 const REUSE_TIMEOUT_MS: u64 = 10_000;
 
+/// A picture's index entry and vector, or why it has none.
+type Encoded = Result<(Entry, Vec<f32>), DeviceError>;
+
 /// Decodes and preprocesses each picture, then encodes those that decoded in batches of the
 /// tower's batch (on an encoder thread). A picture that fails to decode is reported alone; if a
 /// batch fails, its pictures are encoded one at a time so that the error is the right one's.
@@ -211,7 +214,7 @@ fn encode_group(
     tower: &ImageTower,
     preprocess: &PreprocessCfg,
     limits: DecodeLimits,
-) -> Vec<(PathBuf, Result<(Entry, Vec<f32>), DeviceError>)> {
+) -> Vec<(PathBuf, Encoded)> {
     let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(group.len());
     let mut decoded = Vec::with_capacity(group.len());
