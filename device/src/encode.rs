@@ -25,6 +25,10 @@ pub const MAX_AUTO_BATCH: usize = 4;
 /// A batch is kept only if it encodes a picture at least this much faster than batch 1.
 const MIN_GAIN: f64 = 0.10;
 
+/// ... and only if the any-batch plan runs a lone picture (a camera frame, most of the time)
+/// at most this much slower than the batch-1 plan.
+const MAX_LONE_LOSS: f64 = 0.10;
+
 /// A loaded, optimised image tower.
 #[derive(Clone)]
 pub struct ImageTower {
@@ -51,9 +55,14 @@ pub struct BatchTimings {
 }
 
 /// The batch to run given the batch-1 plan's time per picture and the any-batch plan's per
-/// batch tried: the fastest batch if it beats batch 1 by [`MIN_GAIN`], else 1 (which keeps
-/// the batch-1 plan). Timings that are not finite are ignored.
+/// batch tried (its batch 1 included): the fastest batch if it beats batch 1 by [`MIN_GAIN`]
+/// and the any-batch plan's lone picture is at most [`MAX_LONE_LOSS`] slower, else 1 (which
+/// keeps the batch-1 plan). Timings that are not finite are ignored.
 pub fn choose_batch(single_ms: f64, batched_ms: &[(usize, f64)]) -> usize {
+    let lone = batched_ms.iter().find(|(b, ms)| *b == 1 && ms.is_finite()).map(|&(_, ms)| ms);
+    if lone.is_some_and(|ms| single_ms.is_finite() && ms > single_ms * (1.0 + MAX_LONE_LOSS)) {
+        return 1;
+    }
     let best = batched_ms
         .iter()
         .filter(|(b, ms)| *b > 1 && ms.is_finite() && *ms > 0.0)
@@ -92,9 +101,9 @@ impl ImageTower {
         Ok(Self::load_batched(onnx, size, dim, 1)?.0)
     }
 
-    /// Loads `model.onnx` to run `batch` pictures at once; `batch = 0` measures batch 1 against
-    /// batches up to [`MAX_AUTO_BATCH`] (the best of two runs each, on a picture-like input)
-    /// and keeps the faster ([`choose_batch`]). Only one plan is held at a time and the heap
+    /// Loads `model.onnx` to run `batch` pictures at once; `batch = 0` measures the batch-1
+    /// plan against the any-batch plan at 1 and up to [`MAX_AUTO_BATCH`] pictures (the best of
+    /// two runs each, on a picture-like input) and keeps the faster ([`choose_batch`]). Only one plan is held at a time and the heap
     /// is trimmed between them, so the peak memory of loading is about that of one plan.
     pub fn load_batched(onnx: &Path, size: usize, dim: usize, batch: usize) -> Result<(Self, BatchTimings), DeviceError> {
         let err = |e: TractError| DeviceError::Model { path: onnx.to_path_buf(), reason: format!("{e:#}") };
@@ -112,6 +121,7 @@ impl ImageTower {
         drop(single);
         crate::heap::trim();
         let any = tower(plan(onnx, size, None).map_err(err)?, 1);
+        timings.batched_ms.push((1, any.ms_per_picture(1)?));
         // Larger batches while each is faster per picture than everything before it.
         let mut best = timings.single_ms.unwrap_or(f64::INFINITY);
         for b in 2..=MAX_AUTO_BATCH {
@@ -249,6 +259,12 @@ mod tests {
         assert_eq!(choose_batch(100.0, &[]), 1);
         assert_eq!(choose_batch(100.0, &[(2, f64::NAN), (3, 0.0)]), 1);
         assert_eq!(choose_batch(f64::NAN, &[(2, 50.0)]), 2);
+        // The any-batch plan's own batch 1 may be a little slower than the batch-1 plan...
+        assert_eq!(choose_batch(100.0, &[(1, 108.0), (2, 85.0)]), 2);
+        // ... but not much: lone pictures (camera frames) would pay for the batches.
+        assert_eq!(choose_batch(100.0, &[(1, 125.0), (2, 85.0)]), 1);
+        // Its batch 1 is never itself the chosen batch.
+        assert_eq!(choose_batch(100.0, &[(1, 60.0)]), 1);
     }
 
     fn bundled() -> std::path::PathBuf {
@@ -293,7 +309,9 @@ mod tests {
         let (tower, timings) = ImageTower::load_batched(&bundled(), 224, 64, 0).unwrap();
         let single = timings.single_ms.unwrap();
         assert!(single.is_finite() && single > 0.0);
-        assert!(!timings.batched_ms.is_empty() && timings.batched_ms.len() < MAX_AUTO_BATCH);
+        // The any-batch plan's batch 1, then at least batch 2, at most up to MAX_AUTO_BATCH.
+        assert_eq!(timings.batched_ms[0].0, 1);
+        assert!((2..=MAX_AUTO_BATCH).contains(&timings.batched_ms.len()), "{timings:?}");
         assert_eq!(tower.batch(), choose_batch(single, &timings.batched_ms));
         let input = pictures(3);
         let reference = ImageTower::load(&bundled(), 224, 64).unwrap().encode_batch(input.clone()).unwrap();

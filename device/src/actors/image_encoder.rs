@@ -99,8 +99,11 @@ impl Actor for ImageEncoderActor {
         if state.pending.len() >= state.args.tower.batch() {
             dispatch(state).await?;
         } else if !state.flush_queued {
-            state.flush_queued = true;
-            myself.cast(ImageEncoderMsg::Flush)?;
+            // A mailbox that takes nothing more (the actor is stopping): start at once.
+            state.flush_queued = myself.cast(ImageEncoderMsg::Flush).is_ok();
+            if !state.flush_queued {
+                dispatch(state).await?;
+            }
         }
         Ok(())
     }
