@@ -103,8 +103,9 @@ impl ImageTower {
 
     /// Loads `model.onnx` to run `batch` pictures at once; `batch = 0` measures the batch-1
     /// plan against the any-batch plan at 1 and up to [`MAX_AUTO_BATCH`] pictures (the best of
-    /// two runs each, on a picture-like input) and keeps the faster ([`choose_batch`]). Only one plan is held at a time and the heap
-    /// is trimmed between them, so the peak memory of loading is about that of one plan.
+    /// two runs each, on a picture-like input) and keeps the faster ([`choose_batch`]). Only
+    /// one plan is held at a time and the heap is trimmed between them, so the peak memory of
+    /// loading is about that of one plan.
     pub fn load_batched(onnx: &Path, size: usize, dim: usize, batch: usize) -> Result<(Self, BatchTimings), DeviceError> {
         let err = |e: TractError| DeviceError::Model { path: onnx.to_path_buf(), reason: format!("{e:#}") };
         let tower = |plan, batch| Self { plan, size, dim, batch };
