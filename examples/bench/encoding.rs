@@ -227,15 +227,13 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
         anyhow::ensure!(v_batch.iter().all(|v| cosine(v, &v_fast) > 0.99999), "a batch encodes differently");
         let model_1t = time(s, 2, || Ok(auto.encode_batch(batch_of(b))?))?;
         let model_parallel = b as f64 * throughput(cores, s, |_| Ok(auto.encode_batch(batch_of(b)).map(|_| ())?))?;
-        let device_1t = time(s, 2, || {
+        // One batch through the whole device path: decode each picture, then one model run.
+        let device_batch = || -> anyhow::Result<Vec<Vec<f32>>> {
             let pictures = (0..b).map(|_| Ok(cfg.picture(jpeg, limits)?.0)).collect::<anyhow::Result<Vec<_>>>()?;
             Ok(auto.encode_batch(pictures)?)
-        })?;
-        let device_parallel = b as f64
-            * throughput(cores, s, |_| {
-                let pictures = (0..b).map(|_| Ok(cfg.picture(jpeg, limits)?.0)).collect::<anyhow::Result<Vec<_>>>()?;
-                Ok(auto.encode_batch(pictures).map(|_| ())?)
-            })?;
+        };
+        let device_1t = time(s, 2, device_batch)?;
+        let device_parallel = b as f64 * throughput(cores, s, |_| device_batch().map(|_| ()))?;
         json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "batched_ms": measured.batched_ms,
                "model_1_thread_ms_per_picture": model_1t.median() / b as f64, "model_parallel_per_s": model_parallel,
                "device_path_1_thread_ms_per_picture": device_1t.median() / b as f64, "device_path_parallel_per_s": device_parallel,
