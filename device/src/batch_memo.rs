@@ -22,6 +22,8 @@ struct Memo {
     batch: usize,
     single_ms: Option<f64>,
     batched_ms: Vec<(usize, f64)>,
+    #[serde(default)]
+    single_again_ms: Option<f64>,
 }
 
 fn path(state_dir: &Path) -> PathBuf {
@@ -43,6 +45,7 @@ pub fn remember(state_dir: &Path, model: &str, machine: &str, batch: usize, timi
         batch,
         single_ms: timings.single_ms,
         batched_ms: timings.batched_ms.clone(),
+        single_again_ms: timings.single_again_ms,
     };
     std::fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(format!("{FILE}.tmp"));
@@ -74,7 +77,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         assert_eq!(recall(&state, "m", "x"), None);
-        let timings = BatchTimings { single_ms: Some(140.0), batched_ms: vec![(2, 125.0), (3, 117.0), (4, 180.0)] };
+        let timings = BatchTimings { single_ms: Some(140.0), batched_ms: vec![(2, 125.0), (3, 117.0), (4, 180.0)], single_again_ms: Some(138.0) };
         remember(&state, "m", "x", 3, &timings).unwrap();
         assert_eq!(recall(&state, "m", "x"), Some(3));
         assert_eq!(recall(&state, "other model", "x"), None);

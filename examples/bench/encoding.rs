@@ -234,12 +234,12 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
         };
         let device_1t = time(s, 2, device_batch)?;
         let device_parallel = b as f64 * throughput(cores, s, |_| device_batch().map(|_| ()))?;
-        json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "batched_ms": measured.batched_ms,
+        json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "single_again_ms": measured.single_again_ms, "batched_ms": measured.batched_ms,
                "model_1_thread_ms_per_picture": model_1t.median() / b as f64, "model_parallel_per_s": model_parallel,
                "device_path_1_thread_ms_per_picture": device_1t.median() / b as f64, "device_path_parallel_per_s": device_parallel,
                "decode_preprocess_share": decode_preprocess_fast.median() / (device_1t.median() / b as f64)})
     } else {
-        json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "batched_ms": measured.batched_ms})
+        json!({"batch": b, "load_s": auto_load_s, "single_ms": measured.single_ms, "single_again_ms": measured.single_again_ms, "batched_ms": measured.batched_ms})
     };
     drop(auto);
 
