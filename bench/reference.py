@@ -15,11 +15,14 @@ SPEC.json is a list of tasks, each an object with "task" and its arguments:
    "cut_after_argmax": true cuts each row just after its first largest value, the end token)
   {"task": "rank", "dir": DATA_DIR, "n": [100000, 1000000], "dim": 512, "k": 10,
    "queries": Q, "types": ["f32", "f16", "i8"]}
+  {"task": "preprocess", "name": "...", "jpeg": PATH, "cfg": PREPROCESS_CFG_JSON, "seconds": S}
+                                                       (Pillow, i.e. libjpeg-turbo; skipped without it)
 Thread counts are fixed before NumPy is imported (OpenBLAS reads them at load time).
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -267,6 +270,54 @@ def rank(task):
     return {"faiss": _f.__version__, "numpy": np.__version__, "results": results}
 
 
+def preprocess(task):
+    """A JPEG to the model's input as open_clip does it on PIL (decode, RGB, bicubic resize of the
+    shortest side, centre crop, normalise), with Pillow's decoder (libjpeg-turbo): once from the
+    full decode, once from libjpeg-turbo's DCT-scaled decode (`Image.draft`) at the reduction
+    edgeclip picks (the largest of 1/8, 1/4, 1/2 that keeps the short side at least twice the
+    target). Also the two decodes alone."""
+    try:
+        from PIL import Image, features
+    except ImportError:
+        return {"skipped": "Pillow is not installed"}
+    with open(task["cfg"]) as f:
+        cfg = json.load(f)
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    if cfg.get("resize_mode", "shortest") != "shortest":
+        return {"skipped": "only the shortest-side resize is reproduced here"}
+    mean = np.array(cfg["mean"], np.float32).reshape(3, 1, 1)
+    std = np.array(cfg["std"], np.float32).reshape(3, 1, 1)
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS}[cfg.get("interpolation", "bicubic")]
+    with open(task["jpeg"], "rb") as f:
+        data = f.read()
+    w, h = Image.open(io.BytesIO(data)).size
+    reduction = next((r for r in (8, 4, 2) if min(w, h) // r >= 2 * size), 1)
+
+    def decode(scaled):
+        im = Image.open(io.BytesIO(data))
+        if scaled and reduction > 1:
+            im.draft("RGB", (w // reduction, h // reduction))
+        im.load()
+        return im
+
+    def tensor(scaled):
+        im = decode(scaled).convert("RGB")
+        # torchvision's Resize(size) (shortest side, the other truncated), then CenterCrop.
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        im = im.resize((nw, nh), resample)
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+        return (np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0 - mean) / std
+
+    seconds = task.get("seconds", 3.0)
+    return {"pillow": Image.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"), "reduction": reduction,
+            "decode_full": summary(timed(lambda: decode(False), seconds)),
+            "decode_scaled": summary(timed(lambda: decode(True), seconds)),
+            "decode_preprocess_full": summary(timed(lambda: tensor(False), seconds)),
+            "decode_preprocess_scaled": summary(timed(lambda: tensor(True), seconds))}
+
+
 def main():
     with open(ARGS.spec) as f:
         spec = json.load(f)
@@ -282,6 +333,8 @@ def main():
             r = run_onnx(task)
         elif kind == "rank":
             r = rank(task)
+        elif kind == "preprocess":
+            r = preprocess(task)
         else:
             raise SystemExit(f"unknown task {kind}")
         r = {"task": kind, "name": task.get("name", kind), **r, "took_s": time.perf_counter() - t0}

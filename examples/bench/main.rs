@@ -50,6 +50,11 @@ struct Args {
     /// Only print the tables of an earlier run's results file.
     #[arg(long)]
     tables_from: Option<PathBuf>,
+    /// Where the `edgeclip-device` and `edgeclip-cloud` programs measured end to end are
+    /// (for example target/dist for the size-tuned build shipped to devices). Default: next to
+    /// this program.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 struct Model {
@@ -118,6 +123,8 @@ fn main() -> anyhow::Result<()> {
                                      "dtype": "float32", "shape": [1, 3, size, size], "rows": 1, "batch": b, "seconds": args.seconds}));
             }
             flops_tasks.push(json!({"task": "flops", "name": format!("flops/image/{}", m.name), "onnx": onnx, "input_shape": [1, 3, size, size]}));
+            flops_tasks.push(json!({"task": "preprocess", "name": format!("preprocess/{}", m.name), "jpeg": data_dir.join("photo_4000x3000.jpg"),
+                                    "cfg": m.dir.join("visual/preprocess_cfg.json"), "seconds": args.seconds}));
             results["image"][m.name] = r;
         }
         if wants("text") && !m.image_only {
@@ -168,11 +175,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     if wants("system") {
-        let bin_dir = std::env::current_exe()?.parent().and_then(Path::parent).map(Path::to_path_buf).context("binary folder")?;
+        let bin_dir = match &args.bin_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::current_exe()?.parent().and_then(Path::parent).map(Path::to_path_buf).context("binary folder")?,
+        };
         anyhow::ensure!(
             bin_dir.join("edgeclip-device").is_file() && bin_dir.join("edgeclip-cloud").is_file(),
-            "edgeclip-device and edgeclip-cloud are not built next to this program: build the workspace first (bash bench/run does)"
+            "edgeclip-device and edgeclip-cloud are not in {}: build the workspace first (bash bench/run does), or name their folder with --bin-dir",
+            bin_dir.display()
         );
+        results["system_programs"] = json!(bin_dir);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let pictures = 100_000;
         for m in models.iter().filter(|m| !m.image_only) {
@@ -287,6 +299,14 @@ fn print_tables(r: &Value, cores: usize) {
             }
             println!("{name:<12} {:<44} {:>8.1} ms", "decode+preprocess, full decode", f(&e["decode_preprocess_full"]["median_ms"]));
             println!("{name:<12} {:<44} {:>8.1} ms", "decode+preprocess, DCT-scaled decode", f(&e["decode_preprocess_scaled"]["median_ms"]));
+            if let Some(p) = task(r, 1, &format!("preprocess/{name}")).filter(|p| p["skipped"].is_null()) {
+                let pillow = format!("Pillow {} (libjpeg-turbo {})", p["pillow"].as_str().unwrap_or("?"), p["libjpeg_turbo"].as_str().unwrap_or("?"));
+                for (label, key) in [("full decode", "decode_preprocess_full"), ("DCT-scaled decode", "decode_preprocess_scaled")] {
+                    let theirs = f(&p[key]["median_ms"]);
+                    println!("{name:<12} {:<44} {:>8.1} ms  edgeclip {:.2}x its speed", format!("  {pillow}, {label}"), theirs, theirs / f(&e[key]["median_ms"]));
+                }
+                println!("{name:<12} {:<44} {:>8.1} ms  (full {:.1} ms)", "  of which libjpeg-turbo's scaled decode alone", f(&p["decode_scaled"]["median_ms"]), f(&p["decode_full"]["median_ms"]));
+            }
             println!("{name:<12} {:<44} {:>8.1} ms  share {:.0}% (full decode: {:.0}%)", "device path, 1 thread", f(&e["device_path_scaled_1_thread"]["median_ms"]), 100.0 * f(&e["decode_preprocess_share_scaled"]), 100.0 * f(&e["decode_preprocess_share_full"]));
             println!("{name:<12} {:<44} {:>7.1} /s  (full decode: {:.1} /s)", format!("device path, {cores} workers"), f(&e["device_path_scaled_parallel"]["per_s"]), f(&e["device_path_full_parallel"]["per_s"]));
             if b > 1 {
@@ -383,6 +403,12 @@ fn print_tables(r: &Value, cores: usize) {
                     f(&mem["indexed_after_searches_rss_anon_mib"]), f(&mem["indexed_after_searches_rss_file_mib"]), weights,
                     f(&mem["indexed_after_searches_rss_mib"]) - weights
                 );
+                for (when, by) in [("empty idle", &mem["empty_idle_by_mapping"]), ("after searches", &mem["indexed_after_searches_by_mapping"])] {
+                    println!(
+                        "{name:<12} resident {when}: program file {:.1} MiB, index files {:.1}, libraries {:.1}, anonymous {:.1}",
+                        f(&by["program_mib"]), f(&by["index_files_mib"]), f(&by["libraries_mib"]), f(&by["anonymous_mib"])
+                    );
+                }
             }
         }
     }

@@ -42,6 +42,38 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (status_mib(pid, "VmRSS:"), status_mib(pid, "VmHWM:"))
 }
 
+/// Resident memory of a process by what is mapped, MiB, from /proc/PID/smaps: the program's
+/// own file (its code and constants), files under `state` (the index's vector file), other
+/// files (shared libraries), and anonymous memory (heap, thread stacks, tract's plans).
+fn resident_by_mapping(pid: u32, program: &Path, state: &Path) -> Value {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let program = program.canonicalize().unwrap_or_else(|_| program.to_path_buf());
+    let state = state.canonicalize().unwrap_or_else(|_| state.to_path_buf());
+    let (mut code, mut index, mut libraries, mut anonymous) = (0u64, 0u64, 0u64, 0u64);
+    let mut current = &mut anonymous;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: range, permissions, offset, device, inode, then the path.
+            let path = fields.nth(4).unwrap_or("");
+            current = if path.is_empty() || path.starts_with('[') {
+                &mut anonymous
+            } else if Path::new(path) == program {
+                &mut code
+            } else if Path::new(path).starts_with(&state) {
+                &mut index
+            } else {
+                &mut libraries
+            };
+        } else if first == "Rss:" {
+            *current += fields.next().and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    json!({"program_mib": mib(code), "index_files_mib": mib(index), "libraries_mib": mib(libraries), "anonymous_mib": mib(anonymous)})
+}
+
 /// A state folder whose index holds `n` pictures of `model_dir`'s model (seeded unit vectors,
 /// written by the device's own store and compacted, as a device that indexed them has it).
 /// Also times the device's ranker on the same vectors in int8, on as many threads as the
@@ -295,7 +327,8 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         client.wait_ready(0, Duration::from_secs(300)).await.context("empty device")?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (rss, hwm) = rss_mib(device.0.id());
-        memory = json!({"empty_idle_rss_mib": rss, "empty_peak_rss_mib": hwm});
+        memory = json!({"empty_idle_rss_mib": rss, "empty_peak_rss_mib": hwm,
+                        "empty_idle_by_mapping": resident_by_mapping(device.0.id(), &setup.bin_dir.join("edgeclip-device"), &empty)});
         drop(device);
         // Its retained status would otherwise satisfy the next wait.
         client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
@@ -335,6 +368,7 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         // Private memory, and file pages mapped (the vector file, the program's own code).
         memory["indexed_after_searches_rss_anon_mib"] = json!(status_mib(device.0.id(), "RssAnon:"));
         memory["indexed_after_searches_rss_file_mib"] = json!(status_mib(device.0.id(), "RssFile:"));
+        memory["indexed_after_searches_by_mapping"] = resident_by_mapping(device.0.id(), &setup.bin_dir.join("edgeclip-device"), setup.state);
     }
     drop(device);
     client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
