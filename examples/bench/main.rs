@@ -65,6 +65,8 @@ struct Model {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The device programs' allocator policy, so that the in-process timings are the device's.
+    edgeclip_device::heap::map_large_allocations();
     let args = Args::parse();
     if let Some(path) = &args.tables_from {
         let results: Value = serde_json::from_slice(&std::fs::read(path)?)?;
@@ -396,7 +398,8 @@ fn print_tables(r: &Value, cores: usize) {
                 }
             }
             if let Some(mem) = s["runs"].as_array().and_then(|a| a.first()).map(|r| &r["memory"]) {
-                let weights = r["image"][name]["weights_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+                // The image tower's file, as this run's system section saw it (older files: the image section's).
+                let weights = mem["image_weights_mib"].as_f64().unwrap_or_else(|| f(&r["image"][name]["weights_bytes"]) / 1048576.0);
                 println!(
                     "{name:<12} memory: empty idle {:.1} MiB, 100k idle {:.1} MiB (peak {:.1}), after searches {:.1} MiB (private {:.1}, mapped files {:.1}); weights {:.1} MiB -> beyond weights {:.1} MiB",
                     f(&mem["empty_idle_rss_mib"]), f(&mem["indexed_idle_rss_mib"]), f(&mem["indexed_peak_rss_mib"]), f(&mem["indexed_after_searches_rss_mib"]),

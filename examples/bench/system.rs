@@ -368,6 +368,8 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         // Private memory, and file pages mapped (the vector file, the program's own code).
         memory["indexed_after_searches_rss_anon_mib"] = json!(status_mib(device.0.id(), "RssAnon:"));
         memory["indexed_after_searches_rss_file_mib"] = json!(status_mib(device.0.id(), "RssFile:"));
+        let weights = std::fs::metadata(setup.model.join("visual/model.onnx")).map(|m| m.len() as f64 / 1048576.0).unwrap_or(f64::NAN);
+        memory["image_weights_mib"] = json!(weights);
         memory["indexed_after_searches_by_mapping"] = resident_by_mapping(device.0.id(), &setup.bin_dir.join("edgeclip-device"), setup.state);
     }
     drop(device);
