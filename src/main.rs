@@ -25,7 +25,6 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    edgeclip_device::heap::map_large_allocations();
     let args = Args::parse();
     let result = match args.command {
         Command::Up(a) => cli::up::run(a).await,

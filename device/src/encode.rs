@@ -126,6 +126,8 @@ fn measure<P, E>(
 
 /// Parses `onnx` and optimises it for batches of `batch` pictures, or of any size if `None`.
 fn plan(onnx: &Path, size: usize, batch: Option<usize>) -> TractResult<Arc<TypedRunnableModel>> {
+    // The copies of the weights made while loading go back to the system as each is freed.
+    let _mapped = crate::heap::LargeBlocksMapped::new();
     let model = tract_onnx::onnx()
         // Files that carry symbolic shapes in value_info (dynamo or quantised exports) would
         // otherwise fail to unify the fixed batch with the symbol.

@@ -11,14 +11,24 @@
 //! raises that threshold to the size of each such block freed (up to 32 MiB). After the
 //! first weight tensor is freed, the next copies come from the arenas, where they fragment
 //! and add to the peak: ViT-B-32 (335 MiB of weights) peaked at 872-898 MiB while loading.
-//! [`map_large_allocations`] fixes the threshold, so every large block is a mapping of its
-//! own: the same load peaks at 709 MiB.
+//! While a [`LargeBlocksMapped`] is alive, the threshold is fixed low, so every large block
+//! is a mapping of its own: the same load peaks at 709 MiB. Not for the whole process: a
+//! model run's large activations would then be mapped and faulted in afresh at every run
+//! (measured: ViT-B-32 181 -> 235 ms per picture, the 12-MP full decode 106 -> 174 ms).
 
-/// Blocks of at least this many bytes get a mapping of their own once
-/// [`map_large_allocations`] has run. Below a model's weight tensors (ViT-B-32: 2.4-9.4
-/// MB), above the picture tensor (0.6 MB) and most activations, which keep coming from the
-/// arenas.
+use std::sync::Mutex;
+
+/// Blocks of at least this many bytes get a mapping of their own while a
+/// [`LargeBlocksMapped`] is alive: below a model's weight tensors (ViT-B-32: 2.4-9.4 MB).
 pub const MAPPED_FROM: usize = 1 << 20;
+
+/// The threshold afterwards: glibc's own ceiling for its moving threshold (32 MiB on 64-bit
+/// systems, 16 MiB on 32-bit), where it ends up once large blocks have been freed; glibc
+/// keeps its trim threshold at twice it.
+const MAPPED_AFTER: usize = 4 * 1024 * 1024 * std::mem::size_of::<usize>();
+
+/// How many [`LargeBlocksMapped`] are alive.
+static ACTIVE: Mutex<usize> = Mutex::new(0);
 
 /// Returns free heap pages to the system (glibc); a no-op elsewhere.
 pub fn trim() {
@@ -29,13 +39,44 @@ pub fn trim() {
     }
 }
 
-/// Serves every block of [`MAPPED_FROM`] bytes or more with a mapping of its own, given back
-/// to the system as soon as it is freed, for the rest of the process (glibc; a no-op
-/// elsewhere). A process-wide allocator policy: the programs call it first thing.
-pub fn map_large_allocations() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tunable of the allocator; it is thread-safe.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MAPPED_FROM as libc::c_int);
+/// While alive, every block of [`MAPPED_FROM`] bytes or more is a mapping of its own, given
+/// back to the system as soon as it is freed (glibc; elsewhere nothing changes). The
+/// allocator's setting is process-wide: it holds while any of these is alive, and when the
+/// last one goes, large blocks come from the arenas again, as in glibc's steady state.
+pub struct LargeBlocksMapped(());
+
+impl LargeBlocksMapped {
+    /// Fixes the threshold at [`MAPPED_FROM`] until the value is dropped.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        if *active == 0 {
+            set_thresholds(MAPPED_FROM, 2 * MAPPED_FROM);
+        }
+        *active += 1;
+        Self(())
     }
+}
+
+impl Drop for LargeBlocksMapped {
+    fn drop(&mut self) {
+        let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        *active -= 1;
+        if *active == 0 {
+            set_thresholds(MAPPED_AFTER, 2 * MAPPED_AFTER);
+        }
+    }
+}
+
+/// glibc's mmap and trim thresholds, in bytes.
+fn set_thresholds(mmap: usize, trim: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes tunables of the allocator; it is thread-safe.
+    unsafe {
+        let c = |n: usize| libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, c(mmap));
+        libc::mallopt(libc::M_TRIM_THRESHOLD, c(trim));
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = (mmap, trim);
 }

@@ -24,7 +24,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    edgeclip_device::heap::map_large_allocations();
     let args = Args::parse();
     if args.print_default_config {
         print!("{}", edgeclip_device::config::DEFAULTS);

@@ -65,8 +65,6 @@ struct Model {
 }
 
 fn main() -> anyhow::Result<()> {
-    // The device programs' allocator policy, so that the in-process timings are the device's.
-    edgeclip_device::heap::map_large_allocations();
     let args = Args::parse();
     if let Some(path) = &args.tables_from {
         let results: Value = serde_json::from_slice(&std::fs::read(path)?)?;
