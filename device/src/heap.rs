@@ -27,7 +27,7 @@ pub const MAPPED_FROM: usize = 1 << 20;
 /// so these are reused from the arenas rather than faulted in afresh at every picture; below
 /// the index's own arrays at 10^5 pictures (13 MB of entries), which keep a mapping each, as
 /// with glibc's moving threshold after a small model.
-const MAPPED_AFTER: usize = 4 << 20;
+pub const MAPPED_AFTER: usize = 4 << 20;
 
 /// How many [`LargeBlocksMapped`] are alive.
 static ACTIVE: Mutex<usize> = Mutex::new(0);
@@ -44,7 +44,7 @@ pub fn trim() {
 /// While alive, every block of [`MAPPED_FROM`] bytes or more is a mapping of its own, given
 /// back to the system as soon as it is freed (glibc; elsewhere nothing changes). The
 /// allocator's setting is process-wide: it holds while any of these is alive, and when the
-/// last one goes, large blocks come from the arenas again, as in glibc's steady state.
+/// last one goes, blocks under [`MAPPED_AFTER`] come from the arenas again.
 pub struct LargeBlocksMapped(());
 
 impl LargeBlocksMapped {
