@@ -53,7 +53,7 @@ impl LargeBlocksMapped {
     pub fn new() -> Self {
         let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
         if *active == 0 {
-            set_thresholds(MAPPED_FROM, 2 * MAPPED_FROM);
+            set_threshold(MAPPED_FROM);
         }
         *active += 1;
         Self(())
@@ -65,20 +65,21 @@ impl Drop for LargeBlocksMapped {
         let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
         *active -= 1;
         if *active == 0 {
-            set_thresholds(MAPPED_AFTER, 2 * MAPPED_AFTER);
+            set_threshold(MAPPED_AFTER);
         }
     }
 }
 
-/// glibc's mmap and trim thresholds, in bytes.
-fn set_thresholds(mmap: usize, trim: usize) {
+/// glibc's mmap threshold, in bytes, and its trim threshold at twice it (where glibc's own
+/// moving threshold keeps it).
+fn set_threshold(mmap: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes tunables of the allocator; it is thread-safe.
     unsafe {
         let c = |n: usize| libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
         libc::mallopt(libc::M_MMAP_THRESHOLD, c(mmap));
-        libc::mallopt(libc::M_TRIM_THRESHOLD, c(trim));
+        libc::mallopt(libc::M_TRIM_THRESHOLD, c(2 * mmap));
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = (mmap, trim);
+    let _ = mmap;
 }

@@ -108,7 +108,8 @@ fn main() -> anyhow::Result<()> {
     let mut flops_tasks: Vec<Value> = Vec::new();
 
     let jpeg = encoding::photo_jpeg(4000, 3000)?;
-    std::fs::write(data_dir.join("photo_4000x3000.jpg"), &jpeg)?;
+    let photo = data_dir.join("photo_4000x3000.jpg");
+    std::fs::write(&photo, &jpeg)?;
     for m in &models {
         if wants("image") {
             eprintln!("image encoding, {} ...", m.name);
@@ -123,7 +124,7 @@ fn main() -> anyhow::Result<()> {
                                      "dtype": "float32", "shape": [1, 3, size, size], "rows": 1, "batch": b, "seconds": args.seconds}));
             }
             flops_tasks.push(json!({"task": "flops", "name": format!("flops/image/{}", m.name), "onnx": onnx, "input_shape": [1, 3, size, size]}));
-            flops_tasks.push(json!({"task": "preprocess", "name": format!("preprocess/{}", m.name), "jpeg": data_dir.join("photo_4000x3000.jpg"),
+            flops_tasks.push(json!({"task": "preprocess", "name": format!("preprocess/{}", m.name), "jpeg": &photo,
                                     "cfg": m.dir.join("visual/preprocess_cfg.json"), "seconds": args.seconds}));
             results["image"][m.name] = r;
         }

@@ -317,18 +317,19 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
     let mut client = Client::connect(port).await?;
     let cloud_cfg = cloud_config(setup.work, setup.model, &url)?;
     let _cloud = spawn(&setup.bin_dir.join("edgeclip-cloud"), &cloud_cfg, &logs.join(format!("cloud-{broker}.log")))?;
+    let device_bin = setup.bin_dir.join("edgeclip-device");
     let mut memory = json!(null);
     if setup.memory {
         let empty = setup.work.join("state-empty");
         let _ = std::fs::remove_dir_all(&empty);
         std::fs::create_dir_all(&empty)?;
         let cfg = device_config(setup.work, &empty, None, setup.model, &url)?;
-        let device = spawn(&setup.bin_dir.join("edgeclip-device"), &cfg, &logs.join(format!("device-empty-{broker}.log")))?;
+        let device = spawn(&device_bin, &cfg, &logs.join(format!("device-empty-{broker}.log")))?;
         client.wait_ready(0, Duration::from_secs(300)).await.context("empty device")?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (rss, hwm) = rss_mib(device.0.id());
         memory = json!({"empty_idle_rss_mib": rss, "empty_peak_rss_mib": hwm,
-                        "empty_idle_by_mapping": resident_by_mapping(device.0.id(), &setup.bin_dir.join("edgeclip-device"), &empty)});
+                        "empty_idle_by_mapping": resident_by_mapping(device.0.id(), &device_bin, &empty)});
         drop(device);
         // Its retained status would otherwise satisfy the next wait.
         client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
@@ -337,7 +338,7 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
     }
     let cfg = device_config(setup.work, setup.state, Some(setup.photos), setup.model, &url)?;
     let started = Instant::now();
-    let device = spawn(&setup.bin_dir.join("edgeclip-device"), &cfg, &logs.join(format!("device-{broker}.log")))?;
+    let device = spawn(&device_bin, &cfg, &logs.join(format!("device-{broker}.log")))?;
     client.wait_ready(setup.pictures, Duration::from_secs(600)).await.context("device with the index")?;
     let ready_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -370,7 +371,7 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         memory["indexed_after_searches_rss_file_mib"] = json!(status_mib(device.0.id(), "RssFile:"));
         let weights = std::fs::metadata(setup.model.join("visual/model.onnx")).map(|m| m.len() as f64 / 1048576.0).unwrap_or(f64::NAN);
         memory["image_weights_mib"] = json!(weights);
-        memory["indexed_after_searches_by_mapping"] = resident_by_mapping(device.0.id(), &setup.bin_dir.join("edgeclip-device"), setup.state);
+        memory["indexed_after_searches_by_mapping"] = resident_by_mapping(device.0.id(), &device_bin, setup.state);
     }
     drop(device);
     client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
