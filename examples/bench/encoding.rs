@@ -1,7 +1,8 @@
 //! Image and text encoding with edgeclip's own code paths: the device path (decode a
 //! 4000x3000 JPEG, preprocess, tract image tower), the model alone on one thread, on all cores
 //! (one shared plan run by N threads, as the device's workers do; tract's own multithreading;
-//! a batched plan), a per-operator profile, and the cloud's text tower with and without its cache.
+//! a batched plan), a per-operator profile, tract's kernel choice against each kernel forced
+//! (kernels.rs), and the cloud's text tower with and without its cache.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -122,7 +123,7 @@ pub fn photo_jpeg(w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
 
 /// The image tower loaded with tract exactly as `ImageTower::load` does, but for a batch of
 /// `batch` pictures (batching is measured here; the device encodes one picture per run).
-fn plan(onnx: &Path, batch: usize, size: usize) -> anyhow::Result<Arc<TypedRunnableModel>> {
+pub fn plan(onnx: &Path, batch: usize, size: usize) -> anyhow::Result<Arc<TypedRunnableModel>> {
     Ok(tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(onnx)?
@@ -246,6 +247,8 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
     let single = plan(&folder.visual_onnx(), 1, size)?;
     let one_input = Tensor::from_shape(&[1, 3, size, size], &fast_tensor)?;
     let prof = profile(&single, &one_input, 3)?;
+    drop(single);
+    let kernels = crate::kernels::kernel_choice(&folder.visual_onnx(), size, seconds * 4.0, &one_input)?;
 
     let best_all_cores = [model_parallel, 1000.0 / model_tract_mt.median()].into_iter().fold(0.0, f64::max);
     Ok(json!({
@@ -273,6 +276,7 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
         "decode_preprocess_share_full": decode_preprocess_full.median() / device_path_full.median(),
         "output_first": v_fast.iter().take(8).collect::<Vec<_>>(),
         "profile_1_thread": prof,
+        "kernel_choice": kernels,
     }))
 }
 

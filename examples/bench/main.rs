@@ -9,6 +9,7 @@
 
 mod alloc;
 mod encoding;
+mod kernels;
 mod machine;
 mod ranking;
 mod system;
@@ -281,6 +282,14 @@ fn print_tables(r: &Value, cores: usize) {
             println!("{name:<12} {:<44} {:>8.1} ms", "  tract multithread executor, 1 picture", f(&e["model_tract_multithread"]["timing"]["median_ms"]));
             println!("{name:<12} {:<44} {:>7.1} /s", format!("  {cores} plans in parallel"), f(&e["model_parallel_plans"]["per_s"]));
             println!("{name:<12} {:<44} {:>7.1} /s", format!("  batch {} with tract threads", e["model_batch"]["batch"]), f(&e["model_batch"]["multithread_per_s"]));
+            let kc = &e["kernel_choice"];
+            if kc.is_object() {
+                println!(
+                    "{name:<12} {:<44} {:>8.1} ms  best forced {} {:.1} ms: {:.2}x tract's time",
+                    "  tract's kernel choice (products forced)", f(&kc["tract_choice"]["timing"]["median_ms"]),
+                    kc["best_forced"].as_str().unwrap_or("?"), f(&kc["best_forced_ms"]), f(&kc["tract_choice_vs_best_forced"])
+                );
+            }
             let ab = &e["auto_batch"];
             let b = ab["batch"].as_u64().unwrap_or(1);
             if b > 1 {
