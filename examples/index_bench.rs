@@ -79,12 +79,12 @@ fn entry(i: usize) -> Entry {
     Entry {
         path: PathBuf::from(format!("/photos/{:04}/IMG_{i:07}.jpg", i / 1000)),
         size: 3_000_000,
-        mtime_ns: i as i128,
+        mtime_ns: i as i64,
         hash: [(i % 251) as u8; 32],
         width: 4000,
         height: 3000,
         taken_s: i as i64,
-        source: String::new(),
+        source: Box::default(),
     }
 }
 

@@ -150,7 +150,7 @@ mod tests {
     use crate::index::Entry;
 
     fn entry(name: &str) -> Entry {
-        Entry { path: PathBuf::from(name), size: 1, mtime_ns: 0, hash: [1; 32], width: 1, height: 1, taken_s: 0, source: String::new() }
+        Entry { path: PathBuf::from(name), size: 1, mtime_ns: 0, hash: [1; 32], width: 1, height: 1, taken_s: 0, source: Box::default() }
     }
 
     /// A state folder whose `index/` holds `names` for model `model`.

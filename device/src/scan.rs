@@ -10,8 +10,8 @@ pub struct FileSeen {
     pub path: PathBuf,
     /// Size in bytes.
     pub size: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
+    /// Modification time, nanoseconds since the epoch (0 before it or unknown).
+    pub mtime_ns: i64,
 }
 
 /// What a scan found.
@@ -65,7 +65,7 @@ pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
                         .modified()
                         .ok()
                         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map(|d| d.as_nanos() as i128)
+                        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
                         .unwrap_or(0),
                 }),
                 Err(e) => scan.problems.push(format!("{}: {e}", entry.path().display())),

@@ -490,7 +490,7 @@ fn encode_entry(out: &mut Vec<u8>, kind: u8, e: &Entry) {
     out.push(kind);
     put_path(out, &e.path);
     out.extend_from_slice(&e.size.to_le_bytes());
-    out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&i128::from(e.mtime_ns).to_le_bytes());
     out.extend_from_slice(&e.hash);
     out.extend_from_slice(&e.width.to_le_bytes());
     out.extend_from_slice(&e.height.to_le_bytes());
@@ -526,7 +526,9 @@ fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
         kind @ (UPSERT | ROW) => {
             let path = b.path()?;
             let size = u64::from_le_bytes(b.array()?);
-            let mtime_ns = i128::from_le_bytes(b.array()?);
+            // Written as 16 bytes (the field was an i128); any time an i64 cannot hold is
+            // clamped, which only makes the picture look changed at the next scan.
+            let mtime_ns = i128::from_le_bytes(b.array()?).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
             let hash = b.array::<32>()?;
             let width = u32::from_le_bytes(b.array()?);
             let height = u32::from_le_bytes(b.array()?);
@@ -537,7 +539,7 @@ fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
             } else {
                 String::new()
             };
-            let entry = Entry { path, size, mtime_ns, hash, width, height, taken_s, source };
+            let entry = Entry { path, size, mtime_ns, hash, width, height, taken_s, source: source.into() };
             if kind == ROW {
                 return b.0.is_empty().then_some(Record::Row(entry));
             }
@@ -561,7 +563,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, n: u8) -> Entry {
-        Entry { path: PathBuf::from(name), size: n as u64, mtime_ns: -5, hash: [n; 32], width: 3, height: 2, taken_s: 1_700_000_000, source: if n % 2 == 0 { String::new() } else { format!("cam{n}") } }
+        Entry { path: PathBuf::from(name), size: n as u64, mtime_ns: -5, hash: [n; 32], width: 3, height: 2, taken_s: 1_700_000_000, source: if n % 2 == 0 { Box::default() } else { format!("cam{n}").into() } }
     }
 
     fn v(x: f32) -> Vec<f32> {
@@ -814,13 +816,29 @@ mod tests {
         file.extend_from_slice(&body);
         std::fs::write(dir.path().join("journal.bin"), file).unwrap();
         let (mut store, index, _) = Store::open(dir.path(), "m", 3).unwrap();
-        assert_eq!(index.get(Path::new("a")), Some(&Entry { source: String::new(), ..entry("a", 1) }));
+        assert_eq!(index.get(Path::new("a")), Some(&Entry { source: Box::default(), ..entry("a", 1) }));
         assert_eq!(file_version(&dir.path().join("journal.bin")), FORMAT_VERSION);
         store.upsert(&entry("b", 3), &v(0.2)).unwrap();
         drop(store);
         let (_, index, _) = Store::open(dir.path(), "m", 3).unwrap();
-        assert_eq!(index.get(Path::new("b")).map(|e| e.source.as_str()), Some("cam3"));
+        assert_eq!(index.get(Path::new("b")).map(|e| &*e.source), Some("cam3"));
         assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn modification_times_keep_their_16_bytes_and_clamp_to_an_i64() {
+        let e = entry("a", 1);
+        let mut body = Vec::new();
+        encode_upsert(&mut body, &e, &v(0.1));
+        let at = 1 + 4 + 1 + 8;
+        assert_eq!(body[at..at + 16], (-5i128).to_le_bytes());
+        let Some(Record::Upsert(back, _)) = decode(&body, 3, FORMAT_VERSION) else { panic!("not an upsert") };
+        assert_eq!(back, e);
+        for (written, read) in [(i128::MAX, i64::MAX), (i128::MIN, i64::MIN), (1i128 << 70, i64::MAX)] {
+            body[at..at + 16].copy_from_slice(&written.to_le_bytes());
+            let Some(Record::Upsert(back, _)) = decode(&body, 3, FORMAT_VERSION) else { panic!("not an upsert") };
+            assert_eq!(back.mtime_ns, read);
+        }
     }
 
     #[cfg(unix)]

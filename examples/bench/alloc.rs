@@ -69,7 +69,7 @@ pub fn zero_copy(dim: usize, rows: usize) -> anyhow::Result<Value> {
             width: 1,
             height: 1,
             taken_s: 0,
-            source: String::new(),
+            source: Box::default(),
         };
         index.upsert(entry, &v)?;
     }

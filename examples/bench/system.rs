@@ -107,7 +107,7 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
         let mtime_ns = meta
             .modified()?
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
+            .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         let entry = Entry {
             path,
@@ -117,7 +117,7 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
             width: 4000,
             height: 3000,
             taken_s: 1_700_000_000 + i as i64,
-            source: String::new(),
+            source: Box::default(),
         };
         index.upsert(entry, &v)?;
     }

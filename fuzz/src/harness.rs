@@ -88,7 +88,7 @@ fn rank_received(vector: &[f32]) {
             width: 1,
             height: 1,
             taken_s: 0,
-            source: String::new(),
+            source: Box::default(),
         };
         index.upsert(entry, &[1.0, 0.0, f32::from(i), 0.5]).expect("upsert");
     }

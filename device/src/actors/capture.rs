@@ -51,7 +51,7 @@ pub struct CaptureArgs {
 
 /// Size and modification time: what tells a changed file (the map's key is the path's
 /// [`picture_key`]).
-type Stamp = (u64, i128);
+type Stamp = (u64, i64);
 
 fn stamp(f: &FileSeen) -> Stamp {
     (f.size, f.mtime_ns)
@@ -141,8 +141,8 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
     let settle_before = SystemTime::now()
         .checked_sub(state.args.settle)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(i128::MAX);
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(i64::MAX);
     let mut fresh = Vec::new();
     let mut settling = 0;
     let mut present = HashSet::with_capacity(found.files.len() + found.unsupported.len());

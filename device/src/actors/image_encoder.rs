@@ -226,7 +226,7 @@ fn encode_group(
         match preprocess.picture(&bytes, limits) {
             Ok((tensor, (width, height))) => {
                 let taken_s = crate::metadata::exif_capture_time(&bytes).unwrap_or((seen.mtime_ns / 1_000_000_000) as i64);
-                let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, width, height, taken_s, source: String::new() };
+                let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, width, height, taken_s, source: Box::default() };
                 decoded.push((entry, tensor));
             }
             Err(e) => results.push((seen.path, Err(e))),

@@ -283,7 +283,7 @@ impl IndexState {
     fn duplicate_frame(&mut self, camera: usize, vector: &[f32]) -> bool {
         if self.last_kept[camera].is_none() {
             let name = &self.args.cameras[camera].name;
-            let latest = self.target_index().iter().filter(|(e, _)| &e.source == name).max_by(|(a, _), (b, _)| (a.taken_s, &a.path).cmp(&(b.taken_s, &b.path)));
+            let latest = self.target_index().iter().filter(|(e, _)| *e.source == **name).max_by(|(a, _), (b, _)| (a.taken_s, &a.path).cmp(&(b.taken_s, &b.path)));
             self.last_kept[camera] = Some(latest.map(|(_, v)| v.into_owned()));
         }
         let threshold = self.args.cameras[camera].duplicate_threshold;
@@ -450,9 +450,9 @@ impl Actor for IndexActor {
                 // A camera's frame: its source is the camera, its capture time the poll time
                 // (the file's modification time), whatever its EXIF says.
                 let camera = state.camera_of(&entry.path);
-                entry.source = camera.map(|c| state.args.cameras[c].name.clone()).unwrap_or_default();
+                entry.source = camera.map(|c| state.args.cameras[c].name.clone()).unwrap_or_default().into();
                 if camera.is_some() {
-                    entry.taken_s = entry.mtime_ns.div_euclid(1_000_000_000) as i64;
+                    entry.taken_s = entry.mtime_ns.div_euclid(1_000_000_000);
                 }
                 if let Some(cam) = state.fresh_frames.remove(&entry.path) {
                     if state.duplicate_frame(cam, &vector) {
@@ -546,7 +546,7 @@ impl Actor for IndexActor {
                     // for this model is still to be made. An impossible modification time
                     // makes the scan queue them if they exist, and report them gone if not
                     // (which removes them from the serving index too).
-                    known.extend(state.args.index.stamps().filter(|k| building.path_of_key(k.key).is_none()).map(|k| Known { mtime_ns: i128::MIN, ..k }));
+                    known.extend(state.args.index.stamps().filter(|k| building.path_of_key(k.key).is_none()).map(|k| Known { mtime_ns: i64::MIN, ..k }));
                 }
                 let _ = port.send(known);
             }
@@ -848,7 +848,7 @@ pub fn hit(entry: &Entry, score: f32) -> Hit {
         bytes: entry.size,
         width: entry.width,
         height: entry.height,
-        source: entry.source.clone(),
+        source: entry.source.to_string(),
         thumb_url: None,
     }
 }
@@ -859,7 +859,7 @@ mod tests {
     use crate::vectors::Precision;
 
     fn entry(path: &str) -> Entry {
-        Entry { path: PathBuf::from(path), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: String::new() }
+        Entry { path: PathBuf::from(path), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: Box::default() }
     }
 
     /// Rows of folders a and b interleaved: what a filter keeps is not a prefix of the rows.
