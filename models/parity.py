@@ -6,11 +6,11 @@ check of another runtime (edgeclip's tract-based Rust code):
     e.g. models/parity.py models/clip-shapes tests/data/parity/clip-shapes
 
 OUT_DIR/parity.json:
-  {"dim": D, "image_input": "image_input.f32", "image_input_shape": [2,3,224,224],
+  {"dim": D, "image_input": "image_input.f32", "image_input_shape": [2,3,S,S],
    "image_output": "image_output.f32", "text_input": "text_input.i64", "text_input_shape": [3,77],
    "text_output": "text_output.f32", "texts": [...], ...}
 All arrays are raw little-endian, row-major. The image input is two generated pictures run
-through open_clip's preprocessing; the text input is open_clip.tokenize(texts) (padding 0).
+through open_clip's preprocessing with the model's preprocess_cfg.json (S: its size); the text input is open_clip.tokenize(texts) (padding 0).
 """
 from __future__ import annotations
 
@@ -41,12 +41,15 @@ def main():
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     ctx = cfg["text_cfg"].get("context_length", 77)
-    size = cfg["vision_cfg"].get("image_size", 224)
-    assert size == S.IMAGE_SIZE, "parity.py prepares 224x224 inputs"
     pp_path = os.path.join(model_dir, "visual", "preprocess_cfg.json")
     with open(pp_path) as f:
         pp = json.load(f)
-    assert list(pp["mean"]) == list(S.MEAN) and list(pp["std"]) == list(S.STD), "non-OpenAI mean/std"
+    # The model's own preprocessing (size, mean, std, resize) as open_clip applies it: 224 and
+    # OpenAI's mean for most towers, 256 and zero mean for MobileCLIP.
+    transform = open_clip.image_transform(
+        pp["size"], is_train=False, mean=pp["mean"], std=pp["std"],
+        resize_mode=pp.get("resize_mode", "shortest"), interpolation=pp.get("interpolation", "bicubic"),
+        fill_color=pp.get("fill_color", 0))
 
     # two generated pictures through open_clip's preprocessing
     imgs = []
@@ -55,7 +58,7 @@ def main():
         rng = np.random.default_rng(seed)
         scene = S.sample_scene(rng, n_shapes=len(force), force=force, short_range=(240, 320))
         img = S.render_scene(scene, rng)
-        imgs.append(S.clip_transform()(img).numpy())
+        imgs.append(transform(img).numpy())
     image = np.stack(imgs).astype(np.float32)
     text = open_clip.tokenize(TEXTS, context_length=ctx).numpy().astype(np.int64)
 
