@@ -225,7 +225,7 @@ fn encode_group(
         // Large JPEGs are decoded at a reduced scale (DCT scaling); width and height are the full ones.
         match preprocess.picture(&bytes, limits) {
             Ok((tensor, (width, height))) => {
-                let taken_s = crate::metadata::exif_capture_time(&bytes).unwrap_or((seen.mtime_ns / 1_000_000_000) as i64);
+                let taken_s = crate::metadata::exif_capture_time(&bytes).unwrap_or(seen.mtime_ns / 1_000_000_000);
                 let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, width, height, taken_s, source: Box::default() };
                 decoded.push((entry, tensor));
             }
