@@ -24,7 +24,11 @@ const MODEL: &str = "bench@0";
 fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -41,7 +45,10 @@ struct Gen {
 
 impl Gen {
     fn new(kind: &str, seed: u64) -> Self {
-        let mut g = Gen { state: seed | 1, centres: Vec::new() };
+        let mut g = Gen {
+            state: seed | 1,
+            centres: Vec::new(),
+        };
         if kind == "clustered" {
             g.centres = (0..500).map(|_| g.unit()).collect();
         }
@@ -127,18 +134,37 @@ fn main() -> anyhow::Result<()> {
     }
     let sizes: Vec<usize> = {
         let n: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-        if n.is_empty() { vec![100_000, 1_000_000] } else { n }
+        if n.is_empty() {
+            vec![100_000, 1_000_000]
+        } else {
+            n
+        }
     };
     let me = std::env::current_exe()?;
     let mut results = Vec::new();
     println!(
         "{:>9}  {:>9}  {:>4}  {:>7}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:>12}",
-        "pictures", "vectors", "type", "write s", "disk MiB", "open s", "top-10 ms", "RSS MiB", "anon MiB", "file MiB", "vec MiB", "top-10 = f32"
+        "pictures",
+        "vectors",
+        "type",
+        "write s",
+        "disk MiB",
+        "open s",
+        "top-10 ms",
+        "RSS MiB",
+        "anon MiB",
+        "file MiB",
+        "vec MiB",
+        "top-10 = f32"
     );
     for &n in &sizes {
         for kind in ["clustered", "random"] {
             let mut reference: Option<Vec<Vec<i64>>> = None;
-            for (precision, p) in [("f32", Precision::F32), ("f16", Precision::F16), ("i8", Precision::I8)] {
+            for (precision, p) in [
+                ("f32", Precision::F32),
+                ("f16", Precision::F16),
+                ("i8", Precision::I8),
+            ] {
                 let dir = tempfile::tempdir()?;
                 let started = Instant::now();
                 {
@@ -152,17 +178,39 @@ fn main() -> anyhow::Result<()> {
                     store.compact(&mut index)?;
                 }
                 let write_s = started.elapsed().as_secs_f64();
-                let disk: u64 = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
-                let out = Command::new(&me).arg("--measure").arg(dir.path()).arg(kind).arg(precision).output()?;
-                anyhow::ensure!(out.status.success(), "measuring {precision}: {}", String::from_utf8_lossy(&out.stderr));
+                let disk: u64 = std::fs::read_dir(dir.path())?
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum();
+                let out = Command::new(&me)
+                    .arg("--measure")
+                    .arg(dir.path())
+                    .arg(kind)
+                    .arg(precision)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "measuring {precision}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
                 let tops: Vec<Vec<i64>> = serde_json::from_value(m["tops"].clone())?;
                 let reference = reference.get_or_insert_with(|| tops.clone());
-                let overlap = tops.iter().zip(reference.iter()).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count()).sum::<usize>()
-                    as f64
+                let overlap = tops
+                    .iter()
+                    .zip(reference.iter())
+                    .map(|(a, b)| a.iter().filter(|x| b.contains(x)).count())
+                    .sum::<usize>() as f64
                     / (10 * tops.len()) as f64;
                 let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
-                let (open_s, ms, rss, vec_mib, anon, file) = (f("open_s"), f("top10_ms"), f("rss_mib"), f("vector_mib"), f("rss_anon_mib"), f("rss_file_mib"));
+                let (open_s, ms, rss, vec_mib, anon, file) = (
+                    f("open_s"),
+                    f("top10_ms"),
+                    f("rss_mib"),
+                    f("vector_mib"),
+                    f("rss_anon_mib"),
+                    f("rss_file_mib"),
+                );
                 println!(
                     "{n:>9}  {kind:>9}  {precision:>4}  {write_s:>7.1}  {:>8.1}  {open_s:>6.2}  {ms:>9.2}  {rss:>8.0}  {anon:>8.0}  {file:>8.0}  {vec_mib:>8.1}  {:>11.1}%",
                     disk as f64 / 1048576.0,
@@ -178,8 +226,17 @@ fn main() -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all("target/bench")?;
-    let machine = format!("{} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), std::env::consts::ARCH);
-    std::fs::write("target/bench/index.json", serde_json::to_string_pretty(&serde_json::json!({"machine": machine, "results": results}))?)?;
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        std::env::consts::ARCH
+    );
+    std::fs::write(
+        "target/bench/index.json",
+        serde_json::to_string_pretty(&serde_json::json!({"machine": machine, "results": results}))?,
+    )?;
     println!("written to target/bench/index.json");
     Ok(())
 }

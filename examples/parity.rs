@@ -10,7 +10,10 @@ fn main() -> anyhow::Result<()> {
     };
     let report = edgeclip::parity::check(model.as_ref(), parity.as_ref())?;
     println!("{report:#?}");
-    anyhow::ensure!(report.image_min_cosine >= 0.9999 && report.text_min_cosine >= 0.9999, "tract and onnxruntime disagree");
+    anyhow::ensure!(
+        report.image_min_cosine >= 0.9999 && report.text_min_cosine >= 0.9999,
+        "tract and onnxruntime disagree"
+    );
     println!("tract matches onnxruntime (cosine >= 0.9999 on every vector)");
     Ok(())
 }

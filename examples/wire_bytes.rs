@@ -10,8 +10,8 @@
 
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    encode, quantise, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, RankBody, RankReply, RankRequest, RankedIds,
-    ReplyBody, TextVector,
+    encode, quantise, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery,
+    RankBody, RankReply, RankRequest, RankedIds, ReplyBody, TextVector,
 };
 
 const DIM: usize = 512;
@@ -41,7 +41,9 @@ fn vector(seed: usize) -> Vec<f32> {
     let mut x = (seed as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut v: Vec<f32> = (0..DIM)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         })
         .collect();
@@ -53,8 +55,19 @@ fn vector(seed: usize) -> Vec<f32> {
 /// Method A: one encode request, one reply with the text vector; independent of the pictures.
 fn device_ranked() -> anyhow::Result<u64> {
     let reply_to = topics::cloud_reply(DEVICE);
-    let request = encode(&EncodeRequest { request_id: 1, reply_to: reply_to.clone(), model: MODEL.into(), text: TEXT.into() })?;
-    let reply = encode(&EncodeReply { request_id: 1, body: ReplyBody::Vector(TextVector { model: MODEL.into(), vector: vector(0) }) })?;
+    let request = encode(&EncodeRequest {
+        request_id: 1,
+        reply_to: reply_to.clone(),
+        model: MODEL.into(),
+        text: TEXT.into(),
+    })?;
+    let reply = encode(&EncodeReply {
+        request_id: 1,
+        body: ReplyBody::Vector(TextVector {
+            model: MODEL.into(),
+            vector: vector(0),
+        }),
+    })?;
     Ok(mqtt(topics::CLOUD_ENCODE, request.len()) + mqtt(&reply_to, reply.len()))
 }
 
@@ -64,8 +77,13 @@ fn server_ranked(pictures: usize) -> anyhow::Result<(u64, usize)> {
     let chunks = pictures.div_ceil(CHUNK);
     let mut total = 0;
     for chunk in 0..chunks {
-        let ids: Vec<u32> = (chunk * CHUNK..((chunk + 1) * CHUNK).min(pictures)).map(|i| i as u32).collect();
-        let (mut codes, mut scales) = (Vec::with_capacity(ids.len() * DIM), Vec::with_capacity(ids.len()));
+        let ids: Vec<u32> = (chunk * CHUNK..((chunk + 1) * CHUNK).min(pictures))
+            .map(|i| i as u32)
+            .collect();
+        let (mut codes, mut scales) = (
+            Vec::with_capacity(ids.len() * DIM),
+            Vec::with_capacity(ids.len()),
+        );
         for &id in &ids {
             scales.push(quantise(&vector(id as usize + 1), &mut codes));
         }
@@ -83,8 +101,16 @@ fn server_ranked(pictures: usize) -> anyhow::Result<(u64, usize)> {
             codes,
         })?;
         let top = ids.len().min(K);
-        let ranked = RankedIds { model: MODEL.into(), ids: ids[..top].to_vec(), scores: vec![0.3; top] };
-        let reply = encode(&RankReply { request_id: 1, chunk: chunk as u32, body: RankBody::Ranked(ranked) })?;
+        let ranked = RankedIds {
+            model: MODEL.into(),
+            ids: ids[..top].to_vec(),
+            scores: vec![0.3; top],
+        };
+        let reply = encode(&RankReply {
+            request_id: 1,
+            chunk: chunk as u32,
+            body: RankBody::Ranked(ranked),
+        })?;
         total += mqtt(topics::CLOUD_RANK, request.len()) + mqtt(&reply_to, reply.len());
     }
     Ok((total, chunks))
@@ -93,9 +119,27 @@ fn server_ranked(pictures: usize) -> anyhow::Result<(u64, usize)> {
 /// A fleet search, per device: the query with the text vector, the answer with k hits.
 fn fleet_per_device() -> anyhow::Result<u64> {
     let reply_to = topics::fleet_answers("cloud-1");
-    let query = encode(&FleetQuery { request_id: 1, reply_to: reply_to.clone(), k: K as u32, vector: TextVector { model: MODEL.into(), vector: vector(0) } })?;
-    let hits = (0..K).map(|i| DeviceHit { path: format!("/srv/photos/2024/06/IMG_{:04}.jpg", 1000 + i), score: 0.3, taken_s: 1_717_000_000 }).collect();
-    let answer = encode(&FleetAnswer { request_id: 1, device: DEVICE.into(), body: FleetBody::Hits(hits) })?;
+    let query = encode(&FleetQuery {
+        request_id: 1,
+        reply_to: reply_to.clone(),
+        k: K as u32,
+        vector: TextVector {
+            model: MODEL.into(),
+            vector: vector(0),
+        },
+    })?;
+    let hits = (0..K)
+        .map(|i| DeviceHit {
+            path: format!("/srv/photos/2024/06/IMG_{:04}.jpg", 1000 + i),
+            score: 0.3,
+            taken_s: 1_717_000_000,
+        })
+        .collect();
+    let answer = encode(&FleetAnswer {
+        request_id: 1,
+        device: DEVICE.into(),
+        body: FleetBody::Hits(hits),
+    })?;
     Ok(mqtt(&topics::fleet_query(DEVICE), query.len()) + mqtt(&reply_to, answer.len()))
 }
 
@@ -112,14 +156,26 @@ fn main() -> anyhow::Result<()> {
     let sample_mean = bytes / n.max(1);
     let a = device_ranked()?;
     let fleet = fleet_per_device()?;
-    println!("bytes on the wire per search (MQTT framing and acks included), {DIM}-d vectors, k = {K}");
-    println!("{:>9}  {:>15}  {:>22}  {:>24}  {:>26}", "pictures", "device-ranked", "server-ranked (chunks)", "upload 3 MB photos", "upload bundled samples");
+    println!(
+        "bytes on the wire per search (MQTT framing and acks included), {DIM}-d vectors, k = {K}"
+    );
+    println!(
+        "{:>9}  {:>15}  {:>22}  {:>24}  {:>26}",
+        "pictures",
+        "device-ranked",
+        "server-ranked (chunks)",
+        "upload 3 MB photos",
+        "upload bundled samples"
+    );
     let mut rows = Vec::new();
     for pictures in [1_000usize, 100_000] {
         let (b, chunks) = server_ranked(pictures)?;
         let photos = pictures as u64 * PHOTO_BYTES;
         let thumbs = pictures as u64 * sample_mean;
-        println!("{pictures:>9}  {a:>15}  {:>22}  {photos:>24}  {thumbs:>26}", format!("{b} ({chunks})"));
+        println!(
+            "{pictures:>9}  {a:>15}  {:>22}  {photos:>24}  {thumbs:>26}",
+            format!("{b} ({chunks})")
+        );
         rows.push(serde_json::json!({
             "pictures": pictures,
             "device_ranked_bytes": a,
@@ -142,7 +198,10 @@ fn main() -> anyhow::Result<()> {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("wire_bytes.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        dir.join("wire_bytes.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     println!("written to target/bench/wire_bytes.json");
     Ok(())
 }

@@ -48,12 +48,14 @@ dynamic_filters = true
             .build()
             .and_then(|c| c.try_deserialize())
             .context("embedded broker configuration")?;
-        std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded broker stopped");
+                }
+            })?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
@@ -63,8 +65,12 @@ dynamic_filters = true
         }
         match nodelay_on_listener(listen) {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(%listen, "embedded broker: listening socket not found; TCP_NODELAY not set (searches may wait ~40 ms per packet)"),
-            Err(e) => tracing::warn!(%listen, error = %e, "embedded broker: cannot set TCP_NODELAY"),
+            Ok(false) => {
+                tracing::warn!(%listen, "embedded broker: listening socket not found; TCP_NODELAY not set (searches may wait ~40 ms per packet)")
+            }
+            Err(e) => {
+                tracing::warn!(%listen, error = %e, "embedded broker: cannot set TCP_NODELAY")
+            }
         }
         Ok(Self { addr: listen })
     }
@@ -99,7 +105,8 @@ dynamic_filters = true
 #[cfg(target_os = "linux")]
 fn nodelay_on_listener(listen: SocketAddr) -> std::io::Result<bool> {
     let found = find_socket(|socket| {
-        let is_it = socket.is_listener().unwrap_or(false) && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(listen);
+        let is_it = socket.is_listener().unwrap_or(false)
+            && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(listen);
         is_it.then(|| socket.set_tcp_nodelay(true))
     })?;
     found.transpose().map(|set| set.is_some())
@@ -108,10 +115,16 @@ fn nodelay_on_listener(listen: SocketAddr) -> std::io::Result<bool> {
 /// The first `Some` that `pick` returns for one of this process's sockets (its file
 /// descriptors, as listed in `/proc/self/fd`).
 #[cfg(target_os = "linux")]
-fn find_socket<T>(mut pick: impl FnMut(socket2::SockRef<'_>) -> Option<T>) -> std::io::Result<Option<T>> {
+fn find_socket<T>(
+    mut pick: impl FnMut(socket2::SockRef<'_>) -> Option<T>,
+) -> std::io::Result<Option<T>> {
     use std::os::fd::{BorrowedFd, RawFd};
     for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
             continue;
         };
         // SAFETY: the fd is only borrowed for `pick`'s calls; if another thread closed it
@@ -139,7 +152,13 @@ mod tests {
     /// Whether the socket rumqttd accepted for a client whose local address is `client` has
     /// `TCP_NODELAY`, once it exists.
     fn accepted_nodelay(client: SocketAddr) -> Option<bool> {
-        find_socket(|socket| (socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client)).then(|| socket.tcp_nodelay().ok()).flatten()).ok().flatten()
+        find_socket(|socket| {
+            (socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client))
+                .then(|| socket.tcp_nodelay().ok())
+                .flatten()
+        })
+        .ok()
+        .flatten()
     }
 
     #[test]
@@ -152,9 +171,15 @@ mod tests {
             if let Some(n) = accepted_nodelay(local) {
                 break n;
             }
-            assert!(Instant::now() < deadline, "the broker never accepted the connection");
+            assert!(
+                Instant::now() < deadline,
+                "the broker never accepted the connection"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
-        assert!(nodelay, "TCP_NODELAY is off on the broker's side of the connection");
+        assert!(
+            nodelay,
+            "TCP_NODELAY is off on the broker's side of the connection"
+        );
     }
 }

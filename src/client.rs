@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use edgeclip_messages::dashboard::{DeviceStatus, FleetResponse, FleetSearchRequest, SearchRequest, SearchResponse};
+use edgeclip_messages::dashboard::{
+    DeviceStatus, FleetResponse, FleetSearchRequest, SearchRequest, SearchResponse,
+};
 use edgeclip_messages::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -34,13 +36,23 @@ impl Client {
     }
 
     /// Connects to `url` (`mqtt://` or `mqtts://`) with `security` within `timeout`.
-    pub async fn connect_with(url: &str, security: &edgeclip_link::Security, timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn connect_with(
+        url: &str,
+        security: &edgeclip_link::Security,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let (host, port, tls) = edgeclip_link::options::parse_broker(url)?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let id = format!("edgeclip-cli-{}-{nanos:x}", std::process::id());
         let mut options = MqttOptions::new(id, host, port);
         options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(crate::broker::MAX_PAYLOAD * 2, crate::broker::MAX_PAYLOAD * 2);
+        options.set_max_packet_size(
+            crate::broker::MAX_PAYLOAD * 2,
+            crate::broker::MAX_PAYLOAD * 2,
+        );
         security.apply(&mut options, tls)?;
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let connected = tokio::time::timeout(timeout, async {
@@ -56,13 +68,18 @@ impl Client {
         match connected {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("broker unreachable at {url}: {e}"),
-            Err(_) => bail!("broker unreachable at {url}: no answer within {} ms", timeout.as_millis()),
+            Err(_) => bail!(
+                "broker unreachable at {url}: no answer within {} ms",
+                timeout.as_millis()
+            ),
         }
         let (tx, notes) = mpsc::unbounded_channel();
         let poll = tokio::spawn(async move {
             loop {
                 let note = match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => Note::Publish(p.topic, p.payload.to_vec()),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Note::Publish(p.topic, p.payload.to_vec())
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => Note::SubAck,
                     Ok(_) => continue,
                     Err(_) => return,
@@ -72,11 +89,19 @@ impl Client {
                 }
             }
         });
-        Ok(Self { client, notes, poll })
+        Ok(Self {
+            client,
+            notes,
+            poll,
+        })
     }
 
     /// Subscribes and waits for the acknowledgement.
-    async fn subscribe(&mut self, filter: &str, deadline: Instant) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    async fn subscribe(
+        &mut self,
+        filter: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         self.client.subscribe(filter, QoS::AtLeastOnce).await?;
         let mut early = Vec::new();
         loop {
@@ -97,7 +122,11 @@ impl Client {
     }
 
     /// Retained messages on `filter`, collected for a short while after subscribing.
-    async fn retained(&mut self, filter: &str, deadline: Instant) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    async fn retained(
+        &mut self,
+        filter: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let mut got = self.subscribe(filter, deadline).await?;
         let until = (Instant::now() + RETAINED_GRACE).min(deadline);
         while let Ok(Note::Publish(t, p)) = self.next_note(until).await {
@@ -115,11 +144,19 @@ impl Client {
                 state.insert(device.to_string(), payload == topics::ONLINE.as_bytes());
             }
         }
-        Ok(state.into_iter().filter(|(_, online)| *online).map(|(d, _)| d).collect())
+        Ok(state
+            .into_iter()
+            .filter(|(_, online)| *online)
+            .map(|(d, _)| d)
+            .collect())
     }
 
     /// The device to address: the one given, or the only one online.
-    pub async fn resolve_device(&mut self, given: Option<&str>, timeout: Duration) -> anyhow::Result<String> {
+    pub async fn resolve_device(
+        &mut self,
+        given: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         if let Some(d) = given {
             topics::validate_device_id(d).map_err(|e| anyhow!("--device {d:?}: {e}"))?;
             return Ok(d.to_string());
@@ -128,28 +165,63 @@ impl Client {
         match online.as_slice() {
             [] => bail!("no edgeclip device is online on this broker"),
             [one] => Ok(one.clone()),
-            many => bail!("{} devices are online ({}); choose one with --device", many.len(), many.join(", ")),
+            many => bail!(
+                "{} devices are online ({}); choose one with --device",
+                many.len(),
+                many.join(", ")
+            ),
         }
     }
 
     /// Sends a search to `device` and waits for the answer with the same id.
-    pub async fn search(&mut self, device: &str, text: &str, k: Option<usize>, timeout: Duration) -> anyhow::Result<SearchResponse> {
-        self.request(device, SearchRequest { k, ..SearchRequest::text(text) }, timeout).await
+    pub async fn search(
+        &mut self,
+        device: &str,
+        text: &str,
+        k: Option<usize>,
+        timeout: Duration,
+    ) -> anyhow::Result<SearchResponse> {
+        self.request(
+            device,
+            SearchRequest {
+                k,
+                ..SearchRequest::text(text)
+            },
+            timeout,
+        )
+        .await
     }
 
     /// Sends any search (filters, "more like this") to `device` and waits for its answer.
-    pub async fn request(&mut self, device: &str, mut request: SearchRequest, timeout: Duration) -> anyhow::Result<SearchResponse> {
+    pub async fn request(
+        &mut self,
+        device: &str,
+        mut request: SearchRequest,
+        timeout: Duration,
+    ) -> anyhow::Result<SearchResponse> {
         let deadline = Instant::now() + timeout;
         self.subscribe(&topics::results(device), deadline).await?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let id = format!("cli-{}-{nanos:x}", std::process::id());
         request.id = Some(id.clone());
-        self.client.publish(topics::search(device), QoS::AtLeastOnce, false, serde_json::to_vec(&request)?).await?;
+        self.client
+            .publish(
+                topics::search(device),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&request)?,
+            )
+            .await?;
         loop {
-            let note = self
-                .next_note(deadline)
-                .await
-                .with_context(|| format!("device {device} did not answer within {} ms", timeout.as_millis()))?;
+            let note = self.next_note(deadline).await.with_context(|| {
+                format!(
+                    "device {device} did not answer within {} ms",
+                    timeout.as_millis()
+                )
+            })?;
             if let Note::Publish(_, payload) = note {
                 if let Ok(response) = serde_json::from_slice::<SearchResponse>(&payload) {
                     if response.id() == id {
@@ -162,15 +234,29 @@ impl Client {
 
     /// Sends a fleet search (every online device ranks; the cloud merges) and waits for the
     /// merged answer on `edgeclip/fleet/results/<id>`.
-    pub async fn fleet_search(&mut self, mut request: FleetSearchRequest, timeout: Duration) -> anyhow::Result<FleetResponse> {
+    pub async fn fleet_search(
+        &mut self,
+        mut request: FleetSearchRequest,
+        timeout: Duration,
+    ) -> anyhow::Result<FleetResponse> {
         let deadline = Instant::now() + timeout;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let id = format!("cli-{}-{nanos:x}", std::process::id());
         request.id = Some(id.clone());
         request.reply_to = None;
         let topic = topics::fleet_results(&id);
         self.subscribe(&topic, deadline).await?;
-        self.client.publish(topics::FLEET_SEARCH, QoS::AtLeastOnce, false, serde_json::to_vec(&request)?).await?;
+        self.client
+            .publish(
+                topics::FLEET_SEARCH,
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&request)?,
+            )
+            .await?;
         loop {
             let note = self
                 .next_note(deadline)
@@ -189,12 +275,22 @@ impl Client {
     }
 
     /// The retained status of `device`, raw JSON and parsed.
-    pub async fn status(&mut self, device: &str, timeout: Duration) -> anyhow::Result<(Vec<u8>, DeviceStatus)> {
+    pub async fn status(
+        &mut self,
+        device: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Vec<u8>, DeviceStatus)> {
         let deadline = Instant::now() + timeout;
         let topic = topics::status(device);
         let got = self.retained(&topic, deadline).await?;
-        let (_, raw) = got.into_iter().rev().find(|(t, _)| *t == topic).ok_or_else(|| anyhow!("device {device} has published no status"))?;
-        let status = serde_json::from_slice(&raw).with_context(|| format!("device {device} published a status this version cannot read"))?;
+        let (_, raw) = got
+            .into_iter()
+            .rev()
+            .find(|(t, _)| *t == topic)
+            .ok_or_else(|| anyhow!("device {device} has published no status"))?;
+        let status = serde_json::from_slice(&raw).with_context(|| {
+            format!("device {device} published a status this version cannot read")
+        })?;
         Ok((raw, status))
     }
 

@@ -14,22 +14,51 @@ pub fn results_table(response: &SearchResponse) -> String {
                 for (g, group) in r.groups.iter().enumerate() {
                     let _ = writeln!(out, "group {} ({} pictures)", g + 1, group.len());
                     for hit in group {
-                        let _ = writeln!(out, "      {:>7.4}  {:<16}  {}", hit.score, hit.id, hit.path);
+                        let _ = writeln!(
+                            out,
+                            "      {:>7.4}  {:<16}  {}",
+                            hit.score, hit.id, hit.path
+                        );
                     }
                 }
-                let _ = writeln!(out, "{} groups of near-duplicates in {} ms (model {})", r.groups.len(), r.took_ms, r.model);
+                let _ = writeln!(
+                    out,
+                    "{} groups of near-duplicates in {} ms (model {})",
+                    r.groups.len(),
+                    r.took_ms,
+                    r.model
+                );
                 return out;
             }
             if r.hits.is_empty() {
                 let _ = writeln!(out, "no pictures indexed yet ({} ms)", r.took_ms);
                 return out;
             }
-            let _ = writeln!(out, "{:>4}  {:>7}  {:<16}  {:>11}  path", "#", "score", "id", "size");
+            let _ = writeln!(
+                out,
+                "{:>4}  {:>7}  {:<16}  {:>11}  path",
+                "#", "score", "id", "size"
+            );
             for (i, hit) in r.hits.iter().enumerate() {
                 let size = format!("{}x{}", hit.width, hit.height);
-                let _ = writeln!(out, "{:>4}  {:>7.4}  {:<16}  {:>11}  {}", i + 1, hit.score, hit.id, size, hit.path);
+                let _ = writeln!(
+                    out,
+                    "{:>4}  {:>7.4}  {:<16}  {:>11}  {}",
+                    i + 1,
+                    hit.score,
+                    hit.id,
+                    size,
+                    hit.path
+                );
             }
-            let _ = writeln!(out, "{} hits for {:?} in {} ms (model {})", r.hits.len(), r.text, r.took_ms, r.model);
+            let _ = writeln!(
+                out,
+                "{} hits for {:?} in {} ms (model {})",
+                r.hits.len(),
+                r.text,
+                r.took_ms,
+                r.model
+            );
             if r.partial {
                 let _ = writeln!(out, "partial: the device is re-indexing for this model; pictures not re-encoded yet are missing");
             }
@@ -45,10 +74,27 @@ pub fn fleet_table(response: &FleetResponse) -> String {
         FleetResponse::Error(e) => format!("error: {}\n", e.error),
         FleetResponse::Results(r) => {
             let mut out = String::new();
-            let width = r.hits.iter().map(|h| h.device.len()).max().unwrap_or(0).max("device".len());
-            let _ = writeln!(out, "{:>4}  {:>7}  {:<width$}  path", "#", "score", "device");
+            let width = r
+                .hits
+                .iter()
+                .map(|h| h.device.len())
+                .max()
+                .unwrap_or(0)
+                .max("device".len());
+            let _ = writeln!(
+                out,
+                "{:>4}  {:>7}  {:<width$}  path",
+                "#", "score", "device"
+            );
             for (i, hit) in r.hits.iter().enumerate() {
-                let _ = writeln!(out, "{:>4}  {:>7.4}  {:<width$}  {}", i + 1, hit.score, hit.device, hit.path);
+                let _ = writeln!(
+                    out,
+                    "{:>4}  {:>7.4}  {:<width$}  {}",
+                    i + 1,
+                    hit.score,
+                    hit.device,
+                    hit.path
+                );
             }
             let _ = writeln!(
                 out,
@@ -61,7 +107,11 @@ pub fn fleet_table(response: &FleetResponse) -> String {
                 r.model
             );
             if !r.missing.is_empty() {
-                let _ = writeln!(out, "missing (no answer before the deadline): {}", r.missing.join(", "));
+                let _ = writeln!(
+                    out,
+                    "missing (no answer before the deadline): {}",
+                    r.missing.join(", ")
+                );
             }
             for f in &r.failed {
                 let _ = writeln!(out, "failed: {}: {}", f.device, f.error);
@@ -77,11 +127,23 @@ pub fn fleet_table(response: &FleetResponse) -> String {
 /// A device status for people.
 pub fn status_summary(s: &DeviceStatus) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "device   {} ({:?}, edgeclip {})", s.device_id, s.state, s.version);
-    let _ = writeln!(out, "indexed  {} pictures, {} pending, {} failed ({} encoded since start)", s.indexed, s.pending, s.failed, s.encoded);
+    let _ = writeln!(
+        out,
+        "device   {} ({:?}, edgeclip {})",
+        s.device_id, s.state, s.version
+    );
+    let _ = writeln!(
+        out,
+        "indexed  {} pictures, {} pending, {} failed ({} encoded since start)",
+        s.indexed, s.pending, s.failed, s.encoded
+    );
     let _ = writeln!(out, "model    {} (dimension {})", s.model, s.dim);
     if let Some(r) = &s.reindex {
-        let _ = writeln!(out, "reindex  {} of {} pictures for model {} (searches use {} until done)", r.indexed, r.total, r.model, s.model);
+        let _ = writeln!(
+            out,
+            "reindex  {} of {} pictures for model {} (searches use {} until done)",
+            r.indexed, r.total, r.model, s.model
+        );
     }
     let _ = writeln!(out, "folders  {}", s.folders.join(", "));
     for f in &s.recent_failures {
@@ -96,7 +158,17 @@ mod tests {
     use edgeclip_messages::dashboard::{Hit, SearchError, SearchResults};
 
     fn hit(path: &str, score: f32) -> Hit {
-        Hit { path: path.into(), score, taken_s: 0, id: "0123456789abcdef".into(), bytes: 1, width: 2, height: 3, source: String::new(), thumb_url: None }
+        Hit {
+            path: path.into(),
+            score,
+            taken_s: 0,
+            id: "0123456789abcdef".into(),
+            bytes: 1,
+            width: 2,
+            height: 3,
+            source: String::new(),
+            thumb_url: None,
+        }
     }
 
     #[test]
@@ -114,14 +186,22 @@ mod tests {
         assert!(t.find("a.jpg").unwrap() < t.find("b.jpg").unwrap());
         assert!(t.contains("0.5000") && t.contains("2 hits"));
         assert!(t.contains("0123456789abcdef") && t.contains("2x3"), "{t}");
-        let e = SearchResponse::Error(SearchError { id: "1".into(), error: "cloud did not answer".into() });
+        let e = SearchResponse::Error(SearchError {
+            id: "1".into(),
+            error: "cloud did not answer".into(),
+        });
         assert_eq!(results_table(&e), "error: cloud did not answer\n");
     }
 
     #[test]
     fn fleet_tables_name_the_device_of_each_hit_and_the_missing_ones() {
         use edgeclip_messages::dashboard::{FleetHit, FleetResults};
-        let hit = |device: &str, path: &str, score| FleetHit { device: device.into(), path: path.into(), score, taken_s: 0 };
+        let hit = |device: &str, path: &str, score| FleetHit {
+            device: device.into(),
+            path: path.into(),
+            score,
+            taken_s: 0,
+        };
         let r = FleetResponse::Results(FleetResults {
             id: "1".into(),
             text: "a red circle".into(),
@@ -138,7 +218,10 @@ mod tests {
         let first = t.lines().nth(1).unwrap();
         assert!(first.contains("nas") && first.contains("/p/a.jpg"), "{t}");
         assert!(t.contains("from 2 of 3 devices"), "{t}");
-        assert!(t.contains("missing (no answer before the deadline): ghost"), "{t}");
+        assert!(
+            t.contains("missing (no answer before the deadline): ghost"),
+            "{t}"
+        );
         assert!(t.contains("offline (not asked): old"), "{t}");
     }
 }

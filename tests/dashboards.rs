@@ -18,17 +18,29 @@ use util::*;
 
 /// (status, content type, body) of one HTTP request to the device.
 async fn http(method: &str, url: &str, body: &str) -> (u16, String, Vec<u8>) {
-    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient<_, Full<bytes::Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
     let request = hyper::Request::builder()
         .method(method)
         .uri(url)
         .header("content-type", "application/json")
         .body(Full::new(bytes::Bytes::from(body.to_string())))
         .expect("request");
-    let response = bounded("HTTP request", client.request(request)).await.expect("HTTP answer");
+    let response = bounded("HTTP request", client.request(request))
+        .await
+        .expect("HTTP answer");
     let status = response.status().as_u16();
-    let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let body = bounded("HTTP body", response.into_body().collect()).await.expect("body").to_bytes().to_vec();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = bounded("HTTP body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
     (status, kind, body)
 }
 
@@ -36,14 +48,34 @@ async fn http(method: &str, url: &str, body: &str) -> (u16, String, Vec<u8>) {
 /// back), with the HTTP endpoint on 127.0.0.1 and a free port.
 async fn start_unwatched(id: &str, folder: &Path) -> (System, String) {
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
-    let cloud = bounded("cloud start", edgeclip_cloud::Cloud::start(cloud_config(&broker.url(), &format!("{id}-w")))).await.expect("cloud");
+    let cloud = bounded(
+        "cloud start",
+        edgeclip_cloud::Cloud::start(cloud_config(&broker.url(), &format!("{id}-w"))),
+    )
+    .await
+    .expect("cloud");
     let state = tempfile::tempdir().expect("state");
     let mut config = device_config(&broker.url(), id, &[folder], state.path());
     config.capture.watch = false;
-    let device = bounded("device start", Device::start(config)).await.expect("device");
+    let device = bounded("device start", Device::start(config))
+        .await
+        .expect("device");
     wait_idle(&device).await;
-    let addr = device.http_addr().await.expect("http addr").expect("the HTTP endpoint is on by default");
-    (System { state, broker, cloud: Some(cloud), device, device_id: id.to_string() }, format!("http://{addr}"))
+    let addr = device
+        .http_addr()
+        .await
+        .expect("http addr")
+        .expect("the HTTP endpoint is on by default");
+    (
+        System {
+            state,
+            broker,
+            cloud: Some(cloud),
+            device,
+            device_id: id.to_string(),
+        },
+        format!("http://{addr}"),
+    )
 }
 
 fn results(response: SearchResponse) -> SearchResults {
@@ -59,27 +91,60 @@ async fn thumbnails_are_served_by_id_cached_and_bad_ids_or_pictures_get_clean_er
     let (system, base) = start_unwatched("thumbs", pictures.path()).await;
 
     // The JSON search of the page is the device's own search: same hits as over MQTT.
-    let (status, kind, body) = http("POST", &format!("{base}/api/search"), r#"{"text":"a red circle","k":5}"#).await;
-    assert_eq!((status, kind.as_str()), (200, "application/json"), "{}", String::from_utf8_lossy(&body));
+    let (status, kind, body) = http(
+        "POST",
+        &format!("{base}/api/search"),
+        r#"{"text":"a red circle","k":5}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (200, "application/json"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let page_hits = results(serde_json::from_slice(&body).expect("search JSON"));
-    let mut client = Client::connect(&system.broker.url(), Duration::from_secs(5)).await.expect("connect");
-    let mqtt_hits = results(bounded("search", client.search("thumbs", "a red circle", Some(5), Duration::from_secs(20))).await.expect("answer"));
-    let ids = |r: &SearchResults| r.hits.iter().map(|h| (h.id.clone(), (h.score * 1e4).round() as i64)).collect::<Vec<_>>();
+    let mut client = Client::connect(&system.broker.url(), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let mqtt_hits = results(
+        bounded(
+            "search",
+            client.search("thumbs", "a red circle", Some(5), Duration::from_secs(20)),
+        )
+        .await
+        .expect("answer"),
+    );
+    let ids = |r: &SearchResults| {
+        r.hits
+            .iter()
+            .map(|h| (h.id.clone(), (h.score * 1e4).round() as i64))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&page_hits), ids(&mqtt_hits));
     let (status, _, body) = http("POST", &format!("{base}/api/search"), r#"{"txt":"x"}"#).await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 
     // Every hit's thumbnail: a JPEG no larger than thumb_side, the picture's shape, cached.
     let first = &page_hits.hits[0];
-    assert_eq!(first.thumb_url.as_deref(), Some(format!("{base}/thumb/{}", first.id).as_str()));
+    assert_eq!(
+        first.thumb_url.as_deref(),
+        Some(format!("{base}/thumb/{}", first.id).as_str())
+    );
     let (status, kind, jpeg) = http("GET", first.thumb_url.as_deref().expect("url"), "").await;
     assert_eq!((status, kind.as_str()), (200, "image/jpeg"));
     let thumb = image::load_from_memory(&jpeg).expect("the thumbnail decodes");
     let side = 256; // http.thumb_side's default
     assert!(thumb.width() <= side && thumb.height() <= side && thumb.width() > 0);
     let (w, h) = (first.width as f64, first.height as f64);
-    assert!(((thumb.width() as f64 / thumb.height() as f64) - w / h).abs() < 0.05, "aspect kept");
-    let cache: Vec<PathBuf> = std::fs::read_dir(system.state.path().join("thumbs")).expect("cache folder").map(|e| e.expect("entry").path()).collect();
+    assert!(
+        ((thumb.width() as f64 / thumb.height() as f64) - w / h).abs() < 0.05,
+        "aspect kept"
+    );
+    let cache: Vec<PathBuf> = std::fs::read_dir(system.state.path().join("thumbs"))
+        .expect("cache folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
     assert_eq!(cache.len(), 1, "{cache:?}");
     assert_eq!(std::fs::read(&cache[0]).expect("cached"), jpeg);
     let (_, _, again) = http("GET", &format!("{base}/thumb/{}", first.id), "").await;
@@ -96,7 +161,10 @@ async fn thumbnails_are_served_by_id_cached_and_bad_ids_or_pictures_get_clean_er
     let (status, kind, body) = http("GET", &format!("{base}/thumb/{}", second.id), "").await;
     let reason = String::from_utf8_lossy(&body).to_string();
     assert_eq!(status, 422, "{reason}");
-    assert!(kind.starts_with("text/plain") && reason.contains(&second.path), "{reason}");
+    assert!(
+        kind.starts_with("text/plain") && reason.contains(&second.path),
+        "{reason}"
+    );
     std::fs::remove_file(&page_hits.hits[2].path).expect("remove");
     let (status, _, _) = http("GET", &format!("{base}/thumb/{}", page_hits.hits[2].id), "").await;
     assert_eq!(status, 404, "a picture gone from disk");
@@ -120,7 +188,12 @@ fn chromedriver() -> (Killed, u16) {
         "chromium or chromedriver is not installed: the README's test command (bash .ci/run) installs them"
     );
     let port = free_port();
-    let child = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver starts");
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not listen");
@@ -143,9 +216,14 @@ async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
         }),
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    bounded("browser session", fantoccini::ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")))
-        .await
-        .expect("a chromium session")
+    bounded(
+        "browser session",
+        fantoccini::ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}")),
+    )
+    .await
+    .expect("a chromium session")
 }
 
 /// Waits until `script` (a JavaScript function body) returns something truthy; returns it.
@@ -173,27 +251,82 @@ async fn the_search_page_shows_the_systems_best_match_first_in_a_real_browser() 
     let (_driver, port) = chromedriver();
     let pictures = copy_pictures(&data("shapes"));
     let system = System::start("page", &[pictures.path()]).await;
-    let addr = system.device.http_addr().await.expect("addr").expect("HTTP endpoint on");
+    let addr = system
+        .device
+        .http_addr()
+        .await
+        .expect("addr")
+        .expect("HTTP endpoint on");
     let profile = tempfile::tempdir().expect("profile");
     let browser = browser(port, profile.path()).await;
 
-    browser.goto(&format!("http://{addr}/")).await.expect("page loads");
+    browser
+        .goto(&format!("http://{addr}/"))
+        .await
+        .expect("page loads");
     let text = "a red circle";
-    browser.find(Locator::Id("q")).await.expect("search box").send_keys(text).await.expect("type");
-    browser.find(Locator::Id("go")).await.expect("button").click().await.expect("submit");
-    wait_js(&browser, "results", "return document.querySelectorAll('#results .hit').length").await;
+    browser
+        .find(Locator::Id("q"))
+        .await
+        .expect("search box")
+        .send_keys(text)
+        .await
+        .expect("type");
+    browser
+        .find(Locator::Id("go"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("submit");
+    wait_js(
+        &browser,
+        "results",
+        "return document.querySelectorAll('#results .hit').length",
+    )
+    .await;
 
     // The first thumbnail is the picture the system itself ranks first for this text.
-    let mut client = Client::connect(&system.broker.url(), Duration::from_secs(5)).await.expect("connect");
-    let expected = results(bounded("search", client.search("page", text, Some(12), Duration::from_secs(20))).await.expect("answer"));
-    let shown = browser.execute("return [...document.querySelectorAll('#results .hit')].map(h => h.dataset.id)", vec![]).await.expect("ids");
+    let mut client = Client::connect(&system.broker.url(), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let expected = results(
+        bounded(
+            "search",
+            client.search("page", text, Some(12), Duration::from_secs(20)),
+        )
+        .await
+        .expect("answer"),
+    );
+    let shown = browser
+        .execute(
+            "return [...document.querySelectorAll('#results .hit')].map(h => h.dataset.id)",
+            vec![],
+        )
+        .await
+        .expect("ids");
     let shown: Vec<String> = serde_json::from_value(shown).expect("ids");
     let best = expected.hits[0].score;
-    let firsts: Vec<&str> = expected.hits.iter().filter(|h| h.score > best - 1e-4).map(|h| h.id.as_str()).collect();
-    assert!(firsts.contains(&shown[0].as_str()), "the page shows {} first, the system ranks {firsts:?} first", shown[0]);
+    let firsts: Vec<&str> = expected
+        .hits
+        .iter()
+        .filter(|h| h.score > best - 1e-4)
+        .map(|h| h.id.as_str())
+        .collect();
+    assert!(
+        firsts.contains(&shown[0].as_str()),
+        "the page shows {} first, the system ranks {firsts:?} first",
+        shown[0]
+    );
     assert_eq!(shown.len(), expected.hits.len());
     let first_src = wait_js(&browser, "a loaded first thumbnail", "const i = document.querySelector('#results .hit img'); return i.complete && i.naturalWidth > 0 && i.src").await;
-    assert!(first_src.as_str().expect("src").ends_with(&format!("/thumb/{}", shown[0])), "{first_src}");
+    assert!(
+        first_src
+            .as_str()
+            .expect("src")
+            .ends_with(&format!("/thumb/{}", shown[0])),
+        "{first_src}"
+    );
     wait_js(&browser, "every thumbnail loaded", "return [...document.querySelectorAll('#results .hit img')].every(i => i.complete && i.naturalWidth > 0)").await;
     let screenshot = browser.screenshot().await.expect("screenshot");
     let dir = repo().join("target/screenshots");
@@ -203,14 +336,37 @@ async fn the_search_page_shows_the_systems_best_match_first_in_a_real_browser() 
 
     // "More like this" on the first picture: the device's own image-to-image ranking, without
     // the picture itself.
-    browser.find(Locator::Css("#results .hit .more")).await.expect("more like this").click().await.expect("click");
+    browser
+        .find(Locator::Css("#results .hit .more"))
+        .await
+        .expect("more like this")
+        .click()
+        .await
+        .expect("click");
     let like_first = format!("return (() => {{ const h = document.querySelector('#results .hit'); return h && h.dataset.id !== '{}' && h.dataset.id }})()", shown[0]);
     let like_first = wait_js(&browser, "more-like-this results", &like_first).await;
-    let request = edgeclip_messages::dashboard::SearchRequest { like: Some(shown[0].clone()), k: Some(12), ..edgeclip_messages::dashboard::SearchRequest::text("") };
-    let like = results(bounded("like", client.request("page", request, Duration::from_secs(20))).await.expect("answer"));
+    let request = edgeclip_messages::dashboard::SearchRequest {
+        like: Some(shown[0].clone()),
+        k: Some(12),
+        ..edgeclip_messages::dashboard::SearchRequest::text("")
+    };
+    let like = results(
+        bounded(
+            "like",
+            client.request("page", request, Duration::from_secs(20)),
+        )
+        .await
+        .expect("answer"),
+    );
     assert!(!like.hits.iter().any(|h| h.id == shown[0]));
     let best = like.hits[0].score;
-    assert!(like.hits.iter().filter(|h| h.score > best - 1e-4).any(|h| h.id == like_first.as_str().unwrap_or_default()), "{like_first}");
+    assert!(
+        like.hits
+            .iter()
+            .filter(|h| h.score > best - 1e-4)
+            .any(|h| h.id == like_first.as_str().unwrap_or_default()),
+        "{like_first}"
+    );
 
     // A folder filter that matches nothing: an empty grid, not an error.
     let none = format!(
@@ -218,11 +374,18 @@ async fn the_search_page_shows_the_systems_best_match_first_in_a_real_browser() 
         pictures.path().join("no-such-folder").display()
     );
     browser.execute(&none, vec![]).await.expect("filter");
-    wait_js(&browser, "an empty result for a folder without pictures", "return document.getElementById('message').textContent.startsWith('0 pictures')").await;
+    wait_js(
+        &browser,
+        "an empty result for a folder without pictures",
+        "return document.getElementById('message').textContent.startsWith('0 pictures')",
+    )
+    .await;
 
     // Date filters: the copies were made today, so nothing is taken from the day after
     // tomorrow on, and everything between the day before yesterday and the day after tomorrow.
-    let day = |offset: i64| format!("new Date(Date.now() + {offset} * 86400000).toISOString().slice(0, 10)");
+    let day = |offset: i64| {
+        format!("new Date(Date.now() + {offset} * 86400000).toISOString().slice(0, 10)")
+    };
     let dates = |after: i64, before: Option<i64>| {
         format!(
             "document.getElementById('folder').value = ''; document.getElementById('after').value = {}; document.getElementById('before').value = {}; document.getElementById('message').textContent = ''; document.getElementById('go').click(); return true",
@@ -230,10 +393,24 @@ async fn the_search_page_shows_the_systems_best_match_first_in_a_real_browser() 
             before.map_or("''".to_string(), day)
         )
     };
-    browser.execute(&dates(2, None), vec![]).await.expect("after filter");
-    wait_js(&browser, "no pictures taken after the day after tomorrow", "return document.getElementById('message').textContent.startsWith('0 pictures')").await;
-    browser.execute(&dates(-2, Some(2)), vec![]).await.expect("date range");
-    let all = format!("return document.getElementById('message').textContent.startsWith('{} pictures')", expected.hits.len());
+    browser
+        .execute(&dates(2, None), vec![])
+        .await
+        .expect("after filter");
+    wait_js(
+        &browser,
+        "no pictures taken after the day after tomorrow",
+        "return document.getElementById('message').textContent.startsWith('0 pictures')",
+    )
+    .await;
+    browser
+        .execute(&dates(-2, Some(2)), vec![])
+        .await
+        .expect("date range");
+    let all = format!(
+        "return document.getElementById('message').textContent.startsWith('{} pictures')",
+        expected.hits.len()
+    );
     wait_js(&browser, "every picture within the date range", &all).await;
 
     browser.close().await.expect("browser closes");
@@ -246,16 +423,31 @@ async fn the_search_page_shows_the_systems_best_match_first_in_a_real_browser() 
 /// What Home Assistant requires of a discovery config, per component (its MQTT integration's
 /// schemas), and what every edgeclip entity must carry to be grouped and tracked.
 fn home_assistant_accepts(component: &str, config: &serde_json::Value) -> Result<(), String> {
-    let text = |field: &str| config.get(field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let text = |field: &str| {
+        config
+            .get(field)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+    };
     for field in ["unique_id", "name"] {
         text(field).ok_or(format!("{component}: {field} missing"))?;
     }
-    let identifiers = config["device"]["identifiers"].as_array().ok_or(format!("{component}: device.identifiers missing"))?;
-    if identifiers.is_empty() || !identifiers.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())) {
+    let identifiers = config["device"]["identifiers"]
+        .as_array()
+        .ok_or(format!("{component}: device.identifiers missing"))?;
+    if identifiers.is_empty()
+        || !identifiers
+            .iter()
+            .all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
+    {
         return Err(format!("{component}: device.identifiers empty"));
     }
-    config["origin"]["name"].as_str().ok_or(format!("{component}: origin.name missing"))?;
-    let availability = config["availability"].as_array().ok_or(format!("{component}: availability missing"))?;
+    config["origin"]["name"]
+        .as_str()
+        .ok_or(format!("{component}: origin.name missing"))?;
+    let availability = config["availability"]
+        .as_array()
+        .ok_or(format!("{component}: availability missing"))?;
     if availability.is_empty() || !availability.iter().all(|a| a["topic"].as_str().is_some()) {
         return Err(format!("{component}: availability without a topic"));
     }
@@ -280,11 +472,23 @@ fn home_assistant_accepts(component: &str, config: &serde_json::Value) -> Result
 }
 
 /// The last payload on each topic matching `pred`.
-fn latest(recorder: &Recorder, pred: impl Fn(&str) -> bool) -> std::collections::BTreeMap<String, Vec<u8>> {
-    recorder.all().into_iter().filter(|(t, _)| pred(t)).collect()
+fn latest(
+    recorder: &Recorder,
+    pred: impl Fn(&str) -> bool,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    recorder
+        .all()
+        .into_iter()
+        .filter(|(t, _)| pred(t))
+        .collect()
 }
 
-async fn wait_status(recorder: &Recorder, topic: &str, what: &str, pred: impl Fn(&edgeclip_messages::dashboard::DeviceStatus) -> bool) {
+async fn wait_status(
+    recorder: &Recorder,
+    topic: &str,
+    what: &str,
+    pred: impl Fn(&edgeclip_messages::dashboard::DeviceStatus) -> bool,
+) {
     let deadline = Instant::now() + TEST_TIMEOUT;
     loop {
         let last = latest(recorder, |t| t == topic).remove(topic);
@@ -307,7 +511,9 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     let ha = Recorder::start(&broker.url(), "homeassistant/#").await;
     let edgeclip_topics = Recorder::start(&broker.url(), "edgeclip/hass/#").await;
-    let cloud = edgeclip_cloud::Cloud::start(cloud_config(&broker.url(), "hass-w")).await.expect("cloud");
+    let cloud = edgeclip_cloud::Cloud::start(cloud_config(&broker.url(), "hass-w"))
+        .await
+        .expect("cloud");
     let state = tempfile::tempdir().expect("state");
     let mut config = device_config(&broker.url(), "hass", &[pictures.path()], state.path());
     config.capture.watch = false;
@@ -322,60 +528,140 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
         if configs.len() >= 7 {
             break configs;
         }
-        assert!(Instant::now() < deadline, "only {} discovery configs arrived: {:?}", configs.len(), configs.keys());
+        assert!(
+            Instant::now() < deadline,
+            "only {} discovery configs arrived: {:?}",
+            configs.len(),
+            configs.keys()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut by_object = std::collections::BTreeMap::new();
     for (topic, payload) in &configs {
         let levels: Vec<&str> = topic.split('/').collect();
         assert_eq!((levels.len(), levels[0]), (5, "homeassistant"), "{topic}");
-        let config: serde_json::Value = serde_json::from_slice(payload).unwrap_or_else(|e| panic!("{topic}: {e}"));
-        home_assistant_accepts(levels[1], &config).unwrap_or_else(|e| panic!("{topic}: {e}\n{config:#}"));
-        assert_eq!(config["availability"][0]["topic"], topics::availability("hass"), "{topic}: availability is the last will's topic");
-        assert_eq!(config["device"]["identifiers"], configs_first_identifiers(&configs), "{topic}: one device");
+        let config: serde_json::Value =
+            serde_json::from_slice(payload).unwrap_or_else(|e| panic!("{topic}: {e}"));
+        home_assistant_accepts(levels[1], &config)
+            .unwrap_or_else(|e| panic!("{topic}: {e}\n{config:#}"));
+        assert_eq!(
+            config["availability"][0]["topic"],
+            topics::availability("hass"),
+            "{topic}: availability is the last will's topic"
+        );
+        assert_eq!(
+            config["device"]["identifiers"],
+            configs_first_identifiers(&configs),
+            "{topic}: one device"
+        );
         by_object.insert(levels[3].to_string(), (levels[1].to_string(), config));
     }
-    let kinds: Vec<(&str, &str)> = by_object.iter().map(|(o, (c, _))| (o.as_str(), c.as_str())).collect();
+    let kinds: Vec<(&str, &str)> = by_object
+        .iter()
+        .map(|(o, (c, _))| (o.as_str(), c.as_str()))
+        .collect();
     assert_eq!(
         kinds,
-        [("best_match", "image"), ("best_match_bytes", "image"), ("indexed", "sensor"), ("last_hits", "sensor"), ("reindex", "button"), ("rescan", "button"), ("search", "text")]
+        [
+            ("best_match", "image"),
+            ("best_match_bytes", "image"),
+            ("indexed", "sensor"),
+            ("last_hits", "sensor"),
+            ("reindex", "button"),
+            ("rescan", "button"),
+            ("search", "text")
+        ]
     );
-    let ids: std::collections::BTreeSet<&str> = by_object.values().map(|(_, c)| c["unique_id"].as_str().expect("id")).collect();
+    let ids: std::collections::BTreeSet<&str> = by_object
+        .values()
+        .map(|(_, c)| c["unique_id"].as_str().expect("id"))
+        .collect();
     assert_eq!(ids.len(), by_object.len(), "unique ids are unique");
-    let cfg = |object: &str, field: &str| by_object[object].1[field].as_str().expect(field).to_string();
+    let cfg = |object: &str, field: &str| {
+        by_object[object].1[field]
+            .as_str()
+            .expect(field)
+            .to_string()
+    };
     assert_eq!(cfg("search", "command_topic"), topics::search("hass"));
     assert_eq!(cfg("indexed", "state_topic"), topics::status("hass"));
     assert_eq!(cfg("last_hits", "state_topic"), topics::results("hass"));
 
     // Typing into the text entity: Home Assistant publishes the plain text on its command topic.
-    ha.publish(&cfg("search", "command_topic"), "a red circle").await;
-    let answer = edgeclip_topics.wait_for(&topics::results("hass"), |_| true).await;
+    ha.publish(&cfg("search", "command_topic"), "a red circle")
+        .await;
+    let answer = edgeclip_topics
+        .wait_for(&topics::results("hass"), |_| true)
+        .await;
     let answer = results(serde_json::from_slice(&answer).expect("results JSON"));
     assert_eq!(answer.text, "a red circle");
-    let url = edgeclip_topics.wait_for(&cfg("best_match", "url_topic"), |_| true).await;
+    let url = edgeclip_topics
+        .wait_for(&cfg("best_match", "url_topic"), |_| true)
+        .await;
     let url = String::from_utf8(url).expect("URL");
     assert_eq!(Some(url.as_str()), answer.hits[0].thumb_url.as_deref());
     let (status, kind, jpeg) = http("GET", &url, "").await;
     assert_eq!((status, kind.as_str()), (200, "image/jpeg"));
-    let bytes = edgeclip_topics.wait_for(&cfg("best_match_bytes", "image_topic"), |_| true).await;
-    assert_eq!(bytes, jpeg, "the optional image topic carries the same thumbnail");
+    let bytes = edgeclip_topics
+        .wait_for(&cfg("best_match_bytes", "image_topic"), |_| true)
+        .await;
+    assert_eq!(
+        bytes, jpeg,
+        "the optional image topic carries the same thumbnail"
+    );
 
     // The rescan button finds a picture added behind the device's back (no watching here).
-    std::fs::copy(shapes.join("red_circle.jpg"), pictures.path().join("added.jpg")).expect("add");
+    std::fs::copy(
+        shapes.join("red_circle.jpg"),
+        pictures.path().join("added.jpg"),
+    )
+    .expect("add");
     tokio::time::sleep(Duration::from_millis(400)).await; // past capture.settle_ms
-    ha.publish(&cfg("rescan", "command_topic"), by_object["rescan"].1["payload_press"].as_str().expect("payload")).await;
-    wait_status(&edgeclip_topics, &topics::status("hass"), "the added picture", |s| s.indexed == n + 1 && s.pending == 0).await;
+    ha.publish(
+        &cfg("rescan", "command_topic"),
+        by_object["rescan"].1["payload_press"]
+            .as_str()
+            .expect("payload"),
+    )
+    .await;
+    wait_status(
+        &edgeclip_topics,
+        &topics::status("hass"),
+        "the added picture",
+        |s| s.indexed == n + 1 && s.pending == 0,
+    )
+    .await;
     // The re-index button encodes every picture again.
     let before = device.status().await.expect("status").encoded;
-    ha.publish(&cfg("reindex", "command_topic"), by_object["reindex"].1["payload_press"].as_str().expect("payload")).await;
-    wait_status(&edgeclip_topics, &topics::status("hass"), "every picture encoded again", |s| s.encoded > before + n && s.pending == 0).await;
+    ha.publish(
+        &cfg("reindex", "command_topic"),
+        by_object["reindex"].1["payload_press"]
+            .as_str()
+            .expect("payload"),
+    )
+    .await;
+    wait_status(
+        &edgeclip_topics,
+        &topics::status("hass"),
+        "every picture encoded again",
+        |s| s.encoded > before + n && s.pending == 0,
+    )
+    .await;
 
     // Home Assistant restarts: the configs come again.
     let seen = ha.all().len();
     ha.publish("homeassistant/status", "online").await;
     let deadline = Instant::now() + TEST_TIMEOUT;
-    while ha.all()[seen..].iter().filter(|(t, p)| t.ends_with("/config") && !p.is_empty()).count() < 7 {
-        assert!(Instant::now() < deadline, "configs not published again after Home Assistant said online");
+    while ha.all()[seen..]
+        .iter()
+        .filter(|(t, p)| t.ends_with("/config") && !p.is_empty())
+        .count()
+        < 7
+    {
+        assert!(
+            Instant::now() < deadline,
+            "configs not published again after Home Assistant said online"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -383,25 +669,57 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     device.shutdown().await.expect("device shutdown");
     // As a person runs it: the device program with --uninstall-discovery.
     let program = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name("edgeclip-device");
-    assert!(program.is_file(), "{} is missing: build the workspace first", program.display());
+    assert!(
+        program.is_file(),
+        "{} is missing: build the workspace first",
+        program.display()
+    );
     let url = broker.url();
-    let run = move || Command::new(&program).arg("--uninstall-discovery").env("EDGECLIP_DEVICE_ID", "hass").env("EDGECLIP_BROKER__URL", url).env("RUST_LOG", "warn").output();
-    let out = bounded("uninstall", tokio::task::spawn_blocking(run)).await.expect("joined").expect("edgeclip-device runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 7 Home Assistant discovery configs"), "{}", String::from_utf8_lossy(&out.stdout));
+    let run = move || {
+        Command::new(&program)
+            .arg("--uninstall-discovery")
+            .env("EDGECLIP_DEVICE_ID", "hass")
+            .env("EDGECLIP_BROKER__URL", url)
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let out = bounded("uninstall", tokio::task::spawn_blocking(run))
+        .await
+        .expect("joined")
+        .expect("edgeclip-device runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 7 Home Assistant discovery configs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let deadline = Instant::now() + TEST_TIMEOUT;
-    while !latest(&ha, |t| t.ends_with("/config")).values().all(|p| p.is_empty()) {
+    while !latest(&ha, |t| t.ends_with("/config"))
+        .values()
+        .all(|p| p.is_empty())
+    {
         assert!(Instant::now() < deadline, "configs not removed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let late = Recorder::start(&broker.url(), "homeassistant/#").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(late.all().iter().all(|(_, p)| p.is_empty()), "retained configs left: {:?}", late.all());
+    assert!(
+        late.all().iter().all(|(_, p)| p.is_empty()),
+        "retained configs left: {:?}",
+        late.all()
+    );
     cloud.shutdown().await.expect("cloud shutdown");
 }
 
-fn configs_first_identifiers(configs: &std::collections::BTreeMap<String, Vec<u8>>) -> serde_json::Value {
-    let first: serde_json::Value = serde_json::from_slice(configs.values().next().expect("a config")).expect("json");
+fn configs_first_identifiers(
+    configs: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> serde_json::Value {
+    let first: serde_json::Value =
+        serde_json::from_slice(configs.values().next().expect("a config")).expect("json");
     first["device"]["identifiers"].clone()
 }
 
@@ -410,46 +728,99 @@ fn configs_first_identifiers(configs: &std::collections::BTreeMap<String, Vec<u8
 #[test]
 fn the_node_red_example_flow_is_valid_json_wired_to_the_real_topics() {
     use edgeclip_messages::topics;
-    let raw = std::fs::read(repo().join("docs/node-red-flow.json")).expect("docs/node-red-flow.json");
-    let flow: Vec<serde_json::Value> = serde_json::from_slice(&raw).expect("an importable flow is a JSON array of nodes");
-    let ids: std::collections::HashSet<&str> = flow.iter().map(|n| n["id"].as_str().expect("every node has an id")).collect();
+    let raw =
+        std::fs::read(repo().join("docs/node-red-flow.json")).expect("docs/node-red-flow.json");
+    let flow: Vec<serde_json::Value> =
+        serde_json::from_slice(&raw).expect("an importable flow is a JSON array of nodes");
+    let ids: std::collections::HashSet<&str> = flow
+        .iter()
+        .map(|n| n["id"].as_str().expect("every node has an id"))
+        .collect();
     assert_eq!(ids.len(), flow.len(), "node ids are unique");
-    let node = |id: &str| flow.iter().find(|n| n["id"] == id).unwrap_or_else(|| panic!("no node {id}"));
+    let node = |id: &str| {
+        flow.iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    };
     for n in &flow {
         let kind = n["type"].as_str().expect("every node has a type");
         for output in n["wires"].as_array().into_iter().flatten() {
             for target in output.as_array().expect("wires are lists") {
-                assert!(ids.contains(target.as_str().expect("id")), "{} wires to a missing node {target}", n["id"]);
+                assert!(
+                    ids.contains(target.as_str().expect("id")),
+                    "{} wires to a missing node {target}",
+                    n["id"]
+                );
             }
         }
         for reference in ["z", "broker", "group", "tab"] {
             // A broker config node's own "broker" field is the broker's host name.
             if let Some(r) = n[reference].as_str().filter(|_| kind != "mqtt-broker") {
-                assert!(ids.contains(r), "{} refers to a missing {reference} {r}", n["id"]);
+                assert!(
+                    ids.contains(r),
+                    "{} refers to a missing {reference} {r}",
+                    n["id"]
+                );
             }
         }
         if kind == "mqtt in" || kind == "mqtt out" {
-            assert_eq!(node(n["broker"].as_str().expect("broker"))["type"], "mqtt-broker");
+            assert_eq!(
+                node(n["broker"].as_str().expect("broker"))["type"],
+                "mqtt-broker"
+            );
         }
     }
     // The MQTT nodes use exactly the device's real topics (device id "nas" in the example).
     let mqtt = |kind: &str| -> std::collections::BTreeSet<String> {
-        flow.iter().filter(|n| n["type"] == kind).map(|n| n["topic"].as_str().expect("topic").to_string()).collect()
+        flow.iter()
+            .filter(|n| n["type"] == kind)
+            .map(|n| n["topic"].as_str().expect("topic").to_string())
+            .collect()
     };
-    assert_eq!(mqtt("mqtt out"), [topics::search("nas"), topics::command("nas")].into_iter().collect());
-    assert_eq!(mqtt("mqtt in"), [topics::results("nas"), topics::status("nas")].into_iter().collect());
+    assert_eq!(
+        mqtt("mqtt out"),
+        [topics::search("nas"), topics::command("nas")]
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(
+        mqtt("mqtt in"),
+        [topics::results("nas"), topics::status("nas")]
+            .into_iter()
+            .collect()
+    );
     // The search box feeds the search topic; results feed a gallery of thumbnails by URL.
-    let search_box = flow.iter().find(|n| n["type"] == "ui_text_input").expect("a search box");
-    assert_eq!(node(search_box["wires"][0][0].as_str().expect("wired"))["topic"], topics::search("nas").as_str());
-    let results_in = flow.iter().find(|n| n["topic"] == topics::results("nas").as_str()).expect("results");
+    let search_box = flow
+        .iter()
+        .find(|n| n["type"] == "ui_text_input")
+        .expect("a search box");
+    assert_eq!(
+        node(search_box["wires"][0][0].as_str().expect("wired"))["topic"],
+        topics::search("nas").as_str()
+    );
+    let results_in = flow
+        .iter()
+        .find(|n| n["topic"] == topics::results("nas").as_str())
+        .expect("results");
     assert_eq!(results_in["datatype"], "json");
     let gallery = node(results_in["wires"][0][0].as_str().expect("wired"));
     assert_eq!(gallery["type"], "ui_template");
     let template = gallery["format"].as_str().expect("template");
-    assert!(template.contains("hit.thumb_url") && template.contains("msg.payload.hits") && template.contains("hit.score"), "{template}");
-    let rescan = flow.iter().find(|n| n["type"] == "ui_button").expect("a rescan button");
+    assert!(
+        template.contains("hit.thumb_url")
+            && template.contains("msg.payload.hits")
+            && template.contains("hit.score"),
+        "{template}"
+    );
+    let rescan = flow
+        .iter()
+        .find(|n| n["type"] == "ui_button")
+        .expect("a rescan button");
     assert_eq!(rescan["payload"], edgeclip_messages::homeassistant::RESCAN);
-    assert_eq!(node(rescan["wires"][0][0].as_str().expect("wired"))["topic"], topics::command("nas").as_str());
+    assert_eq!(
+        node(rescan["wires"][0][0].as_str().expect("wired"))["topic"],
+        topics::command("nas").as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -463,7 +834,12 @@ async fn discovery_comes_back_after_a_broker_restart_that_lost_the_retained_conf
     let mut config = device_config(&url, "restart", &[pictures.path()], state.path());
     config.broker.reconnect_max_ms = 500;
     let device = Device::start(config).await.expect("device");
-    let configs = |r: &Recorder| r.all().iter().filter(|(t, p)| t.ends_with("/config") && !p.is_empty()).count();
+    let configs = |r: &Recorder| {
+        r.all()
+            .iter()
+            .filter(|(t, p)| t.ends_with("/config") && !p.is_empty())
+            .count()
+    };
     let before = Recorder::start(&url, "homeassistant/#").await;
     let deadline = Instant::now() + TEST_TIMEOUT;
     while configs(&before) < 6 {
@@ -481,7 +857,12 @@ async fn discovery_comes_back_after_a_broker_restart_that_lost_the_retained_conf
         if configs(&after) >= 6 {
             break;
         }
-        assert!(Instant::now() < deadline, "discovery configs not published again after the broker restart");
+        assert!(
+            Instant::now() < deadline,
+            "discovery configs not published again after the broker restart"
+        );
     }
-    bounded("device shutdown", device.shutdown()).await.expect("shutdown");
+    bounded("device shutdown", device.shutdown())
+        .await
+        .expect("shutdown");
 }

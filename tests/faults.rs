@@ -13,15 +13,22 @@ use edgeclip_device::Device;
 use edgeclip_messages::dashboard::{DeviceStatus, SearchResponse};
 use util::*;
 
-
 fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
-    let limit = libc::rlimit { rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY), rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: prlimit only reads `limit` and writes nothing (old limit pointer is null).
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-async fn status_until(client: &mut Client, device: &str, what: &str, pred: impl Fn(&DeviceStatus) -> bool) -> DeviceStatus {
+async fn status_until(
+    client: &mut Client,
+    device: &str,
+    what: &str,
+    pred: impl Fn(&DeviceStatus) -> bool,
+) -> DeviceStatus {
     let deadline = Instant::now() + TEST_TIMEOUT;
     loop {
         if let Ok((_, s)) = client.status(device, Duration::from_secs(2)).await {
@@ -47,7 +54,9 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     let pictures = copy_pictures(&shapes);
     let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
     let url = broker.url();
-    let cloud = bounded("cloud start", Cloud::start(cloud_config(&url, "disk-w"))).await.expect("cloud");
+    let cloud = bounded("cloud start", Cloud::start(cloud_config(&url, "disk-w")))
+        .await
+        .expect("cloud");
     let state = tmp.path().join("state");
     let conf = tmp.path().join("device.toml");
     std::fs::write(
@@ -71,7 +80,10 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
             // the write fails with EFBIG instead, as a full disk fails with ENOSPC. Ignored
             // signals stay ignored across exec.
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit { rlim_cur: ROOM, rlim_max: libc::RLIM_INFINITY };
+            let limit = libc::rlimit {
+                rlim_cur: ROOM,
+                rlim_max: libc::RLIM_INFINITY,
+            };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -81,17 +93,38 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     let device = Killed(command.spawn().expect("device starts"));
     let pid = device.0.id() as libc::pid_t;
 
-    let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5))).await.expect("connect");
-    let full = status_until(&mut client, "sdcard", "the device reports the full disk", |s| {
-        s.storage_error.is_some() && s.unsaved as usize + s.indexed as usize == labels.len()
-    })
+    let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5)))
+        .await
+        .expect("connect");
+    let full = status_until(
+        &mut client,
+        "sdcard",
+        "the device reports the full disk",
+        |s| s.storage_error.is_some() && s.unsaved as usize + s.indexed as usize == labels.len(),
+    )
     .await;
-    assert!(full.indexed >= 1 && (full.indexed as usize) < labels.len(), "{full:?}");
-    assert_eq!(full.failed, 0, "a full disk is not the pictures' fault: {full:?}");
-    assert!(full.storage_error.as_deref().is_some_and(|e| e.contains("journal")), "{full:?}");
+    assert!(
+        full.indexed >= 1 && (full.indexed as usize) < labels.len(),
+        "{full:?}"
+    );
+    assert_eq!(
+        full.failed, 0,
+        "a full disk is not the pictures' fault: {full:?}"
+    );
+    assert!(
+        full.storage_error
+            .as_deref()
+            .is_some_and(|e| e.contains("journal")),
+        "{full:?}"
+    );
 
     // It keeps serving searches from what it has.
-    let response = bounded("search", client.search("sdcard", "a red circle", Some(50), Duration::from_secs(20))).await.expect("answered");
+    let response = bounded(
+        "search",
+        client.search("sdcard", "a red circle", Some(50), Duration::from_secs(20)),
+    )
+    .await
+    .expect("answered");
     match &response {
         SearchResponse::Results(r) => assert_eq!(r.hits.len(), full.indexed as usize),
         SearchResponse::Error(e) => panic!("search failed: {}", e.error),
@@ -99,23 +132,34 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
 
     // Space returns.
     set_file_size_limit(pid, None);
-    let done = status_until(&mut client, "sdcard", "the waiting pictures are written", |s| {
-        s.storage_error.is_none() && s.unsaved == 0 && s.indexed as usize == labels.len()
-    })
+    let done = status_until(
+        &mut client,
+        "sdcard",
+        "the waiting pictures are written",
+        |s| s.storage_error.is_none() && s.unsaved == 0 && s.indexed as usize == labels.len(),
+    )
     .await;
-    assert_eq!((done.encoded as usize, done.failed), (labels.len(), 0), "nothing encoded twice, nothing lost: {done:?}");
+    assert_eq!(
+        (done.encoded as usize, done.failed),
+        (labels.len(), 0),
+        "nothing encoded twice, nothing lost: {done:?}"
+    );
     client.disconnect().await;
     drop(device);
 
     // The index on disk holds every picture exactly once.
     let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
-    let (_, index, report) = edgeclip_device::store::Store::open(&state.join("index"), &model.id, model.dim).expect("the index opens");
+    let (_, index, report) =
+        edgeclip_device::store::Store::open(&state.join("index"), &model.id, model.dim)
+            .expect("the index opens");
     assert_eq!((index.len(), report.pictures), (labels.len(), labels.len()));
     let mut paths: Vec<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), labels.len());
-    bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+    bounded("cloud shutdown", cloud.shutdown())
+        .await
+        .expect("cloud shutdown");
 }
 
 /// Mosquitto is restarted while the device indexes and while a search waits for the cloud:
@@ -132,68 +176,114 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
     let pictures = tempfile::tempdir().expect("pictures");
     for copy in 0..4 {
         for name in labels.keys() {
-            std::fs::copy(shapes.join(name), pictures.path().join(format!("{copy}-{name}"))).expect("copy");
+            std::fs::copy(
+                shapes.join(name),
+                pictures.path().join(format!("{copy}-{name}")),
+            )
+            .expect("copy");
         }
     }
     let total = labels.len() * 4;
     let port = free_port();
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut broker = Some(mosquitto(port, tmp.path()));
-    let cloud = bounded("cloud start", Cloud::start(cloud_config(&url, "restart-w"))).await.expect("cloud");
+    let cloud = bounded("cloud start", Cloud::start(cloud_config(&url, "restart-w")))
+        .await
+        .expect("cloud");
     let state = tempfile::tempdir().expect("state");
     let mut config = device_config(&url, "restarted", &[pictures.path()], state.path());
     config.encoder.workers = 1;
-    let device = bounded("device start", Device::start(config)).await.expect("device");
+    let device = bounded("device start", Device::start(config))
+        .await
+        .expect("device");
 
     // Restart the broker while pictures are still waiting.
     let deadline = Instant::now() + TEST_TIMEOUT;
     loop {
         let s = device.status().await.expect("status");
         if s.indexed >= 2 {
-            assert!((s.indexed as usize) < total, "indexing finished before the broker restart; make the test's folder bigger");
+            assert!(
+                (s.indexed as usize) < total,
+                "indexing finished before the broker restart; make the test's folder bigger"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the device never started indexing");
+        assert!(
+            Instant::now() < deadline,
+            "the device never started indexing"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(broker.take());
     // A search while the broker is down: the device cannot reach the cloud.
     let started = Instant::now();
     let conf_dir = tmp.path().to_path_buf();
-    let (answer, restarted) = tokio::join!(device.search(edgeclip_messages::dashboard::SearchRequest::text("a red circle")), async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        tokio::task::spawn_blocking(move || mosquitto(port, &conf_dir)).await.expect("restart")
-    });
+    let (answer, restarted) = tokio::join!(
+        device.search(edgeclip_messages::dashboard::SearchRequest::text(
+            "a red circle"
+        )),
+        async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::task::spawn_blocking(move || mosquitto(port, &conf_dir))
+                .await
+                .expect("restart")
+        }
+    );
     broker = Some(restarted);
     let answer = answer.expect("the device answers");
     let waited = started.elapsed();
     // Answered after the retry once the broker is back, or failed with a reason; never a hang.
     match &answer {
         SearchResponse::Results(r) => assert!(!r.hits.is_empty()),
-        SearchResponse::Error(e) => assert!(e.error.contains("cloud"), "a reason naming the cloud: {}", e.error),
+        SearchResponse::Error(e) => assert!(
+            e.error.contains("cloud"),
+            "a reason naming the cloud: {}",
+            e.error
+        ),
     }
-    assert!(waited < Duration::from_secs(15), "the search took {waited:?}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "the search took {waited:?}"
+    );
 
     // Both reconnect on their own: the device finishes and answers searches again.
     let done = wait_idle(&device).await;
     assert_eq!((done.indexed as usize, done.failed), (total, 0), "{done:?}");
     let deadline = Instant::now() + TEST_TIMEOUT;
     loop {
-        let r = device.search(edgeclip_messages::dashboard::SearchRequest::text("a blue square")).await.expect("search");
+        let r = device
+            .search(edgeclip_messages::dashboard::SearchRequest::text(
+                "a blue square",
+            ))
+            .await
+            .expect("search");
         if matches!(r, SearchResponse::Results(_)) {
             break;
         }
-        assert!(Instant::now() < deadline, "searches never worked again: {r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "searches never worked again: {r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bounded("device shutdown", device.shutdown()).await.expect("shutdown");
-    bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+    bounded("device shutdown", device.shutdown())
+        .await
+        .expect("shutdown");
+    bounded("cloud shutdown", cloud.shutdown())
+        .await
+        .expect("cloud shutdown");
     drop(broker);
 
     let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
-    let (_, index, _) = edgeclip_device::store::Store::open(&state.path().join("index"), &model.id, model.dim).expect("store");
+    let (_, index, _) =
+        edgeclip_device::store::Store::open(&state.path().join("index"), &model.id, model.dim)
+            .expect("store");
     let mut paths: Vec<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
     paths.sort();
     paths.dedup();
-    assert_eq!((index.len(), paths.len()), (total, total), "every picture exactly once");
+    assert_eq!(
+        (index.len(), paths.len()),
+        (total, total),
+        "every picture exactly once"
+    );
 }

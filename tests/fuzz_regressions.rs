@@ -10,8 +10,8 @@ mod harness;
 use std::path::{Path, PathBuf};
 
 use edgeclip_messages::wire::{
-    encode, quantise, CloudFailure, DeviceHit, EncodeReply, EncodeRequest, ErrorCode, FleetAnswer, FleetBody, FleetQuery, RankBody, RankReply,
-    RankRequest, RankedIds, ReplyBody, TextVector,
+    encode, quantise, CloudFailure, DeviceHit, EncodeReply, EncodeRequest, ErrorCode, FleetAnswer,
+    FleetBody, FleetQuery, RankBody, RankReply, RankRequest, RankedIds, ReplyBody, TextVector,
 };
 
 const TARGETS: [&str; 5] = ["wire", "json", "picture", "tokenize", "store"];
@@ -38,11 +38,31 @@ fn wire_seeds() -> Vec<Vec<u8>> {
     let reply_to = "edgeclip/cam1/cloud/reply".to_string();
     let vector = vec![0.5f32, -0.5, 0.5, -0.5];
     let mut codes = Vec::new();
-    let scales = vec![quantise(&vector, &mut codes), quantise(&[0.1, 0.2, 0.3, 0.9], &mut codes)];
+    let scales = vec![
+        quantise(&vector, &mut codes),
+        quantise(&[0.1, 0.2, 0.3, 0.9], &mut codes),
+    ];
     let frames = vec![
-        encode(&EncodeRequest { request_id: 1, reply_to: reply_to.clone(), model: "m".into(), text: "a red circle".into() }),
-        encode(&EncodeReply { request_id: 1, body: ReplyBody::Vector(TextVector { model: "m".into(), vector: vector.clone() }) }),
-        encode(&EncodeReply { request_id: 2, body: ReplyBody::Error(CloudFailure { code: ErrorCode::Busy, message: "slow down".into() }) }),
+        encode(&EncodeRequest {
+            request_id: 1,
+            reply_to: reply_to.clone(),
+            model: "m".into(),
+            text: "a red circle".into(),
+        }),
+        encode(&EncodeReply {
+            request_id: 1,
+            body: ReplyBody::Vector(TextVector {
+                model: "m".into(),
+                vector: vector.clone(),
+            }),
+        }),
+        encode(&EncodeReply {
+            request_id: 2,
+            body: ReplyBody::Error(CloudFailure {
+                code: ErrorCode::Busy,
+                message: "slow down".into(),
+            }),
+        }),
         encode(&RankRequest {
             request_id: 3,
             reply_to: reply_to.clone(),
@@ -56,12 +76,32 @@ fn wire_seeds() -> Vec<Vec<u8>> {
             scales,
             codes,
         }),
-        encode(&RankReply { request_id: 3, chunk: 0, body: RankBody::Ranked(RankedIds { model: "m".into(), ids: vec![9], scores: vec![0.7] }) }),
-        encode(&FleetQuery { request_id: 4, reply_to: "edgeclip/fleet/answers/w1".into(), k: 3, vector: TextVector { model: "m".into(), vector } }),
+        encode(&RankReply {
+            request_id: 3,
+            chunk: 0,
+            body: RankBody::Ranked(RankedIds {
+                model: "m".into(),
+                ids: vec![9],
+                scores: vec![0.7],
+            }),
+        }),
+        encode(&FleetQuery {
+            request_id: 4,
+            reply_to: "edgeclip/fleet/answers/w1".into(),
+            k: 3,
+            vector: TextVector {
+                model: "m".into(),
+                vector,
+            },
+        }),
         encode(&FleetAnswer {
             request_id: 4,
             device: "cam1".into(),
-            body: FleetBody::Hits(vec![DeviceHit { path: "/p/a.jpg".into(), score: 0.3, taken_s: 0 }]),
+            body: FleetBody::Hits(vec![DeviceHit {
+                path: "/p/a.jpg".into(),
+                score: 0.3,
+                taken_s: 0,
+            }]),
         }),
     ];
     let mut out = Vec::new();
@@ -98,20 +138,37 @@ fn picture_seeds() -> Vec<Vec<u8>> {
         .iter()
         .map(|n| std::fs::read(repo().join("models/samples").join(n)).expect("sample picture"))
         .collect();
-    let small = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(9, 5, |x, y| image::Rgb([x as u8 * 20, y as u8 * 40, 128])));
-    for format in [image::ImageFormat::Png, image::ImageFormat::Gif, image::ImageFormat::WebP, image::ImageFormat::Bmp, image::ImageFormat::Tiff, image::ImageFormat::Jpeg] {
+    let small = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(9, 5, |x, y| {
+        image::Rgb([x as u8 * 20, y as u8 * 40, 128])
+    }));
+    for format in [
+        image::ImageFormat::Png,
+        image::ImageFormat::Gif,
+        image::ImageFormat::WebP,
+        image::ImageFormat::Bmp,
+        image::ImageFormat::Tiff,
+        image::ImageFormat::Jpeg,
+    ] {
         let mut bytes = std::io::Cursor::new(Vec::new());
-        small.write_to(&mut bytes, format).expect("small picture encodes");
+        small
+            .write_to(&mut bytes, format)
+            .expect("small picture encodes");
         out.push(bytes.into_inner());
     }
     out
 }
 
 fn tokenize_seeds() -> Vec<Vec<u8>> {
-    ["a red circle", "a photo of a big blue star on the left", "<|endoftext|> &amp; ﬁsh 🐟 Ωmega", "   ", "don't stop"]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect()
+    [
+        "a red circle",
+        "a photo of a big blue star on the left",
+        "<|endoftext|> &amp; ﬁsh 🐟 Ωmega",
+        "   ",
+        "don't stop",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
 }
 
 /// Journal records as the store writes them: an upsert and a remove, 0xA5-separated.
@@ -187,7 +244,9 @@ fn saved_fuzz_inputs_pass_the_fuzz_checks() {
     let mut replayed = 0;
     for target in TARGETS {
         let dir = repo().join("fuzz/regressions").join(target);
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries {
             let path = entry.expect("regression entry").path();
             let data = std::fs::read(&path).expect("regression input");

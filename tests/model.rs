@@ -19,16 +19,28 @@ fn towers() -> (ModelFolder, ImageTower, ClipTokenizer, TextTower) {
     let dir = model_dir();
     let visual = ModelFolder::open(&dir, None).expect("visual side of the model folder");
     let textual = TextModelFolder::open(&dir, None).expect("textual side of the model folder");
-    assert_eq!(visual.id, textual.id, "device and cloud must derive the same model id");
-    let image = ImageTower::load(&visual.visual_onnx(), visual.preprocess.size as usize, visual.dim).expect("image tower");
-    let tokenizer = ClipTokenizer::from_file(&textual.tokenizer_json(), textual.context_length).expect("tokenizer");
-    let text = TextTower::load(&textual.textual_onnx(), textual.context_length, textual.dim).expect("text tower");
+    assert_eq!(
+        visual.id, textual.id,
+        "device and cloud must derive the same model id"
+    );
+    let image = ImageTower::load(
+        &visual.visual_onnx(),
+        visual.preprocess.size as usize,
+        visual.dim,
+    )
+    .expect("image tower");
+    let tokenizer = ClipTokenizer::from_file(&textual.tokenizer_json(), textual.context_length)
+        .expect("tokenizer");
+    let text = TextTower::load(&textual.textual_onnx(), textual.context_length, textual.dim)
+        .expect("text tower");
     (visual, image, tokenizer, text)
 }
 
 fn encode_picture(model: &ModelFolder, tower: &ImageTower, path: &Path) -> Vec<f32> {
     let img = decode_file(path, DecodeLimits::default()).expect("decode");
-    tower.encode(model.preprocess.tensor(&img)).expect("encode picture")
+    tower
+        .encode(model.preprocess.tensor(&img))
+        .expect("encode picture")
 }
 
 #[test]
@@ -39,17 +51,26 @@ fn the_small_model_scores_a_red_circle_picture_above_a_blue_square_one() {
     let only = |colour: &str, shape: &str| {
         labels
             .iter()
-            .find(|(_, l)| l.shapes.len() == 1 && l.shapes[0].colour == colour && l.shapes[0].shape == shape)
+            .find(|(_, l)| {
+                l.shapes.len() == 1 && l.shapes[0].colour == colour && l.shapes[0].shape == shape
+            })
             .map(|(f, _)| shapes.join(f))
             .unwrap_or_else(|| panic!("tests/data/shapes has no lone {colour} {shape}"))
     };
     let red_circle = encode_picture(&model, &image, &only("red", "circle"));
     let blue_square = encode_picture(&model, &image, &only("blue", "square"));
-    let query = text.encode(&tokenizer.encode("a red circle").expect("tokens")).expect("text vector");
+    let query = text
+        .encode(&tokenizer.encode("a red circle").expect("tokens"))
+        .expect("text vector");
     assert_eq!(query.len(), model.dim);
     let (s_red, s_blue) = (dot(&query, &red_circle), dot(&query, &blue_square));
-    assert!(s_red > s_blue, "a red circle: red-circle picture {s_red} vs blue-square picture {s_blue}");
-    let query = text.encode(&tokenizer.encode("a blue square").expect("tokens")).expect("text vector");
+    assert!(
+        s_red > s_blue,
+        "a red circle: red-circle picture {s_red} vs blue-square picture {s_blue}"
+    );
+    let query = text
+        .encode(&tokenizer.encode("a blue square").expect("tokens"))
+        .expect("text vector");
     assert!(dot(&query, &blue_square) > dot(&query, &red_circle));
 }
 
@@ -70,10 +91,16 @@ struct ParityCorpus {
 #[test]
 fn the_tokenizer_gives_open_clips_ids_on_the_parity_corpus() {
     let textual = TextModelFolder::open(&model_dir(), None).expect("model");
-    let tokenizer = ClipTokenizer::from_file(&textual.tokenizer_json(), textual.context_length).expect("tokenizer");
+    let tokenizer = ClipTokenizer::from_file(&textual.tokenizer_json(), textual.context_length)
+        .expect("tokenizer");
     let corpus: ParityCorpus =
-        serde_json::from_slice(&std::fs::read(data("tokenizer_parity.json")).expect("fixture")).expect("fixture parses");
-    assert!(corpus.cases.len() >= 200, "corpus has {} cases", corpus.cases.len());
+        serde_json::from_slice(&std::fs::read(data("tokenizer_parity.json")).expect("fixture"))
+            .expect("fixture parses");
+    assert!(
+        corpus.cases.len() >= 200,
+        "corpus has {} cases",
+        corpus.cases.len()
+    );
     // Where open_clip cleans text first (ftfy, HTML unescaping) or reads typed special-token
     // text as special tokens, the Hugging Face tokenizer differs by design.
     const KNOWN: &[&str] = &[
@@ -94,17 +121,35 @@ fn the_tokenizer_gives_open_clips_ids_on_the_parity_corpus() {
             // Known differences (open_clip's ftfy/HTML cleaning, literal special tokens): we
             // must still be the Hugging Face tokenizer's layout, byte for byte.
             known_differences += 1;
-            assert!(KNOWN.contains(&case.category.as_str()), "unexpected difference on {:?} ({})", case.text, case.category);
+            assert!(
+                KNOWN.contains(&case.category.as_str()),
+                "unexpected difference on {:?} ({})",
+                case.text,
+                case.category
+            );
             if case.category == "special_token_text" {
                 // Typed special tokens stay text: the row holds exactly one start and one end.
-                assert_eq!(ours.iter().filter(|&&i| i == 49406).count(), 1, "{:?}", case.text);
-                assert_eq!(ours.iter().filter(|&&i| i == 49407).count(), 1, "{:?}", case.text);
+                assert_eq!(
+                    ours.iter().filter(|&&i| i == 49406).count(),
+                    1,
+                    "{:?}",
+                    case.text
+                );
+                assert_eq!(
+                    ours.iter().filter(|&&i| i == 49407).count(),
+                    1,
+                    "{:?}",
+                    case.text
+                );
             } else {
                 assert_eq!(ours, case.hf_ids, "{:?}", case.text);
             }
         }
     }
-    println!("{} cases, {known_differences} known differences", corpus.cases.len());
+    println!(
+        "{} cases, {known_differences} known differences",
+        corpus.cases.len()
+    );
 }
 
 #[derive(Deserialize)]
@@ -122,15 +167,24 @@ struct PreprocessIndex {
 fn preprocessing_matches_open_clip_on_the_fixture_pictures() {
     let model = ModelFolder::open(&model_dir(), None).expect("model");
     let dir = data("preprocess");
-    let index: PreprocessIndex = serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index")).expect("parses");
+    let index: PreprocessIndex =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index"))
+            .expect("parses");
     assert!(index.pictures.len() >= 3);
     for p in &index.pictures {
         let img = decode_file(&dir.join(&p.file), DecodeLimits::default()).expect("decode");
         let ours = model.preprocess.tensor(&img);
         let raw = std::fs::read(dir.join(&p.tensor)).expect("tensor");
-        let theirs: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let theirs: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         assert_eq!(ours.len(), theirs.len(), "{}", p.file);
-        let diffs: Vec<f32> = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).collect();
+        let diffs: Vec<f32> = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
         let max = diffs.iter().copied().fold(0.0, f32::max);
         println!("{}: mean abs diff {mean:.5}, max {max:.4}", p.file);
@@ -143,7 +197,8 @@ fn preprocessing_matches_open_clip_on_the_fixture_pictures() {
 
 #[test]
 fn tract_embeddings_equal_onnxruntimes_for_the_small_model() {
-    let report = edgeclip::parity::check(&model_dir(), &data("parity/clip-shapes")).expect("parity check runs");
+    let report = edgeclip::parity::check(&model_dir(), &data("parity/clip-shapes"))
+        .expect("parity check runs");
     println!("{report:?}");
     assert!(report.images >= 2 && report.texts >= 3);
     assert!(report.image_min_cosine >= 0.9999, "{report:?}");

@@ -68,8 +68,12 @@ pub struct EncoderConfig {
 
 impl CloudConfig {
     /// Layers defaults, the optional file, the environment and `overrides`, then validates.
-    pub fn load(file: Option<&Path>, overrides: &[(&str, config::Value)]) -> Result<Self, CloudError> {
-        let cfg: Self = edgeclip_link::settings::load_layered(DEFAULTS, file, &[], overrides).map_err(CloudError::Config)?;
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &[(&str, config::Value)],
+    ) -> Result<Self, CloudError> {
+        let cfg: Self = edgeclip_link::settings::load_layered(DEFAULTS, file, &[], overrides)
+            .map_err(CloudError::Config)?;
         cfg.validated()
     }
 
@@ -77,17 +81,32 @@ impl CloudConfig {
     pub fn validated(mut self) -> Result<Self, CloudError> {
         let bad = |m: &str| Err(CloudError::Config(m.to_string()));
         if self.worker_id.is_empty() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "cloud".into());
-            let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(48).collect();
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "cloud".into());
+            let host: String = host
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(48)
+                .collect();
             self.worker_id = format!("{host}-{}", std::process::id());
         }
-        if !self.worker_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) || self.worker_id.len() > 64 {
+        if !self
+            .worker_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || self.worker_id.len() > 64
+        {
             return bad("worker_id may only hold up to 64 letters, digits, '.', '_' and '-'");
         }
         let client_id = format!("edgeclip-cloud-{}", self.worker_id);
-        self.broker.validate(client_id).map_err(|e| CloudError::Config(e.to_string()))?;
+        self.broker
+            .validate(client_id)
+            .map_err(|e| CloudError::Config(e.to_string()))?;
         if self.encoder.workers == 0 {
-            self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            self.encoder.workers = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
         }
         if self.encoder.workers > 64 {
             return bad("encoder.workers must be at most 64");
@@ -101,10 +120,16 @@ impl CloudConfig {
         if self.limits.max_requesters == 0 {
             return bad("limits.max_requesters must be >= 1");
         }
-        if self.fleet.deadline_ms == 0 || self.fleet.deadline_ms > self.fleet.max_deadline_ms || self.fleet.max_deadline_ms > 600_000 {
+        if self.fleet.deadline_ms == 0
+            || self.fleet.deadline_ms > self.fleet.max_deadline_ms
+            || self.fleet.max_deadline_ms > 600_000
+        {
             return bad("fleet.deadline_ms must be >= 1 and <= fleet.max_deadline_ms <= 600000");
         }
-        if self.fleet.default_k == 0 || self.fleet.default_k > self.fleet.max_k || self.fleet.max_k > 10_000 {
+        if self.fleet.default_k == 0
+            || self.fleet.default_k > self.fleet.max_k
+            || self.fleet.max_k > 10_000
+        {
             return bad("fleet.default_k must be >= 1 and <= fleet.max_k <= 10000");
         }
         Ok(self)
@@ -120,9 +145,13 @@ mod tests {
         let cfg = CloudConfig::load(None, &[("worker_id", "w1".into())]).unwrap();
         assert_eq!(cfg.broker.client_id, "edgeclip-cloud-w1");
         assert!(cfg.encoder.workers >= 1);
-        let err = CloudConfig::load(None, &[("broker.url", "localhost".into())]).unwrap_err().to_string();
+        let err = CloudConfig::load(None, &[("broker.url", "localhost".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mqtt://"), "{err}");
-        let err = CloudConfig::load(None, &[("worker_id", "a b".into())]).unwrap_err().to_string();
+        let err = CloudConfig::load(None, &[("worker_id", "a b".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("worker_id"), "{err}");
     }
 }

@@ -53,11 +53,17 @@ pub fn cut_length(ids: &[i64]) -> usize {
 }
 
 /// `model` optimised once for one row of any length.
-fn any_length_plan(model: &InferenceModel, input_type: DatumType) -> TractResult<Arc<TypedRunnableModel>> {
+fn any_length_plan(
+    model: &InferenceModel,
+    input_type: DatumType,
+) -> TractResult<Arc<TypedRunnableModel>> {
     let length = model.symbols.sym("sequence_length");
     model
         .clone()
-        .with_input_fact(0, InferenceFact::dt_shape(input_type, [1.to_dim(), length.to_dim()]))?
+        .with_input_fact(
+            0,
+            InferenceFact::dt_shape(input_type, [1.to_dim(), length.to_dim()]),
+        )?
         .into_optimized()?
         .into_runnable()
 }
@@ -70,28 +76,52 @@ impl TextTower {
     /// the tower cut texts (`cuts`). Otherwise, and for a model fixed at `context_length`
     /// tokens, every text runs at the full length.
     pub fn load(onnx: &Path, context_length: usize, dim: usize) -> Result<Self, CloudError> {
-        let err = |e: TractError| CloudError::Model { path: onnx.to_path_buf(), reason: format!("{e:#}") };
-        let model = tract_onnx::onnx().with_ignore_value_info(true).model_for_path(onnx).map_err(err)?;
+        let err = |e: TractError| CloudError::Model {
+            path: onnx.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(onnx)
+            .map_err(err)?;
         let fact = model.input_fact(0).map_err(err)?;
         let input_type = match fact.datum_type.concretize() {
             Some(DatumType::I32) => DatumType::I32,
             Some(DatumType::I64) | None => DatumType::I64,
             Some(other) => {
-                return Err(CloudError::Model { path: onnx.to_path_buf(), reason: format!("text input of type {other:?} is not supported") })
+                return Err(CloudError::Model {
+                    path: onnx.to_path_buf(),
+                    reason: format!("text input of type {other:?} is not supported"),
+                })
             }
         };
         // a dimension the model names (`sequence_length`) is a symbol, not a number
-        let fixed_length = fact.shape.dims().nth(1).and_then(|d| d.concretize()).is_some_and(|d| d.to_i64().is_ok());
+        let fixed_length = fact
+            .shape
+            .dims()
+            .nth(1)
+            .and_then(|d| d.concretize())
+            .is_some_and(|d| d.to_i64().is_ok());
         if !fixed_length {
             match any_length_plan(&model, input_type) {
                 Ok(plan) => {
-                    let tower = Self { plan, input_type, context_length, dim, cut: true };
+                    let tower = Self {
+                        plan,
+                        input_type,
+                        context_length,
+                        dim,
+                        cut: true,
+                    };
                     match tower.check_cut() {
                         Ok(()) => return Ok(tower),
-                        Err(reason) => tracing::warn!(model = %onnx.display(), %reason, "the text tower runs every text at full length"),
+                        Err(reason) => {
+                            tracing::warn!(model = %onnx.display(), %reason, "the text tower runs every text at full length")
+                        }
                     }
                 }
-                Err(e) => tracing::warn!(model = %onnx.display(), error = %format!("{e:#}"), "the text tower's sequence axis is declared dynamic but does not optimise as such"),
+                Err(e) => {
+                    tracing::warn!(model = %onnx.display(), error = %format!("{e:#}"), "the text tower's sequence axis is declared dynamic but does not optimise as such")
+                }
             }
         }
         let plan = model
@@ -101,10 +131,19 @@ impl TextTower {
             .map_err(err)?
             .into_runnable()
             .map_err(err)?;
-        let tower = Self { plan, input_type, context_length, dim, cut: false };
+        let tower = Self {
+            plan,
+            input_type,
+            context_length,
+            dim,
+            cut: false,
+        };
         let out = tower.encode(&tower.padded(PROBES[0]))?;
         if out.len() != dim {
-            return Err(CloudError::Model { path: onnx.to_path_buf(), reason: format!("outputs {} values, config.json says {dim}", out.len()) });
+            return Err(CloudError::Model {
+                path: onnx.to_path_buf(),
+                reason: format!("outputs {} values, config.json says {dim}", out.len()),
+            });
         }
         Ok(tower)
     }
@@ -119,11 +158,21 @@ impl TextTower {
         for probe in PROBES {
             let padded = self.padded(probe);
             let full = self.run(&padded).map_err(|e| e.to_string())?;
-            let cut = self.run(&padded[..cut_length(&padded)]).map_err(|e| e.to_string())?;
+            let cut = self
+                .run(&padded[..cut_length(&padded)])
+                .map_err(|e| e.to_string())?;
             if full.len() != self.dim || cut.len() != self.dim {
-                return Err(format!("outputs {} values, config.json says {}", full.len(), self.dim));
+                return Err(format!(
+                    "outputs {} values, config.json says {}",
+                    full.len(),
+                    self.dim
+                ));
             }
-            let diff = full.iter().zip(&cut).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let diff = full
+                .iter()
+                .zip(&cut)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             if diff.is_nan() || diff > CUT_TOLERANCE {
                 return Err(format!("a text cut after its end-of-text token encodes differently (max difference {diff})"));
             }
@@ -142,9 +191,17 @@ impl TextTower {
     /// L2-normalised vector.
     pub fn encode(&self, ids: &[i64]) -> Result<Vec<f32>, CloudError> {
         if ids.len() != self.context_length {
-            return Err(CloudError::Inference(format!("{} ids given, the model takes {}", ids.len(), self.context_length)));
+            return Err(CloudError::Inference(format!(
+                "{} ids given, the model takes {}",
+                ids.len(),
+                self.context_length
+            )));
         }
-        let ids = if self.cut { &ids[..cut_length(ids)] } else { ids };
+        let ids = if self.cut {
+            &ids[..cut_length(ids)]
+        } else {
+            ids
+        };
         self.run(ids)
     }
 
@@ -158,13 +215,22 @@ impl TextTower {
             _ => Tensor::from_shape(&shape, ids),
         }
         .map_err(|e| CloudError::Inference(format!("{e:#}")))?;
-        let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| CloudError::Inference(format!("{e:#}")))?;
-        let first = outputs.first().ok_or_else(|| CloudError::Inference("model has no output".into()))?;
-        let view = first.to_plain_array_view::<f32>().map_err(|e| CloudError::Inference(format!("{e:#}")))?;
+        let outputs = self
+            .plan
+            .run(tvec!(tensor.into()))
+            .map_err(|e| CloudError::Inference(format!("{e:#}")))?;
+        let first = outputs
+            .first()
+            .ok_or_else(|| CloudError::Inference("model has no output".into()))?;
+        let view = first
+            .to_plain_array_view::<f32>()
+            .map_err(|e| CloudError::Inference(format!("{e:#}")))?;
         let mut v: Vec<f32> = view.iter().copied().collect();
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         if !norm.is_finite() || norm == 0.0 {
-            return Err(CloudError::Inference(format!("model produced a vector of norm {norm}")));
+            return Err(CloudError::Inference(format!(
+                "model produced a vector of norm {norm}"
+            )));
         }
         v.iter_mut().for_each(|x| *x /= norm);
         Ok(v)
@@ -178,7 +244,9 @@ mod tests {
     use super::*;
 
     fn data(path: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
     }
 
     fn row(tokens: &[i64]) -> Vec<i64> {
@@ -189,14 +257,20 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
     fn a_row_is_cut_just_after_its_first_largest_id() {
         assert_eq!(cut_length(&row(&[49406, 320, 1125, 49407])), 4);
         assert_eq!(cut_length(&row(&[49406, 49407, 320, 49407])), 2);
-        let full: Vec<i64> = std::iter::once(49406).chain(std::iter::repeat_n(320, 75)).chain([49407]).collect();
+        let full: Vec<i64> = std::iter::once(49406)
+            .chain(std::iter::repeat_n(320, 75))
+            .chain([49407])
+            .collect();
         assert_eq!(cut_length(&full), 77);
         assert_eq!(cut_length(&row(&[])), 1);
         assert_eq!(cut_length(&[]), 0);
@@ -204,10 +278,23 @@ mod tests {
 
     #[test]
     fn the_bundled_tower_cuts_texts_and_encodes_them_as_at_full_length() {
-        let tower = TextTower::load(&data("models/clip-shapes/textual/model.onnx"), 77, 64).expect("bundled text tower");
-        assert!(tower.cuts(), "the bundled tower is exported with a dynamic sequence axis");
-        let long: Vec<i64> = std::iter::once(49406).chain((0..75).map(|i| 320 + i)).chain([49407]).collect();
-        for tokens in [&[49406, 49407][..], &[49406, 320, 736, 2138, 49407], &[49406, 320, 736, 49407, 0, 5, 49407], &long[..40], &long] {
+        let tower = TextTower::load(&data("models/clip-shapes/textual/model.onnx"), 77, 64)
+            .expect("bundled text tower");
+        assert!(
+            tower.cuts(),
+            "the bundled tower is exported with a dynamic sequence axis"
+        );
+        let long: Vec<i64> = std::iter::once(49406)
+            .chain((0..75).map(|i| 320 + i))
+            .chain([49407])
+            .collect();
+        for tokens in [
+            &[49406, 49407][..],
+            &[49406, 320, 736, 2138, 49407],
+            &[49406, 320, 736, 49407, 0, 5, 49407],
+            &long[..40],
+            &long,
+        ] {
             let mut ids = row(&tokens[..tokens.len().min(77)]);
             if tokens.len() == 40 {
                 ids[39] = 49407;
@@ -215,7 +302,11 @@ mod tests {
             let cut = tower.encode(&ids).expect("cut");
             let full = tower.run(&ids).expect("full length");
             assert_eq!(cut.len(), 64);
-            assert!(max_diff(&cut, &full) < 1e-5, "{tokens:?}: {}", max_diff(&cut, &full));
+            assert!(
+                max_diff(&cut, &full) < 1e-5,
+                "{tokens:?}: {}",
+                max_diff(&cut, &full)
+            );
         }
         // the cut is real: a different row after the end token is not looked at
         let a = tower.encode(&row(&[49406, 320, 49407, 0, 0])).expect("a");
@@ -225,25 +316,46 @@ mod tests {
 
     #[test]
     fn a_tower_fixed_at_77_tokens_runs_every_text_at_full_length() {
-        let tower = TextTower::load(&data("tests/data/text-towers/fixed.onnx"), 77, 4).expect("fixed tower");
+        let tower = TextTower::load(&data("tests/data/text-towers/fixed.onnx"), 77, 4)
+            .expect("fixed tower");
         assert!(!tower.cuts());
-        let v = tower.encode(&row(&[49406, 320, 1125, 49407])).expect("encode");
+        let v = tower
+            .encode(&row(&[49406, 320, 1125, 49407]))
+            .expect("encode");
         assert_eq!(v.len(), 4);
-        assert!(tower.run(&row(&[49406, 49407])[..2]).is_err(), "a fixed tower takes 77 ids only");
+        assert!(
+            tower.run(&row(&[49406, 49407])[..2]).is_err(),
+            "a fixed tower takes 77 ids only"
+        );
     }
 
     #[test]
     fn a_dynamic_tower_that_looks_past_the_end_token_is_not_cut() {
         let path = data("tests/data/text-towers/looks-ahead.onnx");
         let tower = TextTower::load(&path, 77, 4).expect("looks-ahead tower");
-        assert!(!tower.cuts(), "the check at load must refuse to cut this tower");
+        assert!(
+            !tower.cuts(),
+            "the check at load must refuse to cut this tower"
+        );
         // what cutting would have done: the same model at any length, asked for both
-        let model = tract_onnx::onnx().with_ignore_value_info(true).model_for_path(&path).expect("model");
+        let model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(&path)
+            .expect("model");
         let plan = any_length_plan(&model, DatumType::I64).expect("plan");
-        let any = TextTower { plan, input_type: DatumType::I64, context_length: 77, dim: 4, cut: false };
+        let any = TextTower {
+            plan,
+            input_type: DatumType::I64,
+            context_length: 77,
+            dim: 4,
+            cut: false,
+        };
         let ids = row(&[49406, 320, 1125, 49407]);
         let full = tower.encode(&ids).expect("full");
         assert!(max_diff(&full, &any.run(&ids).expect("any, full")) < 1e-5);
-        assert!(max_diff(&full, &any.run(&ids[..4]).expect("any, cut")) > 1e-3, "the fixture must look past the end token");
+        assert!(
+            max_diff(&full, &any.run(&ids[..4]).expect("any, cut")) > 1e-3,
+            "the fixture must look past the end token"
+        );
     }
 }

@@ -69,12 +69,22 @@ impl Limits {
     /// Fresh limits; `max_requesters` of 0 is treated as 1.
     pub fn new(config: LimitsConfig) -> Self {
         let size = NonZeroUsize::new(config.max_requesters).unwrap_or(NonZeroUsize::MIN);
-        Self { config, requesters: LruCache::new(size) }
+        Self {
+            config,
+            requesters: LruCache::new(size),
+        }
     }
 
     fn requester(&mut self, who: &str, now: Instant) -> &mut Requester {
         if !self.requesters.contains(who) {
-            self.requesters.put(who.to_string(), Requester { tokens: self.config.burst.max(1) as f64, last: now, in_flight: 0 });
+            self.requesters.put(
+                who.to_string(),
+                Requester {
+                    tokens: self.config.burst.max(1) as f64,
+                    last: now,
+                    in_flight: 0,
+                },
+            );
         }
         self.requesters.get_mut(who).expect("just inserted")
     }
@@ -125,7 +135,12 @@ mod tests {
     use std::time::Duration;
 
     fn limits(per_s: f64, burst: u32, in_flight: usize, requesters: usize) -> Limits {
-        Limits::new(LimitsConfig { requests_per_s: per_s, burst, max_in_flight: in_flight, max_requesters: requesters })
+        Limits::new(LimitsConfig {
+            requests_per_s: per_s,
+            burst,
+            max_in_flight: in_flight,
+            max_requesters: requesters,
+        })
     }
 
     #[test]
@@ -156,11 +171,17 @@ mod tests {
         let now = Instant::now();
         l.start_encoding("a", now).unwrap();
         l.start_encoding("a", now).unwrap();
-        assert_eq!(l.start_encoding("a", now), Err(Refusal::InFlight { max: 2 }));
+        assert_eq!(
+            l.start_encoding("a", now),
+            Err(Refusal::InFlight { max: 2 })
+        );
         l.start_encoding("b", now).unwrap();
         l.finish_encoding("a");
         l.start_encoding("a", now).unwrap();
-        assert!(l.admit_request("a", now).is_ok(), "rate 0 disables the rate limit");
+        assert!(
+            l.admit_request("a", now).is_ok(),
+            "rate 0 disables the rate limit"
+        );
     }
 
     #[test]

@@ -26,11 +26,16 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let config = CloudConfig::load(args.config.as_deref(), &[]).context("loading the cloud configuration")?;
-    let mut cloud = Cloud::start(config).await.context("starting the cloud worker")?;
+    let config = CloudConfig::load(args.config.as_deref(), &[])
+        .context("loading the cloud configuration")?;
+    let mut cloud = Cloud::start(config)
+        .await
+        .context("starting the cloud worker")?;
     tokio::select! {
         _ = edgeclip_link::shutdown_signal() => {
             cloud.shutdown().await.context("shutting down")?;

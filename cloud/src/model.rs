@@ -40,19 +40,34 @@ impl TextModelFolder {
     /// Reads the folder's configuration; `id_override` replaces the derived model id.
     pub fn open(dir: &Path, id_override: Option<&str>) -> Result<Self, CloudError> {
         let config_path = dir.join("config.json");
-        let bytes = std::fs::read(&config_path).map_err(|e| CloudError::Model { path: config_path.clone(), reason: e.to_string() })?;
+        let bytes = std::fs::read(&config_path).map_err(|e| CloudError::Model {
+            path: config_path.clone(),
+            reason: e.to_string(),
+        })?;
         let config: OpenClipConfig =
-            serde_json::from_slice(&bytes).map_err(|e| CloudError::Model { path: config_path.clone(), reason: e.to_string() })?;
+            serde_json::from_slice(&bytes).map_err(|e| CloudError::Model {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?;
         if config.embed_dim == 0 || config.embed_dim > edgeclip_messages::wire::MAX_DIM {
-            return Err(CloudError::Model { path: config_path, reason: format!("embed_dim {} is out of range", config.embed_dim) });
+            return Err(CloudError::Model {
+                path: config_path,
+                reason: format!("embed_dim {} is out of range", config.embed_dim),
+            });
         }
         if !(3..=1024).contains(&config.text_cfg.context_length) {
-            return Err(CloudError::Model { path: config_path, reason: "text_cfg.context_length must be in 3..=1024".into() });
+            return Err(CloudError::Model {
+                path: config_path,
+                reason: "text_cfg.context_length must be in 3..=1024".into(),
+            });
         }
         for needed in ["model.onnx", "tokenizer.json"] {
             let p = dir.join("textual").join(needed);
             if !p.is_file() {
-                return Err(CloudError::Model { path: p, reason: "missing (the cloud needs textual/)".into() });
+                return Err(CloudError::Model {
+                    path: p,
+                    reason: "missing (the cloud needs textual/)".into(),
+                });
             }
         }
         let sums = std::fs::read(dir.join("SHA256SUMS")).ok();
@@ -65,7 +80,12 @@ impl TextModelFolder {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => edgeclip_messages::model_id::model_id(&name, &bytes, sums.as_deref()),
         };
-        Ok(Self { dir: dir.to_path_buf(), id, dim: config.embed_dim, context_length: config.text_cfg.context_length })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            id,
+            dim: config.embed_dim,
+            context_length: config.text_cfg.context_length,
+        })
     }
 
     /// Path of the text tower.

@@ -24,24 +24,41 @@ pub struct ClipTokenizer {
 
 impl std::fmt::Debug for ClipTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").field("context_length", &self.context_length).finish()
+        f.debug_struct("ClipTokenizer")
+            .field("context_length", &self.context_length)
+            .finish()
     }
 }
 
 impl ClipTokenizer {
     /// Loads `tokenizer.json`; it must know CLIP's start and end tokens.
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self, CloudError> {
-        let inner = Tokenizer::from_file(path).map_err(|e| CloudError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
-        Self::new(inner, context_length).map_err(|reason| CloudError::Model { path: path.to_path_buf(), reason })
+        let inner = Tokenizer::from_file(path).map_err(|e| CloudError::Model {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::new(inner, context_length).map_err(|reason| CloudError::Model {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     fn new(inner: Tokenizer, context_length: usize) -> Result<Self, String> {
-        let sot = inner.token_to_id(SOT).ok_or(format!("tokenizer has no {SOT} token"))?;
-        let eot = inner.token_to_id(EOT).ok_or(format!("tokenizer has no {EOT} token"))?;
+        let sot = inner
+            .token_to_id(SOT)
+            .ok_or(format!("tokenizer has no {SOT} token"))?;
+        let eot = inner
+            .token_to_id(EOT)
+            .ok_or(format!("tokenizer has no {EOT} token"))?;
         if context_length < 3 {
             return Err("context length must be at least 3".into());
         }
-        Ok(Self { inner, sot, eot, context_length })
+        Ok(Self {
+            inner,
+            sot,
+            eot,
+            context_length,
+        })
     }
 
     /// Tokens per row.
@@ -53,9 +70,19 @@ impl ClipTokenizer {
     /// (`<|endoftext|>`) stay text: the text tower pools at the first end-of-text id, so an
     /// injected one would cut the search short.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, CloudError> {
-        let cleaned = text.replace(SOT, "<| startoftext |>").replace(EOT, "<| endoftext |>");
-        let encoding = self.inner.encode(cleaned.as_str(), false).map_err(|e| CloudError::Tokenize(e.to_string()))?;
-        let body: Vec<u32> = encoding.get_ids().iter().copied().filter(|&id| id != self.sot && id != self.eot).collect();
+        let cleaned = text
+            .replace(SOT, "<| startoftext |>")
+            .replace(EOT, "<| endoftext |>");
+        let encoding = self
+            .inner
+            .encode(cleaned.as_str(), false)
+            .map_err(|e| CloudError::Tokenize(e.to_string()))?;
+        let body: Vec<u32> = encoding
+            .get_ids()
+            .iter()
+            .copied()
+            .filter(|&id| id != self.sot && id != self.eot)
+            .collect();
         let keep = body.len().min(self.context_length - 2);
         let mut ids = Vec::with_capacity(self.context_length);
         ids.push(self.sot as i64);

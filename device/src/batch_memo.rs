@@ -34,11 +34,20 @@ fn path(state_dir: &Path) -> PathBuf {
 pub fn recall(state_dir: &Path, model: &str, machine: &str) -> Option<usize> {
     let bytes = std::fs::read(path(state_dir)).ok()?;
     let memo: Memo = serde_json::from_slice(&bytes).ok()?;
-    (memo.model == model && memo.machine == machine && (1..=crate::encode::MAX_AUTO_BATCH).contains(&memo.batch)).then_some(memo.batch)
+    (memo.model == model
+        && memo.machine == machine
+        && (1..=crate::encode::MAX_AUTO_BATCH).contains(&memo.batch))
+    .then_some(memo.batch)
 }
 
 /// Keeps `batch` (with the timings that chose it) for `model` on `machine`.
-pub fn remember(state_dir: &Path, model: &str, machine: &str, batch: usize, timings: &BatchTimings) -> std::io::Result<()> {
+pub fn remember(
+    state_dir: &Path,
+    model: &str,
+    machine: &str,
+    batch: usize,
+    timings: &BatchTimings,
+) -> std::io::Result<()> {
     let memo = Memo {
         model: model.to_string(),
         machine: machine.to_string(),
@@ -49,14 +58,19 @@ pub fn remember(state_dir: &Path, model: &str, machine: &str, batch: usize, timi
     };
     std::fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&memo).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&memo).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(tmp, path(state_dir))
 }
 
 /// This machine as far as the speed of the model goes: architecture, cores and the CPU's name
 /// (`model name` on x86, the board's `Model` or the cores' `CPU part` on ARM).
 pub fn this_machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         cpuinfo.lines().find_map(|l| {
@@ -64,7 +78,10 @@ pub fn this_machine() -> String {
             (k.trim() == name).then(|| v.trim().to_string())
         })
     };
-    let cpu = field("model name").or_else(|| field("Model")).or_else(|| field("CPU part")).unwrap_or_default();
+    let cpu = field("model name")
+        .or_else(|| field("Model"))
+        .or_else(|| field("CPU part"))
+        .unwrap_or_default();
     format!("{} {cores} cores {cpu}", std::env::consts::ARCH)
 }
 
@@ -77,7 +94,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         assert_eq!(recall(&state, "m", "x"), None);
-        let timings = BatchTimings { single_ms: Some(140.0), batched_ms: vec![(2, 125.0), (3, 117.0), (4, 180.0)], single_again_ms: Some(138.0) };
+        let timings = BatchTimings {
+            single_ms: Some(140.0),
+            batched_ms: vec![(2, 125.0), (3, 117.0), (4, 180.0)],
+            single_again_ms: Some(138.0),
+        };
         remember(&state, "m", "x", 3, &timings).unwrap();
         assert_eq!(recall(&state, "m", "x"), Some(3));
         assert_eq!(recall(&state, "other model", "x"), None);

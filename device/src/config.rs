@@ -216,8 +216,17 @@ pub struct StatusConfig {
 impl DeviceConfig {
     /// Layers defaults, the optional file, the environment and `overrides` (key, value), then
     /// validates. Keys are dotted paths such as `broker.url`.
-    pub fn load(file: Option<&Path>, overrides: &[(&str, config::Value)]) -> Result<Self, DeviceError> {
-        let cfg: Self = edgeclip_link::settings::load_layered(DEFAULTS, file, &["folders", "encoder.extensions"], overrides).map_err(DeviceError::Config)?;
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &[(&str, config::Value)],
+    ) -> Result<Self, DeviceError> {
+        let cfg: Self = edgeclip_link::settings::load_layered(
+            DEFAULTS,
+            file,
+            &["folders", "encoder.extensions"],
+            overrides,
+        )
+        .map_err(DeviceError::Config)?;
         cfg.validated()
     }
 
@@ -230,21 +239,36 @@ impl DeviceConfig {
         edgeclip_messages::topics::validate_device_id(&self.device_id)
             .map_err(|e| DeviceError::Config(format!("device_id {:?}: {e}", self.device_id)))?;
         let client_id = format!("edgeclip-device-{}", self.device_id);
-        self.broker.validate(client_id).map_err(|e| DeviceError::Config(e.to_string()))?;
+        self.broker
+            .validate(client_id)
+            .map_err(|e| DeviceError::Config(e.to_string()))?;
         if self.encoder.workers == 0 {
-            self.encoder.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            self.encoder.workers = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
         }
         if self.search.threads == 0 {
-            self.search.threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            self.search.threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
         }
         if self.search.threads > 64 {
-            return bad(format!("search.threads = {} is more than 64", self.search.threads));
+            return bad(format!(
+                "search.threads = {} is more than 64",
+                self.search.threads
+            ));
         }
         if self.encoder.workers > 64 {
-            return bad(format!("encoder.workers = {} is more than 64", self.encoder.workers));
+            return bad(format!(
+                "encoder.workers = {} is more than 64",
+                self.encoder.workers
+            ));
         }
         if self.encoder.batch > 64 {
-            return bad(format!("encoder.batch = {} is more than 64", self.encoder.batch));
+            return bad(format!(
+                "encoder.batch = {} is more than 64",
+                self.encoder.batch
+            ));
         }
         if self.encoder.max_side < 16 {
             return bad("encoder.max_side must be at least 16".into());
@@ -258,51 +282,81 @@ impl DeviceConfig {
         if self.search.cloud_timeout_ms == 0 || self.search.cloud_timeout_ms > 600_000 {
             return bad("search.cloud_timeout_ms must be in 1..=600000".into());
         }
-        if self.search.default_k == 0 || self.search.max_k == 0 || self.search.default_k > self.search.max_k {
-            return bad("search.default_k and search.max_k must be >= 1 with default_k <= max_k".into());
+        if self.search.default_k == 0
+            || self.search.max_k == 0
+            || self.search.default_k > self.search.max_k
+        {
+            return bad(
+                "search.default_k and search.max_k must be >= 1 with default_k <= max_k".into(),
+            );
         }
         if self.search.server_chunk_vectors == 0 {
             return bad("search.server_chunk_vectors must be >= 1".into());
         }
-        if self.search.max_duplicate_pictures < 2 || self.search.max_duplicate_pictures > 1_000_000 {
+        if self.search.max_duplicate_pictures < 2 || self.search.max_duplicate_pictures > 1_000_000
+        {
             return bad("search.max_duplicate_pictures must be in 2..=1000000".into());
         }
         if self.search.max_text_bytes == 0 {
             return bad("search.max_text_bytes must be >= 1".into());
         }
         if self.http.bind != "lan" && self.http.bind.parse::<std::net::IpAddr>().is_err() {
-            return bad(format!("http.bind = {:?} is neither \"lan\" nor an IP address", self.http.bind));
+            return bad(format!(
+                "http.bind = {:?} is neither \"lan\" nor an IP address",
+                self.http.bind
+            ));
         }
         if !(16..=2048).contains(&self.http.thumb_side) {
             return bad("http.thumb_side must be in 16..=2048".into());
         }
-        if !self.http.public_url.is_empty() && !self.http.public_url.starts_with("http://") && !self.http.public_url.starts_with("https://") {
+        if !self.http.public_url.is_empty()
+            && !self.http.public_url.starts_with("http://")
+            && !self.http.public_url.starts_with("https://")
+        {
             return bad("http.public_url must start with http:// or https://".into());
         }
         self.http.public_url = self.http.public_url.trim_end_matches('/').to_string();
         let prefix = &self.homeassistant.prefix;
-        if prefix.is_empty() || prefix.contains(['+', '#', '\0']) || prefix.starts_with('/') || prefix.ends_with('/') {
+        if prefix.is_empty()
+            || prefix.contains(['+', '#', '\0'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
             return bad(format!("homeassistant.prefix = {prefix:?} must be a concrete topic without leading or trailing '/'"));
         }
         self.http.cache_dir = self.state_dir.join(&self.http.cache_dir);
         let mut names = std::collections::HashSet::new();
         for cam in &mut self.cameras {
-            edgeclip_messages::topics::validate_device_id(&cam.name).map_err(|e| DeviceError::Config(format!("cameras: name {:?}: {e}", cam.name)))?;
+            edgeclip_messages::topics::validate_device_id(&cam.name)
+                .map_err(|e| DeviceError::Config(format!("cameras: name {:?}: {e}", cam.name)))?;
             if !names.insert(cam.name.clone()) {
                 return bad(format!("cameras: two cameras are named {:?}", cam.name));
             }
-            crate::camera::CameraUrl::parse(&cam.url).map_err(|e| DeviceError::Config(format!("cameras.{}.url: {e}", cam.name)))?;
+            crate::camera::CameraUrl::parse(&cam.url)
+                .map_err(|e| DeviceError::Config(format!("cameras.{}.url: {e}", cam.name)))?;
             if cam.interval_ms < 100 {
-                return bad(format!("cameras.{}.interval_ms must be at least 100", cam.name));
+                return bad(format!(
+                    "cameras.{}.interval_ms must be at least 100",
+                    cam.name
+                ));
             }
             if !(cam.duplicate_threshold > 0.0 && cam.duplicate_threshold <= 1.0) {
-                return bad(format!("cameras.{}.duplicate_threshold must be in (0, 1]", cam.name));
+                return bad(format!(
+                    "cameras.{}.duplicate_threshold must be in (0, 1]",
+                    cam.name
+                ));
             }
             if !(1..=600_000).contains(&cam.timeout_ms) {
-                return bad(format!("cameras.{}.timeout_ms must be in 1..=600000", cam.name));
+                return bad(format!(
+                    "cameras.{}.timeout_ms must be in 1..=600000",
+                    cam.name
+                ));
             }
             if !(1..=1024).contains(&cam.max_frame_mib) {
-                return bad(format!("cameras.{}.max_frame_mib must be in 1..=1024", cam.name));
+                return bad(format!(
+                    "cameras.{}.max_frame_mib must be in 1..=1024",
+                    cam.name
+                ));
             }
             if cam.folder.as_os_str().is_empty() {
                 cam.folder = self.state_dir.join("cameras").join(&cam.name);
@@ -331,7 +385,13 @@ pub fn host_device_id() -> String {
     let id: String = raw
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
     if id.is_empty() || id == "cloud" {
@@ -359,10 +419,26 @@ mod tests {
     #[test]
     fn a_request_is_retried_once_only_before_the_timeout() {
         let load = |retry: u64, timeout: u64| {
-            DeviceConfig::load(None, &[("device_id", "nas".into()), ("search.cloud_retry_ms", retry.into()), ("search.cloud_timeout_ms", timeout.into())]).unwrap()
+            DeviceConfig::load(
+                None,
+                &[
+                    ("device_id", "nas".into()),
+                    ("search.cloud_retry_ms", retry.into()),
+                    ("search.cloud_timeout_ms", timeout.into()),
+                ],
+            )
+            .unwrap()
         };
-        assert_eq!(DeviceConfig::load(None, &[("device_id", "nas".into())]).unwrap().cloud_retry(), Some(Duration::from_millis(2000)));
-        assert_eq!(load(1000, 3000).cloud_retry(), Some(Duration::from_millis(1000)));
+        assert_eq!(
+            DeviceConfig::load(None, &[("device_id", "nas".into())])
+                .unwrap()
+                .cloud_retry(),
+            Some(Duration::from_millis(2000))
+        );
+        assert_eq!(
+            load(1000, 3000).cloud_retry(),
+            Some(Duration::from_millis(1000))
+        );
         assert_eq!(load(3000, 3000).cloud_retry(), None);
         assert_eq!(load(0, 3000).cloud_retry(), None);
     }
@@ -371,21 +447,38 @@ mod tests {
     fn a_file_overrides_defaults_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("device.toml");
-        std::fs::write(&file, "device_id = \"cam\"\n[search]\ncloud_timeout_ms = 1234\n").unwrap();
+        std::fs::write(
+            &file,
+            "device_id = \"cam\"\n[search]\ncloud_timeout_ms = 1234\n",
+        )
+        .unwrap();
         let cfg = DeviceConfig::load(Some(&file), &[]).unwrap();
-        assert_eq!((cfg.device_id.as_str(), cfg.search.cloud_timeout_ms), ("cam", 1234));
+        assert_eq!(
+            (cfg.device_id.as_str(), cfg.search.cloud_timeout_ms),
+            ("cam", 1234)
+        );
         std::fs::write(&file, "[search]\ndefault_k = 0\n").unwrap();
-        let err = DeviceConfig::load(Some(&file), &[]).unwrap_err().to_string();
+        let err = DeviceConfig::load(Some(&file), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("default_k"), "{err}");
         std::fs::write(&file, "[search]\nno_such_key = 1\n").unwrap();
         assert!(DeviceConfig::load(Some(&file), &[]).is_err());
-        let err = DeviceConfig::load(Some(&file.with_extension("missing")), &[]).unwrap_err().to_string();
+        let err = DeviceConfig::load(Some(&file.with_extension("missing")), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
-        let err = DeviceConfig::load(None, &[("device_id", "a/b".into())]).unwrap_err().to_string();
+        let err = DeviceConfig::load(None, &[("device_id", "a/b".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("device_id"), "{err}");
-        let err = DeviceConfig::load(None, &[("http.bind", "everywhere".into())]).unwrap_err().to_string();
+        let err = DeviceConfig::load(None, &[("http.bind", "everywhere".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("http.bind"), "{err}");
-        let err = DeviceConfig::load(None, &[("broker.url", "http://x".into())]).unwrap_err().to_string();
+        let err = DeviceConfig::load(None, &[("broker.url", "http://x".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mqtt://"), "{err}");
     }
 
@@ -397,21 +490,44 @@ mod tests {
         let cfg = DeviceConfig::load(Some(&file), &[]).unwrap();
         assert_eq!(cfg.cameras.len(), 2);
         let door = &cfg.cameras[0];
-        assert_eq!((door.interval_ms, door.duplicate_threshold, door.folder.as_path()), (10_000, 0.98, Path::new("/var/lib/edgeclip/cameras/door")));
-        assert_eq!((cfg.cameras[1].interval_ms, cfg.cameras[1].folder.as_path()), (500, Path::new("/srv/yard")));
+        assert_eq!(
+            (
+                door.interval_ms,
+                door.duplicate_threshold,
+                door.folder.as_path()
+            ),
+            (10_000, 0.98, Path::new("/var/lib/edgeclip/cameras/door"))
+        );
+        assert_eq!(
+            (cfg.cameras[1].interval_ms, cfg.cameras[1].folder.as_path()),
+            (500, Path::new("/srv/yard"))
+        );
         assert!(DeviceConfig::load(None, &[]).unwrap().cameras.is_empty());
         for (bad, named) in [
             ("name = \"a/b\"\nurl = \"http://x/\"", "name"),
             ("name = \"c\"\nurl = \"https://x/\"", "url"),
-            ("name = \"c\"\nurl = \"http://x/\"\ninterval_ms = 5", "interval_ms"),
-            ("name = \"c\"\nurl = \"http://x/\"\nduplicate_threshold = 1.5", "duplicate_threshold"),
+            (
+                "name = \"c\"\nurl = \"http://x/\"\ninterval_ms = 5",
+                "interval_ms",
+            ),
+            (
+                "name = \"c\"\nurl = \"http://x/\"\nduplicate_threshold = 1.5",
+                "duplicate_threshold",
+            ),
             ("name = \"c\"\nurl = \"http://x/\"\nwhat = 1", "what"),
         ] {
             std::fs::write(&file, format!("[[cameras]]\n{bad}\n")).unwrap();
-            let err = DeviceConfig::load(Some(&file), &[("device_id", "nas".into())]).unwrap_err().to_string();
+            let err = DeviceConfig::load(Some(&file), &[("device_id", "nas".into())])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(named), "{bad}: {err}");
         }
         std::fs::write(&file, "[[cameras]]\nname = \"c\"\nurl = \"http://x/\"\n[[cameras]]\nname = \"c\"\nurl = \"http://y/\"\n").unwrap();
-        assert!(DeviceConfig::load(Some(&file), &[("device_id", "nas".into())]).unwrap_err().to_string().contains("two cameras"));
+        assert!(
+            DeviceConfig::load(Some(&file), &[("device_id", "nas".into())])
+                .unwrap_err()
+                .to_string()
+                .contains("two cameras")
+        );
     }
 }

@@ -52,7 +52,13 @@ pub fn groups(flat: &[f32], dim: usize, threshold: f32) -> Vec<Group> {
             Group { members }
         })
         .collect();
-    out.sort_by(|a, b| b.members.len().cmp(&a.members.len()).then(b.members[0].1.total_cmp(&a.members[0].1)).then(a.members[0].0.cmp(&b.members[0].0)));
+    out.sort_by(|a, b| {
+        b.members
+            .len()
+            .cmp(&a.members.len())
+            .then(b.members[0].1.total_cmp(&a.members[0].1))
+            .then(a.members[0].0.cmp(&b.members[0].0))
+    });
     out
 }
 
@@ -78,11 +84,14 @@ mod tests {
     }
 
     fn rows(groups: &[Group]) -> Vec<Vec<usize>> {
-        groups.iter().map(|g| {
-            let mut r: Vec<usize> = g.members.iter().map(|m| m.0).collect();
-            r.sort();
-            r
-        }).collect()
+        groups
+            .iter()
+            .map(|g| {
+                let mut r: Vec<usize> = g.members.iter().map(|m| m.0).collect();
+                r.sort();
+                r
+            })
+            .collect()
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub struct ImageTower {
 
 impl std::fmt::Debug for ImageTower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageTower").field("size", &self.size).field("dim", &self.dim).field("batch", &self.batch).finish()
+        f.debug_struct("ImageTower")
+            .field("size", &self.size)
+            .field("dim", &self.dim)
+            .field("batch", &self.batch)
+            .finish()
     }
 }
 
@@ -62,7 +66,10 @@ pub struct BatchTimings {
 /// and the any-batch plan's lone picture is at most [`MAX_LONE_LOSS`] slower, else 1 (which
 /// keeps the batch-1 plan). Timings that are not finite are ignored.
 pub fn choose_batch(single_ms: f64, batched_ms: &[(usize, f64)]) -> usize {
-    let lone = batched_ms.iter().find(|(b, ms)| *b == 1 && ms.is_finite()).map(|&(_, ms)| ms);
+    let lone = batched_ms
+        .iter()
+        .find(|(b, ms)| *b == 1 && ms.is_finite())
+        .map(|&(_, ms)| ms);
     if lone.is_some_and(|ms| single_ms.is_finite() && ms > single_ms * (1.0 + MAX_LONE_LOSS)) {
         return 1;
     }
@@ -95,8 +102,16 @@ fn measure<P, E>(
         crate::heap::trim();
     };
     let single = build(Some(1))?;
-    let mut timings = BatchTimings { single_ms: Some(time(&single, 1)?), ..BatchTimings::default() };
-    let single_ms = |t: &BatchTimings| t.single_ms.into_iter().chain(t.single_again_ms).fold(f64::INFINITY, f64::min);
+    let mut timings = BatchTimings {
+        single_ms: Some(time(&single, 1)?),
+        ..BatchTimings::default()
+    };
+    let single_ms = |t: &BatchTimings| {
+        t.single_ms
+            .into_iter()
+            .chain(t.single_again_ms)
+            .fold(f64::INFINITY, f64::min)
+    };
     // Freed load-time buffers back to the system before the next plan is built: glibc
     // reuses them poorly, and the peak of loading would be that of two plans.
     dropped(single);
@@ -138,7 +153,13 @@ fn plan(onnx: &Path, size: usize, batch: Option<usize>) -> TractResult<Arc<Typed
         None => model.symbols.sym("batch").to_dim(),
     };
     let plan = model
-        .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [n, 3.to_dim(), size.to_dim(), size.to_dim()]))?
+        .with_input_fact(
+            0,
+            InferenceFact::dt_shape(
+                f32::datum_type(),
+                [n, 3.to_dim(), size.to_dim(), size.to_dim()],
+            ),
+        )?
         .into_optimized()?
         .into_runnable()?;
     // The parsed and the unoptimised graphs (a copy of the weights each) are freed by now;
@@ -159,11 +180,27 @@ impl ImageTower {
     /// two runs each, on a picture-like input) and keeps the faster ([`measure`]). Only one
     /// plan is held at a time and the heap is trimmed between them, so the peak memory of
     /// loading is about that of one plan.
-    pub fn load_batched(onnx: &Path, size: usize, dim: usize, batch: usize) -> Result<(Self, BatchTimings), DeviceError> {
-        let err = |e: TractError| DeviceError::Model { path: onnx.to_path_buf(), reason: format!("{e:#}") };
-        let tower = |plan, batch| Self { plan, size, dim, batch };
+    pub fn load_batched(
+        onnx: &Path,
+        size: usize,
+        dim: usize,
+        batch: usize,
+    ) -> Result<(Self, BatchTimings), DeviceError> {
+        let err = |e: TractError| DeviceError::Model {
+            path: onnx.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let tower = |plan, batch| Self {
+            plan,
+            size,
+            dim,
+            batch,
+        };
         if batch != 0 {
-            let t = tower(plan(onnx, size, (batch == 1).then_some(1)).map_err(err)?, batch);
+            let t = tower(
+                plan(onnx, size, (batch == 1).then_some(1)).map_err(err)?,
+                batch,
+            );
             t.check_dim(onnx)?;
             return Ok((t, BatchTimings::default()));
         }
@@ -177,7 +214,13 @@ impl ImageTower {
             Ok(t)
         };
         let (tower, chosen, timings) = measure(built, |t: &Self, batch| t.ms_per_picture(batch))?;
-        Ok((Self { batch: chosen, ..tower }, timings))
+        Ok((
+            Self {
+                batch: chosen,
+                ..tower
+            },
+            timings,
+        ))
     }
 
     /// Refuses a model whose output is not `dim` values per picture.
@@ -186,7 +229,11 @@ impl ImageTower {
         if probe.len() != self.dim {
             return Err(DeviceError::Model {
                 path: onnx.to_path_buf(),
-                reason: format!("outputs {} values, config.json says embed_dim {}", probe.len(), self.dim),
+                reason: format!(
+                    "outputs {} values, config.json says embed_dim {}",
+                    probe.len(),
+                    self.dim
+                ),
             });
         }
         Ok(())
@@ -194,7 +241,9 @@ impl ImageTower {
 
     /// Best of two runs of `batch` picture-like inputs, in ms per picture.
     fn ms_per_picture(&self, batch: usize) -> Result<f64, DeviceError> {
-        let picture: Vec<f32> = (0..3 * self.size * self.size).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+        let picture: Vec<f32> = (0..3 * self.size * self.size)
+            .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
+            .collect();
         let mut best = f64::INFINITY;
         for _ in 0..2 {
             let pictures = vec![picture.clone(); batch];
@@ -220,7 +269,9 @@ impl ImageTower {
     /// the ranker's dot-product-equals-cosine invariant from exports that do not.
     pub fn encode(&self, pixels: Vec<f32>) -> Result<Vec<f32>, DeviceError> {
         let mut vectors = self.run(vec![pixels])?;
-        let mut vector = vectors.pop().ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
+        let mut vector = vectors
+            .pop()
+            .ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
         normalise(&mut vector)?;
         Ok(vector)
     }
@@ -246,22 +297,39 @@ impl ImageTower {
         let n = pictures.len();
         let per = 3 * self.size * self.size;
         if let Some(p) = pictures.iter().find(|p| p.len() != per) {
-            return Err(DeviceError::Inference(format!("a picture of {} values, the model takes {per}", p.len())));
+            return Err(DeviceError::Inference(format!(
+                "a picture of {} values, the model takes {per}",
+                p.len()
+            )));
         }
-        let flat: Vec<f32> = if n == 1 { pictures.into_iter().next().unwrap_or_default() } else { pictures.concat() };
+        let flat: Vec<f32> = if n == 1 {
+            pictures.into_iter().next().unwrap_or_default()
+        } else {
+            pictures.concat()
+        };
         let input = tract_ndarray::Array4::from_shape_vec((n, 3, self.size, self.size), flat)
             .map_err(|e| DeviceError::Inference(e.to_string()))?;
         let outputs = self
             .plan
             .run(tvec!(Tensor::from(input).into()))
             .map_err(|e| DeviceError::Inference(format!("{e:#}")))?;
-        let first = outputs.first().ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
-        let view = first.to_plain_array_view::<f32>().map_err(|e| DeviceError::Inference(format!("{e:#}")))?;
+        let first = outputs
+            .first()
+            .ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
+        let view = first
+            .to_plain_array_view::<f32>()
+            .map_err(|e| DeviceError::Inference(format!("{e:#}")))?;
         let values: Vec<f32> = view.iter().copied().collect();
         if n == 0 || values.len() % n != 0 {
-            return Err(DeviceError::Inference(format!("{} output values for {n} pictures", values.len())));
+            return Err(DeviceError::Inference(format!(
+                "{} output values for {n} pictures",
+                values.len()
+            )));
         }
-        Ok(values.chunks(values.len() / n).map(<[f32]>::to_vec).collect())
+        Ok(values
+            .chunks(values.len() / n)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
@@ -269,7 +337,9 @@ impl ImageTower {
 pub fn normalise(v: &mut [f32]) -> Result<(), DeviceError> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if !norm.is_finite() || norm == 0.0 {
-        return Err(DeviceError::Inference(format!("model produced a vector of norm {norm}")));
+        return Err(DeviceError::Inference(format!(
+            "model produced a vector of norm {norm}"
+        )));
     }
     v.iter_mut().for_each(|x| *x /= norm);
     Ok(())
@@ -312,13 +382,25 @@ mod tests {
 
     /// Distinct picture-like inputs for the bundled model (224x224).
     fn pictures(n: usize) -> Vec<Vec<f32>> {
-        (0..n).map(|k| (0..3 * 224 * 224).map(|i| (((i * 31 + k * 7919) % 251) as f32 / 125.0 - 1.0) * (1.0 + k as f32 / 4.0)).collect()).collect()
+        (0..n)
+            .map(|k| {
+                (0..3 * 224 * 224)
+                    .map(|i| {
+                        (((i * 31 + k * 7919) % 251) as f32 / 125.0 - 1.0) * (1.0 + k as f32 / 4.0)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
-            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
             assert!(diff < 1e-5, "max abs diff {diff}");
         }
     }
@@ -328,7 +410,10 @@ mod tests {
         let single = ImageTower::load(&bundled(), 224, 64).unwrap();
         assert_eq!(single.batch(), 1);
         let input = pictures(4);
-        let one_by_one: Vec<Vec<f32>> = input.iter().map(|p| single.encode(p.clone()).unwrap()).collect();
+        let one_by_one: Vec<Vec<f32>> = input
+            .iter()
+            .map(|p| single.encode(p.clone()).unwrap())
+            .collect();
         assert_ne!(one_by_one[0], one_by_one[1]);
         assert_close(&single.encode_batch(input.clone()).unwrap(), &one_by_one);
         let (three, timings) = ImageTower::load_batched(&bundled(), 224, 64, 3).unwrap();
@@ -354,7 +439,10 @@ mod tests {
 
     /// Runs [`measure`] with the batch-1 plan timed `single` (in turn) and the any-batch plan
     /// `any[b - 1]` at batch b: the batch and kind of the plan kept, the timings, the builds.
-    fn measured(single: &[f64], any: &[f64]) -> (usize, Option<usize>, BatchTimings, Vec<Option<usize>>) {
+    fn measured(
+        single: &[f64],
+        any: &[f64],
+    ) -> (usize, Option<usize>, BatchTimings, Vec<Option<usize>>) {
         let live = std::rc::Rc::new(std::cell::Cell::new(0));
         let builds = std::cell::RefCell::new(Vec::new());
         let mut singles = single.iter().copied();
@@ -364,7 +452,13 @@ mod tests {
             builds.borrow_mut().push(batch);
             Ok::<_, ()>(Fake(batch, live.clone()))
         };
-        let time = |plan: &Fake, b: usize| Ok(if plan.0.is_some() { singles.next().expect("timed once too often") } else { any[b - 1] });
+        let time = |plan: &Fake, b: usize| {
+            Ok(if plan.0.is_some() {
+                singles.next().expect("timed once too often")
+            } else {
+                any[b - 1]
+            })
+        };
         let (plan, batch, timings) = measure(build, time).unwrap();
         (batch, plan.0, timings, builds.into_inner())
     }
@@ -375,7 +469,10 @@ mod tests {
         let (batch, kind, t, builds) = measured(&[200.0, 150.0], &[160.0, 150.0, 135.0, 170.0]);
         assert_eq!((batch, kind), (1, Some(1)));
         assert_eq!((t.single_ms, t.single_again_ms), (Some(200.0), Some(150.0)));
-        assert_eq!(t.batched_ms, vec![(1, 160.0), (2, 150.0), (3, 135.0), (4, 170.0)]);
+        assert_eq!(
+            t.batched_ms,
+            vec![(1, 160.0), (2, 150.0), (3, 135.0), (4, 170.0)]
+        );
         assert_eq!(builds, vec![Some(1), None, Some(1)]);
         // A batch that wins both times is kept, on the any-batch plan built again.
         let (batch, kind, t, builds) = measured(&[150.0, 152.0], &[155.0, 125.0, 118.0, 160.0]);
@@ -395,11 +492,19 @@ mod tests {
         assert!(single.is_finite() && single > 0.0);
         // The any-batch plan's batch 1, then at least batch 2, at most up to MAX_AUTO_BATCH.
         assert_eq!(timings.batched_ms[0].0, 1);
-        assert!((2..=MAX_AUTO_BATCH).contains(&timings.batched_ms.len()), "{timings:?}");
-        let single = timings.single_again_ms.map_or(single, |again| again.min(single));
+        assert!(
+            (2..=MAX_AUTO_BATCH).contains(&timings.batched_ms.len()),
+            "{timings:?}"
+        );
+        let single = timings
+            .single_again_ms
+            .map_or(single, |again| again.min(single));
         assert_eq!(tower.batch(), choose_batch(single, &timings.batched_ms));
         let input = pictures(3);
-        let reference = ImageTower::load(&bundled(), 224, 64).unwrap().encode_batch(input.clone()).unwrap();
+        let reference = ImageTower::load(&bundled(), 224, 64)
+            .unwrap()
+            .encode_batch(input.clone())
+            .unwrap();
         assert_close(&tower.encode_batch(input).unwrap(), &reference);
     }
 }

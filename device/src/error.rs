@@ -47,6 +47,9 @@ pub enum DeviceError {
 
 impl DeviceError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DeviceError::Io { path: path.into(), source }
+        DeviceError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

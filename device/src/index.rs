@@ -142,14 +142,29 @@ impl Index {
 
     /// An empty index for vectors of `model`, of dimension `dim`, kept in `precision`.
     pub fn with_precision(model: impl Into<String>, dim: usize, precision: Precision) -> Self {
-        Self { model: model.into(), dim, entries: Vec::new(), vectors: VectorTable::new(dim, precision), keys: HashMap::new(), search_threads: 1 }
+        Self {
+            model: model.into(),
+            dim,
+            entries: Vec::new(),
+            vectors: VectorTable::new(dim, precision),
+            keys: HashMap::new(),
+            search_threads: 1,
+        }
     }
 
     /// An index of `entries` whose vectors are the rows of `vectors`, in order (a snapshot
     /// and its mapped vector file). Fails if the counts differ or a path appears twice.
-    pub fn from_rows(model: impl Into<String>, mut entries: Vec<Entry>, vectors: VectorTable) -> Result<Self, DeviceError> {
+    pub fn from_rows(
+        model: impl Into<String>,
+        mut entries: Vec<Entry>,
+        vectors: VectorTable,
+    ) -> Result<Self, DeviceError> {
         if entries.len() != vectors.len() {
-            return Err(DeviceError::Mismatch(format!("{} pictures for {} vectors", entries.len(), vectors.len())));
+            return Err(DeviceError::Mismatch(format!(
+                "{} pictures for {} vectors",
+                entries.len(),
+                vectors.len()
+            )));
         }
         let mut keys = HashMap::with_capacity(entries.len());
         for (row, e) in entries.iter().enumerate() {
@@ -160,14 +175,25 @@ impl Index {
         // Rows read one record at a time grew by doubling: up to half their length again is
         // spare (~40 bytes a picture). Shrinking gives the tail back without copying the rows.
         entries.shrink_to_fit();
-        Ok(Self { model: model.into(), dim: vectors.dim(), entries, vectors, keys, search_threads: 1 })
+        Ok(Self {
+            model: model.into(),
+            dim: vectors.dim(),
+            entries,
+            vectors,
+            keys,
+            search_threads: 1,
+        })
     }
 
     /// Replaces the vector table by `vectors`, which must hold the same rows in the same
     /// order (the vector file just written from this index, now mapped).
     pub fn adopt_vectors(&mut self, vectors: VectorTable) -> Result<(), DeviceError> {
         if vectors.len() != self.entries.len() || vectors.dim() != self.dim {
-            return Err(DeviceError::Mismatch(format!("{} vectors for {} pictures", vectors.len(), self.entries.len())));
+            return Err(DeviceError::Mismatch(format!(
+                "{} vectors for {} pictures",
+                vectors.len(),
+                self.entries.len()
+            )));
         }
         self.vectors = vectors;
         Ok(())
@@ -225,7 +251,10 @@ impl Index {
     }
 
     fn row(&self, path: &Path) -> Option<usize> {
-        self.keys.get(&picture_key(path)).copied().filter(|&r| self.entries[r].path == path)
+        self.keys
+            .get(&picture_key(path))
+            .copied()
+            .filter(|&r| self.entries[r].path == path)
     }
 
     /// The path of the picture whose [`picture_key`] is `key`, if indexed.
@@ -235,7 +264,11 @@ impl Index {
 
     /// Each picture's key with the size and modification time it was indexed at.
     pub fn stamps(&self) -> impl Iterator<Item = Known> + '_ {
-        self.keys.iter().map(|(&key, &row)| Known { key, size: self.entries[row].size, mtime_ns: self.entries[row].mtime_ns })
+        self.keys.iter().map(|(&key, &row)| Known {
+            key,
+            size: self.entries[row].size,
+            mtime_ns: self.entries[row].mtime_ns,
+        })
     }
 
     /// The entry of `path`, if indexed.
@@ -254,14 +287,19 @@ impl Index {
 
     /// Every picture with its vector (as kept: decoded from f16 or int8).
     pub fn iter(&self) -> impl Iterator<Item = (&Entry, Cow<'_, [f32]>)> {
-        self.entries.iter().enumerate().map(|(row, e)| (e, self.vectors.get(row)))
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(row, e)| (e, self.vectors.get(row)))
     }
 
     /// Whether a picture at `path` can be added or replaced: an error if another picture has
     /// its id (see [`picture_id`]).
     pub fn admits(&self, path: &Path) -> Result<(), DeviceError> {
         match self.keys.get(&picture_key(path)) {
-            Some(&row) if self.entries[row].path != path => Err(collision(&self.entries[row].path, path)),
+            Some(&row) if self.entries[row].path != path => {
+                Err(collision(&self.entries[row].path, path))
+            }
             _ => Ok(()),
         }
     }
@@ -293,7 +331,9 @@ impl Index {
 
     /// Removes a picture; true if it was indexed.
     pub fn remove(&mut self, path: &Path) -> bool {
-        let Some(row) = self.row(path) else { return false };
+        let Some(row) = self.row(path) else {
+            return false;
+        };
         self.keys.remove(&picture_key(path));
         let last = self.entries.len() - 1;
         self.entries.swap_remove(row);
@@ -305,7 +345,12 @@ impl Index {
     }
 
     /// The `k` pictures most similar to `query` (a unit vector of `model`), best first.
-    pub fn search(&self, model: &str, query: &[f32], k: usize) -> Result<Vec<Ranked<'_>>, DeviceError> {
+    pub fn search(
+        &self,
+        model: &str,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<Ranked<'_>>, DeviceError> {
         self.search_filtered(model, query, k, &Filter::default())
     }
 
@@ -315,7 +360,13 @@ impl Index {
     }
 
     /// [`Index::search`] among the pictures `filter` keeps.
-    pub fn search_filtered(&self, model: &str, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Ranked<'_>>, DeviceError> {
+    pub fn search_filtered(
+        &self,
+        model: &str,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Ranked<'_>>, DeviceError> {
         if model != self.model {
             return Err(DeviceError::Mismatch(format!(
                 "query vector comes from model {model}, but the index holds vectors of {}",
@@ -331,11 +382,20 @@ impl Index {
         }
         let unfiltered = *filter == Filter::default();
         let prepared = self.vectors.query(query);
-        Ok(top_k_split(self.entries.len(), k, self.search_threads, |row| unfiltered || filter.keeps(&self.entries[row]), self.vectors.scorer(&prepared))
-            .into_iter()
-            .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
-            .map(|Scored { row, score }| Ranked { entry: &self.entries[row], score })
-            .collect())
+        Ok(top_k_split(
+            self.entries.len(),
+            k,
+            self.search_threads,
+            |row| unfiltered || filter.keeps(&self.entries[row]),
+            self.vectors.scorer(&prepared),
+        )
+        .into_iter()
+        .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
+        .map(|Scored { row, score }| Ranked {
+            entry: &self.entries[row],
+            score,
+        })
+        .collect())
     }
 }
 
@@ -344,7 +404,16 @@ mod tests {
     use super::*;
 
     fn entry(p: &str) -> Entry {
-        Entry { path: PathBuf::from(p), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: Box::default() }
+        Entry {
+            path: PathBuf::from(p),
+            size: 1,
+            mtime_ns: 0,
+            hash: [0; 32],
+            width: 1,
+            height: 1,
+            taken_s: 0,
+            source: Box::default(),
+        }
     }
 
     #[test]
@@ -354,12 +423,25 @@ mod tests {
         for i in 0..rows {
             let a = i as f32 * 0.001;
             let folder = if i % 2 == 0 { "even" } else { "odd" };
-            index.upsert(entry(&format!("{folder}/{i}.jpg")), &[a.cos(), a.sin(), 0.3, 0.1]).unwrap();
+            index
+                .upsert(
+                    entry(&format!("{folder}/{i}.jpg")),
+                    &[a.cos(), a.sin(), 0.3, 0.1],
+                )
+                .unwrap();
         }
         let query = [0.2f32.cos(), 0.2f32.sin(), 0.0, 0.0];
-        let filter = Filter { folder: Some(PathBuf::from("odd")), ..Filter::default() };
+        let filter = Filter {
+            folder: Some(PathBuf::from("odd")),
+            ..Filter::default()
+        };
         let answer = |index: &Index, filter: &Filter| -> Vec<(PathBuf, f32)> {
-            index.search_filtered("m", &query, 25, filter).unwrap().into_iter().map(|h| (h.entry.path.clone(), h.score)).collect()
+            index
+                .search_filtered("m", &query, 25, filter)
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.entry.path.clone(), h.score))
+                .collect()
         };
         let (one, one_filtered) = (answer(&index, &Filter::default()), answer(&index, &filter));
         assert_eq!(one.len(), 25);
@@ -379,7 +461,10 @@ mod tests {
         assert!(index.remove(Path::new("a")));
         assert!(!index.remove(Path::new("a")));
         let hits = index.search("m", &[0.0, 1.0], 5).unwrap();
-        let paths: Vec<_> = hits.iter().map(|h| h.entry.path.to_str().unwrap()).collect();
+        let paths: Vec<_> = hits
+            .iter()
+            .map(|h| h.entry.path.to_str().unwrap())
+            .collect();
         assert_eq!(paths, vec!["b", "c"]);
         index.upsert(entry("b"), &[1.0, 0.0]).unwrap();
         assert_eq!(index.len(), 2);
@@ -399,16 +484,65 @@ mod tests {
         e("/a/2.jpg", 20, [0.8, 0.6]);
         e("/b/3.jpg", 30, [0.6, 0.8]);
         let names = |f: Filter| -> Vec<String> {
-            index.search_filtered("m", &[1.0, 0.0], 10, &f).unwrap().iter().map(|r| r.entry.path.display().to_string()).collect()
+            index
+                .search_filtered("m", &[1.0, 0.0], 10, &f)
+                .unwrap()
+                .iter()
+                .map(|r| r.entry.path.display().to_string())
+                .collect()
         };
-        assert_eq!(names(Filter { folder: Some("/a".into()), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
-        assert_eq!(names(Filter { after: Some(20), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
-        assert_eq!(names(Filter { before: Some(20), ..Filter::default() }), ["/a/1.jpg"]);
-        assert_eq!(names(Filter { min_score: Some(0.7), ..Filter::default() }), ["/a/1.jpg", "/a/2.jpg"]);
-        assert_eq!(names(Filter { exclude: Some("/a/1.jpg".into()), ..Filter::default() }), ["/a/2.jpg", "/b/3.jpg"]);
-        assert!(names(Filter { source: Some("door".into()), ..Filter::default() }).is_empty());
-        assert_eq!(names(Filter { source: Some(String::new()), ..Filter::default() }).len(), 3);
-        assert_eq!(index.vector_of(Path::new("/b/3.jpg")).as_deref(), Some(&[0.6, 0.8][..]));
+        assert_eq!(
+            names(Filter {
+                folder: Some("/a".into()),
+                ..Filter::default()
+            }),
+            ["/a/1.jpg", "/a/2.jpg"]
+        );
+        assert_eq!(
+            names(Filter {
+                after: Some(20),
+                ..Filter::default()
+            }),
+            ["/a/2.jpg", "/b/3.jpg"]
+        );
+        assert_eq!(
+            names(Filter {
+                before: Some(20),
+                ..Filter::default()
+            }),
+            ["/a/1.jpg"]
+        );
+        assert_eq!(
+            names(Filter {
+                min_score: Some(0.7),
+                ..Filter::default()
+            }),
+            ["/a/1.jpg", "/a/2.jpg"]
+        );
+        assert_eq!(
+            names(Filter {
+                exclude: Some("/a/1.jpg".into()),
+                ..Filter::default()
+            }),
+            ["/a/2.jpg", "/b/3.jpg"]
+        );
+        assert!(names(Filter {
+            source: Some("door".into()),
+            ..Filter::default()
+        })
+        .is_empty());
+        assert_eq!(
+            names(Filter {
+                source: Some(String::new()),
+                ..Filter::default()
+            })
+            .len(),
+            3
+        );
+        assert_eq!(
+            index.vector_of(Path::new("/b/3.jpg")).as_deref(),
+            Some(&[0.6, 0.8][..])
+        );
     }
 
     #[test]
@@ -440,10 +574,17 @@ mod tests {
         for (i, n) in names.iter().enumerate() {
             let p = Path::new(n);
             if i % 3 == 0 {
-                assert!(index.get(p).is_none() && index.by_id(&picture_id(p)).is_none() && index.vector_of(p).is_none());
+                assert!(
+                    index.get(p).is_none()
+                        && index.by_id(&picture_id(p)).is_none()
+                        && index.vector_of(p).is_none()
+                );
             } else {
                 assert_eq!(index.get(p).map(|e| &e.path), Some(&p.to_path_buf()));
-                assert_eq!(index.by_id(&picture_id(p)).map(|e| &e.path), Some(&p.to_path_buf()));
+                assert_eq!(
+                    index.by_id(&picture_id(p)).map(|e| &e.path),
+                    Some(&p.to_path_buf())
+                );
                 assert_eq!(index.vector_of(p).unwrap()[0], i as f32);
             }
         }
@@ -456,7 +597,10 @@ mod tests {
         let mut index = Index::new("m", 2);
         assert!(index.upsert(entry("a"), &[1.0]).is_err());
         index.upsert(entry("a"), &[1.0, 0.0]).unwrap();
-        let err = index.search("other", &[1.0, 0.0], 1).unwrap_err().to_string();
+        let err = index
+            .search("other", &[1.0, 0.0], 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("other") && err.contains('m'), "{err}");
         assert!(index.search("m", &[1.0, 0.0, 0.0], 1).is_err());
     }

@@ -30,13 +30,21 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let config = DeviceConfig::load(args.config.as_deref(), &[]).context("loading the device configuration")?;
+    let config = DeviceConfig::load(args.config.as_deref(), &[])
+        .context("loading the device configuration")?;
     if args.uninstall_discovery {
-        let removed = edgeclip_device::actors::discovery::uninstall(&config).await.context("removing the Home Assistant discovery configs")?;
-        println!("removed {removed} Home Assistant discovery configs of device {} under {}/", config.device_id, config.homeassistant.prefix);
+        let removed = edgeclip_device::actors::discovery::uninstall(&config)
+            .await
+            .context("removing the Home Assistant discovery configs")?;
+        println!(
+            "removed {removed} Home Assistant discovery configs of device {} under {}/",
+            config.device_id, config.homeassistant.prefix
+        );
         return Ok(());
     }
     let mut device = Device::start(config).await.context("starting the device")?;

@@ -30,20 +30,38 @@ pub struct ModelFolder {
 impl ModelFolder {
     /// Reads the folder's configuration; `id_override` replaces the derived model id.
     pub fn open(dir: &Path, id_override: Option<&str>) -> Result<Self, DeviceError> {
-        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| DeviceError::Model { path: p, reason: e.to_string() });
+        let read = |p: PathBuf| {
+            std::fs::read(&p).map_err(|e| DeviceError::Model {
+                path: p,
+                reason: e.to_string(),
+            })
+        };
         let config_path = dir.join("config.json");
         let config_bytes = read(config_path.clone())?;
-        let config: OpenClipConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| DeviceError::Model { path: config_path.clone(), reason: e.to_string() })?;
+        let config: OpenClipConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| DeviceError::Model {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?;
         if config.embed_dim == 0 || config.embed_dim > edgeclip_messages::wire::MAX_DIM {
-            return Err(DeviceError::Model { path: config_path, reason: format!("embed_dim {} is out of range", config.embed_dim) });
+            return Err(DeviceError::Model {
+                path: config_path,
+                reason: format!("embed_dim {} is out of range", config.embed_dim),
+            });
         }
         let pre_path = dir.join("visual").join("preprocess_cfg.json");
-        let preprocess = PreprocessCfg::from_json(&read(pre_path.clone())?)
-            .map_err(|reason| DeviceError::Model { path: pre_path, reason })?;
+        let preprocess = PreprocessCfg::from_json(&read(pre_path.clone())?).map_err(|reason| {
+            DeviceError::Model {
+                path: pre_path,
+                reason,
+            }
+        })?;
         let onnx = dir.join("visual").join("model.onnx");
         if !onnx.is_file() {
-            return Err(DeviceError::Model { path: onnx, reason: "missing (the device needs visual/model.onnx)".into() });
+            return Err(DeviceError::Model {
+                path: onnx,
+                reason: "missing (the device needs visual/model.onnx)".into(),
+            });
         }
         let sums = std::fs::read(dir.join("SHA256SUMS")).ok();
         let name = dir
@@ -55,7 +73,12 @@ impl ModelFolder {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => edgeclip_messages::model_id::model_id(&name, &config_bytes, sums.as_deref()),
         };
-        Ok(Self { dir: dir.to_path_buf(), id, dim: config.embed_dim, preprocess })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            id,
+            dim: config.embed_dim,
+            preprocess,
+        })
     }
 
     /// Path of the image tower.

@@ -80,7 +80,9 @@ fn size_from_int_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, 
     match Size::deserialize(d)? {
         Size::One(s) => Ok(s),
         Size::Pair([h, w]) if h == w => Ok(h),
-        Size::Pair(_) => Err(serde::de::Error::custom("only square input sizes are supported")),
+        Size::Pair(_) => Err(serde::de::Error::custom(
+            "only square input sizes are supported",
+        )),
     }
 }
 
@@ -94,7 +96,9 @@ impl PreprocessCfg {
         if cfg.mode != "RGB" {
             return Err(format!("mode {} is not supported (only RGB)", cfg.mode));
         }
-        if cfg.std.iter().any(|s| !s.is_finite() || *s <= 0.0) || cfg.mean.iter().any(|m| !m.is_finite()) {
+        if cfg.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || cfg.mean.iter().any(|m| !m.is_finite())
+        {
             return Err("mean must be finite and std positive".into());
         }
         cfg.filter()?;
@@ -125,9 +129,15 @@ impl PreprocessCfg {
     /// turns it into the model's input; also returns the picture's full width and height
     /// (oriented). Large JPEGs are decoded at a reduced scale (see the module documentation);
     /// everything else as [`decode_bytes`] does.
-    pub fn picture(&self, bytes: &[u8], limits: DecodeLimits) -> Result<(Vec<f32>, (u32, u32)), DeviceError> {
+    pub fn picture(
+        &self,
+        bytes: &[u8],
+        limits: DecodeLimits,
+    ) -> Result<(Vec<f32>, (u32, u32)), DeviceError> {
         if bytes.starts_with(&[0xff, 0xd8]) && jpeg_is_complete(bytes) {
-            if let Some((img, full)) = decode_jpeg_scaled(bytes, limits, |w, h| self.reduction(w, h)) {
+            if let Some((img, full)) =
+                decode_jpeg_scaled(bytes, limits, |w, h| self.reduction(w, h))
+            {
                 return Ok((self.tensor_for_size(&img, full), full));
             }
         }
@@ -149,7 +159,9 @@ impl PreprocessCfg {
     /// (width, height, oriented): the resize target and crop are those of the full size.
     fn tensor_for_size(&self, img: &DynamicImage, full: (u32, u32)) -> Vec<f32> {
         let size = self.size;
-        let filter = self.filter().unwrap_or(ResizeAlg::Convolution(FilterType::CatmullRom));
+        let filter = self
+            .filter()
+            .unwrap_or(ResizeAlg::Convolution(FilterType::CatmullRom));
         let (w, h) = (full.0.max(1), full.1.max(1));
         let (nw, nh) = match self.resize_mode {
             ResizeMode::Squash => (size, size),
@@ -164,8 +176,18 @@ impl PreprocessCfg {
         // mode never resizes what it crops away (nor allocates it: a 16384x10 panorama would
         // otherwise be resized to 367,001x224 pixels first).
         let window = match self.resize_mode {
-            ResizeMode::Longest => Window { x: 0, y: 0, w: nw, h: nh },
-            _ => Window { x: crop_x, y: crop_y, w: size.min(nw - crop_x), h: size.min(nh - crop_y) },
+            ResizeMode::Longest => Window {
+                x: 0,
+                y: 0,
+                w: nw,
+                h: nh,
+            },
+            _ => Window {
+                x: crop_x,
+                y: crop_y,
+                w: size.min(nw - crop_x),
+                h: size.min(nh - crop_y),
+            },
         };
         let rgb = resize_rgb(img, (nw, nh), window, filter);
         let mut out = vec![0.0f32; self.tensor_len()];
@@ -199,9 +221,15 @@ impl PreprocessCfg {
 /// torchvision's `int(size * long / short)`.
 fn scale_side(w: u32, h: u32, target: u32, width_is_the_side: bool) -> (u32, u32) {
     if width_is_the_side {
-        (target, ((target as u64 * h as u64) / w as u64).max(1) as u32)
+        (
+            target,
+            ((target as u64 * h as u64) / w as u64).max(1) as u32,
+        )
     } else {
-        (((target as u64 * w as u64) / h as u64).max(1) as u32, target)
+        (
+            ((target as u64 * w as u64) / h as u64).max(1) as u32,
+            target,
+        )
     }
 }
 
@@ -234,20 +262,44 @@ struct Window {
 /// x86, NEON on arm64) with fixed-point coefficients like PIL's, whose resize open_clip's
 /// preprocessing uses. Alpha is dropped before resizing (not composited), as Immich does; the
 /// colour under transparent pixels is kept.
-fn resize_rgb(img: &DynamicImage, size: (u32, u32), window: Window, alg: ResizeAlg) -> image::RgbImage {
+fn resize_rgb(
+    img: &DynamicImage,
+    size: (u32, u32),
+    window: Window,
+    alg: ResizeAlg,
+) -> image::RgbImage {
     let rgb = img.to_rgb8();
     let (sw, sh) = rgb.dimensions();
     if (sw, sh) == size {
-        if window == (Window { x: 0, y: 0, w: sw, h: sh }) {
+        if window
+            == (Window {
+                x: 0,
+                y: 0,
+                w: sw,
+                h: sh,
+            })
+        {
             return rgb;
         }
         return image::imageops::crop_imm(&rgb, window.x, window.y, window.w, window.h).to_image();
     }
     // The window in source pixels.
     let (fx, fy) = (sw as f64 / size.0 as f64, sh as f64 / size.1 as f64);
-    let crop = (window.x as f64 * fx, window.y as f64 * fy, window.w as f64 * fx, window.h as f64 * fy);
+    let crop = (
+        window.x as f64 * fx,
+        window.y as f64 * fy,
+        window.w as f64 * fx,
+        window.h as f64 * fy,
+    );
     let mut out = image::RgbImage::new(window.w, window.h);
-    if let Err(e) = fir_resize(rgb.into_raw(), (sw, sh), crop, &mut out, (window.w, window.h), alg) {
+    if let Err(e) = fir_resize(
+        rgb.into_raw(),
+        (sw, sh),
+        crop,
+        &mut out,
+        (window.w, window.h),
+        alg,
+    ) {
         // Both sizes are at least 1x1 and the buffers are made for them, so this is not
         // reached; should it be, the picture gets a wrong (black) input, not a crash.
         tracing::error!(error = %e, "resize failed");
@@ -255,11 +307,24 @@ fn resize_rgb(img: &DynamicImage, size: (u32, u32), window: Window, alg: ResizeA
     out
 }
 
-fn fir_resize(src: Vec<u8>, (sw, sh): (u32, u32), crop: (f64, f64, f64, f64), dst: &mut [u8], (w, h): (u32, u32), alg: ResizeAlg) -> Result<(), String> {
-    let src = fir::images::Image::from_vec_u8(sw, sh, src, fir::PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = fir::images::Image::from_slice_u8(w, h, dst, fir::PixelType::U8x3).map_err(|e| e.to_string())?;
-    let options = fir::ResizeOptions::new().resize_alg(alg).crop(crop.0, crop.1, crop.2, crop.3);
-    fir::Resizer::new().resize(&src, &mut dst, &options).map_err(|e| e.to_string())
+fn fir_resize(
+    src: Vec<u8>,
+    (sw, sh): (u32, u32),
+    crop: (f64, f64, f64, f64),
+    dst: &mut [u8],
+    (w, h): (u32, u32),
+    alg: ResizeAlg,
+) -> Result<(), String> {
+    let src = fir::images::Image::from_vec_u8(sw, sh, src, fir::PixelType::U8x3)
+        .map_err(|e| e.to_string())?;
+    let mut dst = fir::images::Image::from_slice_u8(w, h, dst, fir::PixelType::U8x3)
+        .map_err(|e| e.to_string())?;
+    let options = fir::ResizeOptions::new()
+        .resize_alg(alg)
+        .crop(crop.0, crop.1, crop.2, crop.3);
+    fir::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| e.to_string())
 }
 
 /// Bounds on what a picture may cost to decode.
@@ -274,7 +339,10 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     fn default() -> Self {
         // 16384 px covers 100+ megapixel cameras and panoramas; 512 MiB bounds memory per worker.
-        Self { max_side: 16_384, max_alloc: 512 << 20 }
+        Self {
+            max_side: 16_384,
+            max_alloc: 512 << 20,
+        }
     }
 }
 
@@ -289,23 +357,34 @@ pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage, De
 /// would fill in the missing part: indexing half a picture would give a wrong vector.
 pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
     if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_is_complete(bytes) {
-        return Err(DeviceError::Decode("truncated JPEG (no end-of-image marker after the last scan)".into()));
+        return Err(DeviceError::Decode(
+            "truncated JPEG (no end-of-image marker after the last scan)".into(),
+        ));
     }
     decode_reader(Cursor::new(bytes), limits)
 }
 
 /// The largest DCT reduction (1, 2, 4 or 8) that keeps `side` pixels at least `keep`.
 fn dct_reduction(side: u32, keep: u32) -> u32 {
-    [8, 4, 2].into_iter().find(|&f| side / f >= keep).unwrap_or(1)
+    [8, 4, 2]
+        .into_iter()
+        .find(|&f| side / f >= keep)
+        .unwrap_or(1)
 }
 
 /// [`decode_bytes`] for showing the picture at most `side` pixels on its longer side: a large
 /// JPEG is decoded at the DCT reduction that keeps its longer side at least twice `side` (a
 /// 12-megapixel photo for a 256-pixel thumbnail at 1/4 of its size: a fraction of the time,
 /// 2 MB of pixels instead of 36).
-pub fn decode_for_side(bytes: &[u8], limits: DecodeLimits, side: u32) -> Result<DynamicImage, DeviceError> {
+pub fn decode_for_side(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    side: u32,
+) -> Result<DynamicImage, DeviceError> {
     if bytes.starts_with(&[0xff, 0xd8]) && jpeg_is_complete(bytes) {
-        if let Some((img, _)) = decode_jpeg_scaled(bytes, limits, |w, h| dct_reduction(w.max(h), 2 * side.max(1))) {
+        if let Some((img, _)) = decode_jpeg_scaled(bytes, limits, |w, h| {
+            dct_reduction(w.max(h), 2 * side.max(1))
+        }) {
             return Ok(img);
         }
     }
@@ -317,7 +396,11 @@ pub fn decode_for_side(bytes: &[u8], limits: DecodeLimits, side: u32) -> Result<
 /// Returns the picture and its full size (oriented), or `None` when the reduction is 1 or
 /// this decoder cannot take the file (CMYK, 16-bit, an error): the caller then decodes it
 /// the ordinary way, which also reports the errors.
-fn decode_jpeg_scaled(bytes: &[u8], limits: DecodeLimits, reduction: impl Fn(u32, u32) -> u32) -> Option<(DynamicImage, (u32, u32))> {
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    reduction: impl Fn(u32, u32) -> u32,
+) -> Option<(DynamicImage, (u32, u32))> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc).unwrap_or(usize::MAX));
     decoder.read_info().ok()?;
@@ -326,19 +409,28 @@ fn decode_jpeg_scaled(bytes: &[u8], limits: DecodeLimits, reduction: impl Fn(u32
     if w == 0 || h == 0 || w > limits.max_side || h > limits.max_side {
         return None;
     }
-    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8) {
+    if !matches!(
+        info.pixel_format,
+        jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
+    ) {
         return None;
     }
     let f = reduction(w, h);
     if f <= 1 {
         return None;
     }
-    let (sw, sh) = decoder.scale(w.div_ceil(f) as u16, h.div_ceil(f) as u16).ok()?;
+    let (sw, sh) = decoder
+        .scale(w.div_ceil(f) as u16, h.div_ceil(f) as u16)
+        .ok()?;
     let pixels = decoder.decode().ok()?;
     let (sw, sh) = (u32::from(sw), u32::from(sh));
     let mut img = match decoder.info()?.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, pixels)?),
-        jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(sw, sh, pixels)?),
+        jpeg_decoder::PixelFormat::RGB24 => {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, pixels)?)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(sw, sh, pixels)?)
+        }
         _ => return None,
     };
     let orientation = decoder
@@ -346,7 +438,11 @@ fn decode_jpeg_scaled(bytes: &[u8], limits: DecodeLimits, reduction: impl Fn(u32
         .and_then(image::metadata::Orientation::from_exif_chunk)
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     img.apply_orientation(orientation);
-    let full = if (img.width(), img.height()) == (sw, sh) { (w, h) } else { (h, w) };
+    let full = if (img.width(), img.height()) == (sw, sh) {
+        (w, h)
+    } else {
+        (h, w)
+    };
     Some((img, full))
 }
 
@@ -360,22 +456,32 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
+fn decode_reader<R: BufRead + Seek>(
+    reader: R,
+    limits: DecodeLimits,
+) -> Result<DynamicImage, DeviceError> {
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|e| DeviceError::Decode(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(DeviceError::Decode("not a picture format edgeclip reads".into()));
+        return Err(DeviceError::Decode(
+            "not a picture format edgeclip reads".into(),
+        ));
     }
     let mut image_limits = Limits::default();
     image_limits.max_image_width = Some(limits.max_side);
     image_limits.max_image_height = Some(limits.max_side);
     image_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(image_limits);
-    let mut decoder = reader.into_decoder().map_err(|e| DeviceError::Decode(e.to_string()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| DeviceError::Decode(e.to_string()))?;
     // A broken EXIF block must not cost the picture: fall back to "no rotation".
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DeviceError::Decode(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| DeviceError::Decode(e.to_string()))?;
     img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
         return Err(DeviceError::Decode("picture has no pixels".into()));
@@ -417,7 +523,11 @@ mod tests {
     #[test]
     fn a_uniform_picture_normalises_to_the_expected_constant() {
         let cfg = clip_cfg(32);
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(50, 40, image::Rgb([255, 0, 128])));
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            50,
+            40,
+            image::Rgb([255, 0, 128]),
+        ));
         let t = cfg.tensor(&img);
         assert_eq!(t.len(), 3 * 32 * 32);
         let expect = |c: usize, v: f32| (v / 255.0 - cfg.mean[c]) / cfg.std[c];
@@ -428,10 +538,21 @@ mod tests {
 
     #[test]
     fn bad_configs_are_refused() {
-        assert!(PreprocessCfg::from_json(br#"{"size": 224, "mean": [0,0,0], "std": [0,1,1]}"#).is_err());
-        assert!(PreprocessCfg::from_json(br#"{"size": 224, "mean": [0,0,0], "std": [1,1,1], "interpolation": "magic"}"#).is_err());
-        assert!(PreprocessCfg::from_json(br#"{"size": [224, 200], "mean": [0,0,0], "std": [1,1,1]}"#).is_err());
-        assert!(PreprocessCfg::from_json(br#"{"size": [224, 224], "mean": [0,0,0], "std": [1,1,1]}"#).is_ok());
+        assert!(
+            PreprocessCfg::from_json(br#"{"size": 224, "mean": [0,0,0], "std": [0,1,1]}"#).is_err()
+        );
+        assert!(PreprocessCfg::from_json(
+            br#"{"size": 224, "mean": [0,0,0], "std": [1,1,1], "interpolation": "magic"}"#
+        )
+        .is_err());
+        assert!(PreprocessCfg::from_json(
+            br#"{"size": [224, 200], "mean": [0,0,0], "std": [1,1,1]}"#
+        )
+        .is_err());
+        assert!(PreprocessCfg::from_json(
+            br#"{"size": [224, 224], "mean": [0,0,0], "std": [1,1,1]}"#
+        )
+        .is_ok());
     }
 
     #[test]
@@ -467,10 +588,13 @@ mod tests {
     #[test]
     fn exif_orientation_is_applied() {
         // A 4x2 JPEG with Orientation=6 (rotate 90 degrees clockwise) decodes as 2x4.
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30])));
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30])));
         let mut jpeg = Vec::new();
-        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
-        let decoded = decode_bytes(&with_exif_orientation(&jpeg, 6), DecodeLimits::default()).unwrap();
+        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        let decoded =
+            decode_bytes(&with_exif_orientation(&jpeg, 6), DecodeLimits::default()).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (2, 4));
     }
 
@@ -480,48 +604,124 @@ mod tests {
             let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
             let disc = ((fx - 0.3).powi(2) + (fy - 0.6).powi(2)) < 0.04;
             let stripe = (x / 37 + y / 53) % 5 == 0;
-            let texture = ((x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 13) as f32 % 23.0;
-            let r = if disc { 230.0 } else { 40.0 + 150.0 * fx + texture };
-            let g = if stripe { 200.0 } else { 60.0 + 120.0 * fy + texture };
+            let texture =
+                ((x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 13) as f32 % 23.0;
+            let r = if disc {
+                230.0
+            } else {
+                40.0 + 150.0 * fx + texture
+            };
+            let g = if stripe {
+                200.0
+            } else {
+                60.0 + 120.0 * fy + texture
+            };
             let b = 90.0 + 80.0 * (fx * 9.0).sin() * (fy * 7.0).cos();
-            image::Rgb([r.clamp(0.0, 255.0) as u8, g.clamp(0.0, 255.0) as u8, b.clamp(0.0, 255.0) as u8])
+            image::Rgb([
+                r.clamp(0.0, 255.0) as u8,
+                g.clamp(0.0, 255.0) as u8,
+                b.clamp(0.0, 255.0) as u8,
+            ])
         });
         let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&img)
+            .unwrap();
         jpeg
     }
 
     #[test]
     fn a_resized_window_is_the_crop_of_the_whole_resize() {
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(400, 300, |x, y| {
-            image::Rgb([((x * 7 + y * 3) % 256) as u8, ((x * x + y) % 251) as u8, ((x / 3 + y * y / 5) % 256) as u8])
+            image::Rgb([
+                ((x * 7 + y * 3) % 256) as u8,
+                ((x * x + y) % 251) as u8,
+                ((x / 3 + y * y / 5) % 256) as u8,
+            ])
         }));
         let alg = ResizeAlg::Convolution(FilterType::CatmullRom);
-        for (size, window) in [((298, 224), Window { x: 37, y: 0, w: 224, h: 224 }), ((224, 170), Window { x: 0, y: 23, w: 224, h: 100 })] {
-            let whole = resize_rgb(&img, size, Window { x: 0, y: 0, w: size.0, h: size.1 }, alg);
+        for (size, window) in [
+            (
+                (298, 224),
+                Window {
+                    x: 37,
+                    y: 0,
+                    w: 224,
+                    h: 224,
+                },
+            ),
+            (
+                (224, 170),
+                Window {
+                    x: 0,
+                    y: 23,
+                    w: 224,
+                    h: 100,
+                },
+            ),
+        ] {
+            let whole = resize_rgb(
+                &img,
+                size,
+                Window {
+                    x: 0,
+                    y: 0,
+                    w: size.0,
+                    h: size.1,
+                },
+                alg,
+            );
             assert_eq!(whole.dimensions(), size);
-            let expect = image::imageops::crop_imm(&whole, window.x, window.y, window.w, window.h).to_image();
+            let expect = image::imageops::crop_imm(&whole, window.x, window.y, window.w, window.h)
+                .to_image();
             let got = resize_rgb(&img, size, window, alg);
             assert_eq!(got.dimensions(), (window.w, window.h));
-            let diffs: Vec<u8> = got.as_raw().iter().zip(expect.as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
-            assert!(diffs.iter().all(|&d| d <= 1), "largest difference {:?}", diffs.iter().max());
-            assert!(diffs.iter().filter(|&&d| d > 0).count() * 100 <= diffs.len(), "more than 1% of values differ");
+            let diffs: Vec<u8> = got
+                .as_raw()
+                .iter()
+                .zip(expect.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .collect();
+            assert!(
+                diffs.iter().all(|&d| d <= 1),
+                "largest difference {:?}",
+                diffs.iter().max()
+            );
+            assert!(
+                diffs.iter().filter(|&&d| d > 0).count() * 100 <= diffs.len(),
+                "more than 1% of values differ"
+            );
         }
     }
 
     #[test]
     fn an_extreme_panorama_is_resized_only_where_the_crop_shows_it() {
         let cfg = clip_cfg(224);
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(16_384, 10, image::Rgb([200, 100, 50])));
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            16_384,
+            10,
+            image::Rgb([200, 100, 50]),
+        ));
         // Shortest side to 224 would make it 367,001 pixels wide; only the 224x224 centre is made.
         let (nw, nh) = scale_side(16_384, 10, 224, false);
         assert_eq!((nw, nh), (367_001, 224));
-        let window = Window { x: centre_offset(nw, 224), y: 0, w: 224, h: 224 };
-        assert_eq!(resize_rgb(&img, (nw, nh), window, cfg.filter().unwrap()).dimensions(), (224, 224));
+        let window = Window {
+            x: centre_offset(nw, 224),
+            y: 0,
+            w: 224,
+            h: 224,
+        };
+        assert_eq!(
+            resize_rgb(&img, (nw, nh), window, cfg.filter().unwrap()).dimensions(),
+            (224, 224)
+        );
         let tensor = cfg.tensor(&img);
         assert_eq!(tensor.len(), cfg.tensor_len());
         let red = (200.0 / 255.0 - cfg.mean[0]) / cfg.std[0];
-        assert!(tensor[..224 * 224].iter().all(|v| (v - red).abs() < 0.02), "a uniform picture stays uniform");
+        assert!(
+            tensor[..224 * 224].iter().all(|v| (v - red).abs() < 0.02),
+            "a uniform picture stays uniform"
+        );
     }
 
     #[test]
@@ -541,19 +741,36 @@ mod tests {
         let jpeg = photo_like_jpeg(1920, 1080);
         for orientation in [1u16, 6, 3] {
             let bytes = with_exif_orientation(&jpeg, orientation);
-            let (scaled, full) = decode_jpeg_scaled(&bytes, DecodeLimits::default(), |w, h| cfg.reduction(w, h)).unwrap();
+            let (scaled, full) =
+                decode_jpeg_scaled(&bytes, DecodeLimits::default(), |w, h| cfg.reduction(w, h))
+                    .unwrap();
             let reference_img = decode_bytes(&bytes, DecodeLimits::default()).unwrap();
-            assert_eq!(full, (reference_img.width(), reference_img.height()), "orientation {orientation}");
-            assert_eq!((scaled.width() * 2, scaled.height() * 2), full, "orientation {orientation}: decoded at 1/2");
+            assert_eq!(
+                full,
+                (reference_img.width(), reference_img.height()),
+                "orientation {orientation}"
+            );
+            assert_eq!(
+                (scaled.width() * 2, scaled.height() * 2),
+                full,
+                "orientation {orientation}: decoded at 1/2"
+            );
             let (fast, size) = cfg.picture(&bytes, DecodeLimits::default()).unwrap();
             assert_eq!(size, full);
             let reference = cfg.tensor(&reference_img);
             assert_eq!(fast.len(), reference.len());
-            let diffs: Vec<f32> = fast.iter().zip(&reference).map(|(a, b)| (a - b).abs()).collect();
+            let diffs: Vec<f32> = fast
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .collect();
             let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
             let max = diffs.iter().cloned().fold(0.0, f32::max);
             // Normalised units: 0.04 is about 2.7/255 of a pixel value.
-            assert!(mean < 0.04, "orientation {orientation}: mean abs diff {mean}");
+            assert!(
+                mean < 0.04,
+                "orientation {orientation}: mean abs diff {mean}"
+            );
             assert!(max < 1.0, "orientation {orientation}: max abs diff {max}");
         }
     }
@@ -562,25 +779,46 @@ mod tests {
     fn small_jpegs_and_other_formats_take_the_ordinary_path() {
         let cfg = clip_cfg(224);
         let jpeg = photo_like_jpeg(400, 300);
-        assert!(decode_jpeg_scaled(&jpeg, DecodeLimits::default(), |w, h| cfg.reduction(w, h)).is_none());
-        assert_eq!(cfg.picture(&jpeg, DecodeLimits::default()).unwrap(), (cfg.tensor(&decode_bytes(&jpeg, DecodeLimits::default()).unwrap()), (400, 300)));
-        assert!(cfg.picture(&jpeg[..jpeg.len() / 2], DecodeLimits::default()).is_err());
-        assert!(cfg.picture(b"not a picture", DecodeLimits::default()).is_err());
-        let tight = DecodeLimits { max_side: 1000, max_alloc: 512 << 20 };
+        assert!(
+            decode_jpeg_scaled(&jpeg, DecodeLimits::default(), |w, h| cfg.reduction(w, h))
+                .is_none()
+        );
+        assert_eq!(
+            cfg.picture(&jpeg, DecodeLimits::default()).unwrap(),
+            (
+                cfg.tensor(&decode_bytes(&jpeg, DecodeLimits::default()).unwrap()),
+                (400, 300)
+            )
+        );
+        assert!(cfg
+            .picture(&jpeg[..jpeg.len() / 2], DecodeLimits::default())
+            .is_err());
+        assert!(cfg
+            .picture(b"not a picture", DecodeLimits::default())
+            .is_err());
+        let tight = DecodeLimits {
+            max_side: 1000,
+            max_alloc: 512 << 20,
+        };
         assert!(cfg.picture(&photo_like_jpeg(1920, 1080), tight).is_err());
     }
 
     #[test]
     fn truncated_jpegs_are_refused_and_complete_ones_accepted() {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90])));
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([x as u8 * 3, y as u8 * 5, 90])
+        }));
         let mut jpeg = Vec::new();
-        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
         assert!(decode_bytes(&jpeg, DecodeLimits::default()).is_ok());
         let mut trailer = jpeg.clone();
         trailer.extend_from_slice(b"camera maker trailer");
         assert!(decode_bytes(&trailer, DecodeLimits::default()).is_ok());
         for cut in [jpeg.len() - 2, jpeg.len() / 2, 300] {
-            let err = decode_bytes(&jpeg[..cut], DecodeLimits::default()).unwrap_err().to_string();
+            let err = decode_bytes(&jpeg[..cut], DecodeLimits::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("truncated"), "cut {cut}: {err}");
         }
     }
@@ -589,8 +827,12 @@ mod tests {
     fn pictures_over_the_limits_are_refused() {
         let img = DynamicImage::ImageRgb8(image::RgbImage::new(64, 64));
         let mut png = Vec::new();
-        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-        let tight = DecodeLimits { max_side: 32, max_alloc: 1 << 20 };
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let tight = DecodeLimits {
+            max_side: 32,
+            max_alloc: 1 << 20,
+        };
         assert!(decode_bytes(&png, tight).is_err());
         assert!(decode_bytes(&png, DecodeLimits::default()).is_ok());
     }

@@ -26,7 +26,10 @@ impl PartialOrd for ByScore {
 impl Ord for ByScore {
     fn cmp(&self, other: &Self) -> Ordering {
         // Higher score first; on ties, the lower row wins so results are deterministic.
-        self.0.score.total_cmp(&other.0.score).then_with(|| other.0.row.cmp(&self.0.row))
+        self.0
+            .score
+            .total_cmp(&other.0.score)
+            .then_with(|| other.0.row.cmp(&self.0.row))
     }
 }
 
@@ -45,17 +48,29 @@ pub fn top_k(query: &[f32], table: &[f32], k: usize) -> Vec<Scored> {
 }
 
 /// [`top_k`] over the rows for which `keep(row)` is true.
-pub fn top_k_where(query: &[f32], table: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Scored> {
+pub fn top_k_where(
+    query: &[f32],
+    table: &[f32],
+    k: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<Scored> {
     let dim = query.len();
     if dim == 0 {
         return Vec::new();
     }
-    top_k_by(table.len() / dim, k, keep, |row| dot(query, &table[row * dim..(row + 1) * dim]))
+    top_k_by(table.len() / dim, k, keep, |row| {
+        dot(query, &table[row * dim..(row + 1) * dim])
+    })
 }
 
 /// The `k` rows among `0..rows` for which `keep(row)` is true with the highest `score(row)`,
 /// best first; ties go to the lower row. Rows whose score is NaN are never returned.
-pub fn top_k_by(rows: usize, k: usize, keep: impl Fn(usize) -> bool, score: impl Fn(usize) -> f32) -> Vec<Scored> {
+pub fn top_k_by(
+    rows: usize,
+    k: usize,
+    keep: impl Fn(usize) -> bool,
+    score: impl Fn(usize) -> f32,
+) -> Vec<Scored> {
     let mut out = top_k_in(0..rows, k, &keep, &score);
     out.sort_by_key(|s| Reverse(ByScore(*s)));
     out
@@ -96,7 +111,13 @@ pub const MIN_ROWS_PER_THREAD: usize = 16_384;
 /// [`top_k_by`], ties included. A single query scans every vector once, so one thread is
 /// bound by one core's load bandwidth: the shares use the memory bandwidth that the other
 /// cores leave. A share whose thread cannot be started is ranked on the calling thread.
-pub fn top_k_split(rows: usize, k: usize, threads: usize, keep: impl Fn(usize) -> bool + Sync, score: impl Score + Sync) -> Vec<Scored> {
+pub fn top_k_split(
+    rows: usize,
+    k: usize,
+    threads: usize,
+    keep: impl Fn(usize) -> bool + Sync,
+    score: impl Score + Sync,
+) -> Vec<Scored> {
     let threads = threads.min(rows / MIN_ROWS_PER_THREAD).max(1);
     let (keep, score) = (&keep, &score);
     if threads == 1 {
@@ -110,7 +131,10 @@ pub fn top_k_split(rows: usize, k: usize, threads: usize, keep: impl Fn(usize) -
             .map(|t| {
                 let range = t * share..((t + 1) * share).min(rows);
                 let work = range.clone();
-                std::thread::Builder::new().name("rank".into()).spawn_scoped(s, move || top_k_in(work, k, keep, score)).map_err(|_| range)
+                std::thread::Builder::new()
+                    .name("rank".into())
+                    .spawn_scoped(s, move || top_k_in(work, k, keep, score))
+                    .map_err(|_| range)
             })
             .collect();
         let mut all = top_k_in(0..share.min(rows), k, keep, score);
@@ -132,7 +156,12 @@ pub fn top_k_split(rows: usize, k: usize, threads: usize, keep: impl Fn(usize) -
 
 /// The best `k` kept rows of `rows`, in no particular order. Blocks whose rows are all kept
 /// are scored at once; the others row by row, kept rows only (a narrow filter scans little).
-fn top_k_in(rows: Range<usize>, k: usize, keep: &impl Fn(usize) -> bool, score: &impl Score) -> Vec<Scored> {
+fn top_k_in(
+    rows: Range<usize>,
+    k: usize,
+    keep: &impl Fn(usize) -> bool,
+    score: &impl Score,
+) -> Vec<Scored> {
     if k == 0 {
         return Vec::new();
     }
@@ -176,8 +205,11 @@ mod tests {
     use super::*;
 
     fn brute_force(query: &[f32], table: &[f32], k: usize) -> Vec<usize> {
-        let mut all: Vec<(usize, f32)> =
-            table.chunks_exact(query.len()).enumerate().map(|(i, v)| (i, v.iter().zip(query).map(|(a, b)| a * b).sum())).collect();
+        let mut all: Vec<(usize, f32)> = table
+            .chunks_exact(query.len())
+            .enumerate()
+            .map(|(i, v)| (i, v.iter().zip(query).map(|(a, b)| a * b).sum()))
+            .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.into_iter().take(k).map(|(i, _)| i).collect()
     }
@@ -187,7 +219,9 @@ mod tests {
         let dim = 67;
         let mut state = 12345u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
         let table: Vec<f32> = (0..dim * 1000).map(|_| next()).collect();
@@ -217,15 +251,24 @@ mod tests {
     fn split_ranking_equals_one_thread_ties_and_filters_included() {
         let rows = MIN_ROWS_PER_THREAD * 3 + 123;
         // Few distinct scores, so ties cross the shares' borders.
-        let score = |row: usize| ((row * 7919) % 1000) as f32 / 1000.0 + if row == 5 { f32::NAN } else { 0.0 };
+        let score = |row: usize| {
+            ((row * 7919) % 1000) as f32 / 1000.0 + if row == 5 { f32::NAN } else { 0.0 }
+        };
         let keep = |row: usize| row % 3 != 1;
         for threads in [1, 2, 3, 4, 64] {
             for k in [0, 1, 10, 500] {
-                assert_eq!(top_k_split(rows, k, threads, keep, score), top_k_by(rows, k, keep, score), "threads={threads} k={k}");
+                assert_eq!(
+                    top_k_split(rows, k, threads, keep, score),
+                    top_k_by(rows, k, keep, score),
+                    "threads={threads} k={k}"
+                );
             }
         }
         // Too few rows for a second thread: still the same answer.
-        assert_eq!(top_k_split(100, 5, 4, |_| true, score), top_k_by(100, 5, |_| true, score));
+        assert_eq!(
+            top_k_split(100, 5, 4, |_| true, score),
+            top_k_by(100, 5, |_| true, score)
+        );
     }
 
     /// A scorer whose blocks are computed apart from its rows, counting the rows it scored by block.
@@ -235,7 +278,8 @@ mod tests {
             (self.0)(row)
         }
         fn block(&self, rows: Range<usize>, out: &mut [f32]) {
-            self.1.fetch_add(rows.len(), std::sync::atomic::Ordering::Relaxed);
+            self.1
+                .fetch_add(rows.len(), std::sync::atomic::Ordering::Relaxed);
             let values: Vec<f32> = rows.map(&self.0).collect();
             out.copy_from_slice(&values);
         }
@@ -244,15 +288,24 @@ mod tests {
     #[test]
     fn block_scoring_ranks_like_row_scoring_and_skips_filtered_blocks() {
         let rows = MIN_ROWS_PER_THREAD * 2 + 1000;
-        let score = |row: usize| ((row * 7919) % 997) as f32 / 997.0 + if row == 300 { f32::NAN } else { 0.0 };
+        let score = |row: usize| {
+            ((row * 7919) % 997) as f32 / 997.0 + if row == 300 { f32::NAN } else { 0.0 }
+        };
         // Rows 5,000..5,600 and one row further on are filtered out: their blocks go row by row.
         let keep = |row: usize| !(5_000..5_600).contains(&row) && row != 20_000;
         for threads in [1, 2, 3] {
             for k in [1, 10, 700] {
                 let counted = std::sync::atomic::AtomicUsize::new(0);
-                assert_eq!(top_k_split(rows, k, threads, keep, Blocks(score, &counted)), top_k_by(rows, k, keep, score), "threads={threads} k={k}");
+                assert_eq!(
+                    top_k_split(rows, k, threads, keep, Blocks(score, &counted)),
+                    top_k_by(rows, k, keep, score),
+                    "threads={threads} k={k}"
+                );
                 let by_block = counted.into_inner();
-                assert!(by_block > rows - 2 * BLOCK - 600 && by_block < rows, "{by_block} of {rows} rows scored by block");
+                assert!(
+                    by_block > rows - 2 * BLOCK - 600 && by_block < rows,
+                    "{by_block} of {rows} rows scored by block"
+                );
             }
         }
     }

@@ -42,7 +42,12 @@ pub struct Layout {
 impl Layout {
     /// The layout under `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
-        Layout { parent: state_dir.to_path_buf(), current: state_dir.join("index"), next: state_dir.join("index.next"), old: state_dir.join("index.old") }
+        Layout {
+            parent: state_dir.to_path_buf(),
+            current: state_dir.join("index"),
+            next: state_dir.join("index.next"),
+            old: state_dir.join("index.old"),
+        }
     }
 }
 
@@ -62,13 +67,20 @@ pub struct Opened {
 /// Opens the index of `model` (dimension `dim`), finishing or undoing an interrupted switch
 /// first. If `index/` holds pictures of another model, it is opened for searching with its
 /// own model and dimension, and the index of `model` is opened (or resumed) in `index.next/`.
-pub fn open(layout: &Layout, model: &str, dim: usize, precision: Precision) -> Result<Opened, DeviceError> {
+pub fn open(
+    layout: &Layout,
+    model: &str,
+    dim: usize,
+    precision: Precision,
+) -> Result<Opened, DeviceError> {
     std::fs::create_dir_all(&layout.parent).map_err(|e| DeviceError::io(&layout.parent, e))?;
     let mut recovered = Vec::new();
     if layout.old.exists() {
         if layout.current.exists() {
             remove_dir(&layout.old)?;
-            recovered.push("removed the index of the previous model left by a finished switch".to_string());
+            recovered.push(
+                "removed the index of the previous model left by a finished switch".to_string(),
+            );
         } else {
             rename_synced(&layout.old, &layout.current, &layout.parent)?;
             recovered.push("undid an interrupted switch; the re-index resumes".to_string());
@@ -81,7 +93,8 @@ pub fn open(layout: &Layout, model: &str, dim: usize, precision: Precision) -> R
         _ => None,
     };
     if let Some((old_model, old_dim)) = other {
-        let (store, index, report) = Store::open_with(&layout.current, &old_model, old_dim, precision)?;
+        let (store, index, report) =
+            Store::open_with(&layout.current, &old_model, old_dim, precision)?;
         if index.is_empty() {
             // Nothing to answer from: no reason to keep it while re-indexing.
             drop(store);
@@ -89,15 +102,23 @@ pub fn open(layout: &Layout, model: &str, dim: usize, precision: Precision) -> R
             recovered.push(format!("removed the empty index of model {old_model}"));
         } else {
             match Store::stored_model(&layout.next) {
-                Ok(Some((m, d))) if m == model && d == dim => recovered.push(format!("resuming the re-index for model {model}")),
+                Ok(Some((m, d))) if m == model && d == dim => {
+                    recovered.push(format!("resuming the re-index for model {model}"))
+                }
                 Ok(None) if !layout.next.exists() => {}
                 _ => {
                     remove_dir(&layout.next)?;
                     recovered.push("removed a partial index of yet another model".to_string());
                 }
             }
-            let (next_store, next_index, _) = Store::open_with(&layout.next, model, dim, precision)?;
-            return Ok(Opened { serving: (store, index), building: Some((next_store, next_index)), report, recovered });
+            let (next_store, next_index, _) =
+                Store::open_with(&layout.next, model, dim, precision)?;
+            return Ok(Opened {
+                serving: (store, index),
+                building: Some((next_store, next_index)),
+                report,
+                recovered,
+            });
         }
     }
     if layout.next.exists() {
@@ -106,7 +127,12 @@ pub fn open(layout: &Layout, model: &str, dim: usize, precision: Precision) -> R
         recovered.push("removed a partial index no longer needed".to_string());
     }
     let (store, index, report) = Store::open_with(&layout.current, model, dim, precision)?;
-    Ok(Opened { serving: (store, index), building: None, report, recovered })
+    Ok(Opened {
+        serving: (store, index),
+        building: None,
+        report,
+        recovered,
+    })
 }
 
 /// Makes the complete `index.next/` the index searches are answered from and removes the
@@ -114,7 +140,10 @@ pub fn open(layout: &Layout, model: &str, dim: usize, precision: Precision) -> R
 /// second rename undoes the first, so the re-index can be switched again later.
 pub fn switch(layout: &Layout) -> Result<(), DeviceError> {
     if !layout.next.exists() {
-        return Err(DeviceError::io(&layout.next, std::io::Error::new(std::io::ErrorKind::NotFound, "no index being built")));
+        return Err(DeviceError::io(
+            &layout.next,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no index being built"),
+        ));
     }
     if layout.current.exists() {
         rename_synced(&layout.current, &layout.old, &layout.parent)?;
@@ -134,7 +163,9 @@ pub fn switch(layout: &Layout) -> Result<(), DeviceError> {
 
 fn rename_synced(from: &Path, to: &Path, parent: &Path) -> Result<(), DeviceError> {
     std::fs::rename(from, to).map_err(|e| DeviceError::io(from, e))?;
-    std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| DeviceError::io(parent, e))
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DeviceError::io(parent, e))
 }
 
 fn remove_dir(dir: &Path) -> Result<(), DeviceError> {
@@ -150,7 +181,16 @@ mod tests {
     use crate::index::Entry;
 
     fn entry(name: &str) -> Entry {
-        Entry { path: PathBuf::from(name), size: 1, mtime_ns: 0, hash: [1; 32], width: 1, height: 1, taken_s: 0, source: Box::default() }
+        Entry {
+            path: PathBuf::from(name),
+            size: 1,
+            mtime_ns: 0,
+            hash: [1; 32],
+            width: 1,
+            height: 1,
+            taken_s: 0,
+            source: Box::default(),
+        }
     }
 
     /// A state folder whose `index/` holds `names` for model `model`.
@@ -167,7 +207,10 @@ mod tests {
         let layout = Layout::new(state.path());
         index_of(state.path(), "old", &["a", "b"]);
         let opened = open(&layout, "new", 2, Precision::F32).unwrap();
-        assert_eq!((opened.serving.1.model(), opened.serving.1.len()), ("old", 2));
+        assert_eq!(
+            (opened.serving.1.model(), opened.serving.1.len()),
+            ("old", 2)
+        );
         let (mut store, index) = opened.building.unwrap();
         assert_eq!((index.model(), index.len()), ("new", 0));
         store.upsert(&entry("a"), &[0.0, 1.0]).unwrap();
@@ -176,13 +219,20 @@ mod tests {
         let opened = open(&layout, "new", 2, Precision::F32).unwrap();
         assert_eq!(opened.serving.1.model(), "old");
         assert_eq!(opened.building.as_ref().unwrap().1.len(), 1);
-        assert!(opened.recovered.iter().any(|r| r.contains("resuming")), "{:?}", opened.recovered);
+        assert!(
+            opened.recovered.iter().any(|r| r.contains("resuming")),
+            "{:?}",
+            opened.recovered
+        );
         drop(opened);
         switch(&layout).unwrap();
         assert!(!layout.next.exists() && !layout.old.exists());
         let opened = open(&layout, "new", 2, Precision::F32).unwrap();
         assert!(opened.building.is_none());
-        assert_eq!((opened.serving.1.model(), opened.serving.1.len()), ("new", 1));
+        assert_eq!(
+            (opened.serving.1.model(), opened.serving.1.len()),
+            ("new", 1)
+        );
     }
 
     #[test]

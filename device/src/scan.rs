@@ -27,7 +27,8 @@ pub struct Scan {
 
 /// Extensions of camera files edgeclip cannot decode, reported instead of silently ignored.
 pub const UNSUPPORTED: &[&str] = &[
-    "heic", "heif", "avif", "jxl", "dng", "cr2", "cr3", "nef", "arw", "orf", "rw2", "raf", "mp4", "mov", "avi", "mkv", "3gp",
+    "heic", "heif", "avif", "jxl", "dng", "cr2", "cr3", "nef", "arw", "orf", "rw2", "raf", "mp4",
+    "mov", "avi", "mkv", "3gp",
 ];
 
 /// Walks `folders` recursively (not following symbolic links, so loops cannot trap it) and
@@ -37,7 +38,8 @@ pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
     let mut scan = Scan::default();
     for folder in folders {
         if !folder.is_dir() {
-            scan.problems.push(format!("{} is not a folder", folder.display()));
+            scan.problems
+                .push(format!("{} is not a folder", folder.display()));
             continue;
         }
         for item in walkdir::WalkDir::new(folder).follow_links(false) {
@@ -52,11 +54,18 @@ pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
                 continue;
             }
             let supported = has_extension(entry.path(), extensions);
-            let unsupported = !supported && UNSUPPORTED.iter().any(|u| has_extension(entry.path(), &[u.to_string()]));
+            let unsupported = !supported
+                && UNSUPPORTED
+                    .iter()
+                    .any(|u| has_extension(entry.path(), &[u.to_string()]));
             if !supported && !unsupported {
                 continue;
             }
-            let list = if supported { &mut scan.files } else { &mut scan.unsupported };
+            let list = if supported {
+                &mut scan.files
+            } else {
+                &mut scan.unsupported
+            };
             match entry.metadata() {
                 Ok(meta) => list.push(FileSeen {
                     path: entry.path().to_path_buf(),
@@ -68,7 +77,9 @@ pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
                         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
                         .unwrap_or(0),
                 }),
-                Err(e) => scan.problems.push(format!("{}: {e}", entry.path().display())),
+                Err(e) => scan
+                    .problems
+                    .push(format!("{}: {e}", entry.path().display())),
             }
         }
     }
@@ -100,9 +111,20 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path(), dir.path().join("a/loop")).unwrap();
         let exts = vec!["jpg".to_string(), "png".to_string()];
-        let scan = scan_folders(&[dir.path().to_path_buf(), dir.path().join("missing")], &exts);
-        let names: Vec<_> = scan.files.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap()).collect();
-        assert_eq!(names, vec!["two.png", "one.JPG"], "sorted by path: a/b/two.png < a/one.JPG");
+        let scan = scan_folders(
+            &[dir.path().to_path_buf(), dir.path().join("missing")],
+            &exts,
+        );
+        let names: Vec<_> = scan
+            .files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["two.png", "one.JPG"],
+            "sorted by path: a/b/two.png < a/one.JPG"
+        );
         assert_eq!(scan.files[0].size, 2);
         assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
         assert_eq!(scan.unsupported.len(), 1);

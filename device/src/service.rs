@@ -25,18 +25,27 @@ impl Device {
         let (supervisor, handle) = Actor::spawn(None, DeviceSupervisor, config)
             .await
             .map_err(|e| DeviceError::Actor(format!("device did not start: {e}")))?;
-        Ok(Self { supervisor, handle, search_timeout })
+        Ok(Self {
+            supervisor,
+            handle,
+            search_timeout,
+        })
     }
 
     /// Runs a search in-process; the answer is also published on the results topic.
     pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse, DeviceError> {
-        ractor::call_t!(self.supervisor, |p| SupervisorMsg::Search(request, p), self.search_timeout.as_millis() as u64)
-            .map_err(|e| DeviceError::Actor(e.to_string()))
+        ractor::call_t!(
+            self.supervisor,
+            |p| SupervisorMsg::Search(request, p),
+            self.search_timeout.as_millis() as u64
+        )
+        .map_err(|e| DeviceError::Actor(e.to_string()))
     }
 
     /// The current status.
     pub async fn status(&self) -> Result<DeviceStatus, DeviceError> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 5000).map_err(|e| DeviceError::Actor(e.to_string()))
+        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 5000)
+            .map_err(|e| DeviceError::Actor(e.to_string()))
     }
 
     /// Scans the folders now.
@@ -46,7 +55,8 @@ impl Device {
 
     /// Where the HTTP endpoint (search page, thumbnails) listens, if it is on.
     pub async fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, DeviceError> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::HttpAddr, 5000).map_err(|e| DeviceError::Actor(e.to_string()))
+        ractor::call_t!(self.supervisor, SupervisorMsg::HttpAddr, 5000)
+            .map_err(|e| DeviceError::Actor(e.to_string()))
     }
 
     /// True once the device has stopped (after a shutdown or a failure).

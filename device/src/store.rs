@@ -75,12 +75,21 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir` for `model` vectors of dimension `dim`, and
     /// returns the index it holds, with its vectors in f32.
-    pub fn open(dir: &Path, model: &str, dim: usize) -> Result<(Store, Index, OpenReport), DeviceError> {
+    pub fn open(
+        dir: &Path,
+        model: &str,
+        dim: usize,
+    ) -> Result<(Store, Index, OpenReport), DeviceError> {
         Self::open_with(dir, model, dim, Precision::F32)
     }
 
     /// [`Store::open`], keeping the index's vectors in `precision` in memory.
-    pub fn open_with(dir: &Path, model: &str, dim: usize, precision: Precision) -> Result<(Store, Index, OpenReport), DeviceError> {
+    pub fn open_with(
+        dir: &Path,
+        model: &str,
+        dim: usize,
+        precision: Precision,
+    ) -> Result<(Store, Index, OpenReport), DeviceError> {
         std::fs::create_dir_all(dir).map_err(|e| DeviceError::io(dir, e))?;
         let snapshot_path = dir.join("snapshot.bin");
         let journal_path = dir.join("journal.bin");
@@ -131,10 +140,14 @@ impl Store {
                 snapshot_bytes = good;
                 let vectors_path = vectors_file(dir, generation);
                 let opened = if stray > 0 {
-                    Err(format!("the snapshot holds {stray} records that are not rows"))
+                    Err(format!(
+                        "the snapshot holds {stray} records that are not rows"
+                    ))
                 } else {
-                    Mapped::open(&vectors_path, dim, entries.len())
-                        .and_then(|m| Index::from_rows(model, entries, VectorTable::mapped(dim, m)).map_err(|e| e.to_string()))
+                    Mapped::open(&vectors_path, dim, entries.len()).and_then(|m| {
+                        Index::from_rows(model, entries, VectorTable::mapped(dim, m))
+                            .map_err(|e| e.to_string())
+                    })
                 };
                 match opened {
                     Ok(mapped) if mapped.precision() == precision => index = mapped,
@@ -154,27 +167,47 @@ impl Store {
                     }
                 }
             } else {
-                let (_, _, good, _) = read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| apply(&mut index, r))?;
+                let (_, _, good, _) =
+                    read_records(&snapshot_path, SNAPSHOT_MAGIC, |r| apply(&mut index, r))?;
                 snapshot_bytes = good;
             }
         }
         let journal_bytes = if journal_path.exists() {
             outdated |= file_version(&journal_path) < FORMAT_VERSION;
-            let (replayed, _, good, total) = read_records(&journal_path, JOURNAL_MAGIC, |r| apply(&mut index, r))?;
+            let (replayed, _, good, total) =
+                read_records(&journal_path, JOURNAL_MAGIC, |r| apply(&mut index, r))?;
             report.replayed = replayed;
             if good < total {
                 report.truncated_bytes = total - good;
-                let f = OpenOptions::new().write(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
-                f.set_len(good).map_err(|e| DeviceError::io(&journal_path, e))?;
-                f.sync_all().map_err(|e| DeviceError::io(&journal_path, e))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&journal_path)
+                    .map_err(|e| DeviceError::io(&journal_path, e))?;
+                f.set_len(good)
+                    .map_err(|e| DeviceError::io(&journal_path, e))?;
+                f.sync_all()
+                    .map_err(|e| DeviceError::io(&journal_path, e))?;
             }
             good
         } else {
-            write_atomically(dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, model, dim, None))?
+            write_atomically(dir, &journal_path, |w| {
+                write_header(w, JOURNAL_MAGIC, model, dim, None)
+            })?
         };
-        let journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
+        let journal = OpenOptions::new()
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| DeviceError::io(&journal_path, e))?;
         report.pictures = index.len();
-        let mut store = Store { dir: dir.to_path_buf(), model: model.to_string(), dim, generation, journal, journal_bytes, snapshot_bytes };
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            model: model.to_string(),
+            dim,
+            generation,
+            journal,
+            journal_bytes,
+            snapshot_bytes,
+        };
         if outdated {
             // Appending version 3 records to an older journal would mix formats; a snapshot
             // without its vector file must not be kept.
@@ -189,7 +222,10 @@ impl Store {
     /// there), read from the snapshot's header, else the journal's. An unreadable header is
     /// an error with the reason.
     pub fn stored_model(dir: &Path) -> Result<Option<(String, usize)>, String> {
-        for (file, magic) in [("snapshot.bin", SNAPSHOT_MAGIC), ("journal.bin", JOURNAL_MAGIC)] {
+        for (file, magic) in [
+            ("snapshot.bin", SNAPSHOT_MAGIC),
+            ("journal.bin", JOURNAL_MAGIC),
+        ] {
             if let Some(h) = read_header(&dir.join(file), magic)? {
                 return Ok(Some((h.model, h.dim)));
             }
@@ -228,7 +264,10 @@ impl Store {
         frame.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
         frame.extend_from_slice(body);
         let path = self.dir.join("journal.bin");
-        let result = self.journal.write_all(&frame).and_then(|()| self.journal.sync_data());
+        let result = self
+            .journal
+            .write_all(&frame)
+            .and_then(|()| self.journal.sync_data());
         if let Err(e) = result {
             // A partial write (disk full) must not leave garbage that later records follow:
             // cut the journal back to its last good length.
@@ -251,7 +290,9 @@ impl Store {
         let vectors_path = vectors_file(&self.dir, next);
         let (rows, precision) = (index.len(), index.precision());
         let table = index.vectors();
-        write_atomically(&self.dir, &vectors_path, |w| vector_file::write(w, precision, self.dim, rows, &table.parts()))?;
+        write_atomically(&self.dir, &vectors_path, |w| {
+            vector_file::write(w, precision, self.dim, rows, &table.parts())
+        })?;
         let snapshot_path = self.dir.join("snapshot.bin");
         let (model, dim) = (self.model.clone(), self.dim);
         self.snapshot_bytes = write_atomically(&self.dir, &snapshot_path, |w| {
@@ -269,13 +310,20 @@ impl Store {
         })?;
         self.generation = next;
         let journal_path = self.dir.join("journal.bin");
-        self.journal_bytes = write_atomically(&self.dir, &journal_path, |w| write_header(w, JOURNAL_MAGIC, &model, dim, None))?;
-        self.journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DeviceError::io(&journal_path, e))?;
+        self.journal_bytes = write_atomically(&self.dir, &journal_path, |w| {
+            write_header(w, JOURNAL_MAGIC, &model, dim, None)
+        })?;
+        self.journal = OpenOptions::new()
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| DeviceError::io(&journal_path, e))?;
         // Rank from the file just written: the rows in memory and the private copies of
         // changed pages are released.
         match Mapped::open(&vectors_path, dim, rows) {
             Ok(m) => index.adopt_vectors(VectorTable::mapped(dim, m))?,
-            Err(why) => tracing::warn!(file = %vectors_path.display(), %why, "vector file not mapped; vectors stay in memory"),
+            Err(why) => {
+                tracing::warn!(file = %vectors_path.display(), %why, "vector file not mapped; vectors stay in memory")
+            }
         }
         self.remove_unnamed_vector_files();
         Ok(())
@@ -284,11 +332,16 @@ impl Store {
     /// Deletes vector files the snapshot does not name (older generations, a crash's leftovers).
     fn remove_unnamed_vector_files(&self) {
         let keep = vectors_file(&self.dir, self.generation);
-        let Ok(list) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(list) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in list.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("vectors-") && (name.ends_with(".bin") || name.ends_with(".tmp")) && e.path() != keep {
+            if name.starts_with("vectors-")
+                && (name.ends_with(".bin") || name.ends_with(".tmp"))
+                && e.path() != keep
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -317,12 +370,19 @@ fn apply(index: &mut Index, record: Record) -> Result<(), DeviceError> {
             index.remove(&path);
             Ok(())
         }
-        Record::Row(entry) => Err(DeviceError::Mismatch(format!("a snapshot row ({}) outside a snapshot", entry.path.display()))),
+        Record::Row(entry) => Err(DeviceError::Mismatch(format!(
+            "a snapshot row ({}) outside a snapshot",
+            entry.path.display()
+        ))),
     }
 }
 
 /// Writes a file next to `target`, syncs it, renames it over `target` and syncs the folder.
-fn write_atomically(dir: &Path, target: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<u64>) -> Result<u64, DeviceError> {
+fn write_atomically(
+    dir: &Path,
+    target: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<u64>,
+) -> Result<u64, DeviceError> {
     let tmp = target.with_extension("tmp");
     let file = File::create(&tmp).map_err(|e| DeviceError::io(&tmp, e))?;
     let written = (|| {
@@ -342,11 +402,19 @@ fn write_atomically(dir: &Path, target: &Path, fill: impl FnOnce(&mut BufWriter<
         }
     };
     std::fs::rename(&tmp, target).map_err(|e| DeviceError::io(target, e))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| DeviceError::io(dir, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DeviceError::io(dir, e))?;
     Ok(n)
 }
 
-fn write_header(w: &mut impl Write, magic: &[u8; 4], model: &str, dim: usize, generation: Option<u64>) -> std::io::Result<u64> {
+fn write_header(
+    w: &mut impl Write,
+    magic: &[u8; 4],
+    model: &str,
+    dim: usize,
+    generation: Option<u64>,
+) -> std::io::Result<u64> {
     w.write_all(magic)?;
     w.write_all(&FORMAT_VERSION.to_le_bytes())?;
     w.write_all(&(dim as u32).to_le_bytes())?;
@@ -385,7 +453,9 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<Header>, String> {
     }
     let version = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
     if !(1..=FORMAT_VERSION).contains(&version) {
-        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+        return Err(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        ));
     }
     let dim = u32::from_le_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]) as usize;
     let len = u32::from_le_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
@@ -395,7 +465,13 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<Header>, String> {
     let mut model = vec![0u8; len];
     f.read_exact(&mut model).map_err(|e| e.to_string())?;
     let model = String::from_utf8(model).map_err(|e| e.to_string())?;
-    let mut header = Header { len: 16 + len as u64, version, model, dim, generation: 0 };
+    let mut header = Header {
+        len: 16 + len as u64,
+        version,
+        model,
+        dim,
+        generation: 0,
+    };
     if magic == SNAPSHOT_MAGIC && version >= 3 {
         let mut g = [0u8; 8];
         f.read_exact(&mut g).map_err(|e| e.to_string())?;
@@ -408,7 +484,10 @@ fn read_header(path: &Path, magic: &[u8; 4]) -> Result<Option<Header>, String> {
 /// The format version in a file's header (0 if unreadable).
 fn file_version(path: &Path) -> u32 {
     let mut fixed = [0u8; 8];
-    File::open(path).and_then(|mut f| f.read_exact(&mut fixed)).map(|()| u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]])).unwrap_or(0)
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut fixed))
+        .map(|()| u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]))
+        .unwrap_or(0)
 }
 
 /// Reads every complete, checksummed record. Returns (records, header length, length up to
@@ -416,14 +495,26 @@ fn file_version(path: &Path) -> u32 {
 /// Feeds every complete record of the file to `each`, in order, without holding them all
 /// (an index of a million pictures would otherwise be in memory twice while it opens).
 /// Returns (records read, header length, length up to the last good record, file length).
-fn read_records(path: &Path, magic: &[u8; 4], mut each: impl FnMut(Record) -> Result<(), DeviceError>) -> Result<(usize, u64, u64, u64), DeviceError> {
+fn read_records(
+    path: &Path,
+    magic: &[u8; 4],
+    mut each: impl FnMut(Record) -> Result<(), DeviceError>,
+) -> Result<(usize, u64, u64, u64), DeviceError> {
     let corrupt = |reason: String| DeviceError::Mismatch(format!("{}: {reason}", path.display()));
-    let Header { len: header, version, dim, .. } = read_header(path, magic).map_err(corrupt)?.ok_or_else(|| corrupt("missing".into()))?;
+    let Header {
+        len: header,
+        version,
+        dim,
+        ..
+    } = read_header(path, magic)
+        .map_err(corrupt)?
+        .ok_or_else(|| corrupt("missing".into()))?;
     let file = File::open(path).map_err(|e| DeviceError::io(path, e))?;
     let total = file.metadata().map_err(|e| DeviceError::io(path, e))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut skip = vec![0u8; header as usize];
-    r.read_exact(&mut skip).map_err(|e| DeviceError::io(path, e))?;
+    r.read_exact(&mut skip)
+        .map_err(|e| DeviceError::io(path, e))?;
     let mut good = header;
     let mut records = 0;
     let mut body = Vec::new();
@@ -528,7 +619,8 @@ fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
             let size = u64::from_le_bytes(b.array()?);
             // Written as 16 bytes (the field was an i128); any time an i64 cannot hold is
             // clamped, which only makes the picture look changed at the next scan.
-            let mtime_ns = i128::from_le_bytes(b.array()?).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+            let mtime_ns =
+                i128::from_le_bytes(b.array()?).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
             let hash = b.array::<32>()?;
             let width = u32::from_le_bytes(b.array()?);
             let height = u32::from_le_bytes(b.array()?);
@@ -539,7 +631,16 @@ fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
             } else {
                 String::new()
             };
-            let entry = Entry { path, size, mtime_ns, hash, width, height, taken_s, source: source.into() };
+            let entry = Entry {
+                path,
+                size,
+                mtime_ns,
+                hash,
+                width,
+                height,
+                taken_s,
+                source: source.into(),
+            };
             if kind == ROW {
                 return b.0.is_empty().then_some(Record::Row(entry));
             }
@@ -547,7 +648,10 @@ fn decode(body: &[u8], dim: usize, version: u32) -> Option<Record> {
             if !b.0.is_empty() {
                 return None;
             }
-            let vector = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let vector = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             Some(Record::Upsert(entry, vector))
         }
         REMOVE => {
@@ -563,7 +667,20 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, n: u8) -> Entry {
-        Entry { path: PathBuf::from(name), size: n as u64, mtime_ns: -5, hash: [n; 32], width: 3, height: 2, taken_s: 1_700_000_000, source: if n % 2 == 0 { Box::default() } else { format!("cam{n}").into() } }
+        Entry {
+            path: PathBuf::from(name),
+            size: n as u64,
+            mtime_ns: -5,
+            hash: [n; 32],
+            width: 3,
+            height: 2,
+            taken_s: 1_700_000_000,
+            source: if n % 2 == 0 {
+                Box::default()
+            } else {
+                format!("cam{n}").into()
+            },
+        }
     }
 
     fn v(x: f32) -> Vec<f32> {
@@ -593,12 +710,18 @@ mod tests {
         let (_, again, report) = Store::open(dir.path(), "m", 3).unwrap();
         assert_eq!((report.pictures, report.replayed), (3, 1));
         assert_eq!(again.get(Path::new("d")), Some(&entry("d", 9)));
-        let (_, vector) = again.iter().find(|(e, _)| e.path == Path::new("d")).unwrap();
+        let (_, vector) = again
+            .iter()
+            .find(|(e, _)| e.path == Path::new("d"))
+            .unwrap();
         assert_eq!(vector, v(0.25).as_slice());
     }
 
     fn vectors_by_path(index: &Index) -> Vec<(PathBuf, Vec<f32>)> {
-        let mut out: Vec<_> = index.iter().map(|(e, v)| (e.path.clone(), v.into_owned())).collect();
+        let mut out: Vec<_> = index
+            .iter()
+            .map(|(e, v)| (e.path.clone(), v.into_owned()))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -617,7 +740,8 @@ mod tests {
     fn the_snapshot_vectors_are_ranked_from_the_mapped_file_in_every_precision() {
         for precision in [Precision::F32, Precision::F16, Precision::I8] {
             let dir = tempfile::tempdir().unwrap();
-            let (mut store, mut index, _) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            let (mut store, mut index, _) =
+                Store::open_with(dir.path(), "m", 3, precision).unwrap();
             for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
                 let e = entry(name, i as u8);
                 store.upsert(&e, &v(i as f32 / 4.0)).unwrap();
@@ -626,15 +750,23 @@ mod tests {
             assert_eq!(index.mapped_vector_bytes(), 0);
             store.compact(&mut index).unwrap();
             // After compaction the index ranks from the file just written.
-            assert_eq!(index.mapped_vector_bytes(), 4 * precision.bytes_per_vector(3), "{precision:?}");
+            assert_eq!(
+                index.mapped_vector_bytes(),
+                4 * precision.bytes_per_vector(3),
+                "{precision:?}"
+            );
             assert_eq!(vector_files(dir.path()), ["vectors-1.bin"]);
             let kept = vectors_by_path(&index);
             drop(store);
 
             // Reopened: mapped, the same vectors bit for bit.
-            let (mut store, mut index, report) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            let (mut store, mut index, report) =
+                Store::open_with(dir.path(), "m", 3, precision).unwrap();
             assert_eq!((report.pictures, report.reset.as_deref()), (4, None));
-            assert_eq!(index.mapped_vector_bytes(), 4 * precision.bytes_per_vector(3));
+            assert_eq!(
+                index.mapped_vector_bytes(),
+                4 * precision.bytes_per_vector(3)
+            );
             assert_eq!(vectors_by_path(&index), kept);
             // Journal changes over mapped rows: a replaced vector, a removal, a new picture.
             for (op, name, x) in [("set", "b", 0.9), ("remove", "a", 0.0), ("add", "e", 0.6)] {
@@ -651,16 +783,24 @@ mod tests {
             let best = index.search("m", &v(0.9), 1).unwrap()[0].entry.path.clone();
             assert_eq!(best, PathBuf::from("b"), "{precision:?}");
             drop(store);
-            let (mut store, mut index, report) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
+            let (mut store, mut index, report) =
+                Store::open_with(dir.path(), "m", 3, precision).unwrap();
             assert_eq!((report.pictures, report.replayed), (4, 3));
-            assert_eq!(vectors_by_path(&index), changed, "{precision:?}: journal replayed over the mapped rows");
+            assert_eq!(
+                vectors_by_path(&index),
+                changed,
+                "{precision:?}: journal replayed over the mapped rows"
+            );
             // The next compaction writes generation 2 and deletes generation 1.
             store.compact(&mut index).unwrap();
             assert_eq!(vector_files(dir.path()), ["vectors-2.bin"]);
             drop(store);
             let (_, index, _) = Store::open_with(dir.path(), "m", 3, precision).unwrap();
             assert_eq!(vectors_by_path(&index), changed);
-            assert_eq!(index.mapped_vector_bytes(), 4 * precision.bytes_per_vector(3));
+            assert_eq!(
+                index.mapped_vector_bytes(),
+                4 * precision.bytes_per_vector(3)
+            );
         }
     }
 
@@ -693,8 +833,18 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
         let reason = report.reset.unwrap();
-        assert!(reason.contains("vectors-1.bin") && reason.contains("checksum"), "{reason}");
-        assert_eq!(index.entries().iter().map(|e| e.path.clone()).collect::<Vec<_>>(), [PathBuf::from("c")]);
+        assert!(
+            reason.contains("vectors-1.bin") && reason.contains("checksum"),
+            "{reason}"
+        );
+        assert_eq!(
+            index
+                .entries()
+                .iter()
+                .map(|e| e.path.clone())
+                .collect::<Vec<_>>(),
+            [PathBuf::from("c")]
+        );
         let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
         assert_eq!((index.len(), report.reset), (1, None));
         // Deleted altogether: the same.
@@ -716,10 +866,16 @@ mod tests {
         store.compact(&mut index).unwrap();
         drop(store);
         let (_, index, _) = Store::open_with(dir.path(), "m", 3, Precision::I8).unwrap();
-        assert_eq!((index.precision(), index.mapped_vector_bytes()), (Precision::I8, Precision::I8.bytes_per_vector(3)));
+        assert_eq!(
+            (index.precision(), index.mapped_vector_bytes()),
+            (Precision::I8, Precision::I8.bytes_per_vector(3))
+        );
         assert_eq!(vector_files(dir.path()), ["vectors-2.bin"]);
         let got = index.vector_of(Path::new("a")).unwrap().into_owned();
-        assert!(got.iter().zip(v(0.3)).all(|(a, b)| (a - b).abs() < 1e-2), "{got:?}");
+        assert!(
+            got.iter().zip(v(0.3)).all(|(a, b)| (a - b).abs() < 1e-2),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -741,9 +897,15 @@ mod tests {
         std::fs::write(dir.path().join("snapshot.bin"), file).unwrap();
         let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
         assert_eq!((report.pictures, report.reset), (2, None));
-        assert_eq!(file_version(&dir.path().join("snapshot.bin")), FORMAT_VERSION);
+        assert_eq!(
+            file_version(&dir.path().join("snapshot.bin")),
+            FORMAT_VERSION
+        );
         assert_eq!(vector_files(dir.path()), ["vectors-1.bin"]);
-        assert_eq!(index.vector_of(Path::new("b")).unwrap().as_ref(), v(0.7).as_slice());
+        assert_eq!(
+            index.vector_of(Path::new("b")).unwrap().as_ref(),
+            v(0.7).as_slice()
+        );
         let (_, again, _) = Store::open(dir.path(), "m", 3).unwrap();
         assert_eq!(vectors_by_path(&again), vectors_by_path(&index));
         assert_eq!(again.get(Path::new("a")), Some(&entry("a", 3)));
@@ -761,7 +923,10 @@ mod tests {
         for cut in 1..20 {
             let copy = tempfile::tempdir().unwrap();
             std::fs::copy(&journal, copy.path().join("journal.bin")).unwrap();
-            let f = OpenOptions::new().write(true).open(copy.path().join("journal.bin")).unwrap();
+            let f = OpenOptions::new()
+                .write(true)
+                .open(copy.path().join("journal.bin"))
+                .unwrap();
             f.set_len(len - cut).unwrap();
             let (mut store, index, report) = Store::open(copy.path(), "m", 3).unwrap();
             assert_eq!(index.len(), 1, "cut {cut}");
@@ -816,8 +981,17 @@ mod tests {
         file.extend_from_slice(&body);
         std::fs::write(dir.path().join("journal.bin"), file).unwrap();
         let (mut store, index, _) = Store::open(dir.path(), "m", 3).unwrap();
-        assert_eq!(index.get(Path::new("a")), Some(&Entry { source: Box::default(), ..entry("a", 1) }));
-        assert_eq!(file_version(&dir.path().join("journal.bin")), FORMAT_VERSION);
+        assert_eq!(
+            index.get(Path::new("a")),
+            Some(&Entry {
+                source: Box::default(),
+                ..entry("a", 1)
+            })
+        );
+        assert_eq!(
+            file_version(&dir.path().join("journal.bin")),
+            FORMAT_VERSION
+        );
         store.upsert(&entry("b", 3), &v(0.2)).unwrap();
         drop(store);
         let (_, index, _) = Store::open(dir.path(), "m", 3).unwrap();
@@ -832,11 +1006,19 @@ mod tests {
         encode_upsert(&mut body, &e, &v(0.1));
         let at = 1 + 4 + 1 + 8;
         assert_eq!(body[at..at + 16], (-5i128).to_le_bytes());
-        let Some(Record::Upsert(back, _)) = decode(&body, 3, FORMAT_VERSION) else { panic!("not an upsert") };
+        let Some(Record::Upsert(back, _)) = decode(&body, 3, FORMAT_VERSION) else {
+            panic!("not an upsert")
+        };
         assert_eq!(back, e);
-        for (written, read) in [(i128::MAX, i64::MAX), (i128::MIN, i64::MIN), (1i128 << 70, i64::MAX)] {
+        for (written, read) in [
+            (i128::MAX, i64::MAX),
+            (i128::MIN, i64::MIN),
+            (1i128 << 70, i64::MAX),
+        ] {
             body[at..at + 16].copy_from_slice(&written.to_le_bytes());
-            let Some(Record::Upsert(back, _)) = decode(&body, 3, FORMAT_VERSION) else { panic!("not an upsert") };
+            let Some(Record::Upsert(back, _)) = decode(&body, 3, FORMAT_VERSION) else {
+                panic!("not an upsert")
+            };
             assert_eq!(back.mtime_ns, read);
         }
     }
@@ -852,6 +1034,10 @@ mod tests {
         e.path = odd.clone();
         store.upsert(&e, &v(0.1)).unwrap();
         drop(store);
-        assert!(Store::open(dir.path(), "m", 3).unwrap().1.get(&odd).is_some());
+        assert!(Store::open(dir.path(), "m", 3)
+            .unwrap()
+            .1
+            .get(&odd)
+            .is_some());
     }
 }

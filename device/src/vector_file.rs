@@ -62,7 +62,11 @@ fn layout(precision: Precision, dim: usize, rows: usize) -> Option<Layout> {
         Precision::I8 => (HEADER, HEADER.checked_add(round_up(rows.checked_mul(4)?))?),
         _ => (HEADER, HEADER),
     };
-    Some(Layout { scales, values, end: values.checked_add(values_len)? })
+    Some(Layout {
+        scales,
+        values,
+        end: values.checked_add(values_len)?,
+    })
 }
 
 /// The raw parts of a table in one precision, as written to the file.
@@ -81,31 +85,48 @@ pub enum Parts<'a> {
 }
 
 /// Feeds the bytes of the data region, in file order, to `put`.
-fn each_chunk(precision: Precision, parts: &[Parts<'_>], mut put: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
-    let other = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "parts of another precision");
+fn each_chunk(
+    precision: Precision,
+    parts: &[Parts<'_>],
+    mut put: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let other = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "parts of another precision",
+        )
+    };
     match precision {
         Precision::F32 => {
             for p in parts {
-                let Parts::F32(v) = p else { return Err(other()) };
+                let Parts::F32(v) = p else {
+                    return Err(other());
+                };
                 put(bytemuck::cast_slice(v))?;
             }
         }
         Precision::F16 => {
             for p in parts {
-                let Parts::F16(v) = p else { return Err(other()) };
+                let Parts::F16(v) = p else {
+                    return Err(other());
+                };
                 put(f16_bytes(v))?;
             }
         }
         Precision::I8 => {
             let mut n = 0;
             for p in parts {
-                let Parts::I8 { scales, .. } = p else { return Err(other()) };
+                let Parts::I8 { scales, .. } = p else {
+                    return Err(other());
+                };
                 put(bytemuck::cast_slice(scales))?;
                 n += scales.len() * 4;
             }
             put(&vec![0u8; round_up(n) - n])?;
             for p in parts {
-                let Parts::I8 { codes, .. } = p else { return Err(other()) };
+                let Parts::I8 { codes, .. } = p else {
+                    return Err(other());
+                };
                 put(bytemuck::cast_slice(codes))?;
             }
         }
@@ -115,7 +136,13 @@ fn each_chunk(precision: Precision, parts: &[Parts<'_>], mut put: impl FnMut(&[u
 
 /// Writes a vector file of `rows` rows to `w`, the parts given in order (the mapped rows of a
 /// table, then its rows in memory); returns the bytes written.
-pub fn write(w: &mut impl Write, precision: Precision, dim: usize, rows: usize, parts: &[Parts<'_>]) -> std::io::Result<u64> {
+pub fn write(
+    w: &mut impl Write,
+    precision: Precision,
+    dim: usize,
+    rows: usize,
+    parts: &[Parts<'_>],
+) -> std::io::Result<u64> {
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
     let lay = layout(precision, dim, rows).ok_or_else(|| bad("vector file too large"))?;
     // The checksum sits in the header: hash the parts first (they are in memory or mapped).
@@ -158,7 +185,11 @@ pub struct Mapped {
 
 impl std::fmt::Debug for Mapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mapped").field("precision", &self.precision).field("dim", &self.dim).field("rows", &self.rows).finish()
+        f.debug_struct("Mapped")
+            .field("precision", &self.precision)
+            .field("dim", &self.dim)
+            .field("rows", &self.rows)
+            .finish()
     }
 }
 
@@ -180,7 +211,9 @@ impl Mapped {
         }
         let version = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         if version != VERSION {
-            return Err(format!("vector file version {version}, this build reads {VERSION}"));
+            return Err(format!(
+                "vector file version {version}, this build reads {VERSION}"
+            ));
         }
         let precision = match h[8] {
             0 => Precision::F32,
@@ -201,7 +234,13 @@ impl Mapped {
         if crc32fast::hash(&map[HEADER..]) != crc {
             return Err("checksum mismatch".into());
         }
-        Ok(Mapped { map, precision, dim, rows, lay })
+        Ok(Mapped {
+            map,
+            precision,
+            dim,
+            rows,
+            lay,
+        })
     }
 
     /// The file's precision.
@@ -255,7 +294,10 @@ impl Mapped {
 
     /// int8 scales and codes of the live rows (an int8 file).
     pub fn i8s(&self) -> (&[f32], &[i8]) {
-        (bytemuck::cast_slice(self.bytes(self.lay.scales, self.rows * 4)), bytemuck::cast_slice(self.bytes(self.lay.values, self.rows * self.dim)))
+        (
+            bytemuck::cast_slice(self.bytes(self.lay.scales, self.rows * 4)),
+            bytemuck::cast_slice(self.bytes(self.lay.values, self.rows * self.dim)),
+        )
     }
 
     /// Mutable int8 scales and codes (copy-on-write pages).
@@ -263,7 +305,10 @@ impl Mapped {
         let (s, v, rows, dim) = (self.lay.scales, self.lay.values, self.rows, self.dim);
         debug_assert!(s + rows * 4 <= v);
         let (head, tail) = self.map.split_at_mut(v);
-        (bytemuck::cast_slice_mut(&mut head[s..s + rows * 4]), bytemuck::cast_slice_mut(&mut tail[..rows * dim]))
+        (
+            bytemuck::cast_slice_mut(&mut head[s..s + rows * 4]),
+            bytemuck::cast_slice_mut(&mut tail[..rows * dim]),
+        )
     }
 }
 
@@ -298,7 +343,10 @@ mod tests {
             let path = written(dir.path(), &source);
             let on_disk = std::fs::read(&path).unwrap();
             let mut t = VectorTable::mapped(3, Mapped::open(&path, 3, 5).unwrap());
-            assert_eq!((t.len(), t.mapped_bytes()), (5, 5 * precision.bytes_per_vector(3)));
+            assert_eq!(
+                (t.len(), t.mapped_bytes()),
+                (5, 5 * precision.bytes_per_vector(3))
+            );
             for row in 0..5 {
                 assert_eq!(t.get(row), source.get(row), "{precision:?} row {row}");
             }
@@ -308,10 +356,17 @@ mod tests {
             t.swap_remove(0); // the pushed row moves into row 0
             t.swap_remove(2); // no rows in memory: mapped row 4 moves into row 2
             assert_eq!(t.len(), 4);
-            assert!((t.get(0)[2] - 1.0).abs() < 1e-2 && (t.get(1)[0] - 1.0).abs() < 1e-2, "{precision:?}");
+            assert!(
+                (t.get(0)[2] - 1.0).abs() < 1e-2 && (t.get(1)[0] - 1.0).abs() < 1e-2,
+                "{precision:?}"
+            );
             assert_eq!(t.get(2), source.get(4));
             assert_eq!(t.get(3), source.get(3));
-            assert_eq!(std::fs::read(&path).unwrap(), on_disk, "the file is never written");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                on_disk,
+                "the file is never written"
+            );
             // Writing the changed table gives a file with exactly its rows.
             let again = written(dir.path(), &t);
             let reread = VectorTable::mapped(3, Mapped::open(&again, 3, 4).unwrap());
@@ -326,7 +381,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &table(Precision::I8, 4));
         assert!(Mapped::open(&path, 3, 5).unwrap_err().contains("4 vectors"));
-        assert!(Mapped::open(&path, 4, 4).unwrap_err().contains("dimension 3"));
+        assert!(Mapped::open(&path, 4, 4)
+            .unwrap_err()
+            .contains("dimension 3"));
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;

@@ -52,7 +52,10 @@ impl Rows {
         match precision {
             Precision::F32 => Rows::F32(Vec::new()),
             Precision::F16 => Rows::F16(Vec::new()),
-            Precision::I8 => Rows::I8 { codes: Vec::new(), scales: Vec::new() },
+            Precision::I8 => Rows::I8 {
+                codes: Vec::new(),
+                scales: Vec::new(),
+            },
         }
     }
 
@@ -130,13 +133,21 @@ pub struct VectorTable {
 impl VectorTable {
     /// An empty table of `dim`-value rows stored in `precision`.
     pub fn new(dim: usize, precision: Precision) -> Self {
-        Self { dim, base: None, rows: Rows::new(precision) }
+        Self {
+            dim,
+            base: None,
+            rows: Rows::new(precision),
+        }
     }
 
     /// A table whose rows are those of a mapped vector file (ranked from the map; rows
     /// added later are kept in memory).
     pub fn mapped(dim: usize, file: Mapped) -> Self {
-        Self { dim, rows: Rows::new(file.precision()), base: Some(file) }
+        Self {
+            dim,
+            rows: Rows::new(file.precision()),
+            base: Some(file),
+        }
     }
 
     /// The storage precision.
@@ -361,24 +372,38 @@ impl VectorTable {
         let d = self.dim;
         let mut first = 0;
         let (base, tail) = self.part_pair();
-        let parts = base.map(|b| (b, self.base_rows())).into_iter().chain(std::iter::once((tail, self.rows.len(d))));
+        let parts = base
+            .map(|b| (b, self.base_rows()))
+            .into_iter()
+            .chain(std::iter::once((tail, self.rows.len(d))));
         for (part, count) in parts {
             let (start, end) = (rows.start.max(first), rows.end.min(first + count));
             if start < end {
-                let (local, out) = (start - first..end - first, &mut out[start - rows.start..end - rows.start]);
+                let (local, out) = (
+                    start - first..end - first,
+                    &mut out[start - rows.start..end - rows.start],
+                );
                 match (part, query) {
                     (Parts::F32(v), Query::F32(q)) => {
-                        for (o, r) in out.iter_mut().zip(v[local.start * d..local.end * d].chunks_exact(d)) {
+                        for (o, r) in out
+                            .iter_mut()
+                            .zip(v[local.start * d..local.end * d].chunks_exact(d))
+                        {
                             *o = dot_f32(q, r);
                         }
                     }
                     (Parts::F16(v), Query::F16(q)) => {
-                        for (o, r) in out.iter_mut().zip(v[local.start * d..local.end * d].chunks_exact(d)) {
+                        for (o, r) in out
+                            .iter_mut()
+                            .zip(v[local.start * d..local.end * d].chunks_exact(d))
+                        {
                             *o = simsimd::f16::dot(q, r).map_or(f32::NAN, |x| x as f32);
                         }
                     }
                     (Parts::I8 { scales, codes }, Query::I8(q, qs)) => {
-                        let rows = codes[local.start * d..local.end * d].chunks_exact(d).zip(&scales[local.clone()]);
+                        let rows = codes[local.start * d..local.end * d]
+                            .chunks_exact(d)
+                            .zip(&scales[local.clone()]);
                         for (o, (r, s)) in out.iter_mut().zip(rows) {
                             *o = i8::dot(q, r).map_or(f32::NAN, |x| x as f32 * qs * s);
                         }
@@ -429,7 +454,11 @@ mod tests {
     #[test]
     fn every_precision_scores_close_to_f32_and_keeps_rows_consistent() {
         let dim = 64;
-        for (precision, tolerance) in [(Precision::F32, 1e-6), (Precision::F16, 2e-3), (Precision::I8, 2e-2)] {
+        for (precision, tolerance) in [
+            (Precision::F32, 1e-6),
+            (Precision::F16, 2e-3),
+            (Precision::I8, 2e-2),
+        ] {
             let mut t = VectorTable::new(dim, precision);
             let rows: Vec<Vec<f32>> = (0..10).map(|i| unit(i, dim)).collect();
             for r in &rows {
@@ -445,9 +474,17 @@ mod tests {
             for (row, &src) in expect.iter().enumerate() {
                 let exact = dot_f32(&q, &rows[src]);
                 let got = t.score(&prepared, row);
-                assert!((got - exact).abs() < tolerance, "{precision:?} row {row}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() < tolerance,
+                    "{precision:?} row {row}: {got} vs {exact}"
+                );
                 let back = t.get(row);
-                assert!(back.iter().zip(&rows[src]).all(|(a, b)| (a - b).abs() < tolerance), "{precision:?}");
+                assert!(
+                    back.iter()
+                        .zip(&rows[src])
+                        .all(|(a, b)| (a - b).abs() < tolerance),
+                    "{precision:?}"
+                );
             }
         }
     }
@@ -464,7 +501,10 @@ mod tests {
             let mut file = std::fs::File::create(&path).unwrap();
             crate::vector_file::write(&mut file, precision, dim, 17, &written.parts()).unwrap();
             drop(file);
-            let mut t = VectorTable::mapped(dim, crate::vector_file::Mapped::open(&path, dim, 17).unwrap());
+            let mut t = VectorTable::mapped(
+                dim,
+                crate::vector_file::Mapped::open(&path, dim, 17).unwrap(),
+            );
             rows[17..].iter().for_each(|r| t.push(r));
             // A non-finite row (the encoder refuses such vectors; what a kernel makes of it
             // differs by CPU: NaN here, a finite number from f16 under qemu-aarch64) scores the
@@ -479,7 +519,13 @@ mod tests {
                 let mut block = vec![0.0; range.len()];
                 scorer.block(range.clone(), &mut block);
                 let expect = &one[range.clone()];
-                assert!(block.iter().zip(expect).all(|(a, b)| a.to_bits() == b.to_bits()), "{precision:?} {range:?}: {block:?} vs {expect:?}");
+                assert!(
+                    block
+                        .iter()
+                        .zip(expect)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{precision:?} {range:?}: {block:?} vs {expect:?}"
+                );
             }
         }
     }

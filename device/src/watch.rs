@@ -23,19 +23,25 @@ impl std::fmt::Debug for FolderWatcher {
 impl FolderWatcher {
     /// Watches `folders` recursively; `changed` runs on the watcher's thread for every event
     /// that may add, change or remove a file (it must not block).
-    pub fn start(folders: &[PathBuf], changed: impl Fn() + Send + 'static) -> Result<Self, DeviceError> {
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if !matches!(event.kind, notify::EventKind::Access(_)) {
-                    changed();
+    pub fn start(
+        folders: &[PathBuf],
+        changed: impl Fn() + Send + 'static,
+    ) -> Result<Self, DeviceError> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event {
+                    if !matches!(event.kind, notify::EventKind::Access(_)) {
+                        changed();
+                    }
                 }
-            }
-        })
-        .map_err(|e| DeviceError::Config(format!("cannot watch folders: {e}")))?;
+            })
+            .map_err(|e| DeviceError::Config(format!("cannot watch folders: {e}")))?;
         for folder in folders {
             watcher
                 .watch(folder, RecursiveMode::Recursive)
-                .map_err(|e| DeviceError::Config(format!("cannot watch {}: {e}", folder.display())))?;
+                .map_err(|e| {
+                    DeviceError::Config(format!("cannot watch {}: {e}", folder.display()))
+                })?;
         }
         Ok(Self { _watcher: watcher })
     }

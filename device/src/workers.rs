@@ -67,12 +67,17 @@ impl Workers {
 
     /// Runs `f` on one of the threads and waits for its result without blocking the async
     /// threads. A panic in `f` is an error, and the thread lives on.
-    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
         });
-        self.jobs.send(job).map_err(|_| "the encoder threads are gone".to_string())?;
+        self.jobs
+            .send(job)
+            .map_err(|_| "the encoder threads are gone".to_string())?;
         match result.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err("the encoder panicked".into()),
@@ -110,7 +115,10 @@ mod imp {
                 let param = libc::sched_param { sched_priority: 0 };
                 // SAFETY: pid 0 is the calling thread; `param` outlives the call.
                 if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-                    return Err(format!("sched_setscheduler(SCHED_IDLE): {}", std::io::Error::last_os_error()));
+                    return Err(format!(
+                        "sched_setscheduler(SCHED_IDLE): {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
                 Ok(())
             }

@@ -20,15 +20,26 @@ fn large_blocks_are_mappings_of_their_own_only_while_a_load_needs_it() {
     let before = mapped();
     let block = black_box(vec![1u8; size]);
     let during = mapped();
-    assert!(during >= before + size, "a {size} byte block is not a mapping of its own: {before} -> {during} bytes mapped");
+    assert!(
+        during >= before + size,
+        "a {size} byte block is not a mapping of its own: {before} -> {during} bytes mapped"
+    );
     drop(block);
-    assert!(mapped() + size <= during, "the freed block is still mapped: {} bytes", mapped());
+    assert!(
+        mapped() + size <= during,
+        "the freed block is still mapped: {} bytes",
+        mapped()
+    );
 
     // With the last one gone, such blocks come from the arenas again (no page faults at every
     // model run).
     drop(outer);
     let before = mapped();
     let block = black_box(vec![1u8; size]);
-    assert_eq!(mapped(), before, "a {size} byte block is still a mapping of its own after the load");
+    assert_eq!(
+        mapped(),
+        before,
+        "a {size} byte block is still a mapping of its own after the load"
+    );
     drop(block);
 }

@@ -40,9 +40,15 @@ unsafe impl GlobalAlloc for Counting {
 
 /// (allocations, bytes) made while running `f` (on this thread; run before other threads start).
 fn counted<T>(f: impl FnOnce() -> T) -> (T, u64, u64) {
-    let (a0, b0) = (ALLOCATIONS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+    let (a0, b0) = (
+        ALLOCATIONS.load(Ordering::SeqCst),
+        BYTES.load(Ordering::SeqCst),
+    );
     let out = f();
-    let (a1, b1) = (ALLOCATIONS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+    let (a1, b1) = (
+        ALLOCATIONS.load(Ordering::SeqCst),
+        BYTES.load(Ordering::SeqCst),
+    );
     (out, a1 - a0, b1 - b0)
 }
 
@@ -74,15 +80,25 @@ pub fn zero_copy(dim: usize, rows: usize) -> anyhow::Result<Value> {
         index.upsert(entry, &v)?;
     }
     let query: Vec<f32> = (0..dim).map(|i| ((i as f32) * 0.37).sin()).collect();
-    let reply = EncodeReply { request_id: 7, body: ReplyBody::Vector(TextVector { model: model.into(), vector: query }) };
+    let reply = EncodeReply {
+        request_id: 7,
+        body: ReplyBody::Vector(TextVector {
+            model: model.into(),
+            vector: query,
+        }),
+    };
     let payload = wire::encode(&reply)?;
-    let (received, decode_allocs, decode_bytes) = counted(|| Received::<EncodeReply>::decode(&payload, 1 << 20));
+    let (received, decode_allocs, decode_bytes) =
+        counted(|| Received::<EncodeReply>::decode(&payload, 1 << 20));
     let received = received?;
-    let wire::ArchivedReplyBody::Vector(text) = &received.get().body else { anyhow::bail!("encoded a vector, got no vector back") };
+    let wire::ArchivedReplyBody::Vector(text) = &received.get().body else {
+        anyhow::bail!("encoded a vector, got no vector back")
+    };
     let (view, view_allocs, view_bytes) = counted(|| vector_view(&text.vector));
     let borrowed = matches!(view, Cow::Borrowed(_));
     let archive = received.get() as *const _ as usize;
-    let in_buffer = (view.as_ptr() as usize) >= archive.saturating_sub(payload.len()) && (view.as_ptr() as usize) < archive + payload.len();
+    let in_buffer = (view.as_ptr() as usize) >= archive.saturating_sub(payload.len())
+        && (view.as_ptr() as usize) < archive + payload.len();
     let (hits, rank_allocs, rank_bytes) = counted(|| index.search(model, &view, 10));
     let hits = hits?.len();
     Ok(json!({

@@ -50,7 +50,11 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 /// Runs `f` (after one warm-up) until `seconds` have passed and at least `min_runs` ran.
-pub fn time<T>(seconds: f64, min_runs: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<Timing> {
+pub fn time<T>(
+    seconds: f64,
+    min_runs: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Timing> {
     f()?;
     let mut ms = Vec::new();
     let started = Instant::now();
@@ -63,7 +67,11 @@ pub fn time<T>(seconds: f64, min_runs: usize, mut f: impl FnMut() -> anyhow::Res
 }
 
 /// Items per second when `threads` threads each run `f` in a loop for `seconds`.
-pub fn throughput(threads: usize, seconds: f64, f: impl Fn(usize) -> anyhow::Result<()> + Sync) -> anyhow::Result<f64> {
+pub fn throughput(
+    threads: usize,
+    seconds: f64,
+    f: impl Fn(usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<f64> {
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
@@ -109,15 +117,30 @@ pub fn photo_jpeg(w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
         let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
         let disc = ((fx - 0.3).powi(2) + (fy - 0.6).powi(2)) < 0.04;
         let stripe = (x / 37 + y / 53) % 5 == 0;
-        let hash = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519) >> 24;
+        let hash = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503))
+            .wrapping_mul(2_246_822_519)
+            >> 24;
         let texture = (hash % 28) as f32;
-        let r = if disc { 210.0 + texture } else { 40.0 + 150.0 * fx + texture };
-        let g = if stripe { 190.0 + texture } else { 60.0 + 120.0 * fy + texture };
+        let r = if disc {
+            210.0 + texture
+        } else {
+            40.0 + 150.0 * fx + texture
+        };
+        let g = if stripe {
+            190.0 + texture
+        } else {
+            60.0 + 120.0 * fy + texture
+        };
         let b = 90.0 + 80.0 * (fx * 9.0).sin() * (fy * 7.0).cos() + texture;
-        image::Rgb([r.clamp(0.0, 255.0) as u8, g.clamp(0.0, 255.0) as u8, b.clamp(0.0, 255.0) as u8])
+        image::Rgb([
+            r.clamp(0.0, 255.0) as u8,
+            g.clamp(0.0, 255.0) as u8,
+            b.clamp(0.0, 255.0) as u8,
+        ])
     });
     let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut jpeg), 90).encode_image(&img)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut jpeg), 90)
+        .encode_image(&img)?;
     Ok(jpeg)
 }
 
@@ -139,14 +162,17 @@ fn profile(plan: &Arc<TypedRunnableModel>, input: &Tensor, runs: usize) -> anyho
     for _ in 0..runs {
         let mut state = plan.spawn()?;
         let started = Instant::now();
-        state.run_plan_with_eval(tvec!(input.clone().into_tvalue()), |ctx, st, node, inputs| {
-            let t = Instant::now();
-            let out = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
-            let e = by_op.entry(node.op().name().to_string()).or_default();
-            e.0 += t.elapsed().as_secs_f64() * 1e3;
-            e.1 += 1;
-            out
-        })?;
+        state.run_plan_with_eval(
+            tvec!(input.clone().into_tvalue()),
+            |ctx, st, node, inputs| {
+                let t = Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
+                let e = by_op.entry(node.op().name().to_string()).or_default();
+                e.0 += t.elapsed().as_secs_f64() * 1e3;
+                e.1 += 1;
+                out
+            },
+        )?;
         total += started.elapsed().as_secs_f64() * 1e3;
     }
     let mut ops: Vec<(String, (f64, usize))> = by_op.into_iter().collect();
@@ -169,7 +195,13 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// Everything about one model's image tower. Writes the model input to `input_out` for the
 /// onnxruntime peer.
-pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_out: &Path) -> anyhow::Result<Value> {
+pub fn image(
+    model_dir: &Path,
+    jpeg: &[u8],
+    cores: usize,
+    seconds: f64,
+    input_out: &Path,
+) -> anyhow::Result<Value> {
     let folder = ModelFolder::open(model_dir, None)?;
     let cfg = folder.preprocess.clone();
     let size = cfg.size as usize;
@@ -182,7 +214,10 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
     let full_img = decode_bytes(jpeg, limits)?;
     let full_tensor = cfg.tensor(&full_img);
     let (fast_tensor, fast_size) = cfg.picture(jpeg, limits)?;
-    anyhow::ensure!(fast_size == (full_img.width(), full_img.height()), "the scaled decode reports another size");
+    anyhow::ensure!(
+        fast_size == (full_img.width(), full_img.height()),
+        "the scaled decode reports another size"
+    );
     let v_full = tower.encode(full_tensor.clone())?;
     let v_fast = tower.encode(fast_tensor.clone())?;
     let bytes: Vec<u8> = fast_tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -195,14 +230,26 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
     let decode_preprocess_fast = time(s, 3, || Ok(cfg.picture(jpeg, limits)?))?;
     let model_1t = time(s, 3, || Ok(tower.encode(fast_tensor.clone())?))?;
     let device_path_fast = time(s, 3, || Ok(tower.encode(cfg.picture(jpeg, limits)?.0)?))?;
-    let device_path_full = time(s, 3, || Ok(tower.encode(cfg.tensor(&decode_bytes(jpeg, limits)?))?))?;
+    let device_path_full = time(s, 3, || {
+        Ok(tower.encode(cfg.tensor(&decode_bytes(jpeg, limits)?))?)
+    })?;
 
     // All cores: N threads sharing one plan (the device's workers), tract's own threads.
-    let model_parallel = throughput(cores, s, |_| Ok(tower.encode(fast_tensor.clone()).map(|_| ())?))?;
+    let model_parallel = throughput(cores, s, |_| {
+        Ok(tower.encode(fast_tensor.clone()).map(|_| ())?)
+    })?;
     let pool = Executor::multithread(cores);
-    let model_tract_mt = time(s, 3, || multithread_tract_scope(pool.clone(), || Ok(tower.encode(fast_tensor.clone())?)))?;
-    let device_parallel_fast = throughput(cores, s, |_| Ok(tower.encode(cfg.picture(jpeg, limits)?.0).map(|_| ())?))?;
-    let device_parallel_full = throughput(cores, s, |_| Ok(tower.encode(cfg.tensor(&decode_bytes(jpeg, limits)?)).map(|_| ())?))?;
+    let model_tract_mt = time(s, 3, || {
+        multithread_tract_scope(pool.clone(), || Ok(tower.encode(fast_tensor.clone())?))
+    })?;
+    let device_parallel_fast = throughput(cores, s, |_| {
+        Ok(tower.encode(cfg.picture(jpeg, limits)?.0).map(|_| ())?)
+    })?;
+    let device_parallel_full = throughput(cores, s, |_| {
+        Ok(tower
+            .encode(cfg.tensor(&decode_bytes(jpeg, limits)?))
+            .map(|_| ())?)
+    })?;
 
     // Batching: a plan for `cores * 2` pictures, on one thread and on N threads.
     let batch = 2 * cores;
@@ -212,8 +259,14 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
         many.extend_from_slice(&fast_tensor);
     }
     let batch_input = Tensor::from_shape(&[batch, 3, size, size], &many)?;
-    let batch_1t = time(s, 2, || Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?))?;
-    let batch_mt = time(s, 2, || multithread_tract_scope(pool.clone(), || Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?)))?;
+    let batch_1t = time(s, 2, || {
+        Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?)
+    })?;
+    let batch_mt = time(s, 2, || {
+        multithread_tract_scope(pool.clone(), || {
+            Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?)
+        })
+    })?;
     drop(batched);
 
     // The device's default: the batch measured at load (`encoder.batch = 0`), run as the
@@ -225,12 +278,20 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
     let batch_of = |n: usize| vec![fast_tensor.clone(); n];
     let auto_batch = if b > 1 {
         let v_batch = auto.encode_batch(batch_of(b))?;
-        anyhow::ensure!(v_batch.iter().all(|v| cosine(v, &v_fast) > 0.99999), "a batch encodes differently");
+        anyhow::ensure!(
+            v_batch.iter().all(|v| cosine(v, &v_fast) > 0.99999),
+            "a batch encodes differently"
+        );
         let model_1t = time(s, 2, || Ok(auto.encode_batch(batch_of(b))?))?;
-        let model_parallel = b as f64 * throughput(cores, s, |_| Ok(auto.encode_batch(batch_of(b)).map(|_| ())?))?;
+        let model_parallel = b as f64
+            * throughput(cores, s, |_| {
+                Ok(auto.encode_batch(batch_of(b)).map(|_| ())?)
+            })?;
         // One batch through the whole device path: decode each picture, then one model run.
         let device_batch = || -> anyhow::Result<Vec<Vec<f32>>> {
-            let pictures = (0..b).map(|_| Ok(cfg.picture(jpeg, limits)?.0)).collect::<anyhow::Result<Vec<_>>>()?;
+            let pictures = (0..b)
+                .map(|_| Ok(cfg.picture(jpeg, limits)?.0))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             Ok(auto.encode_batch(pictures)?)
         };
         let device_1t = time(s, 2, device_batch)?;
@@ -248,9 +309,12 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
     let one_input = Tensor::from_shape(&[1, 3, size, size], &fast_tensor)?;
     let prof = profile(&single, &one_input, 3)?;
     drop(single);
-    let kernels = crate::kernels::kernel_choice(&folder.visual_onnx(), size, seconds * 4.0, &one_input)?;
+    let kernels =
+        crate::kernels::kernel_choice(&folder.visual_onnx(), size, seconds * 4.0, &one_input)?;
 
-    let best_all_cores = [model_parallel, 1000.0 / model_tract_mt.median()].into_iter().fold(0.0, f64::max);
+    let best_all_cores = [model_parallel, 1000.0 / model_tract_mt.median()]
+        .into_iter()
+        .fold(0.0, f64::max);
     Ok(json!({
         "model": folder.id, "dim": folder.dim, "input": size, "weights_bytes": std::fs::metadata(folder.visual_onnx())?.len(),
         "load_s": load_s,
@@ -283,8 +347,19 @@ pub fn image(model_dir: &Path, jpeg: &[u8], cores: usize, seconds: f64, input_ou
 /// The `i`th of the bench's search texts, short like typed searches (7-11 tokens): the text
 /// tower's timings and the end-to-end searches with new texts use the same ones.
 pub fn query_text(i: usize) -> String {
-    let colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"];
-    let things = ["circle", "square", "triangle", "star", "car in the driveway", "dog on a beach", "birthday cake", "mountain lake"];
+    let colours = [
+        "red", "green", "blue", "yellow", "purple", "orange", "white", "black",
+    ];
+    let things = [
+        "circle",
+        "square",
+        "triangle",
+        "star",
+        "car in the driveway",
+        "dog on a beach",
+        "birthday cake",
+        "mountain lake",
+    ];
     format!("a {} {} number {i}", colours[i % 8], things[(i / 8) % 8])
 }
 
@@ -300,8 +375,15 @@ pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> any
     let load_s = started.elapsed().as_secs_f64();
     let tokenizer = ClipTokenizer::from_file(&folder.tokenizer_json(), folder.context_length)?;
     let texts: Vec<String> = (0..64).map(query_text).collect();
-    let rows: Vec<Vec<i64>> = texts.iter().map(|t| tokenizer.encode(t)).collect::<Result<_, _>>()?;
-    let bytes: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let rows: Vec<Vec<i64>> = texts
+        .iter()
+        .map(|t| tokenizer.encode(t))
+        .collect::<Result<_, _>>()?;
+    let bytes: Vec<u8> = rows
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     std::fs::write(ids_out, bytes)?;
     let i = AtomicU64::new(0);
     let next = || i.fetch_add(1, Ordering::Relaxed) as usize % texts.len();
@@ -323,8 +405,16 @@ pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> any
     }
     drop(evict);
     let model_cold = Timing { ms: cold };
-    let cut_lengths: Vec<usize> =
-        rows.iter().map(|r| if tower.cuts() { edgeclip_cloud::encode::cut_length(r) } else { r.len() }).collect();
+    let cut_lengths: Vec<usize> = rows
+        .iter()
+        .map(|r| {
+            if tower.cuts() {
+                edgeclip_cloud::encode::cut_length(r)
+            } else {
+                r.len()
+            }
+        })
+        .collect();
     let full_1t = time(seconds, 5, || {
         let ids = tokenizer.encode(&texts[next()])?;
         Ok(tower.encode(&ids)?)
@@ -334,16 +424,22 @@ pub fn text(model_dir: &Path, cores: usize, seconds: f64, ids_out: &Path) -> any
         tower.encode(&ids).map(|_| ()).context("encode")
     })?;
     let pool = Executor::multithread(cores);
-    let tract_mt = time(seconds, 5, || multithread_tract_scope(pool.clone(), || Ok(tower.encode(&rows[next()])?)))?;
+    let tract_mt = time(seconds, 5, || {
+        multithread_tract_scope(pool.clone(), || Ok(tower.encode(&rows[next()])?))
+    })?;
     // The text encoder's cache: an LRU of text -> vector, looked up and cloned per request.
-    let mut cache: lru::LruCache<String, Vec<f32>> = lru::LruCache::new(NonZeroUsize::new(1024).context("cache size")?);
+    let mut cache: lru::LruCache<String, Vec<f32>> =
+        lru::LruCache::new(NonZeroUsize::new(1024).context("cache size")?);
     for (t, r) in texts.iter().zip(&rows) {
         cache.put(t.clone(), tower.encode(r)?);
     }
     let mut k = 0usize;
     let hits = time(0.5, 1000, || {
         k += 1;
-        cache.get(&texts[k % texts.len()]).cloned().context("cache miss")
+        cache
+            .get(&texts[k % texts.len()])
+            .cloned()
+            .context("cache miss")
     })?;
     Ok(json!({
         "model": folder.id, "dim": folder.dim, "context_length": folder.context_length,

@@ -20,12 +20,20 @@ static FORCED: Mutex<Option<&'static str>> = Mutex::new(None);
 
 /// A tier above all of tract's own that answers with the forced kernel where it can run the
 /// product; matrix-vector products (one column) keep tract's choice.
-fn forced(_isa: &IsaSet, dt: DatumType, query: &Query, suitable: &[Suitable]) -> Option<&'static str> {
+fn forced(
+    _isa: &IsaSet,
+    dt: DatumType,
+    query: &Query,
+    suitable: &[Suitable],
+) -> Option<&'static str> {
     let name = (*FORCED.lock().ok()?)?;
     if dt != DatumType::F32 || query.n == Some(1) {
         return None;
     }
-    suitable.iter().any(|(k, _, _)| k.name() == name).then_some(name)
+    suitable
+        .iter()
+        .any(|(k, _, _)| k.name() == name)
+        .then_some(name)
 }
 
 inventory::submit! {
@@ -39,8 +47,15 @@ fn candidates() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
     for m in [8, 16, 24, 32, 40, 48, 50, 64, 96, 128, 768, 3072] {
         for n in 2..=64 {
-            let Some(k) = dispatch.preferred_kernel(f32::datum_type(), Some(m), Some(512), Some(n)) else { continue };
-            if let Some(r) = dispatch.runnable().iter().find(|r| r.name() == k.name() && r.nr() > 1) {
+            let Some(k) = dispatch.preferred_kernel(f32::datum_type(), Some(m), Some(512), Some(n))
+            else {
+                continue;
+            };
+            if let Some(r) = dispatch
+                .runnable()
+                .iter()
+                .find(|r| r.name() == k.name() && r.nr() > 1)
+            {
                 names.push(r.name());
             }
         }
@@ -50,7 +65,11 @@ fn candidates() -> Vec<&'static str> {
     names
 }
 
-fn planned(onnx: &Path, size: usize, kernel: Option<&'static str>) -> anyhow::Result<Arc<TypedRunnableModel>> {
+fn planned(
+    onnx: &Path,
+    size: usize,
+    kernel: Option<&'static str>,
+) -> anyhow::Result<Arc<TypedRunnableModel>> {
     *FORCED.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = kernel;
     let built = plan(onnx, 1, size);
     *FORCED.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = None;
@@ -61,7 +80,8 @@ fn planned(onnx: &Path, size: usize, kernel: Option<&'static str>) -> anyhow::Re
 fn picked(plan: &TypedRunnableModel) -> Vec<(String, usize)> {
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for node in plan.model().nodes() {
-        if let Some(mm) = node.op_as::<tract_onnx::tract_core::ops::matmul::optimized::OptMatMul>() {
+        if let Some(mm) = node.op_as::<tract_onnx::tract_core::ops::matmul::optimized::OptMatMul>()
+        {
             for k in &mm.mmm {
                 *counts.entry(k.name().to_string()).or_default() += 1;
             }
@@ -72,8 +92,14 @@ fn picked(plan: &TypedRunnableModel) -> Vec<(String, usize)> {
 
 /// One model's tower with tract's choice and with each kernel forced, one thread, in turns
 /// for about `seconds` in all.
-pub fn kernel_choice(onnx: &Path, size: usize, seconds: f64, input: &Tensor) -> anyhow::Result<Value> {
-    let mut plans: Vec<(Option<&'static str>, Arc<TypedRunnableModel>)> = vec![(None, planned(onnx, size, None)?)];
+pub fn kernel_choice(
+    onnx: &Path,
+    size: usize,
+    seconds: f64,
+    input: &Tensor,
+) -> anyhow::Result<Value> {
+    let mut plans: Vec<(Option<&'static str>, Arc<TypedRunnableModel>)> =
+        vec![(None, planned(onnx, size, None)?)];
     for k in candidates() {
         plans.push((Some(k), planned(onnx, size, Some(k))?));
     }
@@ -83,7 +109,10 @@ pub fn kernel_choice(onnx: &Path, size: usize, seconds: f64, input: &Tensor) -> 
         Ok(started.elapsed().as_secs_f64() * 1e3)
     };
     // Warm every plan, then as many rounds as fit in the time, every plan once per round.
-    let round_ms: f64 = plans.iter().map(|(_, p)| run(p)).sum::<anyhow::Result<f64>>()?;
+    let round_ms: f64 = plans
+        .iter()
+        .map(|(_, p)| run(p))
+        .sum::<anyhow::Result<f64>>()?;
     let rounds = ((seconds * 1e3 / round_ms) as usize).clamp(8, 500);
     let mut ms = vec![Vec::with_capacity(rounds); plans.len()];
     for _ in 0..rounds {

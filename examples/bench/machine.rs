@@ -8,14 +8,45 @@ use serde_json::{json, Value};
 /// CPU model, cores, memory, load average and the kernel, read from /proc.
 pub fn describe() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(str::trim).unwrap_or("unknown");
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).and_then(|l| l.split(':').nth(1)).unwrap_or("");
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("");
     let simd: Vec<&str> = flags
         .split_whitespace()
-        .filter(|f| ["avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "asimd", "asimdhp", "sve"].contains(f))
+        .filter(|f| {
+            [
+                "avx2",
+                "fma",
+                "f16c",
+                "avx512f",
+                "avx512_vnni",
+                "avx512_bf16",
+                "avx512_fp16",
+                "asimd",
+                "asimdhp",
+                "sve",
+            ]
+            .contains(f)
+        })
         .collect();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib = |key: &str| -> Option<u64> { meminfo.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok() };
+    let mem_kib = |key: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
     json!({
         "cpu": model,
         "simd": simd,
@@ -30,14 +61,21 @@ pub fn describe() -> Value {
 
 /// The 1, 5 and 15 minute load averages.
 pub fn load_average() -> Vec<f64> {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).filter_map(|s| s.parse().ok()).collect()
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 /// Memory bandwidth with `threads` threads over a buffer of `bytes`: a read-only pass (what a
 /// scan of vectors does) and a copy (counted as bytes read plus bytes written), best of a few.
 pub fn bandwidth(bytes: usize, threads: usize) -> Value {
     let words = bytes / 8;
-    let src: Vec<u64> = (0..words as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+    let src: Vec<u64> = (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
     let mut dst = vec![0u64; words];
     let chunk = words.div_ceil(threads);
     let mut read_best = f64::MAX;

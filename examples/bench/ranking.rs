@@ -48,7 +48,10 @@ pub fn data(dir: &Path, n: usize, dim: usize, queries: usize) -> anyhow::Result<
     let f32_path = base.with_extension("f32");
     let mut gen = Gen::new(0x5eed_0000 + dim as u64);
     let vectors = match std::fs::read(&f32_path) {
-        Ok(bytes) if bytes.len() == n * dim * 4 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Ok(bytes) if bytes.len() == n * dim * 4 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         _ => {
             let mut v = Vec::with_capacity(n * dim);
             for _ in 0..n {
@@ -61,7 +64,10 @@ pub fn data(dir: &Path, n: usize, dim: usize, queries: usize) -> anyhow::Result<
             }
             write(&f32_path, v.iter().flat_map(|x| x.to_le_bytes()))?;
             write(&base.with_extension("i8"), codes.iter().map(|c| *c as u8))?;
-            write(&base.with_extension("scales"), scales.iter().flat_map(|x| x.to_le_bytes()))?;
+            write(
+                &base.with_extension("scales"),
+                scales.iter().flat_map(|x| x.to_le_bytes()),
+            )?;
             v
         }
     };
@@ -70,8 +76,15 @@ pub fn data(dir: &Path, n: usize, dim: usize, queries: usize) -> anyhow::Result<
     for _ in 0..queries {
         qgen.unit(dim, &mut flat);
     }
-    write(&dir.join(format!("queries_{dim}.f32")), flat.iter().flat_map(|x| x.to_le_bytes()))?;
-    Ok(Data { dim, vectors, queries: flat.chunks_exact(dim).map(<[f32]>::to_vec).collect() })
+    write(
+        &dir.join(format!("queries_{dim}.f32")),
+        flat.iter().flat_map(|x| x.to_le_bytes()),
+    )?;
+    Ok(Data {
+        dim,
+        vectors,
+        queries: flat.chunks_exact(dim).map(<[f32]>::to_vec).collect(),
+    })
 }
 
 fn write(path: &Path, bytes: impl Iterator<Item = u8>) -> anyhow::Result<()> {
@@ -93,16 +106,30 @@ fn top_k(table: &VectorTable, query: &[f32], k: usize, threads: usize) -> Vec<Sc
 }
 
 /// edgeclip's ranker over the first `n` rows of `data` for each size, type and thread count.
-pub fn edgeclip(data: &Data, sizes: &[usize], threads: &[usize], k: usize, queries: usize) -> anyhow::Result<Vec<Value>> {
+pub fn edgeclip(
+    data: &Data,
+    sizes: &[usize],
+    threads: &[usize],
+    k: usize,
+    queries: usize,
+) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     for &n in sizes {
-        for (name, precision) in [("f32", Precision::F32), ("f16", Precision::F16), ("i8", Precision::I8)] {
+        for (name, precision) in [
+            ("f32", Precision::F32),
+            ("f16", Precision::F16),
+            ("i8", Precision::I8),
+        ] {
             let mut table = VectorTable::new(data.dim, precision);
             for row in data.vectors[..n * data.dim].chunks_exact(data.dim) {
                 table.push(row);
             }
             let scan_bytes = table.bytes();
-            let budget = if n <= 200_000 { queries } else { (queries / 4).max(5) };
+            let budget = if n <= 200_000 {
+                queries
+            } else {
+                (queries / 4).max(5)
+            };
             for &t in threads {
                 let mut ms = Vec::new();
                 let mut tops = Vec::new();

@@ -34,7 +34,12 @@ impl Drop for Killed {
 /// A line of a process's /proc status in MiB (`VmRSS:`, `VmHWM:`, `RssAnon:`, `RssFile:`).
 fn status_mib(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
 }
 
 /// Resident and peak resident memory of a process, MiB.
@@ -47,7 +52,9 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 /// files (shared libraries), and anonymous memory (heap, thread stacks, tract's plans).
 fn resident_by_mapping(pid: u32, program: &Path, state: &Path) -> Value {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let program = program.canonicalize().unwrap_or_else(|_| program.to_path_buf());
+    let program = program
+        .canonicalize()
+        .unwrap_or_else(|_| program.to_path_buf());
     let state = state.canonicalize().unwrap_or_else(|_| state.to_path_buf());
     let (mut code, mut index, mut libraries, mut anonymous) = (0u64, 0u64, 0u64, 0u64);
     let mut current = &mut anonymous;
@@ -67,7 +74,10 @@ fn resident_by_mapping(pid: u32, program: &Path, state: &Path) -> Value {
                 &mut libraries
             };
         } else if first == "Rss:" {
-            *current += fields.next().and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0);
+            *current += fields
+                .next()
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     let mib = |kb: u64| kb as f64 / 1024.0;
@@ -80,7 +90,11 @@ fn resident_by_mapping(pid: u32, program: &Path, state: &Path) -> Value {
 /// device ranks on by default (one per core; for the split).
 /// The pictures are empty files under `<root>/photos-<n>/` (the device's scan must find every
 /// indexed file unchanged, or it removes it from the index); returns the state and photo folders.
-pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<(PathBuf, PathBuf, Value)> {
+pub fn prepare_state(
+    root: &Path,
+    model_dir: &Path,
+    n: usize,
+) -> anyhow::Result<(PathBuf, PathBuf, Value)> {
     let folder = ModelFolder::open(model_dir, None)?;
     let root = std::fs::canonicalize(root)?;
     let photos = root.join(format!("photos-{n}"));
@@ -125,7 +139,9 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
     drop(store);
     let mut q = Vec::new();
     gen.unit(folder.dim, &mut q);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     index.set_search_threads(threads);
     let mut ms = Vec::new();
     for _ in 0..30 {
@@ -137,9 +153,23 @@ pub fn prepare_state(root: &Path, model_dir: &Path, n: usize) -> anyhow::Result<
     Ok((state, photos, json))
 }
 
-fn device_config(dir: &Path, state: &Path, photos: Option<&Path>, model: &Path, url: &str) -> anyhow::Result<PathBuf> {
-    let folders = photos.map(|p| format!("\"{}\"", p.display())).unwrap_or_default();
-    let path = dir.join(format!("device-{}.toml", state.file_name().and_then(|s| s.to_str()).unwrap_or("state")));
+fn device_config(
+    dir: &Path,
+    state: &Path,
+    photos: Option<&Path>,
+    model: &Path,
+    url: &str,
+) -> anyhow::Result<PathBuf> {
+    let folders = photos
+        .map(|p| format!("\"{}\"", p.display()))
+        .unwrap_or_default();
+    let path = dir.join(format!(
+        "device-{}.toml",
+        state
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("state")
+    ));
     std::fs::write(
         &path,
         format!(
@@ -215,13 +245,18 @@ struct Client {
 
 impl Client {
     async fn connect(port: u16) -> anyhow::Result<Client> {
-        let mut options = rumqttc::MqttOptions::new(format!("bench-{}", std::process::id()), "127.0.0.1", port);
+        let mut options =
+            rumqttc::MqttOptions::new(format!("bench-{}", std::process::id()), "127.0.0.1", port);
         options.set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
         // As edgeclip's own link does: no Nagle delay on small packets.
         eventloop.network_options.set_tcp_nodelay(true);
-        client.subscribe(topics::results(DEVICE), rumqttc::QoS::AtLeastOnce).await?;
-        client.subscribe(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce).await?;
+        client
+            .subscribe(topics::results(DEVICE), rumqttc::QoS::AtLeastOnce)
+            .await?;
+        client
+            .subscribe(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce)
+            .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
@@ -243,7 +278,8 @@ impl Client {
         let mut last = Value::Null;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let Ok(Some((topic, payload))) = tokio::time::timeout(left, self.rx.recv()).await else {
+            let Ok(Some((topic, payload))) = tokio::time::timeout(left, self.rx.recv()).await
+            else {
                 bail!("the device did not report {indexed} pictures indexed and idle within {deadline:?}; last status: {last}");
             };
             if topic != topics::status(DEVICE) {
@@ -261,10 +297,18 @@ impl Client {
     async fn search(&mut self, id: &str, text: &str) -> anyhow::Result<(f64, f64)> {
         let request = json!({"text": text, "id": id, "k": 10}).to_string();
         let started = Instant::now();
-        self.client.publish(topics::search(DEVICE), rumqttc::QoS::AtLeastOnce, false, request.into_bytes()).await?;
+        self.client
+            .publish(
+                topics::search(DEVICE),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                request.into_bytes(),
+            )
+            .await?;
         loop {
             let left = Duration::from_secs(30).saturating_sub(started.elapsed());
-            let Ok(Some((topic, payload))) = tokio::time::timeout(left, self.rx.recv()).await else {
+            let Ok(Some((topic, payload))) = tokio::time::timeout(left, self.rx.recv()).await
+            else {
                 bail!("no answer to search {id}");
             };
             if topic != topics::results(DEVICE) {
@@ -316,7 +360,11 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
     std::fs::create_dir_all(&logs)?;
     let mut client = Client::connect(port).await?;
     let cloud_cfg = cloud_config(setup.work, setup.model, &url)?;
-    let _cloud = spawn(&setup.bin_dir.join("edgeclip-cloud"), &cloud_cfg, &logs.join(format!("cloud-{broker}.log")))?;
+    let _cloud = spawn(
+        &setup.bin_dir.join("edgeclip-cloud"),
+        &cloud_cfg,
+        &logs.join(format!("cloud-{broker}.log")),
+    )?;
     let device_bin = setup.bin_dir.join("edgeclip-device");
     let mut memory = json!(null);
     if setup.memory {
@@ -324,27 +372,57 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         let _ = std::fs::remove_dir_all(&empty);
         std::fs::create_dir_all(&empty)?;
         let cfg = device_config(setup.work, &empty, None, setup.model, &url)?;
-        let device = spawn(&device_bin, &cfg, &logs.join(format!("device-empty-{broker}.log")))?;
-        client.wait_ready(0, Duration::from_secs(300)).await.context("empty device")?;
+        let device = spawn(
+            &device_bin,
+            &cfg,
+            &logs.join(format!("device-empty-{broker}.log")),
+        )?;
+        client
+            .wait_ready(0, Duration::from_secs(300))
+            .await
+            .context("empty device")?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (rss, hwm) = rss_mib(device.0.id());
         memory = json!({"empty_idle_rss_mib": rss, "empty_peak_rss_mib": hwm,
                         "empty_idle_by_mapping": resident_by_mapping(device.0.id(), &device_bin, &empty)});
         drop(device);
         // Its retained status would otherwise satisfy the next wait.
-        client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
+        client
+            .client
+            .publish(
+                topics::status(DEVICE),
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )
+            .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         while client.rx.try_recv().is_ok() {}
     }
-    let cfg = device_config(setup.work, setup.state, Some(setup.photos), setup.model, &url)?;
+    let cfg = device_config(
+        setup.work,
+        setup.state,
+        Some(setup.photos),
+        setup.model,
+        &url,
+    )?;
     let started = Instant::now();
-    let device = spawn(&device_bin, &cfg, &logs.join(format!("device-{broker}.log")))?;
-    client.wait_ready(setup.pictures, Duration::from_secs(600)).await.context("device with the index")?;
+    let device = spawn(
+        &device_bin,
+        &cfg,
+        &logs.join(format!("device-{broker}.log")),
+    )?;
+    client
+        .wait_ready(setup.pictures, Duration::from_secs(600))
+        .await
+        .context("device with the index")?;
     let ready_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle_rss, idle_hwm) = rss_mib(device.0.id());
     for i in 0..5 {
-        client.search(&format!("warmup-{i}"), "a red circle").await?;
+        client
+            .search(&format!("warmup-{i}"), "a red circle")
+            .await?;
     }
     let (mut warm, mut warm_took) = (Vec::new(), Vec::new());
     for i in 0..setup.warm {
@@ -356,7 +434,9 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
     // run's cloud was started above, so its cache holds none of them.
     let (mut cold, mut cold_took) = (Vec::new(), Vec::new());
     for i in 0..setup.cold {
-        let (ms, took) = client.search(&format!("cold-{i}"), &crate::encoding::query_text(i)).await?;
+        let (ms, took) = client
+            .search(&format!("cold-{i}"), &crate::encoding::query_text(i))
+            .await?;
         cold.push(ms);
         cold_took.push(took);
     }
@@ -367,14 +447,27 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         memory["indexed_after_searches_rss_mib"] = json!(rss);
         memory["indexed_peak_rss_mib"] = json!(hwm);
         // Private memory, and file pages mapped (the vector file, the program's own code).
-        memory["indexed_after_searches_rss_anon_mib"] = json!(status_mib(device.0.id(), "RssAnon:"));
-        memory["indexed_after_searches_rss_file_mib"] = json!(status_mib(device.0.id(), "RssFile:"));
-        let weights = std::fs::metadata(setup.model.join("visual/model.onnx")).map(|m| m.len() as f64 / 1048576.0).unwrap_or(f64::NAN);
+        memory["indexed_after_searches_rss_anon_mib"] =
+            json!(status_mib(device.0.id(), "RssAnon:"));
+        memory["indexed_after_searches_rss_file_mib"] =
+            json!(status_mib(device.0.id(), "RssFile:"));
+        let weights = std::fs::metadata(setup.model.join("visual/model.onnx"))
+            .map(|m| m.len() as f64 / 1048576.0)
+            .unwrap_or(f64::NAN);
         memory["image_weights_mib"] = json!(weights);
-        memory["indexed_after_searches_by_mapping"] = resident_by_mapping(device.0.id(), &device_bin, setup.state);
+        memory["indexed_after_searches_by_mapping"] =
+            resident_by_mapping(device.0.id(), &device_bin, setup.state);
     }
     drop(device);
-    client.client.publish(topics::status(DEVICE), rumqttc::QoS::AtLeastOnce, true, Vec::new()).await?;
+    client
+        .client
+        .publish(
+            topics::status(DEVICE),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            Vec::new(),
+        )
+        .await?;
     Ok(json!({
         "broker": broker, "pictures": setup.pictures, "device_ready_s": ready_s,
         "cached_text": latencies(&warm, &warm_took),
@@ -385,14 +478,24 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
 
 /// Mosquitto on a free port, if installed.
 pub fn mosquitto(work: &Path) -> anyhow::Result<Option<(u16, impl Drop)>> {
-    let Some(bin) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].iter().map(Path::new).find(|p| p.is_file()) else {
+    let Some(bin) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+    else {
         return Ok(None);
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let conf = work.join("mosquitto.conf");
     // set_tcp_nodelay: Mosquitto leaves Nagle's algorithm on by default (see BENCHMARKS.md).
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nset_tcp_nodelay true\n"))?;
-    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn()?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()?;
     let child = Killed(child);
     let until = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -15,8 +15,8 @@ use edgeclip_device::vectors::Precision;
 use edgeclip_messages::dashboard::{FleetSearchRequest, SearchRequest};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    validate_vector, vector_view, ArchivedFleetBody, ArchivedRankBody, ArchivedReplyBody, EncodeReply, EncodeRequest,
-    FleetAnswer, FleetQuery, RankReply, RankRequest, Received,
+    validate_vector, vector_view, ArchivedFleetBody, ArchivedRankBody, ArchivedReplyBody,
+    EncodeReply, EncodeRequest, FleetAnswer, FleetQuery, RankReply, RankRequest, Received,
 };
 
 /// Limits as the programs configure them by default (large enough for every real message).
@@ -30,18 +30,24 @@ pub fn wire(data: &[u8]) {
         let r = m.get();
         if r.validate(MAX_TEXT).is_ok() {
             assert!(!r.text.is_empty() && r.text.len() <= MAX_TEXT);
-            topics::validate_reply_topic(r.reply_to.as_str()).expect("validate() accepted the reply topic");
+            topics::validate_reply_topic(r.reply_to.as_str())
+                .expect("validate() accepted the reply topic");
         }
     }
     if let Ok(m) = Received::<RankRequest>::decode(data, MAX_PAYLOAD) {
         let r = m.get();
         if r.validate(MAX_TEXT, 100_000).is_ok() {
             let dim = r.dim.to_native() as usize;
-            let query: Vec<f32> = (0..dim).map(|i| if i % 2 == 0 { 0.5 } else { -0.25 }).collect();
+            let query: Vec<f32> = (0..dim)
+                .map(|i| if i % 2 == 0 { 0.5 } else { -0.25 })
+                .collect();
             let (ids, scores) = rank_chunk(&query, r);
             assert_eq!(ids.len(), scores.len());
             assert!(ids.len() <= r.k.to_native() as usize);
-            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "scores not best first");
+            assert!(
+                scores.windows(2).all(|w| w[0] >= w[1]),
+                "scores not best first"
+            );
         }
     }
     if let Ok(m) = Received::<EncodeReply>::decode(data, MAX_PAYLOAD) {
@@ -51,7 +57,12 @@ pub fn wire(data: &[u8]) {
     }
     if let Ok(m) = Received::<RankReply>::decode(data, MAX_PAYLOAD) {
         if let ArchivedRankBody::Ranked(r) = &m.get().body {
-            let _ = r.ids.iter().zip(r.scores.iter()).map(|(i, s)| (i.to_native(), s.to_native())).count();
+            let _ = r
+                .ids
+                .iter()
+                .zip(r.scores.iter())
+                .map(|(i, s)| (i.to_native(), s.to_native()))
+                .count();
         }
     }
     if let Ok(m) = Received::<FleetQuery>::decode(data, MAX_PAYLOAD) {
@@ -65,7 +76,11 @@ pub fn wire(data: &[u8]) {
         // the fleet worker's merge: finite scores only, with the hit's path and time
         if let ArchivedFleetBody::Hits(hits) = &m.get().body {
             for h in hits.iter().filter(|h| h.score.to_native().is_finite()) {
-                let _ = (h.path.to_string(), h.taken_s.to_native(), m.get().device.as_str());
+                let _ = (
+                    h.path.to_string(),
+                    h.taken_s.to_native(),
+                    m.get().device.as_str(),
+                );
             }
         }
     }
@@ -90,14 +105,19 @@ fn rank_received(vector: &[f32]) {
             taken_s: 0,
             source: Box::default(),
         };
-        index.upsert(entry, &[1.0, 0.0, f32::from(i), 0.5]).expect("upsert");
+        index
+            .upsert(entry, &[1.0, 0.0, f32::from(i), 0.5])
+            .expect("upsert");
     }
     match index.search_filtered("m", vector, 2, &Filter::default()) {
         Ok(hits) => {
             assert_eq!(dim, 4, "a vector of another dimension was ranked");
             assert!(hits.len() <= 2);
         }
-        Err(_) => assert_ne!(dim, 4, "a valid vector of the index's dimension was refused"),
+        Err(_) => assert_ne!(
+            dim, 4,
+            "a valid vector of the index's dimension was refused"
+        ),
     }
 }
 
@@ -129,7 +149,10 @@ fn clip_cfg() -> &'static PreprocessCfg {
 /// preprocessing, capture time; and as the HTTP endpoint sees it: a thumbnail.
 pub fn picture(data: &[u8]) {
     // Smaller than the device's defaults so that each run stays fast; the code path is the same.
-    let limits = DecodeLimits { max_side: 4096, max_alloc: 64 << 20 };
+    let limits = DecodeLimits {
+        max_side: 4096,
+        max_alloc: 64 << 20,
+    };
     if let Ok(img) = decode_bytes(data, limits) {
         assert!(img.width() > 0 && img.height() > 0);
         assert!(img.width() <= limits.max_side && img.height() <= limits.max_side);
@@ -141,7 +164,10 @@ pub fn picture(data: &[u8]) {
     // The image encoder's path: large JPEGs decoded at a reduced scale, the rest as above.
     if let Ok((t, (w, h))) = clip_cfg().picture(data, limits) {
         assert_eq!(t.len(), clip_cfg().tensor_len());
-        assert!(t.iter().all(|v| v.is_finite()), "non-finite model input (scaled decode)");
+        assert!(
+            t.iter().all(|v| v.is_finite()),
+            "non-finite model input (scaled decode)"
+        );
         assert!(w > 0 && h > 0 && w <= limits.max_side && h <= limits.max_side);
     }
     let _ = edgeclip_device::metadata::exif_capture_time(data);
@@ -151,8 +177,13 @@ pub fn picture(data: &[u8]) {
 fn tokenizer() -> &'static ClipTokenizer {
     static TOK: OnceLock<ClipTokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/clip-shapes/textual/tokenizer.json");
-        let path = if path.exists() { path } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("models/clip-shapes/textual/tokenizer.json") };
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/clip-shapes/textual/tokenizer.json");
+        let path = if path.exists() {
+            path
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/clip-shapes/textual/tokenizer.json")
+        };
         ClipTokenizer::from_file(&path, 77).expect("the shipped tokenizer")
     })
 }
@@ -160,14 +191,19 @@ fn tokenizer() -> &'static ClipTokenizer {
 /// A search text as the cloud tokenizes it: always exactly one row of the context length,
 /// starting with the start token and holding one end token.
 pub fn tokenize(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if text.len() > MAX_TEXT {
         return;
     }
     let tok = tokenizer();
     if let Ok(ids) = tok.encode(text) {
         assert_eq!(ids.len(), tok.context_length());
-        assert!(ids.iter().all(|&i| (0..49_408).contains(&i)), "id out of the vocabulary");
+        assert!(
+            ids.iter().all(|&i| (0..49_408).contains(&i)),
+            "id out of the vocabulary"
+        );
     }
 }
 
@@ -211,9 +247,12 @@ pub fn store(data: &[u8]) -> Option<usize> {
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), pictures, "a picture is in the index twice");
-    store.compact(&mut index).expect("compaction of an opened index");
+    store
+        .compact(&mut index)
+        .expect("compaction of an opened index");
     drop(store);
-    let (_, again, report) = Store::open_with(&index_dir, "m", DIM, precision).expect("reopen after compaction");
+    let (_, again, report) =
+        Store::open_with(&index_dir, "m", DIM, precision).expect("reopen after compaction");
     assert_eq!(again.len(), pictures, "compaction changed the pictures");
     assert_eq!(report.reset, None);
     Some(pictures)

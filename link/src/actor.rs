@@ -84,26 +84,55 @@ impl Actor for LinkActor {
     type State = LinkState;
     type Arguments = LinkArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<LinkMsg>, args: LinkArgs) -> Result<LinkState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<LinkMsg>,
+        args: LinkArgs,
+    ) -> Result<LinkState, ActorProcessingErr> {
         let mqtt = args.options.mqtt_options()?;
         let (client, mut eventloop) = AsyncClient::new(mqtt, 256);
         // Searches are a few small packets each way; with Nagle's algorithm a small write
         // waits for the peer's delayed ACK (40 ms on Linux) whenever one is in flight, which
         // made a loopback search take ~180 ms instead of a few (BENCHMARKS.md).
         eventloop.network_options.set_tcp_nodelay(true);
-        Ok(LinkState { options: args.options, client, eventloop: Some(eventloop), poll: None, connected: false, connections: 0 })
+        Ok(LinkState {
+            options: args.options,
+            client,
+            eventloop: Some(eventloop),
+            poll: None,
+            connected: false,
+            connections: 0,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<LinkMsg>, msg: LinkMsg, state: &mut LinkState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        msg: LinkMsg,
+        state: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             LinkMsg::Start(router) => {
                 if let Some(eventloop) = state.eventloop.take() {
-                    let backoff = Backoff::new(state.options.reconnect_min, state.options.reconnect_max);
-                    state.poll = Some(tokio::spawn(poll_loop(eventloop, myself.clone(), router, backoff)));
+                    let backoff =
+                        Backoff::new(state.options.reconnect_min, state.options.reconnect_max);
+                    state.poll = Some(tokio::spawn(poll_loop(
+                        eventloop,
+                        myself.clone(),
+                        router,
+                        backoff,
+                    )));
                 }
             }
-            LinkMsg::Publish { topic, payload, retain } => {
-                if let Err(e) = state.client.try_publish(&topic, QoS::AtLeastOnce, retain, payload) {
+            LinkMsg::Publish {
+                topic,
+                payload,
+                retain,
+            } => {
+                if let Err(e) = state
+                    .client
+                    .try_publish(&topic, QoS::AtLeastOnce, retain, payload)
+                {
                     warn!(%topic, error = %e, "publish dropped");
                 }
             }
@@ -117,7 +146,11 @@ impl Actor for LinkActor {
                     }
                 }
                 if let Some(p) = &state.options.presence {
-                    if let Err(e) = state.client.try_publish(&p.topic, QoS::AtLeastOnce, true, p.online.clone()) {
+                    if let Err(e) =
+                        state
+                            .client
+                            .try_publish(&p.topic, QoS::AtLeastOnce, true, p.online.clone())
+                    {
                         warn!(error = %e, "presence publish failed");
                     }
                 }
@@ -144,7 +177,11 @@ impl Actor for LinkActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<LinkMsg>, state: &mut LinkState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<LinkMsg>,
+        state: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(poll) = state.poll.take() {
             poll.abort();
         }
@@ -153,14 +190,21 @@ impl Actor for LinkActor {
 }
 
 async fn disconnect(state: &mut LinkState) {
-    let Some(poll) = state.poll.take() else { return };
+    let Some(poll) = state.poll.take() else {
+        return;
+    };
     if state.connected {
         if let Some(p) = &state.options.presence {
-            let _ = state.client.try_publish(&p.topic, QoS::AtLeastOnce, true, p.offline.clone());
+            let _ = state
+                .client
+                .try_publish(&p.topic, QoS::AtLeastOnce, true, p.offline.clone());
         }
         let _ = state.client.try_disconnect();
         // The poll loop ends once the disconnect has been written, after the queued publishes.
-        if tokio::time::timeout(DISCONNECT_TIMEOUT, poll).await.is_err() {
+        if tokio::time::timeout(DISCONNECT_TIMEOUT, poll)
+            .await
+            .is_err()
+        {
             warn!("broker did not take the disconnect in time; dropping the connection");
         }
     } else {
@@ -169,7 +213,12 @@ async fn disconnect(state: &mut LinkState) {
     state.connected = false;
 }
 
-async fn poll_loop(mut eventloop: EventLoop, link: ActorRef<LinkMsg>, router: Router, mut backoff: Backoff) {
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    link: ActorRef<LinkMsg>,
+    router: Router,
+    mut backoff: Backoff,
+) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -177,7 +226,10 @@ async fn poll_loop(mut eventloop: EventLoop, link: ActorRef<LinkMsg>, router: Ro
                 let _ = link.cast(LinkMsg::Connected);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                router(Incoming { topic: p.topic, payload: p.payload });
+                router(Incoming {
+                    topic: p.topic,
+                    payload: p.payload,
+                });
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
@@ -193,7 +245,11 @@ async fn poll_loop(mut eventloop: EventLoop, link: ActorRef<LinkMsg>, router: Ro
 
 /// Casts a publish to the link; a stopped link is logged, not an error for the caller.
 pub fn publish(link: &ActorRef<LinkMsg>, topic: String, payload: Vec<u8>, retain: bool) {
-    if let Err(e) = link.cast(LinkMsg::Publish { topic, payload, retain }) {
+    if let Err(e) = link.cast(LinkMsg::Publish {
+        topic,
+        payload,
+        retain,
+    }) {
         warn!(error = %e, "link is gone; publish dropped");
     }
 }

@@ -16,13 +16,20 @@ pub struct Backoff {
 impl Backoff {
     /// Delays start at `min` and grow to at most `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), attempt: 0 }
+        Self {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
     }
 
     /// The delay before the next attempt: uniform in [ceiling/2, ceiling], where the ceiling
     /// doubles from `min` on every failure up to `max`.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.min.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let ceiling = self
+            .min
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
@@ -43,7 +50,10 @@ mod tests {
     fn delays_grow_to_the_maximum_and_reset() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
         let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(101), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(101),
+            "{first:?}"
+        );
         for _ in 0..20 {
             let d = b.next_delay();
             assert!(d <= Duration::from_millis(1001), "{d:?}");

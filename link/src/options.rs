@@ -57,15 +57,22 @@ impl BrokerConfig {
         }
         let (_, _, tls) = parse_broker(&self.url)?;
         // Read every file now, so a wrong path fails at start and not at the first connection.
-        self.security()?.apply(&mut MqttOptions::new("check", "localhost", 1883), tls)?;
+        self.security()?
+            .apply(&mut MqttOptions::new("check", "localhost", 1883), tls)?;
         if self.client_cert_file.is_empty() != self.client_key_file.is_empty() {
-            return Err(LinkError::Options("broker.client_cert_file and broker.client_key_file go together".into()));
+            return Err(LinkError::Options(
+                "broker.client_cert_file and broker.client_key_file go together".into(),
+            ));
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
-            return Err(LinkError::Options("broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms".into()));
+            return Err(LinkError::Options(
+                "broker.reconnect_min_ms must be >= 1 and <= reconnect_max_ms".into(),
+            ));
         }
         if self.max_packet_bytes < 4096 {
-            return Err(LinkError::Options("broker.max_packet_bytes must be at least 4096".into()));
+            return Err(LinkError::Options(
+                "broker.max_packet_bytes must be at least 4096".into(),
+            ));
         }
         Ok(())
     }
@@ -75,8 +82,9 @@ impl BrokerConfig {
         let password = if self.password_file.is_empty() {
             self.password.clone()
         } else {
-            let text = std::fs::read_to_string(&self.password_file)
-                .map_err(|e| LinkError::Options(format!("broker.password_file {}: {e}", self.password_file)))?;
+            let text = std::fs::read_to_string(&self.password_file).map_err(|e| {
+                LinkError::Options(format!("broker.password_file {}: {e}", self.password_file))
+            })?;
             text.lines().next().unwrap_or("").to_string()
         };
         let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
@@ -90,7 +98,11 @@ impl BrokerConfig {
 
     /// The link options for this broker, with the program's subscriptions and presence.
     /// Call after [`BrokerConfig::validate`], which checks the security files.
-    pub fn link_options(&self, subscriptions: Vec<String>, presence: Option<Presence>) -> LinkOptions {
+    pub fn link_options(
+        &self,
+        subscriptions: Vec<String>,
+        presence: Option<Presence>,
+    ) -> LinkOptions {
         LinkOptions {
             security: self.security().unwrap_or_default(),
             url: self.url.clone(),
@@ -135,7 +147,9 @@ impl LinkOptions {
     pub fn mqtt_options(&self) -> Result<MqttOptions, LinkError> {
         let (host, port, tls) = parse_broker(&self.url)?;
         if self.client_id.is_empty() || self.client_id.len() > 128 {
-            return Err(LinkError::Options("client id must be 1 to 128 bytes".into()));
+            return Err(LinkError::Options(
+                "client id must be 1 to 128 bytes".into(),
+            ));
         }
         let mut options = MqttOptions::new(self.client_id.clone(), host, port);
         options.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
@@ -145,7 +159,12 @@ impl LinkOptions {
         options.set_clean_session(true);
         options.set_request_channel_capacity(256);
         if let Some(p) = &self.presence {
-            options.set_last_will(LastWill::new(&p.topic, p.offline.clone(), QoS::AtLeastOnce, true));
+            options.set_last_will(LastWill::new(
+                &p.topic,
+                p.offline.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
         }
         self.security.apply(&mut options, tls)?;
         Ok(options)
@@ -159,27 +178,44 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), LinkError> {
 
 /// Splits a broker URL into host, port and whether it asks for TLS (`mqtts://`, `ssl://`).
 pub fn parse_broker(url: &str) -> Result<(String, u16, bool), LinkError> {
-    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://").or_else(|| url.strip_prefix("ssl://")) {
+    let (rest, tls) = if let Some(r) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
         (r, true)
-    } else if let Some(r) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
+    } else if let Some(r) = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    {
         (r, false)
     } else {
-        return Err(LinkError::Options(format!("broker URL {url:?} must start with mqtt://, tcp:// or mqtts://")));
+        return Err(LinkError::Options(format!(
+            "broker URL {url:?} must start with mqtt://, tcp:// or mqtts://"
+        )));
     };
     let default_port = if tls { 8883 } else { 1883 };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains(['/', '?', '@']) {
-        return Err(LinkError::Options(format!("broker URL {url:?} must be mqtt://HOST[:PORT]")));
+        return Err(LinkError::Options(format!(
+            "broker URL {url:?} must be mqtt://HOST[:PORT]"
+        )));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
-            let port = p.parse::<u16>().map_err(|_| LinkError::Options(format!("broker URL {url:?} has a bad port")))?;
-            (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| LinkError::Options(format!("broker URL {url:?} has a bad port")))?;
+            (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port,
+            )
         }
         _ => (rest.to_string(), default_port),
     };
     if host.is_empty() || port == 0 {
-        return Err(LinkError::Options(format!("broker URL {url:?} must name a host and a non-zero port")));
+        return Err(LinkError::Options(format!(
+            "broker URL {url:?} must name a host and a non-zero port"
+        )));
     }
     Ok((host, port, tls))
 }
@@ -190,13 +226,33 @@ mod tests {
 
     #[test]
     fn parses_broker_urls() {
-        assert_eq!(parse_broker_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
-        assert_eq!(parse_broker_url("tcp://broker.lan").unwrap(), ("broker.lan".into(), 1883));
-        assert_eq!(parse_broker_url("mqtt://[::1]:1884").unwrap(), ("::1".into(), 1884));
-        assert_eq!(parse_broker("mqtts://broker.lan").unwrap(), ("broker.lan".into(), 8883, true));
+        assert_eq!(
+            parse_broker_url("mqtt://127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".into(), 1883)
+        );
+        assert_eq!(
+            parse_broker_url("tcp://broker.lan").unwrap(),
+            ("broker.lan".into(), 1883)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://[::1]:1884").unwrap(),
+            ("::1".into(), 1884)
+        );
+        assert_eq!(
+            parse_broker("mqtts://broker.lan").unwrap(),
+            ("broker.lan".into(), 8883, true)
+        );
         assert_eq!(parse_broker("ssl://b:1").unwrap(), ("b".into(), 1, true));
         assert_eq!(parse_broker("mqtt://b").unwrap(), ("b".into(), 1883, false));
-        for bad in ["127.0.0.1:1883", "http://x:1", "mqtt://", "mqtt://h:0", "mqtt://h:port", "mqtt://u@h:1", "mqtt://h:1/x"] {
+        for bad in [
+            "127.0.0.1:1883",
+            "http://x:1",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:port",
+            "mqtt://u@h:1",
+            "mqtt://h:1/x",
+        ] {
             assert!(parse_broker_url(bad).is_err(), "{bad}");
         }
     }

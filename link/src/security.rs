@@ -29,13 +29,19 @@ impl Security {
         if !self.username.is_empty() {
             options.set_credentials(self.username.clone(), self.password.clone());
         } else if !self.password.is_empty() {
-            return Err(LinkError::Options("broker.password is set but broker.username is empty".into()));
+            return Err(LinkError::Options(
+                "broker.password is set but broker.username is empty".into(),
+            ));
         }
         if tls {
             let config = self.rustls_config()?;
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config))));
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(config),
+            )));
         } else if self.ca_file.is_some() || self.client_cert.is_some() {
-            return Err(LinkError::Options("TLS files are configured but the broker URL is not mqtts://".into()));
+            return Err(LinkError::Options(
+                "TLS files are configured but the broker URL is not mqtts://".into(),
+            ));
         }
         Ok(())
     }
@@ -45,7 +51,9 @@ impl Security {
         match &self.ca_file {
             Some(path) => {
                 for cert in read_certs(path)? {
-                    roots.add(cert).map_err(|e| bad(path, &format!("not a usable CA certificate: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| bad(path, &format!("not a usable CA certificate: {e}")))?;
                 }
             }
             None => {
@@ -54,20 +62,26 @@ impl Security {
                     let _ = roots.add(cert);
                 }
                 if roots.is_empty() {
-                    return Err(LinkError::Options("no CA certificates found on this system; set broker.ca_file".into()));
+                    return Err(LinkError::Options(
+                        "no CA certificates found on this system; set broker.ca_file".into(),
+                    ));
                 }
             }
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| LinkError::Options(format!("TLS: {e}")))?
-            .with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Options(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
         match &self.client_cert {
             None => Ok(builder.with_no_client_auth()),
             Some((cert, key)) => {
                 let chain = read_certs(cert)?;
                 let key_der = read_key(key)?;
-                builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(key, &format!("client certificate and key do not fit: {e}")))
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| bad(key, &format!("client certificate and key do not fit: {e}")))
             }
         }
     }
@@ -83,7 +97,9 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, LinkError> {
 
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, LinkError> {
     let pem = read_pem(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>().map_err(|e| bad(path, &e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(path, &e.to_string()))?;
     if certs.is_empty() {
         return Err(bad(path, "holds no PEM certificate"));
     }
@@ -92,7 +108,9 @@ fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'stat
 
 fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, LinkError> {
     let pem = read_pem(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice()).map_err(|e| bad(path, &e.to_string()))?.ok_or_else(|| bad(path, "holds no PEM private key"))
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| bad(path, &e.to_string()))?
+        .ok_or_else(|| bad(path, "holds no PEM private key"))
 }
 
 #[cfg(test)]
@@ -102,17 +120,41 @@ mod tests {
     #[test]
     fn bad_security_settings_are_refused_with_the_reason() {
         let mut o = MqttOptions::new("t", "localhost", 1883);
-        let e = Security { password: "p".into(), ..Security::default() }.apply(&mut o, false).unwrap_err().to_string();
+        let e = Security {
+            password: "p".into(),
+            ..Security::default()
+        }
+        .apply(&mut o, false)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("username"), "{e}");
-        let e = Security { ca_file: Some("/nonexistent/ca.pem".into()), ..Security::default() }.apply(&mut o, false).unwrap_err().to_string();
+        let e = Security {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Security::default()
+        }
+        .apply(&mut o, false)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("mqtts"), "{e}");
-        let e = Security { ca_file: Some("/nonexistent/ca.pem".into()), ..Security::default() }.apply(&mut o, true).unwrap_err().to_string();
+        let e = Security {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Security::default()
+        }
+        .apply(&mut o, true)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
         let dir = std::env::temp_dir().join(format!("edgeclip-sec-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let junk = dir.join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
-        let e = Security { ca_file: Some(junk.clone()), ..Security::default() }.apply(&mut o, true).unwrap_err().to_string();
+        let e = Security {
+            ca_file: Some(junk.clone()),
+            ..Security::default()
+        }
+        .apply(&mut o, true)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("no PEM certificate"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -120,8 +162,17 @@ mod tests {
     #[test]
     fn credentials_without_tls_are_set() {
         let mut o = MqttOptions::new("t", "localhost", 1883);
-        Security { username: "u".into(), password: "p".into(), ..Security::default() }.apply(&mut o, false).unwrap();
+        Security {
+            username: "u".into(),
+            password: "p".into(),
+            ..Security::default()
+        }
+        .apply(&mut o, false)
+        .unwrap();
         let login = o.credentials().expect("credentials");
-        assert_eq!((login.username.as_str(), login.password.as_str()), ("u", "p"));
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("u", "p")
+        );
     }
 }

@@ -14,14 +14,18 @@ pub fn load_layered<T: DeserializeOwned>(
     list_keys: &[&str],
     overrides: &[(&str, config::Value)],
 ) -> Result<T, String> {
-    let mut builder = config::Config::builder().add_source(config::File::from_str(defaults, config::FileFormat::Toml));
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
     if let Some(file) = file {
         if !file.is_file() {
             return Err(format!("config file {} does not exist", file.display()));
         }
         builder = builder.add_source(config::File::from(file).required(true));
     }
-    let mut env = config::Environment::with_prefix("EDGECLIP").prefix_separator("_").separator("__").try_parsing(true);
+    let mut env = config::Environment::with_prefix("EDGECLIP")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true);
     if !list_keys.is_empty() {
         env = env.list_separator(",");
         for key in list_keys {
@@ -30,7 +34,12 @@ pub fn load_layered<T: DeserializeOwned>(
     }
     builder = builder.add_source(env);
     for (key, value) in overrides {
-        builder = builder.set_override(*key, value.clone()).map_err(|e| e.to_string())?;
+        builder = builder
+            .set_override(*key, value.clone())
+            .map_err(|e| e.to_string())?;
     }
-    builder.build().and_then(|c| c.try_deserialize()).map_err(|e| e.to_string())
+    builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| e.to_string())
 }

@@ -60,43 +60,77 @@ pub enum SearchMode {
 impl SearchRequest {
     /// A plain text search with the device's defaults.
     pub fn text(text: impl Into<String>) -> Self {
-        SearchRequest { text: text.into(), k: None, id: None, like: None, folder: None, after: None, before: None, min_score: None, mode: None, source: None, duplicates: None }
+        SearchRequest {
+            text: text.into(),
+            k: None,
+            id: None,
+            like: None,
+            folder: None,
+            after: None,
+            before: None,
+            min_score: None,
+            mode: None,
+            source: None,
+            duplicates: None,
+        }
     }
 
     /// Parses a payload of the search topic: a JSON object if it starts with `{`, otherwise
     /// the whole payload is the search text. Texts are trimmed; empty, over-long, non-UTF-8 or
     /// wrongly-shaped payloads are refused.
     pub fn parse(payload: &[u8], max_text_bytes: usize) -> Result<Self, WireError> {
-        let text = std::str::from_utf8(payload)
-            .map_err(|e| WireError::Field { field: "text", reason: format!("not UTF-8: {e}") })?;
+        let text = std::str::from_utf8(payload).map_err(|e| WireError::Field {
+            field: "text",
+            reason: format!("not UTF-8: {e}"),
+        })?;
         let trimmed = text.trim();
         let mut request = if trimmed.starts_with('{') {
-            serde_json::from_str::<SearchRequest>(trimmed).map_err(|e| WireError::Json(e.to_string()))?
+            serde_json::from_str::<SearchRequest>(trimmed)
+                .map_err(|e| WireError::Json(e.to_string()))?
         } else {
             SearchRequest::text(trimmed)
         };
         request.text = request.text.trim().to_string();
         if request.text.is_empty() && request.like.is_none() && request.duplicates.is_none() {
-            return Err(WireError::Field { field: "text", reason: "is empty (give a text, a picture path in like, or a duplicates threshold)".into() });
+            return Err(WireError::Field {
+                field: "text",
+                reason: "is empty (give a text, a picture path in like, or a duplicates threshold)"
+                    .into(),
+            });
         }
         if request.duplicates.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
-            return Err(WireError::Field { field: "duplicates", reason: "must be a cosine in (0, 1]".into() });
+            return Err(WireError::Field {
+                field: "duplicates",
+                reason: "must be a cosine in (0, 1]".into(),
+            });
         }
         if request.min_score.is_some_and(|m| !m.is_finite()) {
-            return Err(WireError::Field { field: "min_score", reason: "must be a number".into() });
+            return Err(WireError::Field {
+                field: "min_score",
+                reason: "must be a number".into(),
+            });
         }
         if request.text.len() > max_text_bytes {
             return Err(WireError::Field {
                 field: "text",
-                reason: format!("{} bytes is over the limit of {max_text_bytes}", request.text.len()),
+                reason: format!(
+                    "{} bytes is over the limit of {max_text_bytes}",
+                    request.text.len()
+                ),
             });
         }
         if request.k == Some(0) {
-            return Err(WireError::Field { field: "k", reason: "must be at least 1".into() });
+            return Err(WireError::Field {
+                field: "k",
+                reason: "must be at least 1".into(),
+            });
         }
         if let Some(id) = &request.id {
             if id.len() > 128 {
-                return Err(WireError::Field { field: "id", reason: "longer than 128 bytes".into() });
+                return Err(WireError::Field {
+                    field: "id",
+                    reason: "longer than 128 bytes".into(),
+                });
             }
         }
         Ok(request)
@@ -217,31 +251,56 @@ pub struct FleetSearchRequest {
 impl FleetSearchRequest {
     /// A plain text fleet search with the cloud's defaults.
     pub fn text(text: impl Into<String>) -> Self {
-        FleetSearchRequest { text: text.into(), k: None, id: None, reply_to: None, deadline_ms: None }
+        FleetSearchRequest {
+            text: text.into(),
+            k: None,
+            id: None,
+            reply_to: None,
+            deadline_ms: None,
+        }
     }
 
     /// Parses a payload of the fleet search topic (JSON if it starts with `{`, else the text),
     /// refusing empty or over-long texts, `k = 0`, bad ids and unusable reply topics.
     pub fn parse(payload: &[u8], max_text_bytes: usize) -> Result<Self, WireError> {
-        let text = std::str::from_utf8(payload).map_err(|e| WireError::Field { field: "text", reason: format!("not UTF-8: {e}") })?;
+        let text = std::str::from_utf8(payload).map_err(|e| WireError::Field {
+            field: "text",
+            reason: format!("not UTF-8: {e}"),
+        })?;
         let trimmed = text.trim();
         let mut request = if trimmed.starts_with('{') {
-            serde_json::from_str::<FleetSearchRequest>(trimmed).map_err(|e| WireError::Json(e.to_string()))?
+            serde_json::from_str::<FleetSearchRequest>(trimmed)
+                .map_err(|e| WireError::Json(e.to_string()))?
         } else {
             FleetSearchRequest::text(trimmed)
         };
         request.text = request.text.trim().to_string();
         if request.text.is_empty() {
-            return Err(WireError::Field { field: "text", reason: "is empty".into() });
+            return Err(WireError::Field {
+                field: "text",
+                reason: "is empty".into(),
+            });
         }
         if request.text.len() > max_text_bytes {
-            return Err(WireError::Field { field: "text", reason: format!("{} bytes is over the limit of {max_text_bytes}", request.text.len()) });
+            return Err(WireError::Field {
+                field: "text",
+                reason: format!(
+                    "{} bytes is over the limit of {max_text_bytes}",
+                    request.text.len()
+                ),
+            });
         }
         if request.k == Some(0) {
-            return Err(WireError::Field { field: "k", reason: "must be at least 1".into() });
+            return Err(WireError::Field {
+                field: "k",
+                reason: "must be at least 1".into(),
+            });
         }
         if request.deadline_ms == Some(0) {
-            return Err(WireError::Field { field: "deadline_ms", reason: "must be at least 1".into() });
+            return Err(WireError::Field {
+                field: "deadline_ms",
+                reason: "must be at least 1".into(),
+            });
         }
         if let Some(id) = &request.id {
             validate_fleet_id(id)?;
@@ -255,8 +314,16 @@ impl FleetSearchRequest {
 
 /// Checks a fleet search id: 1 to 128 letters, digits, `.`, `_` or `-` (it is a topic level).
 pub fn validate_fleet_id(id: &str) -> Result<(), WireError> {
-    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(WireError::Field { field: "id", reason: "must be 1 to 128 letters, digits, '.', '_' or '-'".into() });
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(WireError::Field {
+            field: "id",
+            reason: "must be 1 to 128 letters, digits, '.', '_' or '-'".into(),
+        });
     }
     Ok(())
 }
@@ -444,16 +511,35 @@ mod tests {
         let plain = SearchRequest::parse(b"  a red circle \n", 100).unwrap();
         assert_eq!(plain, SearchRequest::text("a red circle"));
         let json = SearchRequest::parse(br#"{"text":"a blue star","k":3,"id":"q1"}"#, 100).unwrap();
-        assert_eq!(json, SearchRequest { k: Some(3), id: Some("q1".into()), ..SearchRequest::text("a blue star") });
-        let like = SearchRequest::parse(br#"{"like":"/photos/a.jpg","folder":"/photos","after":5,"min_score":0.2}"#, 100).unwrap();
+        assert_eq!(
+            json,
+            SearchRequest {
+                k: Some(3),
+                id: Some("q1".into()),
+                ..SearchRequest::text("a blue star")
+            }
+        );
+        let like = SearchRequest::parse(
+            br#"{"like":"/photos/a.jpg","folder":"/photos","after":5,"min_score":0.2}"#,
+            100,
+        )
+        .unwrap();
         assert_eq!(like.like.as_deref(), Some("/photos/a.jpg"));
         assert_eq!((like.after, like.min_score), (Some(5), Some(0.2)));
         let camera = SearchRequest::parse(br#"{"text":"a person","source":"door"}"#, 100).unwrap();
         assert_eq!(camera.source.as_deref(), Some("door"));
         let dups = SearchRequest::parse(br#"{"duplicates":0.95,"folder":"/photos"}"#, 100).unwrap();
         assert_eq!(dups.duplicates, Some(0.95));
-        for bad in [&br#"{"duplicates":0}"#[..], br#"{"duplicates":1.5}"#, br#"{"duplicates":-0.5}"#] {
-            assert!(SearchRequest::parse(bad, 100).is_err(), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &br#"{"duplicates":0}"#[..],
+            br#"{"duplicates":1.5}"#,
+            br#"{"duplicates":-0.5}"#,
+        ] {
+            assert!(
+                SearchRequest::parse(bad, 100).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -470,11 +556,32 @@ mod tests {
 
     #[test]
     fn fleet_searches_parse_and_bad_ones_are_refused() {
-        assert_eq!(FleetSearchRequest::parse(b" a red circle ", 100).unwrap(), FleetSearchRequest::text("a red circle"));
-        let json = FleetSearchRequest::parse(br#"{"text":"x","k":3,"id":"q-1","deadline_ms":500,"reply_to":"nodered/answers"}"#, 100).unwrap();
-        assert_eq!((json.k, json.deadline_ms, json.id.as_deref()), (Some(3), Some(500), Some("q-1")));
-        for bad in [&br#"{"text":""}"#[..], br#"{"text":"x","k":0}"#, br#"{"text":"x","id":"a/b"}"#, br#"{"text":"x","reply_to":"edgeclip/cam/search"}"#, br#"{"text":"x","deadline_ms":0}"#, br#"{"text":"x","like":"y"}"#] {
-            assert!(FleetSearchRequest::parse(bad, 100).is_err(), "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            FleetSearchRequest::parse(b" a red circle ", 100).unwrap(),
+            FleetSearchRequest::text("a red circle")
+        );
+        let json = FleetSearchRequest::parse(
+            br#"{"text":"x","k":3,"id":"q-1","deadline_ms":500,"reply_to":"nodered/answers"}"#,
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            (json.k, json.deadline_ms, json.id.as_deref()),
+            (Some(3), Some(500), Some("q-1"))
+        );
+        for bad in [
+            &br#"{"text":""}"#[..],
+            br#"{"text":"x","k":0}"#,
+            br#"{"text":"x","id":"a/b"}"#,
+            br#"{"text":"x","reply_to":"edgeclip/cam/search"}"#,
+            br#"{"text":"x","deadline_ms":0}"#,
+            br#"{"text":"x","like":"y"}"#,
+        ] {
+            assert!(
+                FleetSearchRequest::parse(bad, 100).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let results = FleetResponse::Results(FleetResults {
             id: "q".into(),
@@ -488,16 +595,21 @@ mod tests {
             offline: vec![],
             hits: vec![],
         });
-        let back: FleetResponse = serde_json::from_str(&serde_json::to_string(&results).unwrap()).unwrap();
+        let back: FleetResponse =
+            serde_json::from_str(&serde_json::to_string(&results).unwrap()).unwrap();
         assert_eq!(back, results);
-        let error: FleetResponse = serde_json::from_str(r#"{"id":"q","error":"no device is online"}"#).unwrap();
+        let error: FleetResponse =
+            serde_json::from_str(r#"{"id":"q","error":"no device is online"}"#).unwrap();
         assert!(matches!(error, FleetResponse::Error(_)));
     }
 
     #[test]
     fn responses_parse_back_into_the_right_variant() {
         let ok = r#"{"id":"1","text":"t","model":"m","took_ms":3,"hits":[{"path":"a.jpg","score":0.5,"taken_s":0}]}"#;
-        assert!(matches!(serde_json::from_str::<SearchResponse>(ok).unwrap(), SearchResponse::Results(_)));
+        assert!(matches!(
+            serde_json::from_str::<SearchResponse>(ok).unwrap(),
+            SearchResponse::Results(_)
+        ));
         let err = r#"{"id":"1","error":"cloud did not answer within 5000 ms"}"#;
         let parsed = serde_json::from_str::<SearchResponse>(err).unwrap();
         assert!(matches!(parsed, SearchResponse::Error(_)));

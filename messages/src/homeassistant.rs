@@ -53,18 +53,33 @@ const ENTITIES: [(&str, &str); 7] = [
 /// Node id of the device in discovery topics: the device id with what Home Assistant does not
 /// accept there (`.`) replaced.
 fn node_id(device_id: &str) -> String {
-    let id: String = device_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let id: String = device_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("edgeclip_{id}")
 }
 
 /// `<prefix>/<component>/<node>/<object>/config`.
 pub fn config_topic(prefix: &str, device_id: &str, component: &str, object: &str) -> String {
-    format!("{prefix}/{component}/{}/{object}/config", node_id(device_id))
+    format!(
+        "{prefix}/{component}/{}/{object}/config",
+        node_id(device_id)
+    )
 }
 
 /// Every config topic the device may publish (for removal, whichever options were on).
 pub fn all_config_topics(prefix: &str, device_id: &str) -> Vec<String> {
-    ENTITIES.iter().map(|(c, o)| config_topic(prefix, device_id, c, o)).collect()
+    ENTITIES
+        .iter()
+        .map(|(c, o)| config_topic(prefix, device_id, c, o))
+        .collect()
 }
 
 /// The discovery configs for `options`: (retained topic, JSON payload).
@@ -105,65 +120,86 @@ pub fn discovery_configs(o: &DiscoveryOptions) -> Vec<(String, Value)> {
     let mut out = vec![
         (
             config_topic(&o.prefix, dev, "text", "search"),
-            with(base("search", "Search pictures", "mdi:image-search"), json!({
-                // The search topic takes plain text: what is typed is the search.
-                "command_topic": topics::search(dev),
-                "mode": "text",
-                "min": 1,
-                "max": 255,
-            })),
+            with(
+                base("search", "Search pictures", "mdi:image-search"),
+                json!({
+                    // The search topic takes plain text: what is typed is the search.
+                    "command_topic": topics::search(dev),
+                    "mode": "text",
+                    "min": 1,
+                    "max": 255,
+                }),
+            ),
         ),
         (
             config_topic(&o.prefix, dev, "sensor", "last_hits"),
-            with(base("last_hits", "Last search hits", "mdi:counter"), json!({
-                // Home Assistant keeps at most 255 characters of state: the state is the count,
-                // the hits go to the attributes.
-                "state_topic": results,
-                "value_template": "{{ value_json.hits | count if value_json.hits is defined else 0 }}",
-                "json_attributes_topic": results,
-                "json_attributes_template": "{{ {'text': value_json.text | default(''), 'error': value_json.error | default(''), 'hits': value_json.hits | default([]) | map(attribute='path') | list, 'scores': value_json.hits | default([]) | map(attribute='score') | list, 'taken_s': value_json.hits | default([]) | map(attribute='taken_s') | list} | tojson }}",
-                "unit_of_measurement": "hits",
-            })),
+            with(
+                base("last_hits", "Last search hits", "mdi:counter"),
+                json!({
+                    // Home Assistant keeps at most 255 characters of state: the state is the count,
+                    // the hits go to the attributes.
+                    "state_topic": results,
+                    "value_template": "{{ value_json.hits | count if value_json.hits is defined else 0 }}",
+                    "json_attributes_topic": results,
+                    "json_attributes_template": "{{ {'text': value_json.text | default(''), 'error': value_json.error | default(''), 'hits': value_json.hits | default([]) | map(attribute='path') | list, 'scores': value_json.hits | default([]) | map(attribute='score') | list, 'taken_s': value_json.hits | default([]) | map(attribute='taken_s') | list} | tojson }}",
+                    "unit_of_measurement": "hits",
+                }),
+            ),
         ),
         (
             config_topic(&o.prefix, dev, "sensor", "indexed"),
-            with(base("indexed", "Pictures indexed", "mdi:image-multiple"), json!({
-                "state_topic": status,
-                "value_template": "{{ value_json.indexed }}",
-                "json_attributes_topic": status,
-                "json_attributes_template": "{{ {'state': value_json.state, 'pending': value_json.pending, 'failed': value_json.failed, 'rate_per_s': value_json.rate_per_s, 'eta_s': value_json.eta_s | default(none), 'model': value_json.model} | tojson }}",
-                "unit_of_measurement": "pictures",
-                "state_class": "measurement",
-            })),
+            with(
+                base("indexed", "Pictures indexed", "mdi:image-multiple"),
+                json!({
+                    "state_topic": status,
+                    "value_template": "{{ value_json.indexed }}",
+                    "json_attributes_topic": status,
+                    "json_attributes_template": "{{ {'state': value_json.state, 'pending': value_json.pending, 'failed': value_json.failed, 'rate_per_s': value_json.rate_per_s, 'eta_s': value_json.eta_s | default(none), 'model': value_json.model} | tojson }}",
+                    "unit_of_measurement": "pictures",
+                    "state_class": "measurement",
+                }),
+            ),
         ),
         (
             config_topic(&o.prefix, dev, "button", "rescan"),
-            with(base("rescan", "Rescan folders", "mdi:folder-refresh"), json!({
-                "command_topic": topics::command(dev),
-                "payload_press": RESCAN,
-            })),
+            with(
+                base("rescan", "Rescan folders", "mdi:folder-refresh"),
+                json!({
+                    "command_topic": topics::command(dev),
+                    "payload_press": RESCAN,
+                }),
+            ),
         ),
         (
             config_topic(&o.prefix, dev, "button", "reindex"),
-            with(base("reindex", "Re-index all pictures", "mdi:database-refresh"), json!({
-                "command_topic": topics::command(dev),
-                "payload_press": REINDEX,
-            })),
+            with(
+                base("reindex", "Re-index all pictures", "mdi:database-refresh"),
+                json!({
+                    "command_topic": topics::command(dev),
+                    "payload_press": REINDEX,
+                }),
+            ),
         ),
     ];
     if o.image_url {
         out.push((
             config_topic(&o.prefix, dev, "image", "best_match"),
-            with(base("best_match", "Best match", "mdi:image"), json!({ "url_topic": topics::best_url(dev) })),
+            with(
+                base("best_match", "Best match", "mdi:image"),
+                json!({ "url_topic": topics::best_url(dev) }),
+            ),
         ));
     }
     if o.image_bytes {
         out.push((
             config_topic(&o.prefix, dev, "image", "best_match_bytes"),
-            with(base("best_match_bytes", "Best match (picture)", "mdi:image"), json!({
-                "image_topic": topics::best_image(dev),
-                "content_type": "image/jpeg",
-            })),
+            with(
+                base("best_match_bytes", "Best match (picture)", "mdi:image"),
+                json!({
+                    "image_topic": topics::best_image(dev),
+                    "content_type": "image/jpeg",
+                }),
+            ),
         ));
     }
     out
@@ -172,20 +208,28 @@ pub fn discovery_configs(o: &DiscoveryOptions) -> Vec<(String, Value)> {
 /// Why a discovery config would not be accepted by Home Assistant, if it would not: the fields
 /// each component requires, and the ones every edgeclip entity must carry.
 pub fn check_config(component: &str, config: &Value) -> Result<(), String> {
-    let has = |field: &str| config.get(field).is_some_and(|v| !v.is_null() && v.as_str() != Some(""));
+    let has = |field: &str| {
+        config
+            .get(field)
+            .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
+    };
     for field in ["unique_id", "name", "device", "origin", "availability"] {
         if !has(field) {
             return Err(format!("{component}: no {field}"));
         }
     }
-    let identifiers = config["device"]["identifiers"].as_array().map_or(0, Vec::len);
+    let identifiers = config["device"]["identifiers"]
+        .as_array()
+        .map_or(0, Vec::len);
     if identifiers == 0 {
         return Err(format!("{component}: device without identifiers"));
     }
     if !config["origin"]["name"].is_string() {
         return Err(format!("{component}: origin without name"));
     }
-    let available = config["availability"].as_array().is_some_and(|a| !a.is_empty() && a.iter().all(|x| x["topic"].is_string()));
+    let available = config["availability"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x["topic"].is_string()));
     if !available {
         return Err(format!("{component}: availability without topic"));
     }
@@ -202,7 +246,11 @@ pub fn check_config(component: &str, config: &Value) -> Result<(), String> {
         }
     }
     for (key, value) in config.as_object().into_iter().flatten() {
-        if key.ends_with("_topic") && value.as_str().is_none_or(|t| t.is_empty() || t.contains(['+', '#'])) {
+        if key.ends_with("_topic")
+            && value
+                .as_str()
+                .is_none_or(|t| t.is_empty() || t.contains(['+', '#']))
+        {
             return Err(format!("{component}: {key} is not a concrete topic"));
         }
     }
@@ -214,7 +262,13 @@ mod tests {
     use super::*;
 
     fn options(image_bytes: bool) -> DiscoveryOptions {
-        DiscoveryOptions { prefix: DEFAULT_PREFIX.into(), device_id: "nas.local".into(), version: "0.1.0".into(), image_url: true, image_bytes }
+        DiscoveryOptions {
+            prefix: DEFAULT_PREFIX.into(),
+            device_id: "nas.local".into(),
+            version: "0.1.0".into(),
+            image_url: true,
+            image_bytes,
+        }
     }
 
     #[test]
@@ -225,8 +279,16 @@ mod tests {
         for (topic, config) in &configs {
             let component = topic.split('/').nth(1).unwrap();
             check_config(component, config).unwrap_or_else(|e| panic!("{topic}: {e}"));
-            assert!(ids.insert(config["unique_id"].as_str().unwrap().to_string()), "{topic}");
-            assert!(topic.starts_with("homeassistant/") && topic.ends_with("/config") && !topic.contains("nas.local"), "{topic}");
+            assert!(
+                ids.insert(config["unique_id"].as_str().unwrap().to_string()),
+                "{topic}"
+            );
+            assert!(
+                topic.starts_with("homeassistant/")
+                    && topic.ends_with("/config")
+                    && !topic.contains("nas.local"),
+                "{topic}"
+            );
         }
         assert_eq!(configs[0].1["command_topic"], "edgeclip/nas.local/search");
         assert_eq!(discovery_configs(&options(false)).len(), 6);
@@ -238,11 +300,15 @@ mod tests {
         let (_, text) = discovery_configs(&options(false)).remove(0);
         let mut no_command = text.clone();
         no_command.as_object_mut().unwrap().remove("command_topic");
-        assert!(check_config("text", &no_command).unwrap_err().contains("command_topic"));
+        assert!(check_config("text", &no_command)
+            .unwrap_err()
+            .contains("command_topic"));
         let mut no_id = text.clone();
         no_id.as_object_mut().unwrap().remove("unique_id");
         assert!(check_config("text", &no_id).is_err());
-        assert!(check_config("sensor", &text).unwrap_err().contains("state_topic"));
+        assert!(check_config("sensor", &text)
+            .unwrap_err()
+            .contains("state_topic"));
         assert!(check_config("image", &text).is_err());
         let mut wildcard = text;
         wildcard["command_topic"] = "edgeclip/+/search".into();

@@ -30,9 +30,15 @@ mod tests {
     #[test]
     fn ids_depend_on_config_and_checksums() {
         let a = model_id("clip", b"{}", None);
-        assert!(a.starts_with("clip@") && a.len() == "clip@".len() + 12, "{a}");
+        assert!(
+            a.starts_with("clip@") && a.len() == "clip@".len() + 12,
+            "{a}"
+        );
         assert_eq!(a, model_id("clip", b"{}", None));
         assert_ne!(a, model_id("clip", b"{ }", None));
-        assert_ne!(a, model_id("clip", b"{}", Some(b"abc  visual/model.onnx\n")));
+        assert_ne!(
+            a,
+            model_id("clip", b"{}", Some(b"abc  visual/model.onnx\n"))
+        );
     }
 }

@@ -107,8 +107,16 @@ pub fn fleet_answers(worker: &str) -> String {
 /// `edgeclip/fleet/answers/<worker>`, so a query cannot make a device publish anywhere else.
 pub fn validate_fleet_answer_topic(topic: &str) -> Result<(), WireError> {
     let worker = topic.strip_prefix(FLEET_ANSWERS_PREFIX).unwrap_or_default();
-    if worker.is_empty() || worker.len() > 64 || !worker.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(WireError::Field { field: "reply_to", reason: "must be edgeclip/fleet/answers/<worker id>".into() });
+    if worker.is_empty()
+        || worker.len() > 64
+        || !worker
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(WireError::Field {
+            field: "reply_to",
+            reason: "must be edgeclip/fleet/answers/<worker id>".into(),
+        });
     }
     Ok(())
 }
@@ -118,14 +126,21 @@ pub fn validate_fleet_answer_topic(topic: &str) -> Result<(), WireError> {
 /// `edgeclip/fleet/results/`, so a request cannot make the cloud publish searches to devices
 /// or requests to the cloud.
 pub fn validate_fleet_reply_topic(topic: &str) -> Result<(), WireError> {
-    let bad = |reason: &str| Err(WireError::Field { field: "reply_to", reason: reason.to_string() });
+    let bad = |reason: &str| {
+        Err(WireError::Field {
+            field: "reply_to",
+            reason: reason.to_string(),
+        })
+    };
     if topic.is_empty() || topic.len() > 256 {
         return bad("must be 1 to 256 bytes");
     }
     if topic.contains(['+', '#', '\0']) || topic.starts_with('$') {
         return bad("must be a concrete topic (no wildcards, NUL or $)");
     }
-    if topic.starts_with("edgeclip/") && !(topic.starts_with(FLEET_RESULTS_PREFIX) && topic.len() > FLEET_RESULTS_PREFIX.len()) {
+    if topic.starts_with("edgeclip/")
+        && !(topic.starts_with(FLEET_RESULTS_PREFIX) && topic.len() > FLEET_RESULTS_PREFIX.len())
+    {
         return bad("inside edgeclip/ only edgeclip/fleet/results/<...> may be used");
     }
     Ok(())
@@ -141,15 +156,23 @@ pub fn device_of_availability(topic: &str) -> Option<&str> {
 /// Checks that a device id can stand as one topic level: 1..=64 characters of
 /// `[A-Za-z0-9._-]` (no `/`, `+`, `#`, spaces or control characters), and not `cloud`.
 pub fn validate_device_id(id: &str) -> Result<(), WireError> {
-    let bad = |reason: &str| WireError::Field { field: "device_id", reason: reason.to_string() };
+    let bad = |reason: &str| WireError::Field {
+        field: "device_id",
+        reason: reason.to_string(),
+    };
     if id.is_empty() || id.len() > 64 {
         return Err(bad("must be 1 to 64 characters"));
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return Err(bad("may only hold letters, digits, '.', '_' and '-'"));
     }
     if id == "cloud" || id == "fleet" {
-        return Err(bad("'cloud' and 'fleet' are reserved for the cloud's and the fleet's topics"));
+        return Err(bad(
+            "'cloud' and 'fleet' are reserved for the cloud's and the fleet's topics",
+        ));
     }
     Ok(())
 }
@@ -157,7 +180,10 @@ pub fn validate_device_id(id: &str) -> Result<(), WireError> {
 /// Checks a reply topic named in a request: a concrete topic under `edgeclip/<device>/`, so
 /// that a request cannot make the cloud publish into wildcards or other applications' topics.
 pub fn validate_reply_topic(topic: &str) -> Result<(), WireError> {
-    let bad = |reason: &str| WireError::Field { field: "reply_to", reason: reason.to_string() };
+    let bad = |reason: &str| WireError::Field {
+        field: "reply_to",
+        reason: reason.to_string(),
+    };
     if topic.len() > 256 {
         return Err(bad("longer than 256 bytes"));
     }
@@ -169,7 +195,9 @@ pub fn validate_reply_topic(topic: &str) -> Result<(), WireError> {
         return Err(bad("must start with 'edgeclip/'"));
     }
     match levels.next() {
-        Some(device) => validate_device_id(device).map_err(|_| bad("second level must be a device id"))?,
+        Some(device) => {
+            validate_device_id(device).map_err(|_| bad("second level must be a device id"))?
+        }
         None => return Err(bad("must name a device")),
     }
     if levels.next().is_none() {
@@ -198,7 +226,10 @@ mod tests {
 
     #[test]
     fn finds_the_device_in_an_availability_topic() {
-        assert_eq!(device_of_availability("edgeclip/nas-2/availability"), Some("nas-2"));
+        assert_eq!(
+            device_of_availability("edgeclip/nas-2/availability"),
+            Some("nas-2")
+        );
         assert_eq!(device_of_availability("edgeclip/a/b/availability"), None);
         assert_eq!(device_of_availability("edgeclip//availability"), None);
         assert_eq!(device_of_availability("other/nas/availability"), None);
@@ -209,7 +240,17 @@ mod tests {
         for ok in ["nas", "cam-1", "pi_4.local", "A9"] {
             assert!(validate_device_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "a+", "#", "with space", "cloud", "fleet", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "a+",
+            "#",
+            "with space",
+            "cloud",
+            "fleet",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(validate_device_id(bad).is_err(), "{bad}");
         }
     }
@@ -220,13 +261,30 @@ mod tests {
         assert_eq!(fleet_results("q1"), "edgeclip/fleet/results/q1");
         assert!(FLEET_SEARCH_SHARED.ends_with(FLEET_SEARCH));
         assert!(validate_fleet_answer_topic(&fleet_answers("w-1")).is_ok());
-        for bad in ["edgeclip/fleet/answers/", "edgeclip/fleet/answers/+", "edgeclip/fleet/answers/a/b", "edgeclip/cam/search"] {
+        for bad in [
+            "edgeclip/fleet/answers/",
+            "edgeclip/fleet/answers/+",
+            "edgeclip/fleet/answers/a/b",
+            "edgeclip/cam/search",
+        ] {
             assert!(validate_fleet_answer_topic(bad).is_err(), "{bad}");
         }
-        for ok in ["edgeclip/fleet/results/q1", "home/edgeclip/answer", "nodered/fleet"] {
+        for ok in [
+            "edgeclip/fleet/results/q1",
+            "home/edgeclip/answer",
+            "nodered/fleet",
+        ] {
             assert!(validate_fleet_reply_topic(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "edgeclip/cam/search", "edgeclip/cloud/encode", "edgeclip/fleet/results/", "a/+", "$SYS/x", "a/#"] {
+        for bad in [
+            "",
+            "edgeclip/cam/search",
+            "edgeclip/cloud/encode",
+            "edgeclip/fleet/results/",
+            "a/+",
+            "$SYS/x",
+            "a/#",
+        ] {
             assert!(validate_fleet_reply_topic(bad).is_err(), "{bad}");
         }
     }
@@ -234,7 +292,13 @@ mod tests {
     #[test]
     fn reply_topics_must_stay_under_a_device() {
         assert!(validate_reply_topic("edgeclip/cam1/cloud/reply").is_ok());
-        for bad in ["edgeclip/cam1", "edgeclip/+/x", "other/cam1/x", "edgeclip/cloud/encode", "edgeclip/#"] {
+        for bad in [
+            "edgeclip/cam1",
+            "edgeclip/+/x",
+            "other/cam1/x",
+            "edgeclip/cloud/encode",
+            "edgeclip/#",
+        ] {
             assert!(validate_reply_topic(bad).is_err(), "{bad}");
         }
     }

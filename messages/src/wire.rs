@@ -240,10 +240,16 @@ impl ArchivedFleetQuery {
         crate::topics::validate_fleet_answer_topic(self.reply_to.as_str())?;
         let k = self.k.to_native();
         if k == 0 || k > 10_000 {
-            return Err(WireError::Field { field: "k", reason: format!("{k} out of 1..=10000") });
+            return Err(WireError::Field {
+                field: "k",
+                reason: format!("{k} out of 1..=10000"),
+            });
         }
         if self.vector.model.is_empty() || self.vector.model.len() > 256 {
-            return Err(WireError::Field { field: "model", reason: "must be 1 to 256 bytes".into() });
+            return Err(WireError::Field {
+                field: "model",
+                reason: "must be 1 to 256 bytes".into(),
+            });
         }
         validate_vector(&vector_view(&self.vector.vector))
     }
@@ -303,10 +309,20 @@ impl ArchivedRankRequest {
             return bad("dim", format!("{dim} out of 1..={MAX_DIM}"));
         }
         if n > max_vectors {
-            return bad("ids", format!("{n} vectors in one chunk, the limit is {max_vectors}"));
+            return bad(
+                "ids",
+                format!("{n} vectors in one chunk, the limit is {max_vectors}"),
+            );
         }
         if self.scales.len() != n || self.codes.len() != n * dim {
-            return bad("codes", format!("{n} ids, {} scales and {} codes do not fit dimension {dim}", self.scales.len(), self.codes.len()));
+            return bad(
+                "codes",
+                format!(
+                    "{n} ids, {} scales and {} codes do not fit dimension {dim}",
+                    self.scales.len(),
+                    self.codes.len()
+                ),
+            );
         }
         if self.scales.iter().any(|s| !s.to_native().is_finite()) {
             return bad("scales", "not finite".into());
@@ -327,13 +343,22 @@ impl ArchivedRankRequest {
 pub fn quantise(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
     let max = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-    codes.extend(vector.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+    codes.extend(
+        vector
+            .iter()
+            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+    );
     scale
 }
 
 /// Dot product of a float query with an int8-quantised vector.
 pub fn dot_quantised(query: &[f32], scale: f32, codes: &[i8]) -> f32 {
-    scale * query.iter().zip(codes).map(|(q, &c)| q * c as f32).sum::<f32>()
+    scale
+        * query
+            .iter()
+            .zip(codes)
+            .map(|(q, &c)| q * c as f32)
+            .sum::<f32>()
 }
 
 /// Serialises a message into a frame ready to publish.
@@ -341,10 +366,15 @@ pub fn encode<T>(message: &T) -> Result<Vec<u8>, WireError>
 where
     T: WireMessage
         + for<'a> Serialize<
-            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+            rkyv::api::high::HighSerializer<
+                AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rancor::Error,
+            >,
         >,
 {
-    let archive = rkyv::to_bytes::<rancor::Error>(message).map_err(|e| WireError::Invalid(e.to_string()))?;
+    let archive =
+        rkyv::to_bytes::<rancor::Error>(message).map_err(|e| WireError::Invalid(e.to_string()))?;
     let mut frame = Vec::with_capacity(HEADER_LEN + archive.len());
     frame.extend_from_slice(&MAGIC);
     frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
@@ -362,7 +392,9 @@ pub struct Received<T> {
 
 impl<T> std::fmt::Debug for Received<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Received").field("archive_len", &self.archive.len()).finish()
+        f.debug_struct("Received")
+            .field("archive_len", &self.archive.len())
+            .finish()
     }
 }
 
@@ -375,7 +407,10 @@ where
     /// `limit` bounds the payload size before anything is copied.
     pub fn decode(payload: &[u8], limit: usize) -> Result<Self, WireError> {
         if payload.len() > limit {
-            return Err(WireError::TooLarge { size: payload.len(), limit });
+            return Err(WireError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
         }
         if payload.len() < HEADER_LEN {
             return Err(WireError::TooShort(payload.len()));
@@ -385,19 +420,33 @@ where
         }
         let version = u16::from_le_bytes([payload[2], payload[3]]);
         if version != PROTOCOL_VERSION {
-            return Err(WireError::Version { got: version, expected: PROTOCOL_VERSION });
+            return Err(WireError::Version {
+                got: version,
+                expected: PROTOCOL_VERSION,
+            });
         }
         if payload[4] != T::KIND as u8 {
-            return Err(WireError::Kind { got: payload[4], expected: T::KIND as u8 });
+            return Err(WireError::Kind {
+                got: payload[4],
+                expected: T::KIND as u8,
+            });
         }
-        let declared = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
+        let declared =
+            u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
         if declared != payload.len() - HEADER_LEN {
-            return Err(WireError::Length { declared, got: payload.len() - HEADER_LEN });
+            return Err(WireError::Length {
+                declared,
+                got: payload.len() - HEADER_LEN,
+            });
         }
         let mut archive = AlignedVec::<16>::with_capacity(payload.len() - HEADER_LEN);
         archive.extend_from_slice(&payload[HEADER_LEN..]);
-        rkyv::access::<T::Archived, rancor::Error>(&archive).map_err(|e| WireError::Invalid(e.to_string()))?;
-        Ok(Self { archive, _message: PhantomData })
+        rkyv::access::<T::Archived, rancor::Error>(&archive)
+            .map_err(|e| WireError::Invalid(e.to_string()))?;
+        Ok(Self {
+            archive,
+            _message: PhantomData,
+        })
     }
 
     /// The archived message, read in place.
@@ -413,16 +462,25 @@ impl ArchivedEncodeRequest {
     /// reply topic under a device, a model id.
     pub fn validate(&self, max_text_bytes: usize) -> Result<(), WireError> {
         if self.text.is_empty() {
-            return Err(WireError::Field { field: "text", reason: "is empty".into() });
+            return Err(WireError::Field {
+                field: "text",
+                reason: "is empty".into(),
+            });
         }
         if self.text.len() > max_text_bytes {
             return Err(WireError::Field {
                 field: "text",
-                reason: format!("{} bytes is over the limit of {max_text_bytes}", self.text.len()),
+                reason: format!(
+                    "{} bytes is over the limit of {max_text_bytes}",
+                    self.text.len()
+                ),
             });
         }
         if self.model.is_empty() || self.model.len() > 256 {
-            return Err(WireError::Field { field: "model", reason: "must be 1 to 256 bytes".into() });
+            return Err(WireError::Field {
+                field: "model",
+                reason: "must be 1 to 256 bytes".into(),
+            });
         }
         crate::topics::validate_reply_topic(self.reply_to.as_str())
     }
@@ -431,10 +489,16 @@ impl ArchivedEncodeRequest {
 /// Checks a received vector: non-empty, at most [`MAX_DIM`] values, all finite.
 pub fn validate_vector(vector: &[f32]) -> Result<(), WireError> {
     if vector.is_empty() || vector.len() > MAX_DIM {
-        return Err(WireError::Field { field: "vector", reason: format!("dimension {} out of 1..={MAX_DIM}", vector.len()) });
+        return Err(WireError::Field {
+            field: "vector",
+            reason: format!("dimension {} out of 1..={MAX_DIM}", vector.len()),
+        });
     }
     if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
-        return Err(WireError::Field { field: "vector", reason: format!("value {i} is not finite") });
+        return Err(WireError::Field {
+            field: "vector",
+            reason: format!("value {i} is not finite"),
+        });
     }
     Ok(())
 }
@@ -444,13 +508,17 @@ pub fn validate_vector(vector: &[f32]) -> Result<(), WireError> {
 pub fn vector_view(vector: &rkyv::vec::ArchivedVec<rkyv::rend::f32_le>) -> Cow<'_, [f32]> {
     #[cfg(target_endian = "little")]
     {
-        const _: () = assert!(std::mem::size_of::<rkyv::rend::f32_le>() == std::mem::size_of::<f32>());
-        const _: () = assert!(std::mem::align_of::<rkyv::rend::f32_le>() == std::mem::align_of::<f32>());
+        const _: () =
+            assert!(std::mem::size_of::<rkyv::rend::f32_le>() == std::mem::size_of::<f32>());
+        const _: () =
+            assert!(std::mem::align_of::<rkyv::rend::f32_le>() == std::mem::align_of::<f32>());
         let slice = vector.as_slice();
         // SAFETY: on a little-endian target `f32_le` is a `repr(C)` wrapper over the native bytes
         // of an f32, with the same size and alignment (checked above); every bit pattern is a
         // valid f32.
-        Cow::Borrowed(unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<f32>(), slice.len()) })
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(slice.as_ptr().cast::<f32>(), slice.len())
+        })
     }
     #[cfg(not(target_endian = "little"))]
     {
@@ -485,7 +553,10 @@ mod tests {
     fn reply_vector_is_read_in_place_even_from_a_misaligned_payload() {
         let reply = EncodeReply {
             request_id: 7,
-            body: ReplyBody::Vector(TextVector { model: "m".into(), vector: vec![0.6, -0.8, 0.0] }),
+            body: ReplyBody::Vector(TextVector {
+                model: "m".into(),
+                vector: vec![0.6, -0.8, 0.0],
+            }),
         };
         let frame = encode(&reply).unwrap();
         let mut shifted = vec![0u8; 3];
@@ -504,14 +575,33 @@ mod tests {
     #[test]
     fn refuses_foreign_and_future_frames() {
         let mut frame = encode(&request()).unwrap();
-        assert_eq!(Received::<EncodeRequest>::decode(b"hello", 100).unwrap_err(), WireError::TooShort(5));
-        assert_eq!(Received::<EncodeRequest>::decode(b"XX\x01\x00\x01\0\0\0\x04\0\0\0abcd", 100).unwrap_err(), WireError::BadMagic);
-        assert!(matches!(Received::<EncodeReply>::decode(&frame, 1 << 20), Err(WireError::Kind { got: 1, expected: 2 })));
-        assert!(matches!(Received::<EncodeRequest>::decode(&frame, 10), Err(WireError::TooLarge { .. })));
+        assert_eq!(
+            Received::<EncodeRequest>::decode(b"hello", 100).unwrap_err(),
+            WireError::TooShort(5)
+        );
+        assert_eq!(
+            Received::<EncodeRequest>::decode(b"XX\x01\x00\x01\0\0\0\x04\0\0\0abcd", 100)
+                .unwrap_err(),
+            WireError::BadMagic
+        );
+        assert!(matches!(
+            Received::<EncodeReply>::decode(&frame, 1 << 20),
+            Err(WireError::Kind {
+                got: 1,
+                expected: 2
+            })
+        ));
+        assert!(matches!(
+            Received::<EncodeRequest>::decode(&frame, 10),
+            Err(WireError::TooLarge { .. })
+        ));
         frame[2] = 9;
         assert_eq!(
             Received::<EncodeRequest>::decode(&frame, 1 << 20).unwrap_err(),
-            WireError::Version { got: 9, expected: PROTOCOL_VERSION }
+            WireError::Version {
+                got: 9,
+                expected: PROTOCOL_VERSION
+            }
         );
     }
 
@@ -519,7 +609,10 @@ mod tests {
     fn truncated_and_bit_flipped_archives_are_rejected_not_trusted() {
         let frame = encode(&request()).unwrap();
         for cut in HEADER_LEN..frame.len() {
-            assert!(Received::<EncodeRequest>::decode(&frame[..cut], 1 << 20).is_err(), "cut at {cut}");
+            assert!(
+                Received::<EncodeRequest>::decode(&frame[..cut], 1 << 20).is_err(),
+                "cut at {cut}"
+            );
         }
         // Every single-bit flip either fails validation or yields a structurally valid message;
         // none may panic or read out of bounds.
@@ -552,12 +645,19 @@ mod tests {
 
     #[test]
     fn quantised_dot_products_stay_close_to_float_ones() {
-        let v: Vec<f32> = (0..64).map(|i| ((i * 37 % 19) as f32 - 9.0) / 30.0).collect();
-        let q: Vec<f32> = (0..64).map(|i| ((i * 11 % 13) as f32 - 6.0) / 20.0).collect();
+        let v: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 19) as f32 - 9.0) / 30.0)
+            .collect();
+        let q: Vec<f32> = (0..64)
+            .map(|i| ((i * 11 % 13) as f32 - 6.0) / 20.0)
+            .collect();
         let mut codes = Vec::new();
         let scale = quantise(&v, &mut codes);
         let exact: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
-        assert!((dot_quantised(&q, scale, &codes) - exact).abs() < 0.01, "{exact}");
+        assert!(
+            (dot_quantised(&q, scale, &codes) - exact).abs() < 0.01,
+            "{exact}"
+        );
     }
 
     #[test]
@@ -592,20 +692,45 @@ mod tests {
             request_id: 9,
             reply_to: crate::topics::fleet_answers("w1"),
             k: 5,
-            vector: TextVector { model: "m".into(), vector: vec![0.6, 0.8] },
+            vector: TextVector {
+                model: "m".into(),
+                vector: vec![0.6, 0.8],
+            },
         };
         let got = Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20).unwrap();
         assert!(got.get().validate().is_ok());
         assert_eq!(Kind::of(&encode(&q).unwrap()), Some(Kind::FleetQuery));
         q.reply_to = "edgeclip/cam/search".into();
-        assert!(Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20).unwrap().get().validate().is_err());
+        assert!(
+            Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20)
+                .unwrap()
+                .get()
+                .validate()
+                .is_err()
+        );
         q.reply_to = crate::topics::fleet_answers("w1");
         q.vector.vector = vec![f32::NAN];
-        assert!(Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20).unwrap().get().validate().is_err());
-        let a = FleetAnswer { request_id: 9, device: "cam".into(), body: FleetBody::Hits(vec![DeviceHit { path: "/p/a.jpg".into(), score: 0.5, taken_s: 3 }]) };
+        assert!(
+            Received::<FleetQuery>::decode(&encode(&q).unwrap(), 1 << 20)
+                .unwrap()
+                .get()
+                .validate()
+                .is_err()
+        );
+        let a = FleetAnswer {
+            request_id: 9,
+            device: "cam".into(),
+            body: FleetBody::Hits(vec![DeviceHit {
+                path: "/p/a.jpg".into(),
+                score: 0.5,
+                taken_s: 3,
+            }]),
+        };
         let got = Received::<FleetAnswer>::decode(&encode(&a).unwrap(), 1 << 20).unwrap();
         assert_eq!(got.get().device.as_str(), "cam");
-        assert!(matches!(&got.get().body, ArchivedFleetBody::Hits(h) if h[0].path.as_str() == "/p/a.jpg"));
+        assert!(
+            matches!(&got.get().body, ArchivedFleetBody::Hits(h) if h[0].path.as_str() == "/p/a.jpg")
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 
 /// Parses seconds (fractions allowed) into a duration.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 3600.0) {
         return Err("must be more than 0 and at most 3600 seconds".into());
     }
@@ -26,11 +28,16 @@ pub fn broker_security() -> anyhow::Result<edgeclip_link::Security> {
     let password = match var("PASSWORD_FILE") {
         f if f.is_empty() => var("PASSWORD"),
         f => {
-            let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("EDGECLIP_BROKER__PASSWORD_FILE {f}: {e}"))?;
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("EDGECLIP_BROKER__PASSWORD_FILE {f}: {e}"))?;
             text.lines().next().unwrap_or("").to_string()
         }
     };
-    let path = |k: &str| Some(var(k)).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let path = |k: &str| {
+        Some(var(k))
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+    };
     Ok(edgeclip_link::Security {
         username: var("USERNAME"),
         password,

@@ -7,7 +7,9 @@ use anyhow::bail;
 use clap::Args;
 use edgeclip::client::Client;
 use edgeclip::output::{fleet_table, results_table};
-use edgeclip_messages::dashboard::{FleetResponse, FleetSearchRequest, SearchMode, SearchRequest, SearchResponse};
+use edgeclip_messages::dashboard::{
+    FleetResponse, FleetSearchRequest, SearchMode, SearchRequest, SearchResponse,
+};
 
 /// Flags of `search`.
 #[derive(Args, Debug)]
@@ -71,8 +73,11 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
     if args.all {
         return run_fleet(args).await;
     }
-    let mut client = Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
-    let device = client.resolve_device(args.device.as_deref(), args.timeout).await?;
+    let mut client =
+        Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
+    let device = client
+        .resolve_device(args.device.as_deref(), args.timeout)
+        .await?;
     let request = SearchRequest {
         k: Some(args.k as usize),
         like: args.like.clone(),
@@ -82,7 +87,13 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
         min_score: args.min_score,
         source: args.source.clone(),
         duplicates: args.duplicates,
-        mode: args.mode.as_deref().map(|m| if m == "server" { SearchMode::Server } else { SearchMode::Device }),
+        mode: args.mode.as_deref().map(|m| {
+            if m == "server" {
+                SearchMode::Server
+            } else {
+                SearchMode::Device
+            }
+        }),
         ..SearchRequest::text(args.text.clone())
     };
     let response = client.request(&device, request, args.timeout).await;
@@ -104,14 +115,17 @@ async fn run_fleet(args: SearchArgs) -> anyhow::Result<()> {
     if args.text.trim().is_empty() {
         bail!("search --all needs a text");
     }
-    let mut client = Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
+    let mut client =
+        Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
     let request = FleetSearchRequest {
         k: Some(args.k as usize),
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
         ..FleetSearchRequest::text(args.text.clone())
     };
     // Wait past the devices' deadline: the cloud answers at the deadline at the latest.
-    let wait = args.timeout.max(args.deadline.unwrap_or_default() + Duration::from_secs(2));
+    let wait = args
+        .timeout
+        .max(args.deadline.unwrap_or_default() + Duration::from_secs(2));
     let response = client.fleet_search(request, wait).await;
     client.disconnect().await;
     let response = response?;
@@ -122,7 +136,10 @@ async fn run_fleet(args: SearchArgs) -> anyhow::Result<()> {
     }
     match response {
         FleetResponse::Error(e) => bail!("fleet search failed: {}", e.error),
-        FleetResponse::Results(r) if r.answered.is_empty() => bail!("no device answered the fleet search ({} asked)", r.asked.len()),
+        FleetResponse::Results(r) if r.answered.is_empty() => bail!(
+            "no device answered the fleet search ({} asked)",
+            r.asked.len()
+        ),
         FleetResponse::Results(_) => Ok(()),
     }
 }

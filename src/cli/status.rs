@@ -25,8 +25,11 @@ pub struct StatusArgs {
 
 /// Runs `status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
-    let device = client.resolve_device(args.device.as_deref(), args.timeout).await;
+    let mut client =
+        Client::connect_with(&args.broker, &super::broker_security()?, args.timeout).await?;
+    let device = client
+        .resolve_device(args.device.as_deref(), args.timeout)
+        .await;
     let status = match device {
         Ok(d) => client.status(&d, args.timeout).await,
         Err(e) => Err(e),

@@ -57,21 +57,44 @@ fn bundled(relative: &str) -> PathBuf {
 /// Runs `up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rumqttd=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let model = args.model.clone().unwrap_or_else(|| bundled("models/clip-shapes"));
-    let photos = if args.photos.is_empty() { vec![bundled("models/samples")] } else { args.photos.clone() };
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| bundled("models/clip-shapes"));
+    let photos = if args.photos.is_empty() {
+        vec![bundled("models/samples")]
+    } else {
+        args.photos.clone()
+    };
     let broker = EmbeddedBroker::start(args.listen)?;
     let url = broker.url();
     let model_str = model.display().to_string();
 
-    let cloud_config = CloudConfig::load(None, &[("broker.url", url.clone().into()), ("model.dir", model_str.clone().into())])
-        .context("cloud configuration")?;
+    let cloud_config = CloudConfig::load(
+        None,
+        &[
+            ("broker.url", url.clone().into()),
+            ("model.dir", model_str.clone().into()),
+        ],
+    )
+    .context("cloud configuration")?;
     let mut overrides: Vec<(&str, config::Value)> = vec![
         ("broker.url", url.clone().into()),
         ("model.dir", model_str.into()),
-        ("folders", photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().into()),
+        (
+            "folders",
+            photos
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .into(),
+        ),
         ("http.bind", args.http.ip().to_string().into()),
         ("http.port", i64::from(args.http.port()).into()),
     ];
@@ -84,13 +107,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let device_config = DeviceConfig::load(None, &overrides).context("device configuration")?;
     let device_id = device_config.device_id.clone();
 
-    let cloud = Cloud::start(cloud_config).await.context("starting the cloud text encoder")?;
-    let device = Device::start(device_config).await.context("starting the device")?;
+    let cloud = Cloud::start(cloud_config)
+        .await
+        .context("starting the cloud text encoder")?;
+    let device = Device::start(device_config)
+        .await
+        .context("starting the device")?;
     let started = Instant::now();
-    println!("edgeclip is up: broker {url}, device {device_id}, pictures from {}", photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "edgeclip is up: broker {url}, device {device_id}, pictures from {}",
+        photos
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("Search from another terminal:  edgeclip search \"a red circle\" --broker {url}");
     println!("Device status:                 edgeclip status --broker {url}");
-    if let Some(addr) = device.http_addr().await.context("asking the device for its search page")? {
+    if let Some(addr) = device
+        .http_addr()
+        .await
+        .context("asking the device for its search page")?
+    {
         println!("Search page in a browser:      http://{addr}/");
     }
 
@@ -108,7 +146,8 @@ async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Resu
     let mut announced = false;
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut lines = (!args.no_prompt).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
+    let mut lines =
+        (!args.no_prompt).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
     let shutdown = edgeclip_link::shutdown_signal();
     tokio::pin!(shutdown);
     if lines.is_some() {

@@ -136,17 +136,37 @@ pub struct System {
 impl System {
     pub async fn start(id: &str, folders: &[&Path]) -> System {
         let broker = EmbeddedBroker::start_on_free_port().expect("broker");
-        let cloud = bounded("cloud start", Cloud::start(cloud_config(&broker.url(), &format!("{id}-w")))).await.expect("cloud");
+        let cloud = bounded(
+            "cloud start",
+            Cloud::start(cloud_config(&broker.url(), &format!("{id}-w"))),
+        )
+        .await
+        .expect("cloud");
         let state = tempfile::tempdir().expect("state");
-        let device = bounded("device start", Device::start(device_config(&broker.url(), id, folders, state.path()))).await.expect("device");
+        let device = bounded(
+            "device start",
+            Device::start(device_config(&broker.url(), id, folders, state.path())),
+        )
+        .await
+        .expect("device");
         wait_idle(&device).await;
-        System { state, broker, cloud: Some(cloud), device, device_id: id.to_string() }
+        System {
+            state,
+            broker,
+            cloud: Some(cloud),
+            device,
+            device_id: id.to_string(),
+        }
     }
 
     pub async fn stop(self) {
-        bounded("device shutdown", self.device.shutdown()).await.expect("device shutdown");
+        bounded("device shutdown", self.device.shutdown())
+            .await
+            .expect("device shutdown");
         if let Some(cloud) = self.cloud {
-            bounded("cloud shutdown", cloud.shutdown()).await.expect("cloud shutdown");
+            bounded("cloud shutdown", cloud.shutdown())
+                .await
+                .expect("cloud shutdown");
         }
     }
 }
@@ -159,14 +179,20 @@ pub async fn wait_idle(device: &Device) -> DeviceStatus {
         if status.state == DeviceState::Idle && status.pending == 0 {
             return status;
         }
-        assert!(Instant::now() < deadline, "device never became idle: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "device never became idle: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// File name of a hit's path.
 pub fn file_name(path: &str) -> String {
-    Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Publishes seen: (topic, payload).
@@ -186,14 +212,21 @@ impl Recorder {
     }
 
     /// [`Recorder::start`] with credentials and TLS.
-    pub async fn start_with(url: &str, security: &edgeclip_link::Security, filter: &str) -> Recorder {
+    pub async fn start_with(
+        url: &str,
+        security: &edgeclip_link::Security,
+        filter: &str,
+    ) -> Recorder {
         let (host, port, tls) = edgeclip_link::options::parse_broker(url).expect("url");
         let id = format!("recorder-{}", rand_suffix());
         let mut options = rumqttc::MqttOptions::new(id, host, port);
         options.set_max_packet_size(4 << 20, 4 << 20);
         security.apply(&mut options, tls).expect("security");
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
         let sink = seen.clone();
@@ -207,20 +240,27 @@ impl Recorder {
                         }
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        sink.lock().expect("lock").push((p.topic, p.payload.to_vec()));
+                        sink.lock()
+                            .expect("lock")
+                            .push((p.topic, p.payload.to_vec()));
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
         });
-        bounded("recorder subscription", acked_rx).await.expect("suback");
+        bounded("recorder subscription", acked_rx)
+            .await
+            .expect("suback");
         Recorder { client, seen, task }
     }
 
     /// Publishes from the recorder's client.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into()).await.expect("publish");
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish");
     }
 
     /// Everything recorded so far.
@@ -235,7 +275,10 @@ impl Recorder {
             if let Some((_, p)) = self.all().into_iter().find(|(t, p)| t == topic && pred(p)) {
                 return p;
             }
-            assert!(Instant::now() < deadline, "nothing matching arrived on {topic}");
+            assert!(
+                Instant::now() < deadline,
+                "nothing matching arrived on {topic}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -249,7 +292,10 @@ impl Drop for Recorder {
 
 /// A short random suffix for client ids.
 pub fn rand_suffix() -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{:x}{:x}", std::process::id(), n)
 }
 
@@ -267,23 +313,57 @@ impl Reference {
         use edgeclip_cloud::model::TextModelFolder;
         let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
         let textual = TextModelFolder::open(&model_dir(), None).expect("model");
-        let image = edgeclip_device::encode::ImageTower::load(&model.visual_onnx(), model.preprocess.size as usize, model.dim).expect("image tower");
-        let tokenizer = edgeclip_cloud::tokenize::ClipTokenizer::from_file(&textual.tokenizer_json(), textual.context_length).expect("tokenizer");
-        let text = edgeclip_cloud::encode::TextTower::load(&textual.textual_onnx(), textual.context_length, textual.dim).expect("text tower");
+        let image = edgeclip_device::encode::ImageTower::load(
+            &model.visual_onnx(),
+            model.preprocess.size as usize,
+            model.dim,
+        )
+        .expect("image tower");
+        let tokenizer = edgeclip_cloud::tokenize::ClipTokenizer::from_file(
+            &textual.tokenizer_json(),
+            textual.context_length,
+        )
+        .expect("tokenizer");
+        let text = edgeclip_cloud::encode::TextTower::load(
+            &textual.textual_onnx(),
+            textual.context_length,
+            textual.dim,
+        )
+        .expect("text tower");
         let mut pictures = Vec::new();
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e != "json")).collect();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e != "json"))
+            .collect();
         names.sort();
         for path in names {
-            let img = edgeclip_device::preprocess::decode_file(&path, Default::default()).expect("decode");
+            let img = edgeclip_device::preprocess::decode_file(&path, Default::default())
+                .expect("decode");
             let v = image.encode(model.preprocess.tensor(&img)).expect("encode");
-            pictures.push((path.file_name().expect("name").to_string_lossy().into_owned(), v));
+            pictures.push((
+                path.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned(),
+                v,
+            ));
         }
-        Reference { tokenizer, text, pictures }
+        Reference {
+            tokenizer,
+            text,
+            pictures,
+        }
     }
 
     /// The image vector of a picture, by file name.
     pub fn vector(&self, name: &str) -> &[f32] {
-        &self.pictures.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} is not a reference picture")).1
+        &self
+            .pictures
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} is not a reference picture"))
+            .1
     }
 
     /// File names of the reference pictures, sorted.
@@ -293,9 +373,15 @@ impl Reference {
 
     /// (file name, score) of the `k` best pictures for `text`, best first.
     pub fn rank(&self, text: &str, k: usize) -> Vec<(String, f32)> {
-        let q = self.text.encode(&self.tokenizer.encode(text).expect("tokens")).expect("text vector");
-        let mut scored: Vec<(String, f32)> =
-            self.pictures.iter().map(|(n, v)| (n.clone(), edgeclip_device::rank::dot(&q, v))).collect();
+        let q = self
+            .text
+            .encode(&self.tokenizer.encode(text).expect("tokens"))
+            .expect("text vector");
+        let mut scored: Vec<(String, f32)> = self
+            .pictures
+            .iter()
+            .map(|(n, v)| (n.clone(), edgeclip_device::rank::dot(&q, v)))
+            .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(k);
         scored
@@ -305,11 +391,25 @@ impl Reference {
 /// Asserts that a ranking (file name, score) from the system equals the reference ranking:
 /// same scores, and the same pictures wherever scores are not tied.
 pub fn assert_same_ranking(system: &[(String, f32)], reference: &[(String, f32)], what: &str) {
-    assert_eq!(system.len(), reference.len(), "{what}: {system:?} vs {reference:?}");
+    assert_eq!(
+        system.len(),
+        reference.len(),
+        "{what}: {system:?} vs {reference:?}"
+    );
     for (i, ((sn, ss), (rn, rs))) in system.iter().zip(reference).enumerate() {
-        assert!((ss - rs).abs() < 1e-4, "{what}: rank {i} score {ss} vs {rs}");
-        let tied = reference.iter().filter(|(_, s)| (s - rs).abs() < 1e-4).count() > 1;
-        assert!(tied || sn == rn, "{what}: rank {i} is {sn}, the model says {rn}");
+        assert!(
+            (ss - rs).abs() < 1e-4,
+            "{what}: rank {i} score {ss} vs {rs}"
+        );
+        let tied = reference
+            .iter()
+            .filter(|(_, s)| (s - rs).abs() < 1e-4)
+            .count()
+            > 1;
+        assert!(
+            tied || sn == rn,
+            "{what}: rank {i} is {sn}, the model says {rn}"
+        );
     }
 }
 
@@ -326,7 +426,13 @@ impl Drop for Killed {
 /// its config in `dir`.
 pub fn mosquitto(port: u16, dir: &Path) -> Killed {
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")).expect("conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+        ),
+    )
+    .expect("conf");
     mosquitto_with(&conf, port)
 }
 
@@ -342,7 +448,12 @@ pub fn mosquitto_bin(name: &str) -> PathBuf {
 /// Mosquitto with the configuration file `conf`, once it listens on `port`.
 pub fn mosquitto_with(conf: &Path, port: u16) -> Killed {
     use std::process::{Command, Stdio};
-    let child = Command::new(mosquitto_bin("mosquitto")).arg("-c").arg(conf).stderr(Stdio::null()).spawn().expect("mosquitto starts");
+    let child = Command::new(mosquitto_bin("mosquitto"))
+        .arg("-c")
+        .arg(conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto starts");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "mosquitto did not listen");
@@ -354,11 +465,19 @@ pub fn mosquitto_with(conf: &Path, port: u16) -> Killed {
 /// A program of the workspace built next to `edgeclip` (the README's test command builds them).
 pub fn sibling_binary(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_edgeclip")).with_file_name(name);
-    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
     path
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }

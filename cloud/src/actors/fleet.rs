@@ -13,9 +13,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{validate_fleet_id, DeviceFailure, FleetHit, FleetResponse, FleetResults, FleetSearchRequest, SearchError};
+use edgeclip_messages::dashboard::{
+    validate_fleet_id, DeviceFailure, FleetHit, FleetResponse, FleetResults, FleetSearchRequest,
+    SearchError,
+};
 use edgeclip_messages::topics;
-use edgeclip_messages::wire::{self, ArchivedFleetBody, FleetAnswer, FleetQuery, Received, TextVector};
+use edgeclip_messages::wire::{
+    self, ArchivedFleetBody, FleetAnswer, FleetQuery, Received, TextVector,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, info, warn};
 
@@ -105,14 +110,31 @@ impl Actor for FleetActor {
     type State = FleetState;
     type Arguments = FleetArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<FleetMsg>, args: FleetArgs) -> Result<FleetState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<FleetMsg>,
+        args: FleetArgs,
+    ) -> Result<FleetState, ActorProcessingErr> {
         // Ids from the clock: a late answer to a previous run of this worker is not taken for
         // an answer to a new search.
-        let next = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Ok(FleetState { args, devices: BTreeMap::new(), next, searches: HashMap::new() })
+        let next = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Ok(FleetState {
+            args,
+            devices: BTreeMap::new(),
+            next,
+            searches: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<FleetMsg>, msg: FleetMsg, state: &mut FleetState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<FleetMsg>,
+        msg: FleetMsg,
+        state: &mut FleetState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             FleetMsg::Availability { device, online } => {
                 debug!(%device, online, "device availability");
@@ -138,11 +160,22 @@ fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, bytes: &[u8]) {
             warn!(error = %e, "fleet search refused");
             // Answer where the requester listens, if the payload says where that is.
             let value: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
-            let field = |name: &str| value.as_ref().and_then(|v| v.get(name)).and_then(|v| v.as_str()).map(str::to_string);
+            let field = |name: &str| {
+                value
+                    .as_ref()
+                    .and_then(|v| v.get(name))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
             let id = field("id").filter(|id| validate_fleet_id(id).is_ok());
-            let reply_to = field("reply_to").filter(|t| topics::validate_fleet_reply_topic(t).is_ok()).or_else(|| id.as_deref().map(topics::fleet_results));
+            let reply_to = field("reply_to")
+                .filter(|t| topics::validate_fleet_reply_topic(t).is_ok())
+                .or_else(|| id.as_deref().map(topics::fleet_results));
             if let Some(topic) = reply_to {
-                let error = SearchError { id: id.unwrap_or_default(), error: format!("bad fleet search: {e}") };
+                let error = SearchError {
+                    id: id.unwrap_or_default(),
+                    error: format!("bad fleet search: {e}"),
+                };
                 publish(state, &topic, &FleetResponse::Error(error));
             }
             return;
@@ -151,22 +184,48 @@ fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, bytes: &[u8]) {
     state.next = state.next.wrapping_add(1);
     let search = state.next;
     let id = request.id.clone().unwrap_or_else(|| format!("{search:x}"));
-    let reply_to = request.reply_to.clone().unwrap_or_else(|| topics::fleet_results(&id));
-    let asked: BTreeSet<String> = state.devices.iter().filter(|(_, online)| **online).map(|(d, _)| d.clone()).collect();
+    let reply_to = request
+        .reply_to
+        .clone()
+        .unwrap_or_else(|| topics::fleet_results(&id));
+    let asked: BTreeSet<String> = state
+        .devices
+        .iter()
+        .filter(|(_, online)| **online)
+        .map(|(d, _)| d.clone())
+        .collect();
     let refuse = if asked.is_empty() {
         Some("no edgeclip device is online on this broker".to_string())
     } else if state.searches.len() >= MAX_IN_FLIGHT {
-        Some(format!("this cloud worker already runs {MAX_IN_FLIGHT} fleet searches; try again"))
+        Some(format!(
+            "this cloud worker already runs {MAX_IN_FLIGHT} fleet searches; try again"
+        ))
     } else {
         None
     };
     if let Some(error) = refuse {
-        publish(state, &reply_to, &FleetResponse::Error(SearchError { id, error }));
+        publish(
+            state,
+            &reply_to,
+            &FleetResponse::Error(SearchError { id, error }),
+        );
         return;
     }
-    let deadline = request.deadline_ms.map(Duration::from_millis).unwrap_or(state.args.deadline).min(state.args.max_deadline);
-    let k = request.k.unwrap_or(state.args.default_k).min(state.args.max_k);
-    let offline = state.devices.iter().filter(|(_, online)| !**online).map(|(d, _)| d.clone()).collect();
+    let deadline = request
+        .deadline_ms
+        .map(Duration::from_millis)
+        .unwrap_or(state.args.deadline)
+        .min(state.args.max_deadline);
+    let k = request
+        .k
+        .unwrap_or(state.args.default_k)
+        .min(state.args.max_k);
+    let offline = state
+        .devices
+        .iter()
+        .filter(|(_, online)| !**online)
+        .map(|(d, _)| d.clone())
+        .collect();
     info!(%id, devices = asked.len(), ?deadline, "fleet search");
     state.searches.insert(
         search,
@@ -189,9 +248,24 @@ fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, bytes: &[u8]) {
     let deliver = move |result: Result<Vec<f32>, String>| {
         let _ = me.cast(FleetMsg::Encoded { search, result });
     };
-    if state.args.encoder.cast(TextEncoderMsg::Encode { text: request.text, job: Job::InProcess(Box::new(deliver)) }).is_err() {
+    if state
+        .args
+        .encoder
+        .cast(TextEncoderMsg::Encode {
+            text: request.text,
+            job: Job::InProcess(Box::new(deliver)),
+        })
+        .is_err()
+    {
         if let Some(s) = state.searches.remove(&search) {
-            publish(state, &s.reply_to, &FleetResponse::Error(SearchError { id: s.id, error: "the text encoder is gone".into() }));
+            publish(
+                state,
+                &s.reply_to,
+                &FleetResponse::Error(SearchError {
+                    id: s.id,
+                    error: "the text encoder is gone".into(),
+                }),
+            );
         }
         return;
     }
@@ -200,13 +274,18 @@ fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, bytes: &[u8]) {
 
 /// Sends the vector to every device asked.
 fn on_encoded(state: &mut FleetState, search: u64, result: Result<Vec<f32>, String>) {
-    let Some(s) = state.searches.get_mut(&search) else { return };
+    let Some(s) = state.searches.get_mut(&search) else {
+        return;
+    };
     let query = result.and_then(|vector| {
         let query = FleetQuery {
             request_id: search,
             reply_to: topics::fleet_answers(&state.args.worker_id),
             k: s.k as u32,
-            vector: TextVector { model: state.args.model.clone(), vector },
+            vector: TextVector {
+                model: state.args.model.clone(),
+                vector,
+            },
         };
         wire::encode(&query).map_err(|e| e.to_string())
     });
@@ -214,13 +293,22 @@ fn on_encoded(state: &mut FleetState, search: u64, result: Result<Vec<f32>, Stri
         Ok(frame) => {
             s.encoded = true;
             for device in &s.asked {
-                edgeclip_link::publish(&state.args.link, topics::fleet_query(device), frame.clone(), false);
+                edgeclip_link::publish(
+                    &state.args.link,
+                    topics::fleet_query(device),
+                    frame.clone(),
+                    false,
+                );
             }
         }
         Err(error) => {
             if let Some(s) = state.searches.remove(&search) {
                 let error = format!("the text could not be encoded: {error}");
-                publish(state, &s.reply_to, &FleetResponse::Error(SearchError { id: s.id, error }));
+                publish(
+                    state,
+                    &s.reply_to,
+                    &FleetResponse::Error(SearchError { id: s.id, error }),
+                );
             }
         }
     }
@@ -238,19 +326,28 @@ fn on_answer(state: &mut FleetState, bytes: &[u8]) {
     let a = answer.get();
     let search = a.request_id.to_native();
     let Some(s) = state.searches.get_mut(&search) else {
-        debug!(search, "fleet answer to an unknown or finished search ignored");
+        debug!(
+            search,
+            "fleet answer to an unknown or finished search ignored"
+        );
         return;
     };
     let device = a.device.as_str();
     let already = s.answered.contains(device) || s.failed.iter().any(|f| f.device == device);
     if !s.asked.contains(device) || already {
-        debug!(device, "fleet answer from a device not asked, or a second one, ignored");
+        debug!(
+            device,
+            "fleet answer from a device not asked, or a second one, ignored"
+        );
         return;
     }
     match &a.body {
         ArchivedFleetBody::Hits(hits) => {
             s.answered.insert(device.to_string());
-            let valid = hits.iter().filter(|h| h.score.to_native().is_finite()).take(s.k);
+            let valid = hits
+                .iter()
+                .filter(|h| h.score.to_native().is_finite())
+                .take(s.k);
             s.hits.extend(valid.map(|h| FleetHit {
                 device: device.to_string(),
                 path: h.path.to_string(),
@@ -258,7 +355,10 @@ fn on_answer(state: &mut FleetState, bytes: &[u8]) {
                 taken_s: h.taken_s.to_native(),
             }));
         }
-        ArchivedFleetBody::Error(error) => s.failed.push(DeviceFailure { device: device.to_string(), error: error.to_string() }),
+        ArchivedFleetBody::Error(error) => s.failed.push(DeviceFailure {
+            device: device.to_string(),
+            error: error.to_string(),
+        }),
     }
     if s.answered.len() + s.failed.len() == s.asked.len() {
         if let Some(s) = state.searches.remove(&search) {
@@ -271,13 +371,27 @@ fn on_answer(state: &mut FleetState, bytes: &[u8]) {
 fn finish(state: &FleetState, mut s: Search) {
     if !s.encoded {
         let error = "the text was not encoded before the deadline".to_string();
-        publish(state, &s.reply_to, &FleetResponse::Error(SearchError { id: s.id, error }));
+        publish(
+            state,
+            &s.reply_to,
+            &FleetResponse::Error(SearchError { id: s.id, error }),
+        );
         return;
     }
-    s.hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.device.cmp(&b.device)).then_with(|| a.path.cmp(&b.path)));
+    s.hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.device.cmp(&b.device))
+            .then_with(|| a.path.cmp(&b.path))
+    });
     s.hits.truncate(s.k);
     let failed: BTreeSet<&str> = s.failed.iter().map(|f| f.device.as_str()).collect();
-    let missing: Vec<String> = s.asked.iter().filter(|d| !s.answered.contains(*d) && !failed.contains(d.as_str())).cloned().collect();
+    let missing: Vec<String> = s
+        .asked
+        .iter()
+        .filter(|d| !s.answered.contains(*d) && !failed.contains(d.as_str()))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         info!(id = %s.id, ?missing, "fleet search: devices did not answer before the deadline");
     }

@@ -46,19 +46,26 @@ impl Actor for CloudSupervisor {
     type State = CloudSupervisorState;
     type Arguments = CloudConfig;
 
-    async fn pre_start(&self, myself: ActorRef<CloudSupervisorMsg>, config: CloudConfig) -> Result<CloudSupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CloudSupervisorMsg>,
+        config: CloudConfig,
+    ) -> Result<CloudSupervisorState, ActorProcessingErr> {
         let model = TextModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
-        let tokenizer = Arc::new(ClipTokenizer::from_file(&model.tokenizer_json(), model.context_length)?);
+        let tokenizer = Arc::new(ClipTokenizer::from_file(
+            &model.tokenizer_json(),
+            model.context_length,
+        )?);
         let (onnx, ctx, dim) = (model.textual_onnx(), model.context_length, model.dim);
         let started = std::time::Instant::now();
         let tower = tokio::task::spawn_blocking(move || TextTower::load(&onnx, ctx, dim)).await??;
         info!(model = %model.id, dim, cuts_after_end_token = tower.cuts(), took = ?started.elapsed(), "text tower loaded");
 
         let presence = Some(Presence {
-                topic: worker_presence_topic(&config.worker_id),
-                online: model.id.clone(),
-                offline: String::new(),
-            });
+            topic: worker_presence_topic(&config.worker_id),
+            online: model.id.clone(),
+            offline: String::new(),
+        });
         // The availability filter is a plain subscription: every worker learns the whole fleet
         // from the retained messages (fleet searches fan out to the devices online).
         let fleet_answers = topics::fleet_answers(&config.worker_id);
@@ -71,7 +78,8 @@ impl Actor for CloudSupervisor {
         ];
         let options = config.broker.link_options(subscriptions, presence);
         let cell = myself.get_cell();
-        let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
+        let (link, _) =
+            Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let args = TextEncoderArgs {
             tower,
             tokenizer,
@@ -102,14 +110,25 @@ impl Actor for CloudSupervisor {
         let router = Arc::new(move |msg: Incoming| {
             let topic = msg.topic.as_str();
             let routed = if topic == topics::CLOUD_ENCODE || topic == topics::CLOUD_RANK {
-                to_encoder.cast(TextEncoderMsg::Request(msg.payload.to_vec())).map_err(|_| ())
+                to_encoder
+                    .cast(TextEncoderMsg::Request(msg.payload.to_vec()))
+                    .map_err(|_| ())
             } else if topic == topics::FLEET_SEARCH {
-                to_fleet.cast(FleetMsg::Search(msg.payload.to_vec())).map_err(|_| ())
+                to_fleet
+                    .cast(FleetMsg::Search(msg.payload.to_vec()))
+                    .map_err(|_| ())
             } else if topic == fleet_answers {
-                to_fleet.cast(FleetMsg::Answer(msg.payload.to_vec())).map_err(|_| ())
+                to_fleet
+                    .cast(FleetMsg::Answer(msg.payload.to_vec()))
+                    .map_err(|_| ())
             } else if let Some(device) = topics::device_of_availability(topic) {
                 let online = msg.payload.as_ref() == topics::ONLINE.as_bytes();
-                to_fleet.cast(FleetMsg::Availability { device: device.to_string(), online }).map_err(|_| ())
+                to_fleet
+                    .cast(FleetMsg::Availability {
+                        device: device.to_string(),
+                        online,
+                    })
+                    .map_err(|_| ())
             } else {
                 Ok(())
             };
@@ -119,10 +138,20 @@ impl Actor for CloudSupervisor {
         });
         link.cast(LinkMsg::Start(router))?;
         info!(worker = %config.worker_id, broker = %config.broker.url, model = %model.id, "cloud worker started");
-        Ok(CloudSupervisorState { link, encoder, fleet, stopping: false })
+        Ok(CloudSupervisorState {
+            link,
+            encoder,
+            fleet,
+            stopping: false,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<CloudSupervisorMsg>, msg: CloudSupervisorMsg, state: &mut CloudSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<CloudSupervisorMsg>,
+        msg: CloudSupervisorMsg,
+        state: &mut CloudSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CloudSupervisorMsg::Shutdown(port) => {
                 state.stopping = true;
@@ -138,7 +167,12 @@ impl Actor for CloudSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<CloudSupervisorMsg>, event: SupervisionEvent, state: &mut CloudSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<CloudSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut CloudSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         if state.stopping {
             return Ok(());
         }

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::wire::{
-    self, CloudFailure, EncodeReply, EncodeRequest, ErrorCode, Kind, RankBody, RankReply, RankRequest, RankedIds, Received, ReplyBody,
-    TextVector,
+    self, CloudFailure, EncodeReply, EncodeRequest, ErrorCode, Kind, RankBody, RankReply,
+    RankRequest, RankedIds, Received, ReplyBody, TextVector,
 };
 use lru::LruCache;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -115,14 +115,29 @@ impl Actor for TextEncoderActor {
     type State = TextEncoderState;
     type Arguments = TextEncoderArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<TextEncoderMsg>, args: TextEncoderArgs) -> Result<TextEncoderState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TextEncoderMsg>,
+        args: TextEncoderArgs,
+    ) -> Result<TextEncoderState, ActorProcessingErr> {
         let cache = NonZeroUsize::new(args.cache_entries).map(LruCache::new);
         let slots = Arc::new(Semaphore::new(args.workers.max(1)));
         let limits = Limits::new(args.limits.clone());
-        Ok(TextEncoderState { args, cache, slots, limits, pending: HashMap::new() })
+        Ok(TextEncoderState {
+            args,
+            cache,
+            slots,
+            limits,
+            pending: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<TextEncoderMsg>, msg: TextEncoderMsg, state: &mut TextEncoderState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<TextEncoderMsg>,
+        msg: TextEncoderMsg,
+        state: &mut TextEncoderState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             TextEncoderMsg::Request(bytes) => {
                 if let Some((text, job)) = accept(state, &bytes) {
@@ -136,7 +151,10 @@ impl Actor for TextEncoderActor {
                 if let (Ok(vector), Some(cache)) = (&result, &mut state.cache) {
                     cache.put(text, vector.clone());
                 }
-                let result = result.map_err(|message| CloudFailure { code: ErrorCode::Internal, message });
+                let result = result.map_err(|message| CloudFailure {
+                    code: ErrorCode::Internal,
+                    message,
+                });
                 for job in jobs {
                     finish(state, job, result.clone());
                 }
@@ -167,19 +185,31 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
             }
             let checked = match r.validate(state.args.max_text_bytes, state.args.max_rank_vectors) {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
-                Ok(()) if r.model.as_str() != state.args.model => fail(ErrorCode::ModelMismatch, mismatch(&state.args.model, r.model.as_str())),
+                Ok(()) if r.model.as_str() != state.args.model => fail(
+                    ErrorCode::ModelMismatch,
+                    mismatch(&state.args.model, r.model.as_str()),
+                ),
                 Ok(()) => Ok(()),
             };
             let checked = checked.and_then(|()| match r.chunk.to_native() {
                 // one search, however many chunks: only its first chunk counts
-                0 => state.limits.admit_request(requester_of(r.reply_to.as_str()), Instant::now()).map_err(busy),
+                0 => state
+                    .limits
+                    .admit_request(requester_of(r.reply_to.as_str()), Instant::now())
+                    .map_err(busy),
                 _ => Ok(()),
             });
             let text = r.text.to_string();
             match checked {
                 Ok(()) => Some((text, Job::Rank(Box::new(request)))),
                 Err(failure) => {
-                    reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), RankBody::Error(failure));
+                    reply_rank(
+                        state,
+                        r.request_id.to_native(),
+                        r.chunk.to_native(),
+                        r.reply_to.as_str(),
+                        RankBody::Error(failure),
+                    );
                     None
                 }
             }
@@ -201,11 +231,23 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
             let reply_to = r.reply_to.to_string();
             let checked = match r.validate(state.args.max_text_bytes) {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
-                Ok(()) if r.model.as_str() != state.args.model => fail(ErrorCode::ModelMismatch, mismatch(&state.args.model, r.model.as_str())),
-                Ok(()) => state.limits.admit_request(requester_of(&reply_to), Instant::now()).map_err(busy),
+                Ok(()) if r.model.as_str() != state.args.model => fail(
+                    ErrorCode::ModelMismatch,
+                    mismatch(&state.args.model, r.model.as_str()),
+                ),
+                Ok(()) => state
+                    .limits
+                    .admit_request(requester_of(&reply_to), Instant::now())
+                    .map_err(busy),
             };
             match checked {
-                Ok(()) => Some((r.text.to_string(), Job::Vector { request_id, reply_to })),
+                Ok(()) => Some((
+                    r.text.to_string(),
+                    Job::Vector {
+                        request_id,
+                        reply_to,
+                    },
+                )),
                 Err(failure) => {
                     reply(state, request_id, &reply_to, ReplyBody::Error(failure));
                     None
@@ -221,7 +263,10 @@ fn requester_of(reply_to: &str) -> &str {
 }
 
 fn busy(refusal: crate::limits::Refusal) -> CloudFailure {
-    CloudFailure { code: ErrorCode::Busy, message: refusal.to_string() }
+    CloudFailure {
+        code: ErrorCode::Busy,
+        message: refusal.to_string(),
+    }
 }
 
 fn mismatch(served: &str, asked: &str) -> String {
@@ -229,7 +274,12 @@ fn mismatch(served: &str, asked: &str) -> String {
 }
 
 /// Answers from the cache, or encodes on a worker thread and comes back as `Encoded`.
-async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState, text: String, job: Job) -> Result<(), ActorProcessingErr> {
+async fn encode(
+    myself: &ActorRef<TextEncoderMsg>,
+    state: &mut TextEncoderState,
+    text: String,
+    job: Job,
+) -> Result<(), ActorProcessingErr> {
     if let Some(vector) = state.cache.as_mut().and_then(|c| c.get(&text)).cloned() {
         debug!(%text, "cache hit");
         finish(state, job, Ok(vector));
@@ -246,7 +296,11 @@ async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState,
     }
     state.pending.insert(text.clone(), (requester, vec![job]));
     let permit = state.slots.clone().acquire_owned().await?;
-    let (tower, tokenizer, me) = (state.args.tower.clone(), state.args.tokenizer.clone(), myself.clone());
+    let (tower, tokenizer, me) = (
+        state.args.tower.clone(),
+        state.args.tokenizer.clone(),
+        myself.clone(),
+    );
     tokio::spawn(async move {
         let input = text.clone();
         let work = tokio::task::spawn_blocking(move || {
@@ -269,7 +323,10 @@ async fn encode(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState,
 fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, CloudFailure>) {
     let model = state.args.model.clone();
     match job {
-        Job::Vector { request_id, reply_to } => {
+        Job::Vector {
+            request_id,
+            reply_to,
+        } => {
             let body = match result {
                 Ok(vector) => ReplyBody::Vector(TextVector { model, vector }),
                 Err(failure) => ReplyBody::Error(failure),
@@ -285,18 +342,38 @@ fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, CloudFail
                 }
                 Ok(query) => RankBody::Error(CloudFailure {
                     code: ErrorCode::ModelMismatch,
-                    message: format!("vectors of dimension {} cannot be ranked against a text vector of {}", r.dim, query.len()),
+                    message: format!(
+                        "vectors of dimension {} cannot be ranked against a text vector of {}",
+                        r.dim,
+                        query.len()
+                    ),
                 }),
                 Err(failure) => RankBody::Error(failure),
             };
-            reply_rank(state, r.request_id.to_native(), r.chunk.to_native(), r.reply_to.as_str(), body);
+            reply_rank(
+                state,
+                r.request_id.to_native(),
+                r.chunk.to_native(),
+                r.reply_to.as_str(),
+                body,
+            );
         }
         Job::InProcess(deliver) => deliver(result.map_err(|f| f.message)),
     }
 }
 
-fn reply_rank(state: &TextEncoderState, request_id: u64, chunk: u32, reply_to: &str, body: RankBody) {
-    match wire::encode(&RankReply { request_id, chunk, body }) {
+fn reply_rank(
+    state: &TextEncoderState,
+    request_id: u64,
+    chunk: u32,
+    reply_to: &str,
+    body: RankBody,
+) {
+    match wire::encode(&RankReply {
+        request_id,
+        chunk,
+        body,
+    }) {
         Ok(frame) => edgeclip_link::publish(&state.args.link, reply_to.to_string(), frame, false),
         Err(e) => warn!(error = %e, "reply not serialisable"),
     }

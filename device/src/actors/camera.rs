@@ -55,13 +55,28 @@ impl Actor for CameraActor {
     type State = CameraArgs;
     type Arguments = CameraArgs;
 
-    async fn pre_start(&self, myself: ActorRef<CameraMsg>, args: CameraArgs) -> Result<CameraArgs, ActorProcessingErr> {
-        std::fs::create_dir_all(&args.folder).map_err(|e| format!("camera {}: cannot create {}: {e}", args.name, args.folder.display()))?;
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CameraMsg>,
+        args: CameraArgs,
+    ) -> Result<CameraArgs, ActorProcessingErr> {
+        std::fs::create_dir_all(&args.folder).map_err(|e| {
+            format!(
+                "camera {}: cannot create {}: {e}",
+                args.name,
+                args.folder.display()
+            )
+        })?;
         myself.cast(CameraMsg::Poll)?;
         Ok(args)
     }
 
-    async fn handle(&self, myself: ActorRef<CameraMsg>, msg: CameraMsg, args: &mut CameraArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<CameraMsg>,
+        msg: CameraMsg,
+        args: &mut CameraArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CameraMsg::Poll => {
                 let result = poll(args).await;
@@ -70,7 +85,11 @@ impl Actor for CameraActor {
                 }
                 let saved = result.is_ok();
                 let pruned = if saved { prune_old(args).await } else { 0 };
-                let _ = args.index.cast(IndexMsg::FramePolled { camera: args.number, result, pruned });
+                let _ = args.index.cast(IndexMsg::FramePolled {
+                    camera: args.number,
+                    result,
+                    pruned,
+                });
                 if saved {
                     let _ = args.capture.cast(CaptureMsg::Changed);
                 }
@@ -86,11 +105,19 @@ impl Actor for CameraActor {
 /// Deletes the frames polled longer ago than `keep_for`; returns how many. (The count limit
 /// is applied by the index when it keeps a frame: only then is it known which frames stay.)
 async fn prune_old(args: &CameraArgs) -> usize {
-    let Some(cutoff_ms) = args.keep_for.and_then(|d| SystemTime::now().checked_sub(d)).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as i64) else {
+    let Some(cutoff_ms) = args
+        .keep_for
+        .and_then(|d| SystemTime::now().checked_sub(d))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+    else {
         return 0;
     };
     let folder = args.folder.clone();
-    let (pruned, problems) = tokio::task::spawn_blocking(move || prune_frames(&folder, None, Some(cutoff_ms), None)).await.unwrap_or_default();
+    let (pruned, problems) =
+        tokio::task::spawn_blocking(move || prune_frames(&folder, None, Some(cutoff_ms), None))
+            .await
+            .unwrap_or_default();
     for problem in problems {
         warn!(camera = %args.name, %problem, "pruning old frames");
     }
@@ -105,15 +132,26 @@ async fn prune_old(args: &CameraArgs) -> usize {
 async fn poll(args: &CameraArgs) -> Result<PathBuf, String> {
     let polled = SystemTime::now();
     let bytes = fetch(&args.url, args.timeout, args.max_bytes).await?;
-    let ext = picture_extension(&bytes).ok_or_else(|| format!("the camera's answer is not a picture ({} bytes)", bytes.len()))?;
-    let ms = polled.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let ext = picture_extension(&bytes).ok_or_else(|| {
+        format!(
+            "the camera's answer is not a picture ({} bytes)",
+            bytes.len()
+        )
+    })?;
+    let ms = polled
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let folder = args.folder.clone();
     let name = frame_name(ms);
     tokio::task::spawn_blocking(move || {
         let part = folder.join(".frame.part");
         let write = || -> std::io::Result<PathBuf> {
             std::fs::write(&part, &bytes)?;
-            std::fs::File::options().write(true).open(&part)?.set_modified(polled)?;
+            std::fs::File::options()
+                .write(true)
+                .open(&part)?
+                .set_modified(polled)?;
             let mut target = folder.join(format!("{name}.{ext}"));
             let mut n = 1;
             while target.exists() {

@@ -79,10 +79,19 @@ impl Actor for CaptureActor {
     type State = CaptureState;
     type Arguments = CaptureArgs;
 
-    async fn pre_start(&self, myself: ActorRef<CaptureMsg>, args: CaptureArgs) -> Result<CaptureState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CaptureMsg>,
+        args: CaptureArgs,
+    ) -> Result<CaptureState, ActorProcessingErr> {
         let watcher = if args.watch {
             let me = myself.clone();
-            let existing: Vec<PathBuf> = args.folders.iter().filter(|f| f.is_dir()).cloned().collect();
+            let existing: Vec<PathBuf> = args
+                .folders
+                .iter()
+                .filter(|f| f.is_dir())
+                .cloned()
+                .collect();
             match FolderWatcher::start(&existing, move || {
                 let _ = me.cast(CaptureMsg::Changed);
             }) {
@@ -98,10 +107,21 @@ impl Actor for CaptureActor {
         if let Some(every) = args.rescan {
             myself.send_interval(every, || CaptureMsg::Scan);
         }
-        Ok(CaptureState { args, queued: HashMap::new(), seeded: false, scan_scheduled: false, _watcher: watcher })
+        Ok(CaptureState {
+            args,
+            queued: HashMap::new(),
+            seeded: false,
+            scan_scheduled: false,
+            _watcher: watcher,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<CaptureMsg>, msg: CaptureMsg, state: &mut CaptureState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<CaptureMsg>,
+        msg: CaptureMsg,
+        state: &mut CaptureState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CaptureMsg::Changed => {
                 if !state.scan_scheduled {
@@ -124,12 +144,18 @@ impl Actor for CaptureActor {
 
 /// Compares the disk with what was queued and queues the differences; with `reencode`, every
 /// picture found is queued and encoded again (no vector reused).
-async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode: bool) -> Result<(), ActorProcessingErr> {
+async fn scan(
+    myself: &ActorRef<CaptureMsg>,
+    state: &mut CaptureState,
+    reencode: bool,
+) -> Result<(), ActorProcessingErr> {
     if !state.seeded {
         // What the persistent index already holds counts as queued: an unchanged picture is
         // never encoded again after a restart.
         let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
-        state.queued.extend(known.into_iter().map(|k| (k.key, (k.size, k.mtime_ns))));
+        state
+            .queued
+            .extend(known.into_iter().map(|k| (k.key, (k.size, k.mtime_ns))));
         state.seeded = true;
     }
     let folders = state.args.folders.clone();
@@ -167,7 +193,12 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
             unsupported.push(seen.path.clone());
         }
     }
-    let gone: Vec<u64> = state.queued.keys().filter(|k| !present.contains(k)).copied().collect();
+    let gone: Vec<u64> = state
+        .queued
+        .keys()
+        .filter(|k| !present.contains(k))
+        .copied()
+        .collect();
     for k in &gone {
         state.queued.remove(k);
     }
@@ -177,13 +208,30 @@ async fn scan(myself: &ActorRef<CaptureMsg>, state: &mut CaptureState, reencode:
         let _ = state.args.index.cast(IndexMsg::Remove(gone.clone()));
     }
     if !unsupported.is_empty() {
-        let _ = state.args.index.cast(IndexMsg::Unsupported(unsupported.clone()));
+        let _ = state
+            .args
+            .index
+            .cast(IndexMsg::Unsupported(unsupported.clone()));
     }
-    let _ = state.args.index.cast(IndexMsg::Scanned { queued: fresh.len() as u64, settling });
-    info!(found = found.files.len(), queued = fresh.len(), removed = gone.len(), settling, unsupported = unsupported.len(), "scanned folders");
+    let _ = state.args.index.cast(IndexMsg::Scanned {
+        queued: fresh.len() as u64,
+        settling,
+    });
+    info!(
+        found = found.files.len(),
+        queued = fresh.len(),
+        removed = gone.len(),
+        settling,
+        unsupported = unsupported.len(),
+        "scanned folders"
+    );
     for (key, seen) in fresh {
         state.queued.insert(key, stamp(&seen));
-        let msg = if reencode { ImageEncoderMsg::Reencode(seen) } else { ImageEncoderMsg::Encode(seen) };
+        let msg = if reencode {
+            ImageEncoderMsg::Reencode(seen)
+        } else {
+            ImageEncoderMsg::Encode(seen)
+        };
         if state.args.encoder.cast(msg).is_err() {
             break;
         }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeclip_link::{LinkActor, LinkArgs, LinkMsg};
-use edgeclip_messages::homeassistant::{all_config_topics, discovery_configs, DiscoveryOptions, HA_ONLINE};
+use edgeclip_messages::homeassistant::{
+    all_config_topics, discovery_configs, DiscoveryOptions, HA_ONLINE,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
@@ -52,13 +54,25 @@ impl Actor for DiscoveryActor {
     type State = DiscoveryState;
     type Arguments = DiscoveryArgs;
 
-    async fn pre_start(&self, myself: ActorRef<DiscoveryMsg>, args: DiscoveryArgs) -> Result<DiscoveryState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DiscoveryMsg>,
+        args: DiscoveryArgs,
+    ) -> Result<DiscoveryState, ActorProcessingErr> {
         myself.send_interval(CONNECTION_CHECK, || DiscoveryMsg::CheckConnection);
         let _ = myself.cast(DiscoveryMsg::CheckConnection);
-        Ok(DiscoveryState { args, announced_for: 0 })
+        Ok(DiscoveryState {
+            args,
+            announced_for: 0,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<DiscoveryMsg>, msg: DiscoveryMsg, state: &mut DiscoveryState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<DiscoveryMsg>,
+        msg: DiscoveryMsg,
+        state: &mut DiscoveryState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DiscoveryMsg::HaStatus(payload) => {
                 if payload.trim_ascii() == HA_ONLINE.as_bytes() {
@@ -67,7 +81,8 @@ impl Actor for DiscoveryActor {
                 }
             }
             DiscoveryMsg::CheckConnection => {
-                let connections = ractor::call_t!(state.args.link, LinkMsg::Connections, 1000).unwrap_or(state.announced_for);
+                let connections = ractor::call_t!(state.args.link, LinkMsg::Connections, 1000)
+                    .unwrap_or(state.announced_for);
                 if connections != state.announced_for {
                     announce(&state.args);
                     state.announced_for = connections;
@@ -101,8 +116,11 @@ pub async fn uninstall(config: &DeviceConfig) -> Result<usize, DeviceError> {
     let mut broker = config.broker.clone();
     broker.client_id = format!("{}-uninstall", broker.client_id);
     let options = broker.link_options(Vec::new(), None);
-    let (link, handle) = Actor::spawn(None, LinkActor, LinkArgs { options }).await.map_err(|e| DeviceError::Actor(e.to_string()))?;
-    link.cast(LinkMsg::Start(Arc::new(|_| {}))).map_err(|e| DeviceError::Actor(e.to_string()))?;
+    let (link, handle) = Actor::spawn(None, LinkActor, LinkArgs { options })
+        .await
+        .map_err(|e| DeviceError::Actor(e.to_string()))?;
+    link.cast(LinkMsg::Start(Arc::new(|_| {})))
+        .map_err(|e| DeviceError::Actor(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + UNINSTALL_CONNECT_TIMEOUT;
     loop {
         if ractor::call_t!(link, LinkMsg::IsConnected, 2000).unwrap_or(false) {
@@ -110,7 +128,10 @@ pub async fn uninstall(config: &DeviceConfig) -> Result<usize, DeviceError> {
         }
         if tokio::time::Instant::now() > deadline {
             link.stop(None);
-            return Err(DeviceError::Mqtt(format!("broker {} unreachable", config.broker.url)));
+            return Err(DeviceError::Mqtt(format!(
+                "broker {} unreachable",
+                config.broker.url
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

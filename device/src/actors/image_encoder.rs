@@ -71,13 +71,28 @@ impl Actor for ImageEncoderActor {
     type State = ImageEncoderState;
     type Arguments = ImageEncoderArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<ImageEncoderMsg>, args: ImageEncoderArgs) -> Result<ImageEncoderState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ImageEncoderMsg>,
+        args: ImageEncoderArgs,
+    ) -> Result<ImageEncoderState, ActorProcessingErr> {
         let slots = Arc::new(Semaphore::new(args.workers.max(1)));
         let threads = Workers::start(args.workers, args.priority)?;
-        Ok(ImageEncoderState { args, slots, threads, pending: Vec::new(), flush_queued: false })
+        Ok(ImageEncoderState {
+            args,
+            slots,
+            threads,
+            pending: Vec::new(),
+            flush_queued: false,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<ImageEncoderMsg>, msg: ImageEncoderMsg, state: &mut ImageEncoderState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<ImageEncoderMsg>,
+        msg: ImageEncoderMsg,
+        state: &mut ImageEncoderState,
+    ) -> Result<(), ActorProcessingErr> {
         let (seen, reuse) = match msg {
             ImageEncoderMsg::Encode(seen) => (seen, true),
             ImageEncoderMsg::Reencode(seen) => (seen, false),
@@ -130,23 +145,40 @@ async fn dispatch(state: &mut ImageEncoderState) -> Result<(), ActorProcessingEr
             let path = seen.path.clone();
             match read_or_reuse(seen, reuse, max_file_bytes, &index).await {
                 Ok(Read::Reused(entry, vector)) => {
-                    let _ = index.cast(IndexMsg::Insert { entry, vector, encoded: false });
+                    let _ = index.cast(IndexMsg::Insert {
+                        entry,
+                        vector,
+                        encoded: false,
+                    });
                 }
                 Ok(Read::Bytes(picture)) => to_encode.push(picture),
                 Err(e) => {
-                    let _ = index.cast(IndexMsg::Failed { path, error: e.to_string() });
+                    let _ = index.cast(IndexMsg::Failed {
+                        path,
+                        error: e.to_string(),
+                    });
                 }
             }
         }
         if !to_encode.is_empty() {
             let paths: Vec<PathBuf> = to_encode.iter().map(|p| p.seen.path.clone()).collect();
             // Decoding and inference on the encoder's own low-priority threads.
-            match threads.run(move || encode_group(to_encode, &tower, &preprocess, limits)).await {
+            match threads
+                .run(move || encode_group(to_encode, &tower, &preprocess, limits))
+                .await
+            {
                 Ok(results) => {
                     for (path, result) in results {
                         let msg = match result {
-                            Ok((entry, vector)) => IndexMsg::Insert { entry, vector, encoded: true },
-                            Err(e) => IndexMsg::Failed { path, error: e.to_string() },
+                            Ok((entry, vector)) => IndexMsg::Insert {
+                                entry,
+                                vector,
+                                encoded: true,
+                            },
+                            Err(e) => IndexMsg::Failed {
+                                path,
+                                error: e.to_string(),
+                            },
                         };
                         let _ = index.cast(msg);
                     }
@@ -181,9 +213,17 @@ enum Read {
 
 /// Reads and hashes the file (on a blocking thread) and reuses the vector of a picture with
 /// the same content if the index has one.
-async fn read_or_reuse(seen: FileSeen, reuse: bool, max_file_bytes: u64, index: &ActorRef<IndexMsg>) -> Result<Read, DeviceError> {
+async fn read_or_reuse(
+    seen: FileSeen,
+    reuse: bool,
+    max_file_bytes: u64,
+    index: &ActorRef<IndexMsg>,
+) -> Result<Read, DeviceError> {
     if seen.size > max_file_bytes {
-        return Err(DeviceError::Decode(format!("file of {} bytes is larger than the limit of {max_file_bytes}", seen.size)));
+        return Err(DeviceError::Decode(format!(
+            "file of {} bytes is larger than the limit of {max_file_bytes}",
+            seen.size
+        )));
     }
     let path = seen.path.clone();
     let (bytes, hash) = tokio::task::spawn_blocking(move || {
@@ -193,10 +233,22 @@ async fn read_or_reuse(seen: FileSeen, reuse: bool, max_file_bytes: u64, index: 
     })
     .await
     .map_err(|e| DeviceError::Actor(format!("reader crashed: {e}")))??;
-    let reused = if reuse { ractor::call_t!(index, IndexMsg::Reuse, REUSE_TIMEOUT_MS, hash).ok().flatten() } else { None };
+    let reused = if reuse {
+        ractor::call_t!(index, IndexMsg::Reuse, REUSE_TIMEOUT_MS, hash)
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
     if let Some((old, vector)) = reused {
         debug!(path = %seen.path.display(), from = %old.path.display(), "same content already encoded; vector reused");
-        let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, ..old };
+        let entry = Entry {
+            path: seen.path,
+            size: bytes.len() as u64,
+            mtime_ns: seen.mtime_ns,
+            hash,
+            ..old
+        };
         return Ok(Read::Reused(entry, vector));
     }
     Ok(Read::Bytes(Picture { seen, bytes, hash }))
@@ -225,8 +277,18 @@ fn encode_group(
         // Large JPEGs are decoded at a reduced scale (DCT scaling); width and height are the full ones.
         match preprocess.picture(&bytes, limits) {
             Ok((tensor, (width, height))) => {
-                let taken_s = crate::metadata::exif_capture_time(&bytes).unwrap_or(seen.mtime_ns / 1_000_000_000);
-                let entry = Entry { path: seen.path, size: bytes.len() as u64, mtime_ns: seen.mtime_ns, hash, width, height, taken_s, source: Box::default() };
+                let taken_s = crate::metadata::exif_capture_time(&bytes)
+                    .unwrap_or(seen.mtime_ns / 1_000_000_000);
+                let entry = Entry {
+                    path: seen.path,
+                    size: bytes.len() as u64,
+                    mtime_ns: seen.mtime_ns,
+                    hash,
+                    width,
+                    height,
+                    taken_s,
+                    source: Box::default(),
+                };
                 decoded.push((entry, tensor));
             }
             Err(e) => results.push((seen.path, Err(e))),
@@ -234,9 +296,18 @@ fn encode_group(
     }
     let decoding = started.elapsed();
     let (entries, tensors): (Vec<Entry>, Vec<Vec<f32>>) = decoded.into_iter().unzip();
-    let batched = if tensors.len() > 1 { tower.encode_batch(tensors.clone()).ok() } else { None };
+    let batched = if tensors.len() > 1 {
+        tower.encode_batch(tensors.clone()).ok()
+    } else {
+        None
+    };
     match batched {
-        Some(vectors) => results.extend(entries.into_iter().zip(vectors).map(|(entry, v)| (entry.path.clone(), Ok((entry, v))))),
+        Some(vectors) => results.extend(
+            entries
+                .into_iter()
+                .zip(vectors)
+                .map(|(entry, v)| (entry.path.clone(), Ok((entry, v)))),
+        ),
         None => {
             for (entry, tensor) in entries.into_iter().zip(tensors) {
                 results.push((entry.path.clone(), tower.encode(tensor).map(|v| (entry, v))));

@@ -11,9 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{CameraStatus, DeviceState, DeviceStatus, Failure, Hit, Reindex};
+use edgeclip_messages::dashboard::{
+    CameraStatus, DeviceState, DeviceStatus, Failure, Hit, Reindex,
+};
 use edgeclip_messages::topics;
-use edgeclip_messages::wire::{vector_view, validate_vector, ArchivedReplyBody, ArchivedTextVector, EncodeReply, FleetQuery, Received};
+use edgeclip_messages::wire::{
+    validate_vector, vector_view, ArchivedReplyBody, ArchivedTextVector, EncodeReply, FleetQuery,
+    Received,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
@@ -250,7 +255,11 @@ impl IndexState {
     fn status(&self) -> DeviceStatus {
         let index = &self.args.index;
         let waiting = self.pending + self.settling + self.unsaved.len() as u64;
-        let state = self.lifecycle.unwrap_or(if waiting > 0 { DeviceState::Indexing } else { DeviceState::Idle });
+        let state = self.lifecycle.unwrap_or(if waiting > 0 {
+            DeviceState::Indexing
+        } else {
+            DeviceState::Idle
+        });
         DeviceStatus {
             device_id: self.args.device_id.clone(),
             state,
@@ -261,7 +270,8 @@ impl IndexState {
             failed: self.failed,
             encoded: self.encoded,
             rate_per_s: self.rate(),
-            eta_s: (waiting > 0 && self.rate() > 0.0).then(|| (waiting as f64 / self.rate()).ceil() as u64),
+            eta_s: (waiting > 0 && self.rate() > 0.0)
+                .then(|| (waiting as f64 / self.rate()).ceil() as u64),
             model: index.model().to_string(),
             dim: index.dim(),
             folders: self.args.folders.clone(),
@@ -269,13 +279,20 @@ impl IndexState {
             version: env!("CARGO_PKG_VERSION").to_string(),
             cameras: self.camera_counts.clone(),
             encoder_batch: self.args.encoder_batch as u32,
-            reindex: self.args.building.as_ref().map(|(_, b)| Reindex { model: b.model().to_string(), indexed: b.len() as u64, total: b.len() as u64 + waiting }),
+            reindex: self.args.building.as_ref().map(|(_, b)| Reindex {
+                model: b.model().to_string(),
+                indexed: b.len() as u64,
+                total: b.len() as u64 + waiting,
+            }),
         }
     }
 
     /// The camera whose folder holds `path`.
     fn camera_of(&self, path: &std::path::Path) -> Option<usize> {
-        self.args.cameras.iter().position(|c| path.starts_with(&c.folder))
+        self.args
+            .cameras
+            .iter()
+            .position(|c| path.starts_with(&c.folder))
     }
 
     /// Whether a new frame of `camera` is a near-duplicate of its last kept frame; if not, it
@@ -283,12 +300,19 @@ impl IndexState {
     fn duplicate_frame(&mut self, camera: usize, vector: &[f32]) -> bool {
         if self.last_kept[camera].is_none() {
             let name = &self.args.cameras[camera].name;
-            let latest = self.target_index().iter().filter(|(e, _)| *e.source == **name).max_by(|(a, _), (b, _)| (a.taken_s, &a.path).cmp(&(b.taken_s, &b.path)));
+            let latest = self
+                .target_index()
+                .iter()
+                .filter(|(e, _)| *e.source == **name)
+                .max_by(|(a, _), (b, _)| (a.taken_s, &a.path).cmp(&(b.taken_s, &b.path)));
             self.last_kept[camera] = Some(latest.map(|(_, v)| v.into_owned()));
         }
         let threshold = self.args.cameras[camera].duplicate_threshold;
         let last = self.last_kept[camera].as_mut().expect("filled above");
-        if last.as_deref().is_some_and(|l| crate::camera::near_duplicate(l, vector, threshold)) {
+        if last
+            .as_deref()
+            .is_some_and(|l| crate::camera::near_duplicate(l, vector, threshold))
+        {
             return true;
         }
         *last = Some(vector.to_vec());
@@ -305,14 +329,22 @@ impl IndexState {
 
     /// The index new vectors go to.
     fn target_index(&self) -> &Index {
-        self.args.building.as_ref().map_or(&self.args.index, |(_, b)| b)
+        self.args
+            .building
+            .as_ref()
+            .map_or(&self.args.index, |(_, b)| b)
     }
 
     /// Makes a picture durable, then visible, in the target index. During a re-index, the
     /// serving index's vector of a picture whose content changed is removed (it describes
     /// content that is gone).
     fn insert(&mut self, entry: Entry, vector: &[f32]) -> Result<(), DeviceError> {
-        let changed = self.args.building.is_some() && self.args.index.get(&entry.path).is_some_and(|old| old.hash != entry.hash);
+        let changed = self.args.building.is_some()
+            && self
+                .args
+                .index
+                .get(&entry.path)
+                .is_some_and(|old| old.hash != entry.hash);
         let path = entry.path.clone();
         let (store, index) = self.target();
         persist_and_insert(store, index, entry, vector)?;
@@ -326,18 +358,32 @@ impl IndexState {
 
     /// Switches to the index being built once every picture found is in it.
     fn finish_reindex(&mut self) {
-        if self.args.building.is_none() || self.lifecycle.is_some() || !self.unsaved.is_empty() || self.pending + self.settling > 0 {
+        if self.args.building.is_none()
+            || self.lifecycle.is_some()
+            || !self.unsaved.is_empty()
+            || self.pending + self.settling > 0
+        {
             return;
         }
         let layout = self.args.layout.clone();
         match blocking(|| crate::reindex::switch(&layout)) {
             Ok(()) => {
-                let Some((mut store, index)) = self.args.building.take() else { return };
+                let Some((mut store, index)) = self.args.building.take() else {
+                    return;
+                };
                 store.moved_to(&layout.current);
                 let previous = std::mem::replace(&mut self.args.index, index);
                 self.args.store = store;
-                info!(from = previous.model(), to = self.args.index.model(), pictures = self.args.index.len(), "re-index complete; searches now use the new index");
-                let _ = self.args.models.send(Models { serving: self.args.index.model().to_string(), building: None });
+                info!(
+                    from = previous.model(),
+                    to = self.args.index.model(),
+                    pictures = self.args.index.len(),
+                    "re-index complete; searches now use the new index"
+                );
+                let _ = self.args.models.send(Models {
+                    serving: self.args.index.model().to_string(),
+                    building: None,
+                });
                 self.storage_error = None;
             }
             Err(e) => {
@@ -350,7 +396,9 @@ impl IndexState {
     /// Pictures per second in the current run.
     fn rate(&self) -> f64 {
         match self.run {
-            Some((started, done)) if done > 0 => done as f64 / started.elapsed().as_secs_f64().max(1e-3),
+            Some((started, done)) if done > 0 => {
+                done as f64 / started.elapsed().as_secs_f64().max(1e-3)
+            }
             _ => 0.0,
         }
     }
@@ -366,7 +414,12 @@ impl IndexState {
     fn publish(&mut self) {
         let status = self.status();
         match serde_json::to_vec(&status) {
-            Ok(json) => edgeclip_link::publish(&self.args.link, topics::status(&self.args.device_id), json, true),
+            Ok(json) => edgeclip_link::publish(
+                &self.args.link,
+                topics::status(&self.args.device_id),
+                json,
+                true,
+            ),
             Err(e) => warn!(error = %e, "status not serialisable"),
         }
         self.dirty = false;
@@ -379,7 +432,8 @@ impl IndexState {
             self.run = None;
             if self.args.building.is_some() {
                 self.finish_reindex();
-                if self.args.building.is_some() && self.storage_error.is_some() && !self.retry_armed {
+                if self.args.building.is_some() && self.storage_error.is_some() && !self.retry_armed
+                {
                     self.retry_armed = true;
                     myself.send_after(STORAGE_RETRY, || IndexMsg::RetryStorage);
                 }
@@ -400,11 +454,23 @@ impl Actor for IndexActor {
     type State = IndexState;
     type Arguments = IndexArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<IndexMsg>, args: IndexArgs) -> Result<IndexState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<IndexMsg>,
+        args: IndexArgs,
+    ) -> Result<IndexState, ActorProcessingErr> {
         let camera_counts = args
             .cameras
             .iter()
-            .map(|c| CameraStatus { name: c.name.clone(), polled: 0, failed: 0, kept: 0, skipped: 0, pruned: 0, last_error: None })
+            .map(|c| CameraStatus {
+                name: c.name.clone(),
+                polled: 0,
+                failed: 0,
+                kept: 0,
+                skipped: 0,
+                pruned: 0,
+                last_error: None,
+            })
             .collect();
         let last_kept = vec![None; args.cameras.len()];
         let mut state = IndexState {
@@ -431,7 +497,12 @@ impl Actor for IndexActor {
         Ok(state)
     }
 
-    async fn handle(&self, myself: ActorRef<IndexMsg>, msg: IndexMsg, state: &mut IndexState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<IndexMsg>,
+        msg: IndexMsg,
+        state: &mut IndexState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             IndexMsg::Scanned { queued, settling } => {
                 if state.pending == 0 && queued > 0 {
@@ -444,13 +515,20 @@ impl Actor for IndexActor {
                 }
                 state.changed(&myself);
             }
-            IndexMsg::Insert { mut entry, vector, encoded } => {
+            IndexMsg::Insert {
+                mut entry,
+                vector,
+                encoded,
+            } => {
                 state.done_one();
                 state.encoded += u64::from(encoded);
                 // A camera's frame: its source is the camera, its capture time the poll time
                 // (the file's modification time), whatever its EXIF says.
                 let camera = state.camera_of(&entry.path);
-                entry.source = camera.map(|c| state.args.cameras[c].name.clone()).unwrap_or_default().into();
+                entry.source = camera
+                    .map(|c| state.args.cameras[c].name.clone())
+                    .unwrap_or_default()
+                    .into();
                 if camera.is_some() {
                     entry.taken_s = entry.mtime_ns.div_euclid(1_000_000_000);
                 }
@@ -465,12 +543,15 @@ impl Actor for IndexActor {
                         return Ok(());
                     }
                     state.camera_counts[cam].kept += 1;
-                    state.camera_counts[cam].pruned += keep_newest_frames(&state.args.cameras[cam], &entry.path) as u64;
+                    state.camera_counts[cam].pruned +=
+                        keep_newest_frames(&state.args.cameras[cam], &entry.path) as u64;
                 }
                 if state.unsaved.is_empty() {
                     match state.insert(entry.clone(), &vector) {
                         Ok(()) => state.storage_error = None,
-                        Err(e @ DeviceError::Io { .. }) => keep_unsaved(state, &myself, entry, vector, e.to_string()),
+                        Err(e @ DeviceError::Io { .. }) => {
+                            keep_unsaved(state, &myself, entry, vector, e.to_string())
+                        }
                         Err(e) => record_failure(state, entry.path, e.to_string()),
                     }
                 } else {
@@ -491,7 +572,10 @@ impl Actor for IndexActor {
                 let mut any = false;
                 // A key nothing holds is a file that was never indexed (unsupported, failed,
                 // or still being encoded): nothing to remove.
-                let paths: Vec<PathBuf> = keys.into_iter().filter_map(|k| path_of_key(state, k)).collect();
+                let paths: Vec<PathBuf> = keys
+                    .into_iter()
+                    .filter_map(|k| path_of_key(state, k))
+                    .collect();
                 for p in &paths {
                     let before = state.unsaved.len();
                     state.unsaved.retain(|(e, _)| &e.path != p);
@@ -499,11 +583,17 @@ impl Actor for IndexActor {
                     // The vector of the target index is kept for a rename's reuse; one of the
                     // previous model never is (it does not fit the index being built).
                     let target = state.target_index();
-                    let kept = target.get(p).cloned().zip(target.vector_of(p).map(|v| v.into_owned()));
+                    let kept = target
+                        .get(p)
+                        .cloned()
+                        .zip(target.vector_of(p).map(|v| v.into_owned()));
                     let (store, index) = state.target();
                     let removed = remove_persisted(store, index, p);
                     let removed = match (removed, state.args.building.is_some()) {
-                        (Ok(r), true) => remove_persisted(&mut state.args.store, &mut state.args.index, p).map(|s| r | s),
+                        (Ok(r), true) => {
+                            remove_persisted(&mut state.args.store, &mut state.args.index, p)
+                                .map(|s| r | s)
+                        }
                         (other, _) => other,
                     };
                     match removed {
@@ -546,46 +636,105 @@ impl Actor for IndexActor {
                     // for this model is still to be made. An impossible modification time
                     // makes the scan queue them if they exist, and report them gone if not
                     // (which removes them from the serving index too).
-                    known.extend(state.args.index.stamps().filter(|k| building.path_of_key(k.key).is_none()).map(|k| Known { mtime_ns: i64::MIN, ..k }));
+                    known.extend(
+                        state
+                            .args
+                            .index
+                            .stamps()
+                            .filter(|k| building.path_of_key(k.key).is_none())
+                            .map(|k| Known {
+                                mtime_ns: i64::MIN,
+                                ..k
+                            }),
+                    );
                 }
                 let _ = port.send(known);
             }
-            IndexMsg::Rank { query, k, filter, port } => {
-                let _ = port.send(rank(&state.args.index, state.args.building.as_ref().map(|(_, b)| b), &query, k, &filter));
+            IndexMsg::Rank {
+                query,
+                k,
+                filter,
+                port,
+            } => {
+                let _ = port.send(rank(
+                    &state.args.index,
+                    state.args.building.as_ref().map(|(_, b)| b),
+                    &query,
+                    k,
+                    &filter,
+                ));
             }
             IndexMsg::Picture(id, port) => {
                 let building = state.args.building.as_ref().and_then(|(_, b)| b.by_id(&id));
                 let _ = port.send(state.args.index.by_id(&id).or(building).cloned());
             }
-            IndexMsg::Like { path, k, mut filter, port } => {
+            IndexMsg::Like {
+                path,
+                k,
+                mut filter,
+                port,
+            } => {
                 // The complete index answers; a picture only the index being built holds (new
                 // since the re-index began) is answered from that one.
                 let serving = (&state.args.index, false);
-                let candidates = std::iter::once(serving).chain(state.args.building.as_ref().map(|(_, b)| (b, true)));
-                let found = candidates.into_iter().find_map(|(index, partial)| resolve(index, &path).map(|p| (index, partial, p)));
+                let candidates = std::iter::once(serving)
+                    .chain(state.args.building.as_ref().map(|(_, b)| (b, true)));
+                let found = candidates.into_iter().find_map(|(index, partial)| {
+                    resolve(index, &path).map(|p| (index, partial, p))
+                });
                 let answer = match found {
-                    None => Err(format!("{} is not an indexed picture (give its path or id)", path.display())),
+                    None => Err(format!(
+                        "{} is not an indexed picture (give its path or id)",
+                        path.display()
+                    )),
                     Some((index, partial, path)) => {
-                        let query = index.vector_of(&path).map(|v| v.into_owned()).unwrap_or_default();
+                        let query = index
+                            .vector_of(&path)
+                            .map(|v| v.into_owned())
+                            .unwrap_or_default();
                         filter.exclude = Some(path);
                         index
                             .search_filtered(index.model(), &query, k, &filter)
-                            .map(|hits| Ranking { model: index.model().to_string(), hits: to_hits(hits), partial })
+                            .map(|hits| Ranking {
+                                model: index.model().to_string(),
+                                hits: to_hits(hits),
+                                partial,
+                            })
                             .map_err(|e| e.to_string())
                     }
                 };
                 let _ = port.send(answer);
             }
-            IndexMsg::Duplicates { threshold, k, filter, max, port } => {
+            IndexMsg::Duplicates {
+                threshold,
+                k,
+                filter,
+                max,
+                port,
+            } => {
                 let _ = port.send(duplicates(&state.args.index, threshold, k, &filter, max));
             }
-            IndexMsg::Export { filter, chunk_vectors, max_vectors, port } => {
-                let _ = port.send(export(&state.args.index, &filter, chunk_vectors, max_vectors));
+            IndexMsg::Export {
+                filter,
+                chunk_vectors,
+                max_vectors,
+                port,
+            } => {
+                let _ = port.send(export(
+                    &state.args.index,
+                    &filter,
+                    chunk_vectors,
+                    max_vectors,
+                ));
             }
             IndexMsg::Status(port) => {
                 let _ = port.send(state.status());
             }
-            IndexMsg::FramePolled { camera, result, pruned } => {
+            IndexMsg::FramePolled {
+                camera,
+                result,
+                pruned,
+            } => {
                 if let Some(counts) = state.camera_counts.get_mut(camera) {
                     counts.pruned += pruned as u64;
                     match result {
@@ -626,7 +775,10 @@ impl Actor for IndexActor {
 fn resolve(index: &Index, path: &std::path::Path) -> Option<PathBuf> {
     match index.get(path) {
         Some(e) => Some(e.path.clone()),
-        None => path.to_str().and_then(|id| index.by_id(id)).map(|e| e.path.clone()),
+        None => path
+            .to_str()
+            .and_then(|id| index.by_id(id))
+            .map(|e| e.path.clone()),
     }
 }
 
@@ -635,10 +787,14 @@ fn resolve(index: &Index, path: &std::path::Path) -> Option<PathBuf> {
 /// the index). Counting only frames older than a kept one means a frame still waiting for its
 /// near-duplicate check never pushes a kept frame out. Returns how many were deleted.
 fn keep_newest_frames(camera: &CameraSpec, kept: &Path) -> usize {
-    let (Some(keep), Some(name)) = ((camera.keep_frames > 0).then(|| camera.keep_frames - 1), kept.file_name().and_then(|n| n.to_str())) else {
+    let (Some(keep), Some(name)) = (
+        (camera.keep_frames > 0).then(|| camera.keep_frames - 1),
+        kept.file_name().and_then(|n| n.to_str()),
+    ) else {
         return 0;
     };
-    let (deleted, problems) = blocking(|| crate::camera::prune_frames(&camera.folder, Some(name), None, Some(keep)));
+    let (deleted, problems) =
+        blocking(|| crate::camera::prune_frames(&camera.folder, Some(name), None, Some(keep)));
     for problem in problems {
         warn!(camera = %camera.name, %problem, "pruning frames beyond keep_frames");
     }
@@ -648,13 +804,26 @@ fn keep_newest_frames(camera: &CameraSpec, kept: &Path) -> usize {
 /// The path of the picture with key `key` in the index being written to, the serving one, or
 /// among the pictures not yet saved.
 fn path_of_key(state: &IndexState, key: u64) -> Option<PathBuf> {
-    let indexed = state.target_index().path_of_key(key).or_else(|| state.args.index.path_of_key(key));
-    let unsaved = || state.unsaved.iter().map(|(e, _)| e.path.as_path()).find(|p| picture_key(p) == key);
+    let indexed = state
+        .target_index()
+        .path_of_key(key)
+        .or_else(|| state.args.index.path_of_key(key));
+    let unsaved = || {
+        state
+            .unsaved
+            .iter()
+            .map(|(e, _)| e.path.as_path())
+            .find(|p| picture_key(p) == key)
+    };
     indexed.or_else(unsaved).map(Path::to_path_buf)
 }
 
 /// Removes a picture from a store, then from its index; true if it was indexed.
-fn remove_persisted(store: &mut Store, index: &mut Index, path: &std::path::Path) -> Result<bool, DeviceError> {
+fn remove_persisted(
+    store: &mut Store,
+    index: &mut Index,
+    path: &std::path::Path,
+) -> Result<bool, DeviceError> {
     if index.get(path).is_none() {
         return Ok(false);
     }
@@ -663,9 +832,18 @@ fn remove_persisted(store: &mut Store, index: &mut Index, path: &std::path::Path
 }
 
 /// Makes the picture durable, then visible; compacts the store when its journal is large.
-fn persist_and_insert(store: &mut Store, index: &mut Index, entry: Entry, vector: &[f32]) -> Result<(), crate::error::DeviceError> {
+fn persist_and_insert(
+    store: &mut Store,
+    index: &mut Index,
+    entry: Entry,
+    vector: &[f32],
+) -> Result<(), crate::error::DeviceError> {
     if vector.len() != index.dim() {
-        return Err(crate::error::DeviceError::Mismatch(format!("vector of dimension {} for an index of {}", vector.len(), index.dim())));
+        return Err(crate::error::DeviceError::Mismatch(format!(
+            "vector of dimension {} for an index of {}",
+            vector.len(),
+            index.dim()
+        )));
     }
     // Refused before it is written: a journal record the index cannot take would be replayed.
     index.admits(&entry.path)?;
@@ -710,14 +888,24 @@ const MAX_UNSAVED: usize = 10_000;
 const STORAGE_RETRY: Duration = Duration::from_secs(2);
 
 /// Keeps an encoded picture the store could not write, to write it once the store works.
-fn keep_unsaved(state: &mut IndexState, myself: &ActorRef<IndexMsg>, entry: Entry, vector: Vec<f32>, error: String) {
+fn keep_unsaved(
+    state: &mut IndexState,
+    myself: &ActorRef<IndexMsg>,
+    entry: Entry,
+    vector: Vec<f32>,
+    error: String,
+) {
     if state.storage_error.as_deref() != Some(error.as_str()) {
         warn!(%error, "the index cannot be written; encoded pictures wait in memory and are written once it can");
     }
     state.storage_error = Some(error.clone());
     state.unsaved.retain(|(e, _)| e.path != entry.path);
     if state.unsaved.len() >= MAX_UNSAVED {
-        record_failure(state, entry.path, format!("not written to the index: {error}"));
+        record_failure(
+            state,
+            entry.path,
+            format!("not written to the index: {error}"),
+        );
     } else {
         state.unsaved.push_back((entry, vector));
     }
@@ -753,13 +941,22 @@ fn record_failure(state: &mut IndexState, path: PathBuf, error: String) {
     if state.recent.len() == RECENT_FAILURES {
         state.recent.pop_front();
     }
-    state.recent.push_back(Failure { path: path.display().to_string(), error });
+    state.recent.push_back(Failure {
+        path: path.display().to_string(),
+        error,
+    });
 }
 
 /// Ranks directly on the archived vector of the reply: no copy, no deserialisation. The
 /// vector is ranked by the index of its model: the serving one, or during a re-index the one
 /// being built (a partial answer).
-fn rank(serving: &Index, building: Option<&Index>, query: &Query, k: usize, filter: &Filter) -> Result<Ranking, String> {
+fn rank(
+    serving: &Index,
+    building: Option<&Index>,
+    query: &Query,
+    k: usize,
+    filter: &Filter,
+) -> Result<Ranking, String> {
     let Some(text) = query.text_vector() else {
         return Err("the cloud's reply holds no vector".into());
     };
@@ -769,12 +966,24 @@ fn rank(serving: &Index, building: Option<&Index>, query: &Query, k: usize, filt
         Some(b) if serving.model() != model.as_str() && b.model() == model.as_str() => (b, true),
         _ => (serving, false),
     };
-    let hits = index.search_filtered(model.as_str(), &query, k, filter).map_err(|e| e.to_string())?;
-    Ok(Ranking { model: model.to_string(), hits: to_hits(hits), partial })
+    let hits = index
+        .search_filtered(model.as_str(), &query, k, filter)
+        .map_err(|e| e.to_string())?;
+    Ok(Ranking {
+        model: model.to_string(),
+        hits: to_hits(hits),
+        partial,
+    })
 }
 
 /// Near-duplicate groups among the pictures `filter` keeps; the work runs off the async threads.
-fn duplicates(index: &Index, threshold: f32, k: usize, filter: &Filter, max: usize) -> Result<(String, Vec<Vec<Hit>>), String> {
+fn duplicates(
+    index: &Index,
+    threshold: f32,
+    k: usize,
+    filter: &Filter,
+    max: usize,
+) -> Result<(String, Vec<Vec<Hit>>), String> {
     // Counted before any vector is decoded: the bound is also what bounds the memory.
     let rows = kept_rows(index, filter);
     if rows.len() > max {
@@ -789,13 +998,28 @@ fn duplicates(index: &Index, threshold: f32, k: usize, filter: &Filter, max: usi
     }
     let groups = blocking(|| crate::duplicates::groups(&flat, index.dim(), threshold));
     let entries = index.entries();
-    let groups = groups.into_iter().take(k).map(|g| g.members.into_iter().map(|(i, score)| hit(&entries[rows[i]], score)).collect()).collect();
+    let groups = groups
+        .into_iter()
+        .take(k)
+        .map(|g| {
+            g.members
+                .into_iter()
+                .map(|(i, score)| hit(&entries[rows[i]], score))
+                .collect()
+        })
+        .collect();
     Ok((index.model().to_string(), groups))
 }
 
 /// Rows of the pictures `filter` keeps, in row order.
 fn kept_rows(index: &Index, filter: &Filter) -> Vec<usize> {
-    index.entries().iter().enumerate().filter(|(_, e)| filter.keeps(e)).map(|(row, _)| row).collect()
+    index
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| filter.keeps(e))
+        .map(|(row, _)| row)
+        .collect()
 }
 
 /// A server-ranked search's view of the index: ids are positions in `paths`.
@@ -810,7 +1034,12 @@ pub struct Export {
     pub chunks: Vec<(Vec<u32>, Vec<f32>, Vec<i8>)>,
 }
 
-fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usize) -> Result<Export, String> {
+fn export(
+    index: &Index,
+    filter: &Filter,
+    chunk_vectors: usize,
+    max_vectors: usize,
+) -> Result<Export, String> {
     let rows = kept_rows(index, filter);
     if rows.len() > max_vectors {
         return Err(format!(
@@ -820,13 +1049,25 @@ fn export(index: &Index, filter: &Filter, chunk_vectors: usize, max_vectors: usi
     }
     // One vector decoded at a time, straight into the chunk's int8 codes: the export holds
     // what it sends (~520 bytes a 512-d picture), not every vector in f32 (2 KiB) besides.
-    let mut out = Export { model: index.model().to_string(), dim: index.dim(), pictures: Vec::with_capacity(rows.len()), chunks: Vec::new() };
+    let mut out = Export {
+        model: index.model().to_string(),
+        dim: index.dim(),
+        pictures: Vec::with_capacity(rows.len()),
+        chunks: Vec::new(),
+    };
     for group in rows.chunks(chunk_vectors.max(1)) {
-        let (mut ids, mut scales, mut codes) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()), Vec::with_capacity(group.len() * index.dim()));
+        let (mut ids, mut scales, mut codes) = (
+            Vec::with_capacity(group.len()),
+            Vec::with_capacity(group.len()),
+            Vec::with_capacity(group.len() * index.dim()),
+        );
         for &row in group {
             ids.push(out.pictures.len() as u32);
             out.pictures.push(hit(&index.entries()[row], 0.0));
-            scales.push(edgeclip_messages::wire::quantise(&index.vectors().get(row), &mut codes));
+            scales.push(edgeclip_messages::wire::quantise(
+                &index.vectors().get(row),
+                &mut codes,
+            ));
         }
         out.chunks.push((ids, scales, codes));
     }
@@ -859,13 +1100,28 @@ mod tests {
     use crate::vectors::Precision;
 
     fn entry(path: &str) -> Entry {
-        Entry { path: PathBuf::from(path), size: 1, mtime_ns: 0, hash: [0; 32], width: 1, height: 1, taken_s: 0, source: Box::default() }
+        Entry {
+            path: PathBuf::from(path),
+            size: 1,
+            mtime_ns: 0,
+            hash: [0; 32],
+            width: 1,
+            height: 1,
+            taken_s: 0,
+            source: Box::default(),
+        }
     }
 
     /// Rows of folders a and b interleaved: what a filter keeps is not a prefix of the rows.
     fn interleaved() -> Index {
         let mut index = Index::with_precision("m", 2, Precision::I8);
-        for (path, v) in [("b/1", [1.0, 0.0]), ("a/1", [0.0, 1.0]), ("b/2", [1.0, 0.0]), ("a/2", [0.0, 1.0]), ("a/3", [0.6, -0.8])] {
+        for (path, v) in [
+            ("b/1", [1.0, 0.0]),
+            ("a/1", [0.0, 1.0]),
+            ("b/2", [1.0, 0.0]),
+            ("a/2", [0.0, 1.0]),
+            ("a/3", [0.6, -0.8]),
+        ] {
             index.upsert(entry(path), &v).unwrap();
         }
         index
@@ -874,9 +1130,15 @@ mod tests {
     #[test]
     fn duplicates_among_filtered_rows_name_the_right_pictures() {
         let index = interleaved();
-        let only_a = Filter { folder: Some(PathBuf::from("a")), ..Filter::default() };
+        let only_a = Filter {
+            folder: Some(PathBuf::from("a")),
+            ..Filter::default()
+        };
         let (_, groups) = duplicates(&index, 0.99, 10, &only_a, 10).unwrap();
-        let names: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(|h| h.path.as_str()).collect()).collect();
+        let names: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|h| h.path.as_str()).collect())
+            .collect();
         assert_eq!(names, vec![vec!["a/1", "a/2"]]);
         let refused = duplicates(&index, 0.99, 10, &only_a, 2).unwrap_err();
         assert!(refused.contains("3 pictures match"), "{refused}");
@@ -885,14 +1147,29 @@ mod tests {
     #[test]
     fn exports_hold_the_filtered_pictures_with_their_own_vectors() {
         let index = interleaved();
-        let only_a = Filter { folder: Some(PathBuf::from("a")), ..Filter::default() };
+        let only_a = Filter {
+            folder: Some(PathBuf::from("a")),
+            ..Filter::default()
+        };
         let exported = export(&index, &only_a, 2, 10).unwrap();
         let paths: Vec<&str> = exported.pictures.iter().map(|h| h.path.as_str()).collect();
         assert_eq!(paths, vec!["a/1", "a/2", "a/3"]);
-        assert_eq!(exported.chunks.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), vec![vec![0, 1], vec![2]]);
+        assert_eq!(
+            exported
+                .chunks
+                .iter()
+                .map(|c| c.0.clone())
+                .collect::<Vec<_>>(),
+            vec![vec![0, 1], vec![2]]
+        );
         let (_, scales, codes) = &exported.chunks[1];
         let a3: Vec<f32> = codes.iter().map(|&c| c as f32 * scales[0]).collect();
-        assert!((a3[0] - 0.6).abs() < 0.01 && (a3[1] + 0.8).abs() < 0.01, "{a3:?}");
-        assert!(export(&index, &only_a, 2, 2).err().is_some_and(|e| e.contains("3 pictures match")));
+        assert!(
+            (a3[0] - 0.6).abs() < 0.01 && (a3[1] + 0.8).abs() < 0.01,
+            "{a3:?}"
+        );
+        assert!(export(&index, &only_a, 2, 2)
+            .err()
+            .is_some_and(|e| e.contains("3 pictures match")));
     }
 }

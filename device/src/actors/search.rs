@@ -13,11 +13,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use edgeclip_link::LinkMsg;
-use edgeclip_messages::dashboard::{Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults};
+use edgeclip_messages::dashboard::{
+    Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults,
+};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    self, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest,
-    Received,
+    self, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody, DeviceHit, EncodeReply,
+    EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest, Received,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
@@ -127,23 +129,48 @@ impl Actor for SearchActor {
     type State = SearchState;
     type Arguments = SearchArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SearchMsg>, args: SearchArgs) -> Result<SearchState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SearchMsg>,
+        args: SearchArgs,
+    ) -> Result<SearchState, ActorProcessingErr> {
         // Start request ids from the clock so that a late reply to a previous run of the
         // device cannot be mistaken for an answer to this one.
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Ok(SearchState { args, next_request: seed, pending: HashMap::new() })
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Ok(SearchState {
+            args,
+            next_request: seed,
+            pending: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<SearchMsg>, msg: SearchMsg, state: &mut SearchState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SearchMsg>,
+        msg: SearchMsg,
+        state: &mut SearchState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SearchMsg::Payload(bytes) => match SearchRequest::parse(&bytes, state.args.max_text_bytes) {
-                Ok(request) => start(&myself, state, request, None).await,
-                Err(e) => {
-                    warn!(error = %e, "search refused");
-                    let id = json_id(&bytes).unwrap_or_default();
-                    answer(state, None, SearchResponse::Error(SearchError { id, error: format!("bad search: {e}") }));
+            SearchMsg::Payload(bytes) => {
+                match SearchRequest::parse(&bytes, state.args.max_text_bytes) {
+                    Ok(request) => start(&myself, state, request, None).await,
+                    Err(e) => {
+                        warn!(error = %e, "search refused");
+                        let id = json_id(&bytes).unwrap_or_default();
+                        answer(
+                            state,
+                            None,
+                            SearchResponse::Error(SearchError {
+                                id,
+                                error: format!("bad search: {e}"),
+                            }),
+                        );
+                    }
                 }
-            },
+            }
             SearchMsg::Search(request, port) => start(&myself, state, request, port).await,
             SearchMsg::CloudReply(bytes) => on_cloud_reply(&myself, state, bytes).await,
             SearchMsg::FleetQuery(bytes) => on_fleet_query(state, &bytes).await,
@@ -152,8 +179,16 @@ impl Actor for SearchActor {
                     let resend = std::mem::take(&mut p.resend);
                     let mut sent = 0;
                     for (chunk, topic, frame) in resend {
-                        if p.server.as_ref().is_none_or(|s| !s.received.contains(&chunk)) {
-                            edgeclip_link::publish(&state.args.link, topic.to_string(), frame, false);
+                        if p.server
+                            .as_ref()
+                            .is_none_or(|s| !s.received.contains(&chunk))
+                        {
+                            edgeclip_link::publish(
+                                &state.args.link,
+                                topic.to_string(),
+                                frame,
+                                false,
+                            );
                             sent += 1;
                         }
                     }
@@ -167,7 +202,11 @@ impl Actor for SearchActor {
                         state.args.cloud_timeout.as_millis()
                     );
                     warn!(id = %p.id, "search timed out");
-                    answer(state, p.port, SearchResponse::Error(SearchError { id: p.id, error }));
+                    answer(
+                        state,
+                        p.port,
+                        SearchResponse::Error(SearchError { id: p.id, error }),
+                    );
                 }
             }
         }
@@ -175,11 +214,22 @@ impl Actor for SearchActor {
     }
 }
 
-async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: SearchRequest, port: Option<RpcReplyPort<SearchResponse>>) {
+async fn start(
+    myself: &ActorRef<SearchMsg>,
+    state: &mut SearchState,
+    request: SearchRequest,
+    port: Option<RpcReplyPort<SearchResponse>>,
+) {
     state.next_request = state.next_request.wrapping_add(1);
     let request_id = state.next_request;
-    let id = request.id.clone().unwrap_or_else(|| format!("{request_id:x}"));
-    let k = request.k.unwrap_or(state.args.default_k).min(state.args.max_k);
+    let id = request
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{request_id:x}"));
+    let k = request
+        .k
+        .unwrap_or(state.args.default_k)
+        .min(state.args.max_k);
     let filter = Filter {
         folder: request.folder.as_ref().map(PathBuf::from),
         after: request.after,
@@ -192,12 +242,37 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         // Near-duplicate groups: the device compares its own vectors; no cloud round trip.
         let started = Instant::now();
         let max = state.args.max_duplicate_pictures;
-        let grouped = ractor::call_t!(state.args.index, |port| IndexMsg::Duplicates { threshold, k, filter, max, port }, DUPLICATES_TIMEOUT.as_millis() as u64);
-        let text = if request.text.is_empty() { format!("duplicates at {threshold}") } else { request.text.clone() };
+        let grouped = ractor::call_t!(
+            state.args.index,
+            |port| IndexMsg::Duplicates {
+                threshold,
+                k,
+                filter,
+                max,
+                port
+            },
+            DUPLICATES_TIMEOUT.as_millis() as u64
+        );
+        let text = if request.text.is_empty() {
+            format!("duplicates at {threshold}")
+        } else {
+            request.text.clone()
+        };
         let response = match grouped {
-            Ok(Ok((model, groups))) => SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits: Vec::new(), partial: false, groups }),
+            Ok(Ok((model, groups))) => SearchResponse::Results(SearchResults {
+                id,
+                text,
+                model,
+                took_ms: started.elapsed().as_millis() as u64,
+                hits: Vec::new(),
+                partial: false,
+                groups,
+            }),
             Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
-            Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),
+            Err(e) => SearchResponse::Error(SearchError {
+                id,
+                error: format!("index did not answer: {e}"),
+            }),
         };
         answer(state, port, response);
         return;
@@ -206,9 +281,22 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
         // Image to image: the device has the vectors already; no cloud round trip.
         let started = Instant::now();
         let path = PathBuf::from(like);
-        let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Like { path, k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
+        let ranked = ractor::call_t!(
+            state.args.index,
+            |port| IndexMsg::Like {
+                path,
+                k,
+                filter,
+                port
+            },
+            RANK_TIMEOUT.as_millis() as u64
+        );
         let ranked: Result<Result<Ranking, String>, _> = ranked;
-        let text = if request.text.is_empty() { format!("like {like}") } else { request.text.clone() };
+        let text = if request.text.is_empty() {
+            format!("like {like}")
+        } else {
+            request.text.clone()
+        };
         let response = respond(ranked, id, text, started);
         answer(state, port, response);
         return;
@@ -218,12 +306,32 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
     let model = state.args.models.borrow().serving.clone();
     let sent = if request.mode.unwrap_or(state.args.default_mode) == SearchMode::Server {
         // Method B: the text and the (int8) vectors go to the cloud, which ranks.
-        let (chunk_vectors, max_vectors) = (state.args.server_chunk_vectors, state.args.max_server_vectors);
+        let (chunk_vectors, max_vectors) = (
+            state.args.server_chunk_vectors,
+            state.args.max_server_vectors,
+        );
         let f = filter.clone();
-        let export = ractor::call_t!(state.args.index, |port| IndexMsg::Export { filter: f, chunk_vectors, max_vectors, port }, RANK_TIMEOUT.as_millis() as u64);
+        let export = ractor::call_t!(
+            state.args.index,
+            |port| IndexMsg::Export {
+                filter: f,
+                chunk_vectors,
+                max_vectors,
+                port
+            },
+            RANK_TIMEOUT.as_millis() as u64
+        );
         match export {
             Ok(Ok(export)) if export.chunks.is_empty() => {
-                let empty = SearchResults { id, text: request.text, model: export.model, took_ms: 0, hits: Vec::new(), partial: false, groups: Vec::new() };
+                let empty = SearchResults {
+                    id,
+                    text: request.text,
+                    model: export.model,
+                    took_ms: 0,
+                    hits: Vec::new(),
+                    partial: false,
+                    groups: Vec::new(),
+                };
                 answer(state, port, SearchResponse::Results(empty));
                 return;
             }
@@ -263,8 +371,15 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
             Err(e) => Err(format!("index did not answer: {e}")),
         }
     } else {
-        let request = EncodeRequest { request_id, reply_to, model: model.clone(), text: request.text.clone() };
-        wire::encode(&request).map(|f| vec![(0, topics::CLOUD_ENCODE, f)]).map_err(|e| e.to_string())
+        let request = EncodeRequest {
+            request_id,
+            reply_to,
+            model: model.clone(),
+            text: request.text.clone(),
+        };
+        wire::encode(&request)
+            .map(|f| vec![(0, topics::CLOUD_ENCODE, f)])
+            .map_err(|e| e.to_string())
     };
     let mut resend = Vec::new();
     match sent {
@@ -278,15 +393,34 @@ async fn start(myself: &ActorRef<SearchMsg>, state: &mut SearchState, request: S
             }
         }
         Err(error) => {
-            answer(state, port, SearchResponse::Error(SearchError { id, error }));
+            answer(
+                state,
+                port,
+                SearchResponse::Error(SearchError { id, error }),
+            );
             return;
         }
     }
-    state.pending.insert(request_id, Pending { id, model, text: request.text, k, filter, started: Instant::now(), port, server, resend });
+    state.pending.insert(
+        request_id,
+        Pending {
+            id,
+            model,
+            text: request.text,
+            k,
+            filter,
+            started: Instant::now(),
+            port,
+            server,
+            resend,
+        },
+    );
     if let Some(retry) = state.args.cloud_retry {
         myself.send_after(retry, move || SearchMsg::Retry(request_id));
     }
-    myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
+    myself.send_after(state.args.cloud_timeout, move || {
+        SearchMsg::Timeout(request_id)
+    });
 }
 
 /// Merges one chunk's ranking of a server-ranked search; answers once every chunk is in.
@@ -301,7 +435,10 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
     let r = reply.get();
     let request_id = r.request_id.to_native();
     let Some(p) = state.pending.get_mut(&request_id) else {
-        info!(request_id, "rank reply to an unknown or expired search ignored");
+        info!(
+            request_id,
+            "rank reply to an unknown or expired search ignored"
+        );
         return;
     };
     let Some(server) = p.server.as_mut() else {
@@ -309,21 +446,34 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
         return;
     };
     let failure = match &r.body {
-        ArchivedRankBody::Error(f) => Some(format!("the cloud refused the search ({:?}): {}", f.code, f.message)),
-        ArchivedRankBody::Ranked(ranked) if ranked.model.as_str() != server.model => {
-            Some(format!("the cloud ranked with model {}, the device's index holds {}", ranked.model, server.model))
-        }
+        ArchivedRankBody::Error(f) => Some(format!(
+            "the cloud refused the search ({:?}): {}",
+            f.code, f.message
+        )),
+        ArchivedRankBody::Ranked(ranked) if ranked.model.as_str() != server.model => Some(format!(
+            "the cloud ranked with model {}, the device's index holds {}",
+            ranked.model, server.model
+        )),
         ArchivedRankBody::Ranked(ranked) => {
             let chunk = r.chunk.to_native();
             let valid = chunk < server.chunks
                 && ranked.ids.len() == ranked.scores.len()
-                && ranked.ids.iter().all(|id| (id.to_native() as usize) < server.pictures.len());
+                && ranked
+                    .ids
+                    .iter()
+                    .all(|id| (id.to_native() as usize) < server.pictures.len());
             if !valid {
                 Some("the cloud's ranking does not fit the search".to_string())
             } else {
                 // QoS 1 may deliver a chunk twice; count it once.
                 if server.received.insert(chunk) {
-                    server.hits.extend(ranked.ids.iter().zip(ranked.scores.iter()).map(|(i, s)| (i.to_native(), s.to_native())));
+                    server.hits.extend(
+                        ranked
+                            .ids
+                            .iter()
+                            .zip(ranked.scores.iter())
+                            .map(|(i, s)| (i.to_native(), s.to_native())),
+                    );
                 }
                 None
             }
@@ -333,20 +483,35 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
     if !done {
         return;
     }
-    let Some(p) = state.pending.remove(&request_id) else { return };
+    let Some(p) = state.pending.remove(&request_id) else {
+        return;
+    };
     let response = match (failure, p.server) {
         (Some(error), _) => SearchResponse::Error(SearchError { id: p.id, error }),
         (None, Some(mut server)) => {
-            server.hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            server
+                .hits
+                .sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let hits = server
                 .hits
                 .into_iter()
                 .filter(|(_, s)| p.filter.min_score.is_none_or(|m| *s >= m))
                 .take(p.k)
-                .map(|(i, score)| Hit { score, ..server.pictures[i as usize].clone() })
+                .map(|(i, score)| Hit {
+                    score,
+                    ..server.pictures[i as usize].clone()
+                })
                 .collect();
             let took_ms = p.started.elapsed().as_millis() as u64;
-            SearchResponse::Results(SearchResults { id: p.id, text: p.text, model: server.model, took_ms, hits, partial: false, groups: Vec::new() })
+            SearchResponse::Results(SearchResults {
+                id: p.id,
+                text: p.text,
+                model: server.model,
+                took_ms,
+                hits,
+                partial: false,
+                groups: Vec::new(),
+            })
         }
         (None, None) => return,
     };
@@ -372,7 +537,10 @@ async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, b
     };
     let building = state.args.models.borrow().building.clone();
     let response = match &reply.get().body {
-        ArchivedReplyBody::Error(f) if f.code == ArchivedErrorCode::ModelMismatch && building.as_ref().is_some_and(|b| *b != p.model) => {
+        ArchivedReplyBody::Error(f)
+            if f.code == ArchivedErrorCode::ModelMismatch
+                && building.as_ref().is_some_and(|b| *b != p.model) =>
+        {
             // The device re-indexes for a new model and the cloud no longer serves the
             // previous one: ask for the new model's vector, ranked by the index being built.
             let model = building.unwrap_or_default();
@@ -387,7 +555,16 @@ async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, b
         ArchivedReplyBody::Vector(_) => {
             let filter = p.filter.clone();
             let query = Query::Encoded(reply);
-            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { query, k: p.k, filter, port }, RANK_TIMEOUT.as_millis() as u64);
+            let ranked = ractor::call_t!(
+                state.args.index,
+                |port| IndexMsg::Rank {
+                    query,
+                    k: p.k,
+                    filter,
+                    port
+                },
+                RANK_TIMEOUT.as_millis() as u64
+            );
             respond(ranked, p.id.clone(), p.text.clone(), p.started)
         }
     };
@@ -399,14 +576,35 @@ async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, b
 fn ask_again(myself: &ActorRef<SearchMsg>, state: &mut SearchState, mut p: Pending, model: String) {
     state.next_request = state.next_request.wrapping_add(1);
     let request_id = state.next_request;
-    let request = EncodeRequest { request_id, reply_to: topics::cloud_reply(&state.args.device_id), model: model.clone(), text: p.text.clone() };
+    let request = EncodeRequest {
+        request_id,
+        reply_to: topics::cloud_reply(&state.args.device_id),
+        model: model.clone(),
+        text: p.text.clone(),
+    };
     match wire::encode(&request) {
         Ok(frame) => {
-            p.resend = if state.args.cloud_retry.is_some() { vec![(0, topics::CLOUD_ENCODE, frame.clone())] } else { Vec::new() };
-            edgeclip_link::publish(&state.args.link, topics::CLOUD_ENCODE.to_string(), frame, false);
+            p.resend = if state.args.cloud_retry.is_some() {
+                vec![(0, topics::CLOUD_ENCODE, frame.clone())]
+            } else {
+                Vec::new()
+            };
+            edgeclip_link::publish(
+                &state.args.link,
+                topics::CLOUD_ENCODE.to_string(),
+                frame,
+                false,
+            );
         }
         Err(e) => {
-            answer(state, p.port.take(), SearchResponse::Error(SearchError { id: p.id.clone(), error: e.to_string() }));
+            answer(
+                state,
+                p.port.take(),
+                SearchResponse::Error(SearchError {
+                    id: p.id.clone(),
+                    error: e.to_string(),
+                }),
+            );
             return;
         }
     }
@@ -415,7 +613,9 @@ fn ask_again(myself: &ActorRef<SearchMsg>, state: &mut SearchState, mut p: Pendi
     if let Some(retry) = state.args.cloud_retry {
         myself.send_after(retry, move || SearchMsg::Retry(request_id));
     }
-    myself.send_after(state.args.cloud_timeout, move || SearchMsg::Timeout(request_id));
+    myself.send_after(state.args.cloud_timeout, move || {
+        SearchMsg::Timeout(request_id)
+    });
 }
 
 /// Ranks a fleet search's vector through the same index path as the device's own searches
@@ -440,34 +640,78 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
         Err(e) => FleetBody::Error(format!("bad fleet query: {e}")),
         Ok(()) => {
             let query = Query::Fleet(query);
-            let ranked = ractor::call_t!(state.args.index, |port| IndexMsg::Rank { query, k, filter: Filter::default(), port }, RANK_TIMEOUT.as_millis() as u64);
+            let ranked = ractor::call_t!(
+                state.args.index,
+                |port| IndexMsg::Rank {
+                    query,
+                    k,
+                    filter: Filter::default(),
+                    port
+                },
+                RANK_TIMEOUT.as_millis() as u64
+            );
             match ranked {
-                Ok(Ok(Ranking { hits, .. })) => FleetBody::Hits(hits.into_iter().map(|h| DeviceHit { path: h.path, score: h.score, taken_s: h.taken_s }).collect()),
+                Ok(Ok(Ranking { hits, .. })) => FleetBody::Hits(
+                    hits.into_iter()
+                        .map(|h| DeviceHit {
+                            path: h.path,
+                            score: h.score,
+                            taken_s: h.taken_s,
+                        })
+                        .collect(),
+                ),
                 Ok(Err(error)) => FleetBody::Error(error),
                 Err(e) => FleetBody::Error(format!("index did not answer: {e}")),
             }
         }
     };
-    match wire::encode(&FleetAnswer { request_id, device: state.args.device_id.clone(), body }) {
+    match wire::encode(&FleetAnswer {
+        request_id,
+        device: state.args.device_id.clone(),
+        body,
+    }) {
         Ok(frame) => edgeclip_link::publish(&state.args.link, reply_to, frame, false),
         Err(e) => warn!(error = %e, "fleet answer not serialisable"),
     }
 }
 
 /// The answer to a search from the index's ranking.
-fn respond<E: std::fmt::Display>(ranked: Result<Result<Ranking, String>, E>, id: String, text: String, started: Instant) -> SearchResponse {
+fn respond<E: std::fmt::Display>(
+    ranked: Result<Result<Ranking, String>, E>,
+    id: String,
+    text: String,
+    started: Instant,
+) -> SearchResponse {
     match ranked {
-        Ok(Ok(Ranking { model, hits, partial })) => {
-            SearchResponse::Results(SearchResults { id, text, model, took_ms: started.elapsed().as_millis() as u64, hits, partial, groups: Vec::new() })
-        }
+        Ok(Ok(Ranking {
+            model,
+            hits,
+            partial,
+        })) => SearchResponse::Results(SearchResults {
+            id,
+            text,
+            model,
+            took_ms: started.elapsed().as_millis() as u64,
+            hits,
+            partial,
+            groups: Vec::new(),
+        }),
         Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
-        Err(e) => SearchResponse::Error(SearchError { id, error: format!("index did not answer: {e}") }),
+        Err(e) => SearchResponse::Error(SearchError {
+            id,
+            error: format!("index did not answer: {e}"),
+        }),
     }
 }
 
 /// Publishes the answer on the results topic and hands it to the in-process caller, if any.
-fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, mut response: SearchResponse) {
-    if let (SearchResponse::Results(results), Some(base)) = (&mut response, &state.args.thumb_base) {
+fn answer(
+    state: &SearchState,
+    port: Option<RpcReplyPort<SearchResponse>>,
+    mut response: SearchResponse,
+) {
+    if let (SearchResponse::Results(results), Some(base)) = (&mut response, &state.args.thumb_base)
+    {
         for hit in &mut results.hits {
             hit.thumb_url = Some(format!("{base}/thumb/{}", hit.id));
         }
@@ -478,7 +722,12 @@ fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, mut r
         }
     }
     match serde_json::to_vec(&response) {
-        Ok(json) => edgeclip_link::publish(&state.args.link, topics::results(&state.args.device_id), json, false),
+        Ok(json) => edgeclip_link::publish(
+            &state.args.link,
+            topics::results(&state.args.device_id),
+            json,
+            false,
+        ),
         Err(e) => warn!(error = %e, "answer not serialisable"),
     }
     if let Some(port) = port {
@@ -491,14 +740,24 @@ fn answer(state: &SearchState, port: Option<RpcReplyPort<SearchResponse>>, mut r
 fn publish_best(state: &SearchState, best: &Hit) {
     let device = &state.args.device_id;
     if let Some(url) = &best.thumb_url {
-        edgeclip_link::publish(&state.args.link, topics::best_url(device), url.clone().into_bytes(), true);
+        edgeclip_link::publish(
+            &state.args.link,
+            topics::best_url(device),
+            url.clone().into_bytes(),
+            true,
+        );
     }
     if let Some((side, limits)) = state.args.best_image {
-        let (link, topic, path) = (state.args.link.clone(), topics::best_image(device), PathBuf::from(&best.path));
+        let (link, topic, path) = (
+            state.args.link.clone(),
+            topics::best_image(device),
+            PathBuf::from(&best.path),
+        );
         tokio::spawn(async move {
             let made = tokio::task::spawn_blocking(move || {
                 let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                crate::thumb::make_thumbnail(&bytes, side, limits).map_err(|e| format!("{}: {e}", path.display()))
+                crate::thumb::make_thumbnail(&bytes, side, limits)
+                    .map_err(|e| format!("{}: {e}", path.display()))
             })
             .await;
             match made {
@@ -513,5 +772,8 @@ fn publish_best(state: &SearchState, best: &Hit) {
 /// The `id` of a JSON search that failed validation, so the error can still be correlated.
 fn json_id(bytes: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    value.get("id")?.as_str().map(|s| s.chars().take(128).collect())
+    value
+        .get("id")?
+        .as_str()
+        .map(|s| s.chars().take(128).collect())
 }

@@ -20,9 +20,9 @@ use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
 use crate::http::{HttpContext, HttpServer};
-use crate::reindex::Layout;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
+use crate::reindex::Layout;
 
 /// How long shutdown waits for pictures being encoded: one picture on a slow board.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,17 +66,35 @@ impl Actor for DeviceSupervisor {
     type State = SupervisorState;
     type Arguments = DeviceConfig;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, config: DeviceConfig) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        config: DeviceConfig,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let model = ModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
-        let (onnx, size, dim) = (model.visual_onnx(), model.preprocess.size as usize, model.dim);
+        let (onnx, size, dim) = (
+            model.visual_onnx(),
+            model.preprocess.size as usize,
+            model.dim,
+        );
         let started = std::time::Instant::now();
         // A batch measured at an earlier start on this machine is not measured again.
         let machine = crate::batch_memo::this_machine();
-        let recalled = (config.encoder.batch == 0).then(|| crate::batch_memo::recall(&config.state_dir, &model.id, &machine)).flatten();
+        let recalled = (config.encoder.batch == 0)
+            .then(|| crate::batch_memo::recall(&config.state_dir, &model.id, &machine))
+            .flatten();
         let batch = recalled.unwrap_or(config.encoder.batch);
-        let (tower, timings) = tokio::task::spawn_blocking(move || ImageTower::load_batched(&onnx, size, dim, batch)).await??;
+        let (tower, timings) =
+            tokio::task::spawn_blocking(move || ImageTower::load_batched(&onnx, size, dim, batch))
+                .await??;
         if batch == 0 {
-            if let Err(e) = crate::batch_memo::remember(&config.state_dir, &model.id, &machine, tower.batch(), &timings) {
+            if let Err(e) = crate::batch_memo::remember(
+                &config.state_dir,
+                &model.id,
+                &machine,
+                tower.batch(),
+                &timings,
+            ) {
                 warn!(error = %e, "the measured batch is not kept; the next start measures it again");
             }
         }
@@ -92,22 +110,37 @@ impl Actor for DeviceSupervisor {
 
         let device = config.device_id.clone();
         let presence = Some(Presence {
-                topic: topics::availability(&device),
-                online: topics::ONLINE.into(),
-                offline: topics::OFFLINE.into(),
-            });
+            topic: topics::availability(&device),
+            online: topics::ONLINE.into(),
+            offline: topics::OFFLINE.into(),
+        });
         let ha = &config.homeassistant;
-        let mut subscriptions = vec![topics::search(&device), topics::cloud_reply(&device), topics::command(&device), topics::fleet_query(&device)];
+        let mut subscriptions = vec![
+            topics::search(&device),
+            topics::cloud_reply(&device),
+            topics::command(&device),
+            topics::fleet_query(&device),
+        ];
         if ha.discovery {
             subscriptions.push(homeassistant::ha_status(&ha.prefix));
         }
         let options = config.broker.link_options(subscriptions, presence);
         let cell = myself.get_cell();
-        let (link, _) = Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
+        let (link, _) =
+            Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let layout = Layout::new(&config.state_dir);
-        let (store_layout, store_model, store_dim, precision) = (layout.clone(), model.id.clone(), model.dim, config.search.vectors);
-        let opened = tokio::task::spawn_blocking(move || crate::reindex::open(&store_layout, &store_model, store_dim, precision)).await??;
-        let ((store, mut index), mut building, report) = (opened.serving, opened.building, opened.report);
+        let (store_layout, store_model, store_dim, precision) = (
+            layout.clone(),
+            model.id.clone(),
+            model.dim,
+            config.search.vectors,
+        );
+        let opened = tokio::task::spawn_blocking(move || {
+            crate::reindex::open(&store_layout, &store_model, store_dim, precision)
+        })
+        .await??;
+        let ((store, mut index), mut building, report) =
+            (opened.serving, opened.building, opened.report);
         index.set_search_threads(config.search.threads);
         if let Some((_, b)) = &mut building {
             b.set_search_threads(config.search.threads);
@@ -128,10 +161,16 @@ impl Actor for DeviceSupervisor {
             warn!(%reason, "previous index set aside; pictures will be encoded again");
         }
         if report.truncated_bytes > 0 {
-            warn!(bytes = report.truncated_bytes, "cut a torn record off the index journal (power cut while writing)");
+            warn!(
+                bytes = report.truncated_bytes,
+                "cut a torn record off the index journal (power cut while writing)"
+            );
         }
         info!(pictures = report.pictures, replayed = report.replayed, vectors = ?index.precision(), "index opened");
-        let models = Models { serving: index.model().to_string(), building: building.as_ref().map(|(_, b)| b.model().to_string()) };
+        let models = Models {
+            serving: index.model().to_string(),
+            building: building.as_ref().map(|(_, b)| b.model().to_string()),
+        };
         let (models_tx, models_rx) = tokio::sync::watch::channel(models);
         let index_args = IndexArgs {
             encoder_batch: tower.batch(),
@@ -141,12 +180,21 @@ impl Actor for DeviceSupervisor {
             cameras: config
                 .cameras
                 .iter()
-                .map(|c| CameraSpec { name: c.name.clone(), folder: c.folder.clone(), duplicate_threshold: c.duplicate_threshold, keep_frames: c.keep_frames })
+                .map(|c| CameraSpec {
+                    name: c.name.clone(),
+                    folder: c.folder.clone(),
+                    duplicate_threshold: c.duplicate_threshold,
+                    keep_frames: c.keep_frames,
+                })
                 .collect(),
             index,
             store,
             device_id: device.clone(),
-            folders: config.folders.iter().map(|f| f.display().to_string()).collect(),
+            folders: config
+                .folders
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect(),
             status_interval: Duration::from_millis(config.status.interval_ms),
             link: link.clone(),
         };
@@ -154,13 +202,17 @@ impl Actor for DeviceSupervisor {
         let encoder_args = ImageEncoderArgs {
             tower,
             preprocess: model.preprocess.clone(),
-            limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
+            limits: DecodeLimits {
+                max_side: config.encoder.max_side,
+                max_alloc: config.encoder.max_alloc_mib << 20,
+            },
             workers: config.encoder.workers,
             priority: config.encoder.priority,
             max_file_bytes: config.encoder.max_file_mib << 20,
             index: index.clone(),
         };
-        let (encoder, _) = Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
+        let (encoder, _) =
+            Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
         // The HTTP endpoint is optional: a port in use costs the page and thumbnails, not the
         // device's searches over MQTT.
         let bound = if config.http.enabled {
@@ -187,18 +239,32 @@ impl Actor for DeviceSupervisor {
             index: index.clone(),
             default_mode: config.search.mode,
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
-            server_chunk_vectors: config.search.server_chunk_vectors.min((config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1)),
+            server_chunk_vectors: config.search.server_chunk_vectors.min(
+                (config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1),
+            ),
             max_server_vectors: config.search.max_server_vectors,
             max_duplicate_pictures: config.search.max_duplicate_pictures,
             thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
-            best_image: ha.image_bytes.then_some((config.http.thumb_side, DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 })),
+            best_image: ha.image_bytes.then_some((
+                config.http.thumb_side,
+                DecodeLimits {
+                    max_side: config.encoder.max_side,
+                    max_alloc: config.encoder.max_alloc_mib << 20,
+                },
+            )),
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         // Camera frames are found by the capture like any picture: their folders must exist
         // before it starts watching.
         let mut folders = config.folders.clone();
         for cam in &config.cameras {
-            std::fs::create_dir_all(&cam.folder).map_err(|e| format!("camera {}: cannot create {}: {e}", cam.name, cam.folder.display()))?;
+            std::fs::create_dir_all(&cam.folder).map_err(|e| {
+                format!(
+                    "camera {}: cannot create {}: {e}",
+                    cam.name,
+                    cam.folder.display()
+                )
+            })?;
             if !folders.contains(&cam.folder) {
                 folders.push(cam.folder.clone());
             }
@@ -206,14 +272,16 @@ impl Actor for DeviceSupervisor {
         let capture_args = CaptureArgs {
             folders,
             extensions: config.encoder.extensions.clone(),
-            rescan: (config.capture.rescan_s > 0).then(|| Duration::from_secs(config.capture.rescan_s)),
+            rescan: (config.capture.rescan_s > 0)
+                .then(|| Duration::from_secs(config.capture.rescan_s)),
             watch: config.capture.watch,
             debounce: Duration::from_millis(config.capture.debounce_ms),
             settle: Duration::from_millis(config.capture.settle_ms),
             encoder: encoder.clone(),
             index: index.clone(),
         };
-        let (capture, _) = Actor::spawn_linked(None, CaptureActor, capture_args, cell.clone()).await?;
+        let (capture, _) =
+            Actor::spawn_linked(None, CaptureActor, capture_args, cell.clone()).await?;
         let mut cameras = Vec::new();
         for (number, cam) in config.cameras.iter().enumerate() {
             let args = CameraArgs {
@@ -224,11 +292,16 @@ impl Actor for DeviceSupervisor {
                 timeout: Duration::from_millis(cam.timeout_ms),
                 max_bytes: (cam.max_frame_mib << 20) as usize,
                 folder: cam.folder.clone(),
-                keep_for: (cam.keep_days > 0).then(|| Duration::from_secs(u64::from(cam.keep_days) * 86_400)),
+                keep_for: (cam.keep_days > 0)
+                    .then(|| Duration::from_secs(u64::from(cam.keep_days) * 86_400)),
                 index: index.clone(),
                 capture: capture.clone(),
             };
-            cameras.push(Actor::spawn_linked(None, CameraActor, args, cell.clone()).await?.0);
+            cameras.push(
+                Actor::spawn_linked(None, CameraActor, args, cell.clone())
+                    .await?
+                    .0,
+            );
         }
         let discovery = if ha.discovery {
             let options = homeassistant::DiscoveryOptions {
@@ -238,7 +311,16 @@ impl Actor for DeviceSupervisor {
                 image_url: bound.is_some(),
                 image_bytes: ha.image_bytes,
             };
-            let (discovery, _) = Actor::spawn_linked(None, DiscoveryActor, DiscoveryArgs { options, link: link.clone() }, cell).await?;
+            let (discovery, _) = Actor::spawn_linked(
+                None,
+                DiscoveryActor,
+                DiscoveryArgs {
+                    options,
+                    link: link.clone(),
+                },
+                cell,
+            )
+            .await?;
             Some(discovery)
         } else {
             None
@@ -249,7 +331,10 @@ impl Actor for DeviceSupervisor {
                 index: index.clone(),
                 cache_dir: config.http.cache_dir.clone(),
                 thumb_side: config.http.thumb_side,
-                limits: DecodeLimits { max_side: config.encoder.max_side, max_alloc: config.encoder.max_alloc_mib << 20 },
+                limits: DecodeLimits {
+                    max_side: config.encoder.max_side,
+                    max_alloc: config.encoder.max_alloc_mib << 20,
+                },
                 max_file_bytes: config.encoder.max_file_mib << 20,
                 max_text_bytes: config.search.max_text_bytes,
                 search_timeout: config.cloud_timeout() + Duration::from_secs(2),
@@ -257,29 +342,47 @@ impl Actor for DeviceSupervisor {
             HttpServer::start(bound, context)
         });
 
-        let (search_topic, reply_topic, command_topic) = (topics::search(&device), topics::cloud_reply(&device), topics::command(&device));
+        let (search_topic, reply_topic, command_topic) = (
+            topics::search(&device),
+            topics::cloud_reply(&device),
+            topics::command(&device),
+        );
         let fleet_topic = topics::fleet_query(&device);
         let ha_status = homeassistant::ha_status(&ha.prefix);
         let (to_search, to_me, to_discovery) = (search.clone(), myself.clone(), discovery.clone());
         let router = Arc::new(move |msg: Incoming| {
             let routed = if msg.topic == search_topic {
-                to_search.cast(SearchMsg::Payload(msg.payload.to_vec())).map_err(|_| "search")
+                to_search
+                    .cast(SearchMsg::Payload(msg.payload.to_vec()))
+                    .map_err(|_| "search")
             } else if msg.topic == reply_topic {
-                to_search.cast(SearchMsg::CloudReply(msg.payload.to_vec())).map_err(|_| "search")
+                to_search
+                    .cast(SearchMsg::CloudReply(msg.payload.to_vec()))
+                    .map_err(|_| "search")
             } else if msg.topic == fleet_topic {
-                to_search.cast(SearchMsg::FleetQuery(msg.payload.to_vec())).map_err(|_| "search")
+                to_search
+                    .cast(SearchMsg::FleetQuery(msg.payload.to_vec()))
+                    .map_err(|_| "search")
             } else if msg.topic == command_topic {
                 match msg.payload.trim_ascii() {
-                    c if c == homeassistant::RESCAN.as_bytes() => to_me.cast(SupervisorMsg::Rescan).map_err(|_| "supervisor"),
-                    c if c == homeassistant::REINDEX.as_bytes() => to_me.cast(SupervisorMsg::Reindex).map_err(|_| "supervisor"),
+                    c if c == homeassistant::RESCAN.as_bytes() => {
+                        to_me.cast(SupervisorMsg::Rescan).map_err(|_| "supervisor")
+                    }
+                    c if c == homeassistant::REINDEX.as_bytes() => {
+                        to_me.cast(SupervisorMsg::Reindex).map_err(|_| "supervisor")
+                    }
                     other => {
-                        let shown: String = String::from_utf8_lossy(other).chars().take(64).collect();
+                        let shown: String =
+                            String::from_utf8_lossy(other).chars().take(64).collect();
                         warn!(command = %shown, "unknown command ignored (rescan, reindex)");
                         Ok(())
                     }
                 }
             } else if msg.topic == ha_status {
-                to_discovery.as_ref().map_or(Ok(()), |d| d.cast(DiscoveryMsg::HaStatus(msg.payload.to_vec())).map_err(|_| "discovery"))
+                to_discovery.as_ref().map_or(Ok(()), |d| {
+                    d.cast(DiscoveryMsg::HaStatus(msg.payload.to_vec()))
+                        .map_err(|_| "discovery")
+                })
             } else {
                 Ok(())
             };
@@ -290,10 +393,25 @@ impl Actor for DeviceSupervisor {
         link.cast(LinkMsg::Start(router))?;
         capture.cast(CaptureMsg::Scan)?;
         info!(device = %device, broker = %config.broker.url, folders = ?config.folders, "device started");
-        Ok(SupervisorState { link, index, encoder, search, capture, cameras, discovery, http, stopping: false })
+        Ok(SupervisorState {
+            link,
+            index,
+            encoder,
+            search,
+            capture,
+            cameras,
+            discovery,
+            http,
+            stopping: false,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Search(request, port) => {
                 state.search.cast(SearchMsg::Search(request, Some(port)))?;
@@ -322,7 +440,11 @@ impl Actor for DeviceSupervisor {
                 }
                 let _ = state.capture.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.index.cast(IndexMsg::Stopping);
-                let drained = ractor::call_t!(state.encoder, |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p), DRAIN_TIMEOUT.as_millis() as u64 + 1000);
+                let drained = ractor::call_t!(
+                    state.encoder,
+                    |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p),
+                    DRAIN_TIMEOUT.as_millis() as u64 + 1000
+                );
                 if drained.is_err() {
                     error!("encoder did not drain in time");
                 }
@@ -342,7 +464,12 @@ impl Actor for DeviceSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         if state.stopping {
             return Ok(());
         }

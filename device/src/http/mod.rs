@@ -92,12 +92,22 @@ pub struct Bound {
 /// Binds the endpoint's socket as `config` says.
 pub async fn bind(config: &HttpConfig) -> Result<Bound, DeviceError> {
     let ip = resolve_bind(&config.bind);
-    let listener = TcpListener::bind((ip, config.port))
-        .await
-        .map_err(|e| DeviceError::Config(format!("http: cannot listen on {ip}:{}: {e}", config.port)))?;
-    let addr = listener.local_addr().map_err(|e| DeviceError::Config(format!("http: {e}")))?;
-    let base_url = if config.public_url.is_empty() { format!("http://{addr}") } else { config.public_url.clone() };
-    Ok(Bound { listener, addr, base_url })
+    let listener = TcpListener::bind((ip, config.port)).await.map_err(|e| {
+        DeviceError::Config(format!("http: cannot listen on {ip}:{}: {e}", config.port))
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DeviceError::Config(format!("http: {e}")))?;
+    let base_url = if config.public_url.is_empty() {
+        format!("http://{addr}")
+    } else {
+        config.public_url.clone()
+    };
+    Ok(Bound {
+        listener,
+        addr,
+        base_url,
+    })
 }
 
 /// The running endpoint.
@@ -151,7 +161,12 @@ async fn page() -> impl IntoResponse {
 }
 
 fn plain(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
 }
 
 async fn search(State(ctx): State<Arc<HttpContext>>, body: Bytes) -> Response {
@@ -161,40 +176,92 @@ async fn search(State(ctx): State<Arc<HttpContext>>, body: Bytes) -> Response {
     let request = match SearchRequest::parse(&body, ctx.max_text_bytes) {
         Ok(r) => r,
         Err(e) => {
-            let answer = SearchResponse::Error(SearchError { id: String::new(), error: format!("bad search: {e}") });
+            let answer = SearchResponse::Error(SearchError {
+                id: String::new(),
+                error: format!("bad search: {e}"),
+            });
             return (StatusCode::BAD_REQUEST, Json(answer)).into_response();
         }
     };
     let timeout = ctx.search_timeout.as_millis() as u64;
-    match ractor::call_t!(ctx.search, |port| SearchMsg::Search(request, Some(port)), timeout) {
+    match ractor::call_t!(
+        ctx.search,
+        |port| SearchMsg::Search(request, Some(port)),
+        timeout
+    ) {
         Ok(answer) => Json(answer).into_response(),
-        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("the device did not answer: {e}")),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the device did not answer: {e}"),
+        ),
     }
 }
 
 async fn status(State(ctx): State<Arc<HttpContext>>) -> Response {
-    match ractor::call_t!(ctx.index, IndexMsg::Status, LOOKUP_TIMEOUT.as_millis() as u64) {
+    match ractor::call_t!(
+        ctx.index,
+        IndexMsg::Status,
+        LOOKUP_TIMEOUT.as_millis() as u64
+    ) {
         Ok(status) => Json(status).into_response(),
-        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("the device did not answer: {e}")),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the device did not answer: {e}"),
+        ),
     }
 }
 
 async fn thumb(State(ctx): State<Arc<HttpContext>>, UrlPath(id): UrlPath<String>) -> Response {
-    let entry = match ractor::call_t!(ctx.index, |port| IndexMsg::Picture(id.clone(), port), LOOKUP_TIMEOUT.as_millis() as u64) {
+    let entry = match ractor::call_t!(
+        ctx.index,
+        |port| IndexMsg::Picture(id.clone(), port),
+        LOOKUP_TIMEOUT.as_millis() as u64
+    ) {
         Ok(Some(entry)) => entry,
-        Ok(None) => return plain(StatusCode::NOT_FOUND, format!("no indexed picture has id {id:?}")),
-        Err(e) => return plain(StatusCode::SERVICE_UNAVAILABLE, format!("the device did not answer: {e}")),
+        Ok(None) => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("no indexed picture has id {id:?}"),
+            )
+        }
+        Err(e) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the device did not answer: {e}"),
+            )
+        }
     };
     // Keyed by content and size: an edited picture gets a new thumbnail, a renamed one keeps it.
-    let hash: String = entry.hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hash: String = entry.hash[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let cached = ctx.cache_dir.join(format!("{hash}-{}.jpg", ctx.thumb_side));
-    let (side, limits, max_bytes, dir) = (ctx.thumb_side, ctx.limits, ctx.max_file_bytes, ctx.cache_dir.clone());
-    let made = tokio::task::spawn_blocking(move || cached_thumbnail(&entry.path, &cached, &dir, side, limits, max_bytes)).await;
+    let (side, limits, max_bytes, dir) = (
+        ctx.thumb_side,
+        ctx.limits,
+        ctx.max_file_bytes,
+        ctx.cache_dir.clone(),
+    );
+    let made = tokio::task::spawn_blocking(move || {
+        cached_thumbnail(&entry.path, &cached, &dir, side, limits, max_bytes)
+    })
+    .await;
     match made {
-        Ok(Ok(jpeg)) => ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=300")], jpeg).into_response(),
+        Ok(Ok(jpeg)) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "private, max-age=300"),
+            ],
+            jpeg,
+        )
+            .into_response(),
         Ok(Err(ThumbError::Gone(reason))) => plain(StatusCode::NOT_FOUND, reason),
         Ok(Err(ThumbError::Unreadable(reason))) => plain(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("thumbnail failed: {e}")),
+        Err(e) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("thumbnail failed: {e}"),
+        ),
     }
 }
 
@@ -207,20 +274,36 @@ enum ThumbError {
 
 /// The cached thumbnail, or a new one (written to the cache by temp file and rename, so a
 /// crash never leaves half a JPEG there). A cache that cannot be written only costs time.
-fn cached_thumbnail(picture: &Path, cached: &Path, dir: &Path, side: u32, limits: DecodeLimits, max_bytes: u64) -> Result<Vec<u8>, ThumbError> {
+fn cached_thumbnail(
+    picture: &Path,
+    cached: &Path,
+    dir: &Path,
+    side: u32,
+    limits: DecodeLimits,
+    max_bytes: u64,
+) -> Result<Vec<u8>, ThumbError> {
     if let Ok(jpeg) = std::fs::read(cached) {
         return Ok(jpeg);
     }
-    let size = std::fs::metadata(picture).map_err(|e| ThumbError::Gone(format!("{}: {e}", picture.display())))?.len();
+    let size = std::fs::metadata(picture)
+        .map_err(|e| ThumbError::Gone(format!("{}: {e}", picture.display())))?
+        .len();
     if size > max_bytes {
-        return Err(ThumbError::Unreadable(format!("{}: {size} bytes is over encoder.max_file_mib", picture.display())));
+        return Err(ThumbError::Unreadable(format!(
+            "{}: {size} bytes is over encoder.max_file_mib",
+            picture.display()
+        )));
     }
-    let bytes = std::fs::read(picture).map_err(|e| ThumbError::Gone(format!("{}: {e}", picture.display())))?;
-    let jpeg = make_thumbnail(&bytes, side, limits).map_err(|e| ThumbError::Unreadable(format!("{}: {e}", picture.display())))?;
+    let bytes = std::fs::read(picture)
+        .map_err(|e| ThumbError::Gone(format!("{}: {e}", picture.display())))?;
+    let jpeg = make_thumbnail(&bytes, side, limits)
+        .map_err(|e| ThumbError::Unreadable(format!("{}: {e}", picture.display())))?;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = cached.with_extension(format!("tmp-{}-{n}", std::process::id()));
-    let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&tmp, &jpeg)).and_then(|_| std::fs::rename(&tmp, cached));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, &jpeg))
+        .and_then(|_| std::fs::rename(&tmp, cached));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         warn!(dir = %dir.display(), error = %e, "thumbnail not cached");
