@@ -10,9 +10,10 @@
 
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    encode, quantise, DeviceHit, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery,
-    RankBody, RankReply, RankRequest, RankedIds, ReplyBody, TextVector,
+    encode, quantise, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, RankBody,
+    RankReply, RankRequest, RankedIds, ReplyBody, TextVector,
 };
+use edgeclip_messages::Hit;
 
 const DIM: usize = 512;
 const K: usize = 10;
@@ -129,10 +130,19 @@ fn fleet_per_device() -> anyhow::Result<u64> {
         },
     })?;
     let hits = (0..K)
-        .map(|i| DeviceHit {
+        .map(|i| Hit {
             path: format!("/srv/photos/2024/06/IMG_{:04}.jpg", 1000 + i),
             score: 0.3,
             taken_s: 1_717_000_000,
+            id: format!("{:016x}", 0x5eed_0000_u64 + i as u64),
+            bytes: 3_500_000,
+            width: 4032,
+            height: 3024,
+            thumb_url: Some(format!(
+                "http://192.168.1.20:8090/thumb/{:016x}",
+                0x5eed_0000_u64 + i as u64
+            )),
+            ..Hit::default()
         })
         .collect();
     let answer = encode(&FleetAnswer {

@@ -77,7 +77,7 @@ pub fn fleet_table(response: &FleetResponse) -> String {
             let width = r
                 .hits
                 .iter()
-                .map(|h| h.device.len())
+                .map(|h| h.device.as_deref().unwrap_or_default().len())
                 .max()
                 .unwrap_or(0)
                 .max("device".len());
@@ -92,7 +92,7 @@ pub fn fleet_table(response: &FleetResponse) -> String {
                     "{:>4}  {:>7.4}  {:<width$}  {}",
                     i + 1,
                     hit.score,
-                    hit.device,
+                    hit.device.as_deref().unwrap_or_default(),
                     hit.path
                 );
             }
@@ -166,8 +166,7 @@ mod tests {
             bytes: 1,
             width: 2,
             height: 3,
-            source: String::new(),
-            thumb_url: None,
+            ..Hit::default()
         }
     }
 
@@ -195,12 +194,12 @@ mod tests {
 
     #[test]
     fn fleet_tables_name_the_device_of_each_hit_and_the_missing_ones() {
-        use edgeclip_messages::dashboard::{FleetHit, FleetResults};
-        let hit = |device: &str, path: &str, score| FleetHit {
-            device: device.into(),
+        use edgeclip_messages::dashboard::FleetResults;
+        let hit = |device: &str, path: &str, score| Hit {
+            device: Some(device.into()),
             path: path.into(),
             score,
-            taken_s: 0,
+            ..Hit::default()
         };
         let r = FleetResponse::Results(FleetResults {
             id: "1".into(),

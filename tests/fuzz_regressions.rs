@@ -10,8 +10,8 @@ mod harness;
 use std::path::{Path, PathBuf};
 
 use edgeclip_messages::wire::{
-    encode, quantise, CloudFailure, DeviceHit, EncodeReply, EncodeRequest, ErrorCode, FleetAnswer,
-    FleetBody, FleetQuery, RankBody, RankReply, RankRequest, RankedIds, ReplyBody, TextVector,
+    encode, quantise, CloudFailure, EncodeReply, EncodeRequest, ErrorCode, FleetAnswer, FleetBody,
+    FleetQuery, RankBody, RankReply, RankRequest, RankedIds, ReplyBody, TextVector,
 };
 
 const TARGETS: [&str; 5] = ["wire", "json", "picture", "tokenize", "store"];
@@ -97,10 +97,11 @@ fn wire_seeds() -> Vec<Vec<u8>> {
         encode(&FleetAnswer {
             request_id: 4,
             device: "cam1".into(),
-            body: FleetBody::Hits(vec![DeviceHit {
+            body: FleetBody::Hits(vec![edgeclip_messages::Hit {
                 path: "/p/a.jpg".into(),
                 score: 0.3,
-                taken_s: 0,
+                id: "00000000000000aa".into(),
+                ..edgeclip_messages::Hit::default()
             }]),
         }),
     ];

@@ -317,7 +317,7 @@ async fn the_cloud_bounds_each_requester_and_says_which_limit() {
         .id;
     // The worker publishes its presence after subscribing, on the same connection: once it is
     // seen, requests are no longer published before the worker listens.
-    let presence_topic = edgeclip_cloud::actors::supervisor::worker_presence_topic("bounded-w");
+    let presence_topic = edgeclip_messages::topics::worker_presence("bounded-w");
     let presence = Recorder::start(&url, &presence_topic).await;
     presence
         .wait_for(&presence_topic, |p| p == model.as_bytes())

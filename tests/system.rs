@@ -1054,7 +1054,10 @@ async fn more_like_this_needs_no_cloud_and_filters_restrict_the_hits() {
         "the query picture is not its own hit"
     );
     let strict = SearchRequest {
-        min_score: Some(0.999),
+        filter: edgeclip_messages::Filter {
+            min_score: Some(0.999),
+            ..like.filter.clone()
+        },
         ..like.clone()
     };
     let SearchResponse::Results(r) = device.search(strict).await.expect("answer") else {
@@ -1062,8 +1065,11 @@ async fn more_like_this_needs_no_cloud_and_filters_restrict_the_hits() {
     };
     assert_eq!(r.hits.len(), 1);
     let only_a = SearchRequest {
-        folder: Some(root.path().join("a").display().to_string()),
         k: Some(100),
+        filter: edgeclip_messages::Filter {
+            folder: Some(root.path().join("a").display().to_string()),
+            ..like.filter.clone()
+        },
         ..like.clone()
     };
     let SearchResponse::Results(r) = device.search(only_a).await.expect("answer") else {
@@ -1072,7 +1078,10 @@ async fn more_like_this_needs_no_cloud_and_filters_restrict_the_hits() {
     assert_eq!(r.hits.len(), labels.len() - 1);
     assert!(r.hits.iter().all(|h| h.path.contains("/a/")));
     let future = SearchRequest {
-        after: Some(i64::MAX / 2),
+        filter: edgeclip_messages::Filter {
+            after: Some(i64::MAX / 2),
+            ..like.filter.clone()
+        },
         ..like.clone()
     };
     let SearchResponse::Results(r) = device.search(future).await.expect("answer") else {
@@ -1457,7 +1466,10 @@ async fn a_polled_camera_keeps_distinct_frames_deletes_static_ones_and_is_search
     let like = |source: Option<&str>| SearchRequest {
         like: Some(query.clone()),
         k: Some(100),
-        source: source.map(String::from),
+        filter: edgeclip_messages::Filter {
+            source: source.map(String::from),
+            ..Default::default()
+        },
         ..SearchRequest::text("")
     };
     let SearchResponse::Results(r) = device.search(like(Some("door"))).await.expect("answer")
@@ -1672,7 +1684,10 @@ async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
     assert!(r.groups.iter().flatten().all(|h| h.score >= 0.99));
     // Filters choose what is compared: folder b alone holds no two alike pictures.
     let only_b = SearchRequest {
-        folder: Some(root.path().join("b").display().to_string()),
+        filter: edgeclip_messages::Filter {
+            folder: Some(root.path().join("b").display().to_string()),
+            ..request.filter.clone()
+        },
         ..request.clone()
     };
     let answer = bounded(
@@ -1688,7 +1703,10 @@ async fn near_duplicate_groups_over_mqtt_pair_each_picture_with_its_copy() {
     // Folder a alone: the picture and its PNG copy, named right although the rows compared
     // are a subset of the index's.
     let only_a = SearchRequest {
-        folder: Some(root.path().join("a").display().to_string()),
+        filter: edgeclip_messages::Filter {
+            folder: Some(root.path().join("a").display().to_string()),
+            ..request.filter.clone()
+        },
         ..request.clone()
     };
     let answer = bounded(
@@ -2079,7 +2097,15 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
             .collect();
         assert_same_ranking(&merged, &reference.rank(text, k), &format!("fleet: {text}"));
         for hit in &r.hits {
-            assert_eq!(hit.device, owner(&file_name(&hit.path)), "{hit:?}");
+            assert_eq!(
+                hit.device.as_deref(),
+                Some(owner(&file_name(&hit.path))),
+                "{hit:?}"
+            );
+            assert!(
+                !hit.id.is_empty(),
+                "a fleet hit keeps its picture id: {hit:?}"
+            );
         }
     }
     // Encoded once per search: no device asked the cloud for a vector; each device got one
@@ -2304,7 +2330,7 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
     );
     assert_eq!(r.answered, ids[1..].to_vec());
     assert!(
-        !r.hits.is_empty() && r.hits.iter().all(|h| h.device != ids[0]),
+        !r.hits.is_empty() && r.hits.iter().all(|h| h.device.as_deref() != Some(ids[0])),
         "{r:?}"
     );
 

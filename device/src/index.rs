@@ -83,32 +83,14 @@ fn collision(kept: &Path, refused: &Path) -> DeviceError {
     ))
 }
 
-/// Which pictures a search may return.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
-    /// Only pictures under this folder.
-    pub folder: Option<PathBuf>,
-    /// Only pictures taken at or after this time (seconds since the epoch).
-    pub after: Option<i64>,
-    /// Only pictures taken before this time (seconds since the epoch).
-    pub before: Option<i64>,
-    /// Only hits scoring at least this much.
-    pub min_score: Option<f32>,
-    /// Never this picture (the query picture of a "more like this" search).
-    pub exclude: Option<PathBuf>,
-    /// Only pictures of this source (a camera's name; "" for library pictures).
-    pub source: Option<String>,
-}
+pub use edgeclip_messages::Filter;
 
-impl Filter {
-    /// Whether a picture passes the folder, time and exclusion filters (not the score).
-    pub fn keeps(&self, e: &Entry) -> bool {
-        self.folder.as_ref().is_none_or(|f| e.path.starts_with(f))
-            && self.after.is_none_or(|t| e.taken_s >= t)
-            && self.before.is_none_or(|t| e.taken_s < t)
-            && self.exclude.as_ref().is_none_or(|p| &e.path != p)
-            && self.source.as_ref().is_none_or(|s| *e.source == **s)
-    }
+/// Whether the picture `e` passes `filter`'s folder, time and source conditions (not the
+/// score) and is not `exclude` (the query picture of a "more like this" search). Folders
+/// compare by path components.
+pub fn keeps(filter: &Filter, exclude: Option<&Path>, e: &Entry) -> bool {
+    exclude.is_none_or(|p| e.path != p)
+        && filter.keeps(e.taken_s, &e.source, |folder| e.path.starts_with(folder))
 }
 
 /// A picture and its score for one query.
@@ -351,7 +333,7 @@ impl Index {
         query: &[f32],
         k: usize,
     ) -> Result<Vec<Ranked<'_>>, DeviceError> {
-        self.search_filtered(model, query, k, &Filter::default())
+        self.search_filtered(model, query, k, &Filter::default(), None)
     }
 
     /// The vector of an indexed picture (as kept: decoded from f16 or int8).
@@ -359,13 +341,14 @@ impl Index {
         self.row(path).map(|r| self.vectors.get(r))
     }
 
-    /// [`Index::search`] among the pictures `filter` keeps.
+    /// [`Index::search`] among the pictures `filter` keeps, never returning `exclude`.
     pub fn search_filtered(
         &self,
         model: &str,
         query: &[f32],
         k: usize,
         filter: &Filter,
+        exclude: Option<&Path>,
     ) -> Result<Vec<Ranked<'_>>, DeviceError> {
         if model != self.model {
             return Err(DeviceError::Mismatch(format!(
@@ -380,17 +363,17 @@ impl Index {
                 self.dim
             )));
         }
-        let unfiltered = *filter == Filter::default();
+        let unfiltered = filter.is_empty() && exclude.is_none();
         let prepared = self.vectors.query(query);
         Ok(top_k_split(
             self.entries.len(),
             k,
             self.search_threads,
-            |row| unfiltered || filter.keeps(&self.entries[row]),
+            |row| unfiltered || keeps(filter, exclude, &self.entries[row]),
             self.vectors.scorer(&prepared),
         )
         .into_iter()
-        .filter(|s| filter.min_score.is_none_or(|m| s.score >= m))
+        .filter(|s| filter.scores(s.score))
         .map(|Scored { row, score }| Ranked {
             entry: &self.entries[row],
             score,
@@ -432,12 +415,12 @@ mod tests {
         }
         let query = [0.2f32.cos(), 0.2f32.sin(), 0.0, 0.0];
         let filter = Filter {
-            folder: Some(PathBuf::from("odd")),
+            folder: Some("odd".into()),
             ..Filter::default()
         };
         let answer = |index: &Index, filter: &Filter| -> Vec<(PathBuf, f32)> {
             index
-                .search_filtered("m", &query, 25, filter)
+                .search_filtered("m", &query, 25, filter, None)
                 .unwrap()
                 .into_iter()
                 .map(|h| (h.entry.path.clone(), h.score))
@@ -483,14 +466,15 @@ mod tests {
         e("/a/1.jpg", 10, [1.0, 0.0]);
         e("/a/2.jpg", 20, [0.8, 0.6]);
         e("/b/3.jpg", 30, [0.6, 0.8]);
-        let names = |f: Filter| -> Vec<String> {
+        let names_excluding = |f: Filter, exclude: Option<&Path>| -> Vec<String> {
             index
-                .search_filtered("m", &[1.0, 0.0], 10, &f)
+                .search_filtered("m", &[1.0, 0.0], 10, &f, exclude)
                 .unwrap()
                 .iter()
                 .map(|r| r.entry.path.display().to_string())
                 .collect()
         };
+        let names = |f: Filter| names_excluding(f, None);
         assert_eq!(
             names(Filter {
                 folder: Some("/a".into()),
@@ -520,10 +504,7 @@ mod tests {
             ["/a/1.jpg", "/a/2.jpg"]
         );
         assert_eq!(
-            names(Filter {
-                exclude: Some("/a/1.jpg".into()),
-                ..Filter::default()
-            }),
+            names_excluding(Filter::default(), Some(Path::new("/a/1.jpg"))),
             ["/a/2.jpg", "/b/3.jpg"]
         );
         assert!(names(Filter {

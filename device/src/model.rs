@@ -67,12 +67,13 @@ impl ModelFolder {
         let name = dir
             .canonicalize()
             .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
-        let id = match id_override {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => edgeclip_messages::model_id::model_id(&name, &config_bytes, sums.as_deref()),
-        };
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let id = edgeclip_messages::model_id::folder_model_id(
+            id_override,
+            name.as_deref(),
+            &config_bytes,
+            sums.as_deref(),
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
             id,

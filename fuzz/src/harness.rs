@@ -109,7 +109,7 @@ fn rank_received(vector: &[f32]) {
             .upsert(entry, &[1.0, 0.0, f32::from(i), 0.5])
             .expect("upsert");
     }
-    match index.search_filtered("m", vector, 2, &Filter::default()) {
+    match index.search_filtered("m", vector, 2, &Filter::default(), None) {
         Ok(hits) => {
             assert_eq!(dim, 4, "a vector of another dimension was ranked");
             assert!(hits.len() <= 2);

@@ -21,7 +21,7 @@ pub mod signal;
 
 pub use actor::{publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};
 pub use options::{BrokerConfig, LinkOptions, Presence};
-pub use security::Security;
+pub use security::{Credentials, Security};
 pub use signal::shutdown_signal;
 
 /// Why the link could not be set up or used.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions, QoS};
 
-use crate::security::Security;
+use crate::security::{Credentials, Security};
 use crate::LinkError;
 
 /// A retained presence message: published on connect, and set as the last will.
@@ -79,20 +79,13 @@ impl BrokerConfig {
 
     /// Credentials and TLS files, with the password read from its file if one is named.
     pub fn security(&self) -> Result<Security, LinkError> {
-        let password = if self.password_file.is_empty() {
-            self.password.clone()
-        } else {
-            let text = std::fs::read_to_string(&self.password_file).map_err(|e| {
-                LinkError::Options(format!("broker.password_file {}: {e}", self.password_file))
-            })?;
-            text.lines().next().unwrap_or("").to_string()
-        };
-        let path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
-        Ok(Security {
-            username: self.username.clone(),
-            password,
-            ca_file: path(&self.ca_file),
-            client_cert: path(&self.client_cert_file).zip(path(&self.client_key_file)),
+        Security::from_credentials(Credentials {
+            username: &self.username,
+            password: &self.password,
+            password_file: &self.password_file,
+            ca_file: &self.ca_file,
+            client_cert_file: &self.client_cert_file,
+            client_key_file: &self.client_key_file,
         })
     }
 

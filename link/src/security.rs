@@ -22,7 +22,49 @@ pub struct Security {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
+/// The broker credentials and TLS files as the `[broker]` settings name them (an empty
+/// string: not set), before any file is read.
+#[derive(Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// `broker.username`.
+    pub username: &'a str,
+    /// `broker.password`.
+    pub password: &'a str,
+    /// `broker.password_file`: its first line is the password, and wins over `password`.
+    pub password_file: &'a str,
+    /// `broker.ca_file`.
+    pub ca_file: &'a str,
+    /// `broker.client_cert_file`.
+    pub client_cert_file: &'a str,
+    /// `broker.client_key_file`.
+    pub client_key_file: &'a str,
+}
+
 impl Security {
+    /// The security of `credentials`, with the password read from its file if one is named:
+    /// the one place the device, the cloud and the command line turn settings into
+    /// credentials.
+    pub fn from_credentials(credentials: Credentials<'_>) -> Result<Security, LinkError> {
+        let password = if credentials.password_file.is_empty() {
+            credentials.password.to_string()
+        } else {
+            let text = std::fs::read_to_string(credentials.password_file).map_err(|e| {
+                LinkError::Options(format!(
+                    "broker.password_file {}: {e}",
+                    credentials.password_file
+                ))
+            })?;
+            text.lines().next().unwrap_or("").to_string()
+        };
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        Ok(Security {
+            username: credentials.username.to_string(),
+            password,
+            ca_file: path(credentials.ca_file),
+            client_cert: path(credentials.client_cert_file).zip(path(credentials.client_key_file)),
+        })
+    }
+
     /// Sets the credentials and, for `tls`, the TLS transport on `options`. Fails with a clear
     /// reason when a file is missing or holds no usable certificate or key.
     pub fn apply(&self, options: &mut MqttOptions, tls: bool) -> Result<(), LinkError> {

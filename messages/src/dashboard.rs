@@ -2,11 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::filter::Filter;
+pub use crate::hit::Hit;
 use crate::WireError;
 
 /// A search as a dashboard sends it: plain UTF-8 text, or this JSON object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     /// The search text (may be empty for a `like` search).
     #[serde(default)]
@@ -22,30 +23,35 @@ pub struct SearchRequest {
     /// alone, no cloud round trip) instead of a text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub like: Option<String>,
-    /// Only pictures under this folder.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub folder: Option<String>,
-    /// Only pictures taken at or after this time (seconds since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<i64>,
-    /// Only pictures taken before this time (seconds since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<i64>,
-    /// Only hits scoring at least this much (cosine similarity, -1..1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_score: Option<f32>,
     /// Who ranks: the device (default, method A) or the cloud (method B).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<SearchMode>,
-    /// Only pictures of this source: a camera's name (`""`: only library pictures).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
     /// Near-duplicate groups instead of a ranking: groups of pictures whose vectors have a
     /// cosine of at least this (0 < d <= 1, e.g. 0.95), answered on the device alone; `k`
     /// bounds the number of groups, the filters which pictures are compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicates: Option<f32>,
+    /// Which pictures may be returned: `folder`, `after`, `before`, `min_score`, `source`, at
+    /// the top level of the JSON object.
+    #[serde(flatten)]
+    pub filter: Filter,
 }
+
+/// Every field a JSON search may hold: [`SearchRequest::parse`] refuses others by name
+/// (serde's `deny_unknown_fields` does not work beside a flattened field).
+const SEARCH_FIELDS: &[&str] = &[
+    "text",
+    "k",
+    "id",
+    "like",
+    "mode",
+    "duplicates",
+    "folder",
+    "after",
+    "before",
+    "min_score",
+    "source",
+];
 
 /// Who ranks the pictures of a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,13 +71,9 @@ impl SearchRequest {
             k: None,
             id: None,
             like: None,
-            folder: None,
-            after: None,
-            before: None,
-            min_score: None,
             mode: None,
-            source: None,
             duplicates: None,
+            filter: Filter::default(),
         }
     }
 
@@ -85,7 +87,16 @@ impl SearchRequest {
         })?;
         let trimmed = text.trim();
         let mut request = if trimmed.starts_with('{') {
-            serde_json::from_str::<SearchRequest>(trimmed)
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(trimmed).map_err(|e| WireError::Json(e.to_string()))?;
+            if let Some(field) = object.keys().find(|f| !SEARCH_FIELDS.contains(&f.as_str())) {
+                let shown: String = field.chars().take(64).collect();
+                return Err(WireError::Json(format!(
+                    "unknown field `{shown}`, expected one of {}",
+                    SEARCH_FIELDS.join(", ")
+                )));
+            }
+            serde_json::from_value::<SearchRequest>(serde_json::Value::Object(object))
                 .map_err(|e| WireError::Json(e.to_string()))?
         } else {
             SearchRequest::text(trimmed)
@@ -104,7 +115,7 @@ impl SearchRequest {
                 reason: "must be a cosine in (0, 1]".into(),
             });
         }
-        if request.min_score.is_some_and(|m| !m.is_finite()) {
+        if request.filter.min_score.is_some_and(|m| !m.is_finite()) {
             return Err(WireError::Field {
                 field: "min_score",
                 reason: "must be a number".into(),
@@ -135,39 +146,6 @@ impl SearchRequest {
         }
         Ok(request)
     }
-}
-
-/// One ranked picture.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hit {
-    /// Path of the picture on the device.
-    pub path: String,
-    /// Cosine similarity between the search text and the picture.
-    pub score: f32,
-    /// When the picture was taken (EXIF DateTimeOriginal, else its modification time),
-    /// seconds since the epoch.
-    pub taken_s: i64,
-    /// Stable id of the picture on its device (16 hex digits derived from its path): the key
-    /// of `GET /thumb/<id>` and of "more like this" from a dashboard.
-    #[serde(default)]
-    pub id: String,
-    /// File size in bytes when it was indexed.
-    #[serde(default)]
-    pub bytes: u64,
-    /// Width in pixels, EXIF orientation applied (0 when unknown).
-    #[serde(default)]
-    pub width: u32,
-    /// Height in pixels, EXIF orientation applied (0 when unknown).
-    #[serde(default)]
-    pub height: u32,
-    /// Source id: the camera whose frame this is (absent for library pictures).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub source: String,
-    /// URL of a small JPEG of the picture, served by the device itself on the home network
-    /// (absent when the device's HTTP endpoint is off). The picture never leaves the device
-    /// otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumb_url: Option<String>,
 }
 
 /// The answer to a search, on `edgeclip/<device>/results`.
@@ -328,19 +306,6 @@ pub fn validate_fleet_id(id: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-/// One hit of a fleet search: which device has the picture.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FleetHit {
-    /// The device holding the picture.
-    pub device: String,
-    /// Path of the picture on that device.
-    pub path: String,
-    /// Cosine similarity between the search text and the picture.
-    pub score: f32,
-    /// When the picture was taken, seconds since the epoch.
-    pub taken_s: i64,
-}
-
 /// A device that answered a fleet search with an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceFailure {
@@ -372,8 +337,8 @@ pub struct FleetResults {
     pub failed: Vec<DeviceFailure>,
     /// Devices known on the broker but offline (not asked), sorted.
     pub offline: Vec<String>,
-    /// Best hits of all devices first (ties: device, then path).
-    pub hits: Vec<FleetHit>,
+    /// Best hits of all devices first (ties: device, then path), each naming its `device`.
+    pub hits: Vec<Hit>,
 }
 
 /// The answer to a fleet search.
@@ -525,9 +490,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(like.like.as_deref(), Some("/photos/a.jpg"));
-        assert_eq!((like.after, like.min_score), (Some(5), Some(0.2)));
+        assert_eq!(
+            (like.filter.after, like.filter.min_score),
+            (Some(5), Some(0.2))
+        );
         let camera = SearchRequest::parse(br#"{"text":"a person","source":"door"}"#, 100).unwrap();
-        assert_eq!(camera.source.as_deref(), Some("door"));
+        assert_eq!(camera.filter.source.as_deref(), Some("door"));
         let dups = SearchRequest::parse(br#"{"duplicates":0.95,"folder":"/photos"}"#, 100).unwrap();
         assert_eq!(dups.duplicates, Some(0.95));
         for bad in [
@@ -544,11 +512,39 @@ mod tests {
     }
 
     #[test]
+    fn every_field_a_search_serialises_is_one_parse_accepts() {
+        let full = SearchRequest {
+            k: Some(3),
+            id: Some("q".into()),
+            like: Some("p".into()),
+            mode: Some(SearchMode::Server),
+            duplicates: Some(0.9),
+            filter: Filter {
+                folder: Some("/f".into()),
+                after: Some(1),
+                before: Some(2),
+                min_score: Some(0.1),
+                source: Some("door".into()),
+            },
+            ..SearchRequest::text("t")
+        };
+        let json = serde_json::to_value(&full).unwrap();
+        let fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(fields.len(), SEARCH_FIELDS.len(), "{fields:?}");
+        let back = SearchRequest::parse(json.to_string().as_bytes(), 100).unwrap();
+        assert_eq!(back, full);
+    }
+
+    #[test]
     fn bad_searches_are_refused_with_a_reason() {
         assert!(SearchRequest::parse(b"", 100).is_err());
         assert!(SearchRequest::parse(b"   ", 100).is_err());
         assert!(SearchRequest::parse(&[0xff, 0xfe, b'a'], 100).is_err());
-        assert!(SearchRequest::parse(br#"{"txt":"x"}"#, 100).is_err());
+        let unknown = SearchRequest::parse(br#"{"txt":"x"}"#, 100).unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `txt`"),
+            "{unknown}"
+        );
         assert!(SearchRequest::parse(br#"{"text":5}"#, 100).is_err());
         assert!(SearchRequest::parse(br#"{"text":"x","k":0}"#, 100).is_err());
         assert!(SearchRequest::parse("x".repeat(101).as_bytes(), 100).is_err());

@@ -5,6 +5,9 @@
 //! - [`wire`]: the rkyv messages between device and cloud (encode request, reply), framed with
 //!   a magic and a protocol version, decoded only through validated access.
 //! - [`dashboard`]: the JSON messages on the dashboard-facing topics (search, results, status).
+//! - [`filter`]: which pictures a search may return, shared by searches, device and CLI.
+//! - [`hit`]: one ranked picture, the result type of every search (JSON and rkyv).
+//! - [`request_id`]: request ids that a restarted program never repeats.
 //! - [`homeassistant`]: Home Assistant MQTT discovery configs and their validation.
 //! - [`model_id`]: how a model folder is named on the wire, so device and cloud agree.
 //! - [`error`]: the crate's one error enum.
@@ -14,9 +17,14 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod filter;
+pub mod hit;
 pub mod homeassistant;
 pub mod model_id;
+pub mod request_id;
 pub mod topics;
 pub mod wire;
 
 pub use error::WireError;
+pub use filter::Filter;
+pub use hit::Hit;

@@ -23,6 +23,21 @@ pub fn model_id(name: &str, config_json: &[u8], sha256sums: Option<&[u8]>) -> St
     format!("{name}@{hex}")
 }
 
+/// The model id a program uses for a folder: `id_override` when set (non-empty), otherwise
+/// [`model_id`] of the folder's name (`model` when it has none) and its files' contents. Both
+/// programs call this, so a device and a cloud given the same folder agree.
+pub fn folder_model_id(
+    id_override: Option<&str>,
+    folder_name: Option<&str>,
+    config_json: &[u8],
+    sha256sums: Option<&[u8]>,
+) -> String {
+    match id_override {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => model_id(folder_name.unwrap_or("model"), config_json, sha256sums),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +55,12 @@ mod tests {
             a,
             model_id("clip", b"{}", Some(b"abc  visual/model.onnx\n"))
         );
+        assert_eq!(folder_model_id(None, Some("clip"), b"{}", None), a);
+        assert_eq!(folder_model_id(Some(""), Some("clip"), b"{}", None), a);
+        assert_eq!(
+            folder_model_id(Some("mine"), Some("clip"), b"{}", None),
+            "mine"
+        );
+        assert!(folder_model_id(None, None, b"{}", None).starts_with("model@"));
     }
 }

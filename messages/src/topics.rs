@@ -25,6 +25,13 @@
 //!   worker that encoded it.
 //! - `edgeclip/fleet/answers/<worker>` -> [`crate::wire::FleetAnswer`]: one device's hits, to the
 //!   worker that asked.
+//!
+//! Cloud workers:
+//! - `edgeclip/cloud/workers/<worker>` (retained) -> the model id the worker serves while it is
+//!   connected, empty once it is gone (its last will).
+//!
+//! [`route`] tells either program what an incoming message is, and [`subscriptions`] lists
+//! what it subscribes to: the two always agree.
 
 use crate::WireError;
 
@@ -56,6 +63,109 @@ pub const ALL_AVAILABILITY: &str = "edgeclip/+/availability";
 pub const ONLINE: &str = "online";
 /// Payload of the availability topic once the device is gone (also its last will).
 pub const OFFLINE: &str = "offline";
+
+/// Filter matching every cloud worker's presence topic.
+pub const ALL_WORKERS: &str = "edgeclip/cloud/workers/+";
+
+/// Presence topic of cloud worker `worker` (retained: the model id it serves, or empty).
+pub fn worker_presence(worker: &str) -> String {
+    format!("{ROOT}/cloud/workers/{worker}")
+}
+
+/// Who receives a message: a device, with its id and Home Assistant discovery prefix if
+/// discovery is on, or a cloud worker with its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener<'a> {
+    /// A device.
+    Device {
+        /// Its id.
+        id: &'a str,
+        /// Home Assistant's discovery prefix, when the device announces itself there.
+        homeassistant: Option<&'a str>,
+    },
+    /// A cloud worker.
+    Worker {
+        /// Its id.
+        id: &'a str,
+    },
+}
+
+/// What an incoming message is, from its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'t> {
+    /// Device: a search from a dashboard (text or JSON).
+    Search,
+    /// Device: the cloud's reply to one of its requests (rkyv frame).
+    CloudReply,
+    /// Device: a command (`rescan`, `reindex`).
+    Command,
+    /// Device: a fleet search's text vector (rkyv frame).
+    FleetQuery,
+    /// Device: Home Assistant's own status (`online` after it restarts).
+    HomeAssistantStatus,
+    /// Worker: a text to encode (rkyv frame).
+    Encode,
+    /// Worker: a server-ranked search chunk (rkyv frame).
+    Rank,
+    /// Worker: a fleet search (text or JSON).
+    FleetSearch,
+    /// Worker: a device's answer to one of this worker's fleet queries (rkyv frame).
+    FleetAnswer,
+    /// Worker: a device's availability (retained `online` / `offline`).
+    Availability {
+        /// The device.
+        device: &'t str,
+    },
+}
+
+/// What `topic` is for `listener`, or `None` when it is none of its topics.
+pub fn route<'t>(topic: &'t str, listener: &Listener<'_>) -> Option<Route<'t>> {
+    match *listener {
+        Listener::Device { id, homeassistant } => {
+            if let Some(prefix) = homeassistant {
+                if topic.strip_prefix(prefix) == Some("/status") {
+                    return Some(Route::HomeAssistantStatus);
+                }
+            }
+            let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
+            let rest = rest.strip_prefix(id)?.strip_prefix('/')?;
+            match rest {
+                "search" => Some(Route::Search),
+                "cloud/reply" => Some(Route::CloudReply),
+                "command" => Some(Route::Command),
+                "fleet/query" => Some(Route::FleetQuery),
+                _ => None,
+            }
+        }
+        Listener::Worker { id } => match topic {
+            CLOUD_ENCODE => Some(Route::Encode),
+            CLOUD_RANK => Some(Route::Rank),
+            FLEET_SEARCH => Some(Route::FleetSearch),
+            _ if topic.strip_prefix(FLEET_ANSWERS_PREFIX) == Some(id) => Some(Route::FleetAnswer),
+            _ => device_of_availability(topic).map(|device| Route::Availability { device }),
+        },
+    }
+}
+
+/// The topic filters `listener` subscribes to: exactly those [`route`] recognises.
+pub fn subscriptions(listener: &Listener<'_>) -> Vec<String> {
+    match *listener {
+        Listener::Device { id, homeassistant } => {
+            let mut filters = vec![search(id), cloud_reply(id), command(id), fleet_query(id)];
+            filters.extend(homeassistant.map(crate::homeassistant::ha_status));
+            filters
+        }
+        // The availability filter is a plain subscription: every worker learns the whole
+        // fleet from the retained messages.
+        Listener::Worker { id } => vec![
+            CLOUD_ENCODE_SHARED.to_string(),
+            CLOUD_RANK_SHARED.to_string(),
+            FLEET_SEARCH_SHARED.to_string(),
+            ALL_AVAILABILITY.to_string(),
+            fleet_answers(id),
+        ],
+    }
+}
 
 /// Topic a dashboard publishes searches to.
 pub fn search(device: &str) -> String {
@@ -222,6 +332,73 @@ mod tests {
         assert_eq!(best_image("cam1"), "edgeclip/cam1/best/image");
         assert!(CLOUD_ENCODE_SHARED.ends_with(CLOUD_ENCODE));
         assert!(CLOUD_ENCODE_SHARED.contains(CLOUD_SHARE_GROUP));
+    }
+
+    #[test]
+    fn every_subscription_routes_and_foreign_topics_do_not() {
+        let device = Listener::Device {
+            id: "cam1",
+            homeassistant: Some("homeassistant"),
+        };
+        let worker = Listener::Worker { id: "w1" };
+        fn routed<'t>(topic: &'t str, who: Listener<'_>) -> Option<Route<'t>> {
+            route(topic, &who)
+        }
+        assert_eq!(routed("edgeclip/cam1/search", device), Some(Route::Search));
+        assert_eq!(
+            routed("edgeclip/cam1/cloud/reply", device),
+            Some(Route::CloudReply)
+        );
+        assert_eq!(
+            routed("edgeclip/cam1/command", device),
+            Some(Route::Command)
+        );
+        assert_eq!(
+            routed("edgeclip/cam1/fleet/query", device),
+            Some(Route::FleetQuery)
+        );
+        assert_eq!(
+            routed("homeassistant/status", device),
+            Some(Route::HomeAssistantStatus)
+        );
+        for foreign in [
+            "edgeclip/cam2/search",
+            "edgeclip/cam1x/search",
+            "edgeclip/cam1/results",
+            "edgeclip/cam1/search/x",
+            "homeassistant/statusx",
+            "edgeclip/cloud/encode",
+        ] {
+            assert_eq!(routed(foreign, device), None, "{foreign}");
+        }
+        assert_eq!(routed(CLOUD_ENCODE, worker), Some(Route::Encode));
+        assert_eq!(routed(CLOUD_RANK, worker), Some(Route::Rank));
+        assert_eq!(routed(FLEET_SEARCH, worker), Some(Route::FleetSearch));
+        assert_eq!(
+            routed("edgeclip/fleet/answers/w1", worker),
+            Some(Route::FleetAnswer)
+        );
+        assert_eq!(routed("edgeclip/fleet/answers/w2", worker), None);
+        assert_eq!(
+            routed("edgeclip/nas/availability", worker),
+            Some(Route::Availability { device: "nas" })
+        );
+        assert_eq!(routed("edgeclip/cam1/search", worker), None);
+        // Every concrete subscription routes (shared ones deliver their plain topic).
+        for who in [device, worker] {
+            for filter in subscriptions(&who) {
+                let topic = filter
+                    .strip_prefix("$share/")
+                    .and_then(|t| t.split_once('/'))
+                    .map_or(filter.as_str(), |(_, t)| t)
+                    .replace('+', "dev");
+                assert!(
+                    route(&topic, &who).is_some(),
+                    "{filter} does not route for {who:?}"
+                );
+            }
+        }
+        assert_eq!(worker_presence("w1"), "edgeclip/cloud/workers/w1");
     }
 
     #[test]

@@ -17,10 +17,11 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Portable, Serialize};
 
+pub use crate::hit::Hit;
 use crate::WireError;
 
 /// Version of the device<->cloud protocol spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Magic at the start of every frame.
 pub const MAGIC: [u8; 2] = *b"EC";
 /// Size of the frame header.
@@ -255,24 +256,13 @@ impl ArchivedFleetQuery {
     }
 }
 
-/// One picture of a device's fleet answer.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct DeviceHit {
-    /// Path on the device.
-    pub path: String,
-    /// Cosine similarity with the text.
-    pub score: f32,
-    /// Capture time, seconds since the epoch.
-    pub taken_s: i64,
-}
-
 /// The body of a fleet answer.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub enum FleetBody {
-    /// The device's best pictures, best first.
-    Hits(Vec<DeviceHit>),
+    /// The device's best pictures, best first, as it would answer its own search (with ids,
+    /// and thumbnail URLs where its HTTP endpoint is on).
+    Hits(Vec<Hit>),
     /// Why the device could not rank (e.g. its index holds another model).
     Error(String),
 }
@@ -720,16 +710,20 @@ mod tests {
         let a = FleetAnswer {
             request_id: 9,
             device: "cam".into(),
-            body: FleetBody::Hits(vec![DeviceHit {
+            body: FleetBody::Hits(vec![Hit {
                 path: "/p/a.jpg".into(),
                 score: 0.5,
                 taken_s: 3,
+                id: "00000000000000aa".into(),
+                thumb_url: Some("http://cam.local/thumb/00000000000000aa".into()),
+                ..Hit::default()
             }]),
         };
         let got = Received::<FleetAnswer>::decode(&encode(&a).unwrap(), 1 << 20).unwrap();
         assert_eq!(got.get().device.as_str(), "cam");
         assert!(
-            matches!(&got.get().body, ArchivedFleetBody::Hits(h) if h[0].path.as_str() == "/p/a.jpg")
+            matches!(&got.get().body, ArchivedFleetBody::Hits(h) if h[0].path.as_str() == "/p/a.jpg"
+                && h[0].id.as_str() == "00000000000000aa" && h[0].thumb_url.is_some())
         );
     }
 

@@ -25,23 +25,21 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// `__PASSWORD_FILE`, `__CA_FILE`, `__CLIENT_CERT_FILE`, `__CLIENT_KEY_FILE`.
 pub fn broker_security() -> anyhow::Result<edgeclip_link::Security> {
     let var = |k: &str| std::env::var(format!("EDGECLIP_BROKER__{k}")).unwrap_or_default();
-    let password = match var("PASSWORD_FILE") {
-        f if f.is_empty() => var("PASSWORD"),
-        f => {
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| anyhow::anyhow!("EDGECLIP_BROKER__PASSWORD_FILE {f}: {e}"))?;
-            text.lines().next().unwrap_or("").to_string()
-        }
-    };
-    let path = |k: &str| {
-        Some(var(k))
-            .filter(|p| !p.is_empty())
-            .map(std::path::PathBuf::from)
-    };
-    Ok(edgeclip_link::Security {
-        username: var("USERNAME"),
-        password,
-        ca_file: path("CA_FILE"),
-        client_cert: path("CLIENT_CERT_FILE").zip(path("CLIENT_KEY_FILE")),
-    })
+    let (username, password, password_file) =
+        (var("USERNAME"), var("PASSWORD"), var("PASSWORD_FILE"));
+    let (ca_file, client_cert_file, client_key_file) = (
+        var("CA_FILE"),
+        var("CLIENT_CERT_FILE"),
+        var("CLIENT_KEY_FILE"),
+    );
+    Ok(edgeclip_link::Security::from_credentials(
+        edgeclip_link::Credentials {
+            username: &username,
+            password: &password,
+            password_file: &password_file,
+            ca_file: &ca_file,
+            client_cert_file: &client_cert_file,
+            client_key_file: &client_key_file,
+        },
+    )?)
 }

@@ -10,6 +10,7 @@ use edgeclip::output::{fleet_table, results_table};
 use edgeclip_messages::dashboard::{
     FleetResponse, FleetSearchRequest, SearchMode, SearchRequest, SearchResponse,
 };
+use edgeclip_messages::Filter;
 
 /// Flags of `search`.
 #[derive(Args, Debug)]
@@ -81,11 +82,13 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
     let request = SearchRequest {
         k: Some(args.k as usize),
         like: args.like.clone(),
-        folder: args.folder.clone(),
-        after: args.after,
-        before: args.before,
-        min_score: args.min_score,
-        source: args.source.clone(),
+        filter: Filter {
+            folder: args.folder.clone(),
+            after: args.after,
+            before: args.before,
+            min_score: args.min_score,
+            source: args.source.clone(),
+        },
         duplicates: args.duplicates,
         mode: args.mode.as_deref().map(|m| {
             if m == "server" {

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::dashboard::{
-    validate_fleet_id, DeviceFailure, FleetHit, FleetResponse, FleetResults, FleetSearchRequest,
+    validate_fleet_id, DeviceFailure, FleetResponse, FleetResults, FleetSearchRequest, Hit,
     SearchError,
 };
+use edgeclip_messages::request_id::RequestIds;
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
     self, ArchivedFleetBody, FleetAnswer, FleetQuery, Received, TextVector,
@@ -90,7 +91,7 @@ struct Search {
     answered: BTreeSet<String>,
     failed: Vec<DeviceFailure>,
     offline: Vec<String>,
-    hits: Vec<FleetHit>,
+    hits: Vec<Hit>,
 }
 
 /// State of the fleet actor.
@@ -98,7 +99,7 @@ pub struct FleetState {
     args: FleetArgs,
     /// Every device seen on the availability topics: online or not.
     devices: BTreeMap<String, bool>,
-    next: u64,
+    ids: RequestIds,
     searches: HashMap<u64, Search>,
 }
 
@@ -115,16 +116,10 @@ impl Actor for FleetActor {
         _myself: ActorRef<FleetMsg>,
         args: FleetArgs,
     ) -> Result<FleetState, ActorProcessingErr> {
-        // Ids from the clock: a late answer to a previous run of this worker is not taken for
-        // an answer to a new search.
-        let next = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
         Ok(FleetState {
             args,
             devices: BTreeMap::new(),
-            next,
+            ids: RequestIds::from_clock(),
             searches: HashMap::new(),
         })
     }
@@ -181,8 +176,7 @@ fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, bytes: &[u8]) {
             return;
         }
     };
-    state.next = state.next.wrapping_add(1);
-    let search = state.next;
+    let search = state.ids.next_id();
     let id = request.id.clone().unwrap_or_else(|| format!("{search:x}"));
     let reply_to = request
         .reply_to
@@ -348,11 +342,10 @@ fn on_answer(state: &mut FleetState, bytes: &[u8]) {
                 .iter()
                 .filter(|h| h.score.to_native().is_finite())
                 .take(s.k);
-            s.hits.extend(valid.map(|h| FleetHit {
-                device: device.to_string(),
-                path: h.path.to_string(),
-                score: h.score.to_native(),
-                taken_s: h.taken_s.to_native(),
+            s.hits.extend(valid.filter_map(|h| {
+                let mut hit = rkyv::deserialize::<Hit, rkyv::rancor::Error>(h).ok()?;
+                hit.device = Some(device.to_string());
+                Some(hit)
             }));
         }
         ArchivedFleetBody::Error(error) => s.failed.push(DeviceFailure {
@@ -378,12 +371,7 @@ fn finish(state: &FleetState, mut s: Search) {
         );
         return;
     }
-    s.hits.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.device.cmp(&b.device))
-            .then_with(|| a.path.cmp(&b.path))
-    });
+    s.hits.sort_by(Hit::best_first);
     s.hits.truncate(s.k);
     let failed: BTreeSet<&str> = s.failed.iter().map(|f| f.device.as_str()).collect();
     let missing: Vec<String> = s

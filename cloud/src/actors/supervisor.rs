@@ -36,11 +36,6 @@ pub struct CloudSupervisorState {
 /// The cloud supervisor.
 pub struct CloudSupervisor;
 
-/// The presence topic of a cloud worker.
-pub fn worker_presence_topic(worker_id: &str) -> String {
-    format!("{}/cloud/workers/{worker_id}", topics::ROOT)
-}
-
 impl Actor for CloudSupervisor {
     type Msg = CloudSupervisorMsg;
     type State = CloudSupervisorState;
@@ -62,21 +57,16 @@ impl Actor for CloudSupervisor {
         info!(model = %model.id, dim, cuts_after_end_token = tower.cuts(), took = ?started.elapsed(), "text tower loaded");
 
         let presence = Some(Presence {
-            topic: worker_presence_topic(&config.worker_id),
+            topic: topics::worker_presence(&config.worker_id),
             online: model.id.clone(),
             offline: String::new(),
         });
-        // The availability filter is a plain subscription: every worker learns the whole fleet
-        // from the retained messages (fleet searches fan out to the devices online).
-        let fleet_answers = topics::fleet_answers(&config.worker_id);
-        let subscriptions = vec![
-            topics::CLOUD_ENCODE_SHARED.to_string(),
-            topics::CLOUD_RANK_SHARED.to_string(),
-            topics::FLEET_SEARCH_SHARED.to_string(),
-            topics::ALL_AVAILABILITY.to_string(),
-            fleet_answers.clone(),
-        ];
-        let options = config.broker.link_options(subscriptions, presence);
+        let listener = topics::Listener::Worker {
+            id: &config.worker_id,
+        };
+        let options = config
+            .broker
+            .link_options(topics::subscriptions(&listener), presence);
         let cell = myself.get_cell();
         let (link, _) =
             Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
@@ -107,30 +97,29 @@ impl Actor for CloudSupervisor {
         };
         let (fleet, _) = Actor::spawn_linked(None, FleetActor, fleet_args, cell).await?;
         let (to_encoder, to_fleet) = (encoder.clone(), fleet.clone());
+        let worker = config.worker_id.clone();
         let router = Arc::new(move |msg: Incoming| {
-            let topic = msg.topic.as_str();
-            let routed = if topic == topics::CLOUD_ENCODE || topic == topics::CLOUD_RANK {
-                to_encoder
+            let listener = topics::Listener::Worker { id: &worker };
+            let routed = match topics::route(&msg.topic, &listener) {
+                Some(topics::Route::Encode | topics::Route::Rank) => to_encoder
                     .cast(TextEncoderMsg::Request(msg.payload.to_vec()))
-                    .map_err(|_| ())
-            } else if topic == topics::FLEET_SEARCH {
-                to_fleet
+                    .map_err(|_| ()),
+                Some(topics::Route::FleetSearch) => to_fleet
                     .cast(FleetMsg::Search(msg.payload.to_vec()))
-                    .map_err(|_| ())
-            } else if topic == fleet_answers {
-                to_fleet
+                    .map_err(|_| ()),
+                Some(topics::Route::FleetAnswer) => to_fleet
                     .cast(FleetMsg::Answer(msg.payload.to_vec()))
-                    .map_err(|_| ())
-            } else if let Some(device) = topics::device_of_availability(topic) {
-                let online = msg.payload.as_ref() == topics::ONLINE.as_bytes();
-                to_fleet
-                    .cast(FleetMsg::Availability {
-                        device: device.to_string(),
-                        online,
-                    })
-                    .map_err(|_| ())
-            } else {
-                Ok(())
+                    .map_err(|_| ()),
+                Some(topics::Route::Availability { device }) => {
+                    let online = msg.payload.as_ref() == topics::ONLINE.as_bytes();
+                    to_fleet
+                        .cast(FleetMsg::Availability {
+                            device: device.to_string(),
+                            online,
+                        })
+                        .map_err(|_| ())
+                }
+                _ => Ok(()),
             };
             if routed.is_err() {
                 tracing::debug!("cloud actor gone; message dropped");

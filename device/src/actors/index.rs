@@ -671,7 +671,7 @@ impl Actor for IndexActor {
             IndexMsg::Like {
                 path,
                 k,
-                mut filter,
+                filter,
                 port,
             } => {
                 // The complete index answers; a picture only the index being built holds (new
@@ -692,9 +692,8 @@ impl Actor for IndexActor {
                             .vector_of(&path)
                             .map(|v| v.into_owned())
                             .unwrap_or_default();
-                        filter.exclude = Some(path);
                         index
-                            .search_filtered(index.model(), &query, k, &filter)
+                            .search_filtered(index.model(), &query, k, &filter, Some(&path))
                             .map(|hits| Ranking {
                                 model: index.model().to_string(),
                                 hits: to_hits(hits),
@@ -967,7 +966,7 @@ fn rank(
         _ => (serving, false),
     };
     let hits = index
-        .search_filtered(model.as_str(), &query, k, filter)
+        .search_filtered(model.as_str(), &query, k, filter, None)
         .map_err(|e| e.to_string())?;
     Ok(Ranking {
         model: model.to_string(),
@@ -1017,7 +1016,7 @@ fn kept_rows(index: &Index, filter: &Filter) -> Vec<usize> {
         .entries()
         .iter()
         .enumerate()
-        .filter(|(_, e)| filter.keeps(e))
+        .filter(|(_, e)| crate::index::keeps(filter, None, e))
         .map(|(row, _)| row)
         .collect()
 }
@@ -1091,6 +1090,7 @@ pub fn hit(entry: &Entry, score: f32) -> Hit {
         height: entry.height,
         source: entry.source.to_string(),
         thumb_url: None,
+        device: None,
     }
 }
 
@@ -1131,7 +1131,7 @@ mod tests {
     fn duplicates_among_filtered_rows_name_the_right_pictures() {
         let index = interleaved();
         let only_a = Filter {
-            folder: Some(PathBuf::from("a")),
+            folder: Some("a".into()),
             ..Filter::default()
         };
         let (_, groups) = duplicates(&index, 0.99, 10, &only_a, 10).unwrap();
@@ -1148,7 +1148,7 @@ mod tests {
     fn exports_hold_the_filtered_pictures_with_their_own_vectors() {
         let index = interleaved();
         let only_a = Filter {
-            folder: Some(PathBuf::from("a")),
+            folder: Some("a".into()),
             ..Filter::default()
         };
         let exported = export(&index, &only_a, 2, 10).unwrap();

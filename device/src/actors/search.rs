@@ -16,10 +16,11 @@ use edgeclip_link::LinkMsg;
 use edgeclip_messages::dashboard::{
     Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults,
 };
+use edgeclip_messages::request_id::RequestIds;
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    self, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody, DeviceHit, EncodeReply,
-    EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest, Received,
+    self, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody, EncodeReply, EncodeRequest,
+    FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest, Received,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
@@ -117,7 +118,7 @@ struct ServerRanked {
 /// State of the search actor.
 pub struct SearchState {
     args: SearchArgs,
-    next_request: u64,
+    ids: RequestIds,
     pending: HashMap<u64, Pending>,
 }
 
@@ -134,15 +135,9 @@ impl Actor for SearchActor {
         _myself: ActorRef<SearchMsg>,
         args: SearchArgs,
     ) -> Result<SearchState, ActorProcessingErr> {
-        // Start request ids from the clock so that a late reply to a previous run of the
-        // device cannot be mistaken for an answer to this one.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
         Ok(SearchState {
             args,
-            next_request: seed,
+            ids: RequestIds::from_clock(),
             pending: HashMap::new(),
         })
     }
@@ -220,8 +215,7 @@ async fn start(
     request: SearchRequest,
     port: Option<RpcReplyPort<SearchResponse>>,
 ) {
-    state.next_request = state.next_request.wrapping_add(1);
-    let request_id = state.next_request;
+    let request_id = state.ids.next_id();
     let id = request
         .id
         .clone()
@@ -230,14 +224,7 @@ async fn start(
         .k
         .unwrap_or(state.args.default_k)
         .min(state.args.max_k);
-    let filter = Filter {
-        folder: request.folder.as_ref().map(PathBuf::from),
-        after: request.after,
-        before: request.before,
-        min_score: request.min_score,
-        exclude: None,
-        source: request.source.clone(),
-    };
+    let filter = request.filter.clone();
     if let Some(threshold) = request.duplicates {
         // Near-duplicate groups: the device compares its own vectors; no cloud round trip.
         let started = Instant::now();
@@ -574,8 +561,7 @@ async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, b
 /// Sends a pending search's text again under a new request id, asking for `model`'s vector
 /// (a late reply to the first request then finds no pending search and is ignored).
 fn ask_again(myself: &ActorRef<SearchMsg>, state: &mut SearchState, mut p: Pending, model: String) {
-    state.next_request = state.next_request.wrapping_add(1);
-    let request_id = state.next_request;
+    let request_id = state.ids.next_id();
     let request = EncodeRequest {
         request_id,
         reply_to: topics::cloud_reply(&state.args.device_id),
@@ -651,15 +637,10 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
                 RANK_TIMEOUT.as_millis() as u64
             );
             match ranked {
-                Ok(Ok(Ranking { hits, .. })) => FleetBody::Hits(
-                    hits.into_iter()
-                        .map(|h| DeviceHit {
-                            path: h.path,
-                            score: h.score,
-                            taken_s: h.taken_s,
-                        })
-                        .collect(),
-                ),
+                Ok(Ok(Ranking { mut hits, .. })) => {
+                    add_thumb_urls(state, &mut hits);
+                    FleetBody::Hits(hits)
+                }
                 Ok(Err(error)) => FleetBody::Error(error),
                 Err(e) => FleetBody::Error(format!("index did not answer: {e}")),
             }
@@ -710,11 +691,8 @@ fn answer(
     port: Option<RpcReplyPort<SearchResponse>>,
     mut response: SearchResponse,
 ) {
-    if let (SearchResponse::Results(results), Some(base)) = (&mut response, &state.args.thumb_base)
-    {
-        for hit in &mut results.hits {
-            hit.thumb_url = Some(format!("{base}/thumb/{}", hit.id));
-        }
+    if let SearchResponse::Results(results) = &mut response {
+        add_thumb_urls(state, &mut results.hits);
     }
     if let SearchResponse::Results(SearchResults { hits, .. }) = &response {
         if let Some(best) = hits.first() {
@@ -732,6 +710,15 @@ fn answer(
     }
     if let Some(port) = port {
         let _ = port.send(response);
+    }
+}
+
+/// Gives each hit the URL of its thumbnail on the device's HTTP endpoint, when it is on.
+fn add_thumb_urls(state: &SearchState, hits: &mut [Hit]) {
+    if let Some(base) = &state.args.thumb_base {
+        for hit in hits {
+            hit.thumb_url = Some(format!("{base}/thumb/{}", hit.id));
+        }
     }
 }
 

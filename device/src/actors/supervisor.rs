@@ -115,16 +115,13 @@ impl Actor for DeviceSupervisor {
             offline: topics::OFFLINE.into(),
         });
         let ha = &config.homeassistant;
-        let mut subscriptions = vec![
-            topics::search(&device),
-            topics::cloud_reply(&device),
-            topics::command(&device),
-            topics::fleet_query(&device),
-        ];
-        if ha.discovery {
-            subscriptions.push(homeassistant::ha_status(&ha.prefix));
-        }
-        let options = config.broker.link_options(subscriptions, presence);
+        let listener = topics::Listener::Device {
+            id: &device,
+            homeassistant: ha.discovery.then_some(ha.prefix.as_str()),
+        };
+        let options = config
+            .broker
+            .link_options(topics::subscriptions(&listener), presence);
         let cell = myself.get_cell();
         let (link, _) =
             Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
@@ -342,29 +339,24 @@ impl Actor for DeviceSupervisor {
             HttpServer::start(bound, context)
         });
 
-        let (search_topic, reply_topic, command_topic) = (
-            topics::search(&device),
-            topics::cloud_reply(&device),
-            topics::command(&device),
-        );
-        let fleet_topic = topics::fleet_query(&device);
-        let ha_status = homeassistant::ha_status(&ha.prefix);
         let (to_search, to_me, to_discovery) = (search.clone(), myself.clone(), discovery.clone());
+        let (me, ha_prefix) = (device.clone(), ha.discovery.then(|| ha.prefix.clone()));
         let router = Arc::new(move |msg: Incoming| {
-            let routed = if msg.topic == search_topic {
-                to_search
+            let listener = topics::Listener::Device {
+                id: &me,
+                homeassistant: ha_prefix.as_deref(),
+            };
+            let routed = match topics::route(&msg.topic, &listener) {
+                Some(topics::Route::Search) => to_search
                     .cast(SearchMsg::Payload(msg.payload.to_vec()))
-                    .map_err(|_| "search")
-            } else if msg.topic == reply_topic {
-                to_search
+                    .map_err(|_| "search"),
+                Some(topics::Route::CloudReply) => to_search
                     .cast(SearchMsg::CloudReply(msg.payload.to_vec()))
-                    .map_err(|_| "search")
-            } else if msg.topic == fleet_topic {
-                to_search
+                    .map_err(|_| "search"),
+                Some(topics::Route::FleetQuery) => to_search
                     .cast(SearchMsg::FleetQuery(msg.payload.to_vec()))
-                    .map_err(|_| "search")
-            } else if msg.topic == command_topic {
-                match msg.payload.trim_ascii() {
+                    .map_err(|_| "search"),
+                Some(topics::Route::Command) => match msg.payload.trim_ascii() {
                     c if c == homeassistant::RESCAN.as_bytes() => {
                         to_me.cast(SupervisorMsg::Rescan).map_err(|_| "supervisor")
                     }
@@ -377,14 +369,14 @@ impl Actor for DeviceSupervisor {
                         warn!(command = %shown, "unknown command ignored (rescan, reindex)");
                         Ok(())
                     }
+                },
+                Some(topics::Route::HomeAssistantStatus) => {
+                    to_discovery.as_ref().map_or(Ok(()), |d| {
+                        d.cast(DiscoveryMsg::HaStatus(msg.payload.to_vec()))
+                            .map_err(|_| "discovery")
+                    })
                 }
-            } else if msg.topic == ha_status {
-                to_discovery.as_ref().map_or(Ok(()), |d| {
-                    d.cast(DiscoveryMsg::HaStatus(msg.payload.to_vec()))
-                        .map_err(|_| "discovery")
-                })
-            } else {
-                Ok(())
+                _ => Ok(()),
             };
             if let Err(actor) = routed {
                 tracing::debug!(actor, "actor gone; publish dropped");
