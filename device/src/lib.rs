@@ -22,6 +22,7 @@
 //! - [`heap`]: freed heap back to the system after a scan.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
+//! - [`search`]: a search's rules as a state machine (cloud, retry, fallback) and presentation.
 //!
 //! Shells: [`actors`] (one actor per file), [`http`] (thumbnails and the search page),
 //! [`service`] (start, search, shutdown),
@@ -47,6 +48,7 @@ pub mod preprocess;
 pub mod rank;
 pub mod reindex;
 pub mod scan;
+pub mod search;
 pub mod service;
 pub mod store;
 pub mod thumb;
