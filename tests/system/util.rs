@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use edgeclip::broker::EmbeddedBroker;
 use edgeclip_cloud::{Cloud, CloudConfig};
 use edgeclip_device::{Device, DeviceConfig};
-use edgeclip_messages::dashboard::{DeviceState, DeviceStatus};
+use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, SearchResponse};
 use serde::Deserialize;
 
 /// Every await in a test is bounded by this, so a hang fails instead of stalling the suite.
@@ -480,4 +480,79 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+// ---- searches, shared by several areas ----
+
+/// A search through `client` (MQTT, as a dashboard sends it), bounded.
+pub async fn search(
+    client: &mut edgeclip::client::Client,
+    device: &str,
+    text: &str,
+    k: usize,
+) -> SearchResponse {
+    bounded(
+        "search",
+        client.search(device, text, Some(k), Duration::from_secs(20)),
+    )
+    .await
+    .expect("search answered")
+}
+
+/// File names of a response's hits, best first; panics on an error answer.
+pub fn hits(response: &SearchResponse) -> Vec<String> {
+    match response {
+        SearchResponse::Results(r) => r.hits.iter().map(|h| file_name(&h.path)).collect(),
+        SearchResponse::Error(e) => panic!("search failed: {}", e.error),
+    }
+}
+
+/// (file name, score) of a response's hits, best first; panics on an error answer.
+pub fn scored(response: &SearchResponse) -> Vec<(String, f32)> {
+    match response {
+        SearchResponse::Results(r) => r
+            .hits
+            .iter()
+            .map(|h| (file_name(&h.path), h.score))
+            .collect(),
+        SearchResponse::Error(e) => panic!("search failed: {}", e.error),
+    }
+}
+
+/// The `edgeclip` program, as a user runs it (no broker from the environment).
+pub fn edgeclip() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_edgeclip"));
+    c.env_remove("EDGECLIP_BROKER")
+        .env("RUST_LOG", "warn,rumqttd=off");
+    c
+}
+
+/// Sets a file's modification time.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("picture")
+        .set_modified(t)
+        .expect("mtime");
+}
+
+/// Waits until the device's status satisfies `pred`, and returns that status.
+pub async fn status_until(
+    device: &Device,
+    what: &str,
+    pred: impl Fn(&DeviceStatus) -> bool,
+) -> DeviceStatus {
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    loop {
+        let s = device.status().await.expect("status");
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

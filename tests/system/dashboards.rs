@@ -2,8 +2,6 @@
 //! its search page in a real headless browser (Debian's chromium through chromedriver), on a
 //! real broker, cloud and device with the bundled model.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +12,8 @@ use edgeclip_messages::dashboard::{SearchResponse, SearchResults};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use util::*;
+
+use crate::util::*;
 
 /// (status, content type, body) of one HTTP request to the device.
 async fn http(method: &str, url: &str, body: &str) -> (u16, String, Vec<u8>) {

@@ -1,8 +1,6 @@
 //! Faults through the real programs and a real broker: the device's disk filling up while it
 //! writes its index, and Mosquitto restarted while the device indexes and searches.
 
-mod util;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +9,8 @@ use edgeclip::client::Client;
 use edgeclip_cloud::Cloud;
 use edgeclip_device::Device;
 use edgeclip_messages::dashboard::{DeviceStatus, SearchResponse};
-use util::*;
+
+use crate::util::*;
 
 fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
     let limit = libc::rlimit {
@@ -23,7 +22,7 @@ fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-async fn status_until(
+async fn reported_status_until(
     client: &mut Client,
     device: &str,
     what: &str,
@@ -96,7 +95,7 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5)))
         .await
         .expect("connect");
-    let full = status_until(
+    let full = reported_status_until(
         &mut client,
         "sdcard",
         "the device reports the full disk",
@@ -132,7 +131,7 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
 
     // Space returns.
     set_file_size_limit(pid, None);
-    let done = status_until(
+    let done = reported_status_until(
         &mut client,
         "sdcard",
         "the waiting pictures are written",

@@ -1,8 +1,6 @@
 //! Broker security, end to end: a real Mosquitto with TLS only, a password per client and the
 //! access rules of docs/mosquitto/edgeclip.acl; two devices, the cloud and two owners on it.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,7 +11,8 @@ use edgeclip_device::Device;
 use edgeclip_link::Security;
 use edgeclip_messages::dashboard::{SearchRequest, SearchResponse};
 use edgeclip_messages::topics;
-use util::*;
+
+use crate::util::*;
 
 /// A CA, and a server certificate for `localhost` signed by it: (ca.pem, server.pem, server.key).
 fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
