@@ -159,17 +159,9 @@ fn up_search_and_status_work_from_the_command_line() {
     drop(stdin);
     let end = wait_line(&out, |l| l.contains("shutting down"));
     assert!(!end.is_empty());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(code) = up.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "edgeclip up did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = wait_until_blocking("edgeclip up to exit", Duration::from_secs(30), || {
+        up.try_wait().expect("wait").ok_or("running")
+    });
     assert!(code.success());
 }
 

@@ -193,12 +193,11 @@ fn chromedriver() -> (Killed, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Killed(child), port)
+    let driver = Killed(child);
+    wait_until_blocking("chromedriver to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+    });
+    (driver, port)
 }
 
 async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
@@ -227,21 +226,25 @@ async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
 
 /// Waits until `script` (a JavaScript function body) returns something truthy; returns it.
 async fn wait_js(browser: &fantoccini::Client, what: &str, script: &str) -> serde_json::Value {
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let value = browser.execute(script, vec![]).await.expect("script runs");
-        let truthy = match &value {
-            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
-            serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
-            serde_json::Value::String(s) => !s.is_empty(),
-            _ => true,
-        };
-        if truthy {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "the page never showed {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &format!("the page to show {what}"),
+        TEST_TIMEOUT,
+        || async {
+            let value = browser.execute(script, vec![]).await.expect("script runs");
+            let truthy = match &value {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+                serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
+                serde_json::Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                Ok(value)
+            } else {
+                Err(value)
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -488,17 +491,18 @@ async fn wait_status(
     what: &str,
     pred: impl Fn(&edgeclip_messages::dashboard::DeviceStatus) -> bool,
 ) {
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let last = latest(recorder, |t| t == topic).remove(topic);
-        if let Some(status) = last.and_then(|p| serde_json::from_slice(&p).ok()) {
-            if pred(&status) {
-                return;
+    wait_until(
+        &format!("the status to show {what}"),
+        TEST_TIMEOUT,
+        || async {
+            let last = latest(recorder, |t| t == topic).remove(topic);
+            match last.and_then(|p| serde_json::from_slice(&p).ok()) {
+                Some(status) if pred(&status) => Ok(()),
+                other => Err(other),
             }
-        }
-        assert!(Instant::now() < deadline, "the status never showed {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -521,20 +525,15 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     wait_idle(&device).await;
 
     // Every config is one Home Assistant accepts, for the expected entities of this device.
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    let configs = loop {
+    let configs = wait_until("7 discovery configs", TEST_TIMEOUT, || async {
         let configs = latest(&ha, |t| t.ends_with("/config"));
         if configs.len() >= 7 {
-            break configs;
+            Ok(configs)
+        } else {
+            Err(configs.into_keys().collect::<Vec<_>>())
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} discovery configs arrived: {:?}",
-            configs.len(),
-            configs.keys()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let mut by_object = std::collections::BTreeMap::new();
     for (topic, payload) in &configs {
         let levels: Vec<&str> = topic.split('/').collect();
@@ -650,19 +649,22 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     // Home Assistant restarts: the configs come again.
     let seen = ha.all().len();
     ha.publish("homeassistant/status", "online").await;
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    while ha.all()[seen..]
-        .iter()
-        .filter(|(t, p)| t.ends_with("/config") && !p.is_empty())
-        .count()
-        < 7
-    {
-        assert!(
-            Instant::now() < deadline,
-            "configs not published again after Home Assistant said online"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the configs again after Home Assistant said online",
+        TEST_TIMEOUT,
+        || async {
+            let again = ha.all()[seen..]
+                .iter()
+                .filter(|(t, p)| t.ends_with("/config") && !p.is_empty())
+                .count();
+            if again >= 7 {
+                Ok(())
+            } else {
+                Err(again)
+            }
+        },
+    )
+    .await;
 
     // Uninstall: every config topic gets an empty retained payload; nothing is left retained.
     device.shutdown().await.expect("device shutdown");
@@ -696,14 +698,19 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    while !latest(&ha, |t| t.ends_with("/config"))
-        .values()
-        .all(|p| p.is_empty())
-    {
-        assert!(Instant::now() < deadline, "configs not removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("every config removed", TEST_TIMEOUT, || async {
+        let left: Vec<String> = latest(&ha, |t| t.ends_with("/config"))
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, _)| t)
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(left)
+        }
+    })
+    .await;
     let late = Recorder::start(&broker.url(), "homeassistant/#").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -840,11 +847,15 @@ async fn discovery_comes_back_after_a_broker_restart_that_lost_the_retained_conf
             .count()
     };
     let before = Recorder::start(&url, "homeassistant/#").await;
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    while configs(&before) < 6 {
-        assert!(Instant::now() < deadline, "no discovery configs");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the discovery configs", TEST_TIMEOUT, || async {
+        let n = configs(&before);
+        if n >= 6 {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })
+    .await;
     drop(before);
     drop(broker);
     let _broker = mosquitto(port, tmp.path());

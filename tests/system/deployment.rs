@@ -2,7 +2,6 @@
 //! Mosquitto.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use edgeclip_messages::dashboard::SearchResponse;
 
@@ -54,24 +53,21 @@ fn device_and_cloud_programs_work_against_mosquitto_and_a_killed_device_goes_off
     );
 
     // Wait until the device reports everything indexed, through its retained status.
-    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
-    loop {
+    wait_until_blocking("the device to index everything", TEST_TIMEOUT, || {
         let out = edgeclip()
             .args(["status", "--json", "--broker", &url, "--device", "pi"])
             .output()
             .expect("status");
-        if out.status.success() {
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-            if s["state"] == "idle" && s["indexed"] == labels.len() {
-                break;
-            }
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "device never finished indexing"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        if s["state"] == "idle" && s["indexed"] == labels.len() {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
     let out = edgeclip()
         .args(["search", "a red circle", "--json", "--broker", &url])
         .output()
@@ -91,21 +87,20 @@ fn device_and_cloud_programs_work_against_mosquitto_and_a_killed_device_goes_off
     // A power cut: no clean disconnect; the broker publishes the device's last will.
     let _ = device.0.kill();
     let _ = device.0.wait();
-    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
-    loop {
-        let out = edgeclip()
-            .args(["status", "--timeout", "2", "--broker", &url])
-            .output()
-            .expect("status");
-        if !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("no edgeclip device is online")
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "killed device still listed as online"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_blocking(
+        "the killed device to be listed offline",
+        TEST_TIMEOUT,
+        || {
+            let out = edgeclip()
+                .args(["status", "--timeout", "2", "--broker", &url])
+                .output()
+                .expect("status");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !out.status.success() && err.contains("no edgeclip device is online") {
+                Ok(())
+            } else {
+                Err((out.status, err))
+            }
+        },
+    );
 }

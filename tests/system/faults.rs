@@ -28,16 +28,13 @@ async fn reported_status_until(
     what: &str,
     pred: impl Fn(&DeviceStatus) -> bool,
 ) -> DeviceStatus {
-    let deadline = Instant::now() + TEST_TIMEOUT;
+    let mut wait = Wait::new(what, TEST_TIMEOUT);
     loop {
-        if let Ok((_, s)) = client.status(device, Duration::from_secs(2)).await {
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{what}: last status {s:?}");
+        match client.status(device, Duration::from_secs(2)).await {
+            Ok((_, s)) if pred(&s) => return s,
+            Ok((_, s)) => wait.again(&s).await,
+            Err(e) => wait.again(&e).await,
         }
-        assert!(Instant::now() < deadline, "{what}: no status");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -197,22 +194,14 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
         .expect("device");
 
     // Restart the broker while pictures are still waiting.
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let s = device.status().await.expect("status");
-        if s.indexed >= 2 {
-            assert!(
-                (s.indexed as usize) < total,
-                "indexing finished before the broker restart; make the test's folder bigger"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the device never started indexing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let s = status_until(&device, "the device to index its first pictures", |s| {
+        s.indexed >= 2
+    })
+    .await;
+    assert!(
+        (s.indexed as usize) < total,
+        "indexing finished before the broker restart; make the test's folder bigger"
+    );
     drop(broker.take());
     // A search while the broker is down: the device cannot reach the cloud.
     let started = Instant::now();
@@ -248,23 +237,19 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
     // Both reconnect on their own: the device finishes and answers searches again.
     let done = wait_idle(&device).await;
     assert_eq!((done.indexed as usize, done.failed), (total, 0), "{done:?}");
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let r = device
+    wait_until("searches to work again", TEST_TIMEOUT, || async {
+        match device
             .search(edgeclip_messages::dashboard::SearchRequest::text(
                 "a blue square",
             ))
             .await
-            .expect("search");
-        if matches!(r, SearchResponse::Results(_)) {
-            break;
+            .expect("search")
+        {
+            SearchResponse::Results(_) => Ok(()),
+            error => Err(error),
         }
-        assert!(
-            Instant::now() < deadline,
-            "searches never worked again: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     bounded("device shutdown", device.shutdown())
         .await
         .expect("shutdown");

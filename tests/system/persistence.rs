@@ -88,18 +88,10 @@ async fn a_restart_encodes_nothing_and_changes_on_disk_are_followed() {
         .fliph()
         .save(dir.join("mirrored.png"))
         .expect("new picture");
-    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
-    let third = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let s = device.status().await.expect("status");
-        if s.encoded >= 1 && s.pending == 0 && s.indexed as usize == labels.len() + 1 {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "changes never picked up: {s:?}"
-        );
-    };
+    let third = status_until(&device, "the changes to be picked up", |s| {
+        s.encoded >= 1 && s.pending == 0 && s.indexed as usize == labels.len() + 1
+    })
+    .await;
     // Only the mirrored picture was encoded: the renamed, rewritten and copied ones reused the
     // vectors of pictures with the same content.
     assert_eq!(third.encoded, 1, "{third:?}");

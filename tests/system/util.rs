@@ -39,6 +39,94 @@ pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// A wait for an observable state, with a deadline: the caller checks the state and, while it
+/// is not there yet, calls [`Wait::again`] with what it saw. `again` fails the test once the
+/// deadline has passed (naming what was awaited and the last state seen) and otherwise pauses
+/// a short, growing interval (10 ms, doubling up to 200 ms) before the next check. Every
+/// polling loop of the tests goes through it, mostly by [`wait_until`]; a fixed sleep that
+/// hopes something has happened has no place here.
+pub struct Wait {
+    what: String,
+    within: Duration,
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Wait {
+    /// A wait for `what` (phrased as the state awaited), failing after `within`.
+    pub fn new(what: impl Into<String>, within: Duration) -> Wait {
+        Wait {
+            what: what.into(),
+            within,
+            deadline: Instant::now() + within,
+            pause: Duration::from_millis(10),
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The pause before the next check; fails the test if the deadline has passed.
+    fn next(&mut self, last: &dyn std::fmt::Debug) -> Duration {
+        assert!(
+            Instant::now() < self.deadline,
+            "waited {:?} for {}; last seen: {last:?}",
+            self.within,
+            self.what
+        );
+        let pause = self.pause.min(self.left());
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        pause
+    }
+
+    /// The state is not there yet (`last` is what was seen): pause before the next check.
+    pub async fn again(&mut self, last: &dyn std::fmt::Debug) {
+        let pause = self.next(last);
+        tokio::time::sleep(pause).await;
+    }
+
+    /// [`Wait::again`] for tests without a runtime (processes, sockets).
+    pub fn again_blocking(&mut self, last: &dyn std::fmt::Debug) {
+        let pause = self.next(last);
+        std::thread::sleep(pause);
+    }
+}
+
+/// Checks until `check` answers `Ok` (the state awaited, returned) rather than `Err` (the
+/// state seen instead), failing after `within`; a check that hangs fails too.
+pub async fn wait_until<T, L, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    L: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, L>>,
+{
+    let mut wait = Wait::new(what, within);
+    loop {
+        match tokio::time::timeout(wait.left(), check()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(last)) => wait.again(&last).await,
+            Err(_) => panic!("waited {within:?} for {what}; the last check did not finish"),
+        }
+    }
+}
+
+/// [`wait_until`] for tests without a runtime.
+pub fn wait_until_blocking<T, L: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, L>,
+) -> T {
+    let mut wait = Wait::new(what, within);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) => wait.again_blocking(&last),
+        }
+    }
+}
+
 /// One shape in a labels.json.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShapeLabel {
@@ -173,18 +261,10 @@ impl System {
 
 /// Waits until the device has indexed everything it found.
 pub async fn wait_idle(device: &Device) -> DeviceStatus {
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let status = device.status().await.expect("status");
-        if status.state == DeviceState::Idle && status.pending == 0 {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "device never became idle: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    status_until(device, "the device to be idle", |s| {
+        s.state == DeviceState::Idle && s.pending == 0
+    })
+    .await
 }
 
 /// File name of a hit's path.
@@ -270,17 +350,16 @@ impl Recorder {
 
     /// Waits until a publish on `topic` satisfies `pred`, and returns it.
     pub async fn wait_for(&self, topic: &str, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-        let deadline = Instant::now() + TEST_TIMEOUT;
-        loop {
-            if let Some((_, p)) = self.all().into_iter().find(|(t, p)| t == topic && pred(p)) {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nothing matching arrived on {topic}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("a matching publish on {topic}");
+        wait_until(&what, TEST_TIMEOUT, || async {
+            let all = self.all();
+            let seen = all.len();
+            all.into_iter()
+                .find(|(t, p)| t == topic && pred(p))
+                .map(|(_, p)| p)
+                .ok_or(format!("{seen} publishes, none matching"))
+        })
+        .await
     }
 }
 
@@ -454,12 +533,13 @@ pub fn mosquitto_with(conf: &Path, port: u16) -> Killed {
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Killed(child)
+    let mosquitto = Killed(child);
+    wait_until_blocking(
+        &format!("mosquitto to listen on port {port}"),
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)),
+    );
+    mosquitto
 }
 
 /// A program of the workspace built next to `edgeclip` (the README's test command builds them).
@@ -543,16 +623,13 @@ pub async fn status_until(
     what: &str,
     pred: impl Fn(&DeviceStatus) -> bool,
 ) -> DeviceStatus {
-    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
-    loop {
+    wait_until(what, TEST_TIMEOUT, || async {
         let s = device.status().await.expect("status");
         if pred(&s) {
-            return s;
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} never happened: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
