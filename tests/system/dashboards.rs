@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeclip::client::Client;
 use edgeclip_device::Device;
@@ -608,13 +608,15 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
         "the optional image topic carries the same thumbnail"
     );
 
-    // The rescan button finds a picture added behind the device's back (no watching here).
-    std::fs::copy(
-        shapes.join("red_circle.jpg"),
-        pictures.path().join("added.jpg"),
-    )
-    .expect("add");
-    tokio::time::sleep(Duration::from_millis(400)).await; // past capture.settle_ms
+    // The rescan button finds a picture added behind the device's back (no watching here),
+    // written an hour ago: past capture.settle_ms, so the scan takes it at once (a file still
+    // settling would be scanned again by itself after the settle time, button or not).
+    let added = pictures.path().join("added.jpg");
+    std::fs::copy(shapes.join("red_circle.jpg"), &added).expect("add");
+    set_mtime(
+        &added,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
     ha.publish(
         &cfg("rescan", "command_topic"),
         by_object["rescan"].1["payload_press"]
@@ -711,8 +713,9 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
         }
     })
     .await;
+    // A new subscriber gets whatever is retained, before a marker published after it subscribed.
     let late = Recorder::start(&broker.url(), "homeassistant/#").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    late.round_trip("homeassistant/edgeclip-tests/marker").await;
     assert!(
         late.all().iter().all(|(_, p)| p.is_empty()),
         "retained configs left: {:?}",
@@ -859,19 +862,25 @@ async fn discovery_comes_back_after_a_broker_restart_that_lost_the_retained_conf
     drop(before);
     drop(broker);
     let _broker = mosquitto(port, tmp.path());
-    // A new broker has nothing retained; once the device is back, its configs are.
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let after = Recorder::start(&url, "homeassistant/#").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if configs(&after) >= 6 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "discovery configs not published again after the broker restart"
-        );
-    }
+    // A new broker has nothing retained; once the device is back, its configs are: each check
+    // is a new subscriber, which gets what is retained before a marker published after it.
+    wait_until(
+        "the discovery configs retained again after the broker restart",
+        TEST_TIMEOUT,
+        || async {
+            let after = Recorder::start(&url, "homeassistant/#").await;
+            after
+                .round_trip("homeassistant/edgeclip-tests/marker")
+                .await;
+            let n = configs(&after);
+            if n >= 6 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
     bounded("device shutdown", device.shutdown())
         .await
         .expect("shutdown");

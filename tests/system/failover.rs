@@ -22,14 +22,24 @@ enum Outcome {
     Lost,
 }
 
+/// What the broker sends a simulated device.
+enum SimEvent {
+    /// The subscription to its reply topic is acknowledged.
+    Subscribed,
+    /// One of its requests is acknowledged: the broker has it.
+    Acked,
+    /// A reply's payload.
+    Reply(Vec<u8>),
+}
+
 type SimLink = (
     rumqttc::AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    tokio::sync::mpsc::UnboundedReceiver<SimEvent>,
     tokio::task::JoinHandle<()>,
 );
 
-/// An MQTT client subscribed to `device`'s cloud reply topic: its client, the payloads it
-/// receives (None: a subscription acknowledged), its poll task.
+/// An MQTT client subscribed to `device`'s cloud reply topic: its client, what the broker
+/// sends it, its poll task.
 async fn sim_connect(url: &str, device: &str) -> SimLink {
     let (host, port) = edgeclip_link::options::parse_broker_url(url).expect("url");
     let mut options =
@@ -37,17 +47,21 @@ async fn sim_connect(url: &str, device: &str) -> SimLink {
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Vec<u8>>>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SimEvent>();
     let poll = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                    let _ = tx.send(None);
+                    let _ = tx.send(SimEvent::Subscribed);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    let _ = tx.send(SimEvent::Acked);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    let _ = tx.send(Some(p.payload.to_vec()));
+                    let _ = tx.send(SimEvent::Reply(p.payload.to_vec()));
                 }
                 Ok(_) => {}
+                // The next poll reconnects: an event loop's backoff, not a wait for something.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -57,19 +71,26 @@ async fn sim_connect(url: &str, device: &str) -> SimLink {
         .await
         .expect("subscribe");
     assert!(
-        matches!(bounded("suback", rx.recv()).await, Some(None)),
+        matches!(
+            bounded("suback", rx.recv()).await,
+            Some(SimEvent::Subscribed)
+        ),
         "suback first"
     );
     (client, rx, poll)
 }
 
 /// A simulated device that sends `count` searches at once when triggered (right before the
-/// kill, so that the killed worker is likely to hold some), with the device's retry.
+/// kill, so that the killed worker is likely to hold some), says on `sent` once the broker
+/// has acknowledged every one of them, and retries as the device does.
 async fn burst_device(
     url: String,
     model: String,
     count: usize,
-    trigger: tokio::sync::oneshot::Receiver<()>,
+    (trigger, sent): (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
     retry: Duration,
     timeout: Duration,
 ) -> Vec<(std::time::Instant, Outcome)> {
@@ -102,6 +123,7 @@ async fn burst_device(
     }
     let mut outcomes = std::collections::BTreeMap::new();
     let mut retried = std::collections::BTreeSet::new();
+    let (mut acked, mut sent) = (0, Some(sent));
     while outcomes.len() < count {
         let wait = if retried.is_empty() {
             first + retry
@@ -109,7 +131,7 @@ async fn burst_device(
             first + timeout
         };
         match tokio::time::timeout_at(wait.into(), rx.recv()).await {
-            Ok(Some(Some(payload))) => {
+            Ok(Some(SimEvent::Reply(payload))) => {
                 let Ok(reply) = Received::<EncodeReply>::decode(&payload, 1 << 20) else {
                     continue;
                 };
@@ -127,7 +149,15 @@ async fn burst_device(
                 };
                 outcomes.insert(id, outcome);
             }
-            Ok(Some(None)) => continue,
+            Ok(Some(SimEvent::Acked)) => {
+                acked += 1;
+                if acked == count {
+                    if let Some(tx) = sent.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Ok(Some(SimEvent::Subscribed)) => continue,
             Ok(None) => break,
             Err(_) if retried.is_empty() => {
                 for (id, frame) in &frames {
@@ -218,7 +248,7 @@ async fn simulated_device(
                 first + retry
             };
             match tokio::time::timeout_at(wait.into(), rx.recv()).await {
-                Ok(Some(Some(payload))) => {
+                Ok(Some(SimEvent::Reply(payload))) => {
                     let Ok(reply) = Received::<EncodeReply>::decode(&payload, 1 << 20) else {
                         continue;
                     };
@@ -234,7 +264,7 @@ async fn simulated_device(
                         ArchivedReplyBody::Error(_) => Outcome::Failed,
                     };
                 }
-                Ok(Some(None)) => continue,
+                Ok(Some(SimEvent::Subscribed | SimEvent::Acked)) => continue,
                 Ok(None) => break Outcome::Lost,
                 Err(_) if !retried => {
                     retried = true;
@@ -255,6 +285,7 @@ async fn simulated_device(
         rng = rng
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
+        // A user's pause between searches: the shape of the load, not a wait for something.
         tokio::time::sleep(Duration::from_millis(500 + (rng >> 33) % 1000)).await;
     }
     let _ = client.disconnect().await;
@@ -311,34 +342,41 @@ fn failover_two_cloud_workers_under_load_lose_no_search_when_one_is_killed() {
             .expect("cloud worker");
         workers.push(Killed(child));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    for w in &mut workers {
-        assert!(
-            w.0.try_wait().expect("wait").is_none(),
-            "a cloud worker exited at start (bad configuration?)"
-        );
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        // Both workers announce themselves (retained) once connected and subscribed.
+        // Both workers announce themselves (retained) once connected and subscribed; a worker
+        // that exits instead fails the test at once.
         let presence = Recorder::start(&url, "edgeclip/cloud/workers/+").await;
-        let model = String::from_utf8(presence.wait_for("edgeclip/cloud/workers/w1", |p| !p.is_empty()).await).expect("model id");
-        presence.wait_for("edgeclip/cloud/workers/w2", |p| !p.is_empty()).await;
+        let model = wait_until("both cloud workers to announce themselves", TEST_TIMEOUT, || {
+            for w in workers.iter_mut() {
+                assert!(w.0.try_wait().expect("wait").is_none(), "a cloud worker exited at start (bad configuration?)");
+            }
+            let seen = presence.all();
+            let model = |w: &str| seen.iter().find(|(t, p)| *t == format!("edgeclip/cloud/workers/{w}") && !p.is_empty()).map(|(_, p)| p.clone());
+            std::future::ready(match (model("w1"), model("w2")) {
+                (Some(m), Some(_)) => Ok(String::from_utf8(m).expect("model id")),
+                _ => Err(seen),
+            })
+        })
+        .await;
         let started = std::time::Instant::now();
         let until = started + Duration::from_secs(secs);
         let mut tasks: Vec<_> = (0..devices).map(|n| tokio::spawn(simulated_device(url.clone(), n, model.clone(), until, retry, timeout))).collect();
         let (trigger, triggered) = tokio::sync::oneshot::channel();
-        tasks.push(tokio::spawn(burst_device(url.clone(), model.clone(), 8, triggered, retry, timeout)));
+        let (sent, burst_sent) = tokio::sync::oneshot::channel();
+        tasks.push(tokio::spawn(burst_device(url.clone(), model.clone(), 8, (triggered, sent), retry, timeout)));
 
         // Mid-run, one worker dies without a word (SIGKILL): no clean disconnect. A burst of
-        // searches just before makes it likely that it dies holding some.
+        // searches just before, acknowledged by the broker (so handed to the workers), makes it
+        // likely that it dies holding some. The load's own length decides when "mid-run" is.
         tokio::time::sleep_until((started + Duration::from_secs(secs / 2)).into()).await;
         let _ = trigger.send(());
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Err: the burst ended first (every search answered), which is as good.
+        let _ = bounded("the burst acknowledged", burst_sent).await;
         let _ = workers[0].0.kill();
         let killed = std::time::Instant::now();
         let _ = workers[0].0.wait();

@@ -158,6 +158,20 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
         .expect("cloud shutdown");
 }
 
+/// Accepts one connection on `listener`, reads its first bytes (an MQTT CONNECT names its
+/// client id) and closes it; whether it came from `client_id`.
+async fn is_connect_of(listener: &tokio::net::TcpListener, client_id: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let (mut socket, _) = listener.accept().await.expect("accept");
+    let mut connect = vec![0u8; 1024];
+    let n = bounded("a CONNECT packet", socket.read(&mut connect))
+        .await
+        .unwrap_or(0);
+    connect[..n]
+        .windows(client_id.len())
+        .any(|w| w == client_id.as_bytes())
+}
+
 /// Mosquitto is restarted while the device indexes and while a search waits for the cloud:
 /// device and cloud reconnect by themselves, the index ends with every picture exactly once,
 /// and the search in flight answers (after the device's retry) or fails with a reason — it
@@ -203,6 +217,11 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
         "indexing finished before the broker restart; make the test's folder bigger"
     );
     drop(broker.take());
+    // Until Mosquitto is back, the port answers with a listener of the test's own, which
+    // takes note of the device's reconnect attempts and closes each at once.
+    let stand_in = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the broker's port");
     // A search while the broker is down: the device cannot reach the cloud.
     let started = Instant::now();
     let conf_dir = tmp.path().to_path_buf();
@@ -211,7 +230,13 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
             "a red circle"
         )),
         async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // The broker comes back once the device has noticed it gone: its link is trying
+            // to reconnect, with the search waiting.
+            bounded("the device's reconnect attempt", async {
+                while !is_connect_of(&stand_in, "edgeclip-device-restarted").await {}
+            })
+            .await;
+            drop(stand_in);
             tokio::task::spawn_blocking(move || mosquitto(port, &conf_dir))
                 .await
                 .expect("restart")

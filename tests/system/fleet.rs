@@ -55,6 +55,27 @@ async fn fleet(
     }
 }
 
+/// Fleet searches until the worker's view of the fleet satisfies `known`; returns the first
+/// answer that does, and how long that search took. The worker follows the devices' retained
+/// availability on its own connection, so a change the test has just caused may not have
+/// reached it yet; its answers are what show its view.
+async fn fleet_until(
+    client: &mut Client,
+    what: &str,
+    (text, k, deadline_ms): (&str, usize, Option<u64>),
+    known: impl Fn(&edgeclip_messages::dashboard::FleetResults) -> bool,
+) -> (edgeclip_messages::dashboard::FleetResults, Duration) {
+    let mut wait = Wait::new(what, TEST_TIMEOUT);
+    loop {
+        let started = std::time::Instant::now();
+        let r = fleet(client, text, k, deadline_ms).await;
+        if known(&r) {
+            return (r, started.elapsed());
+        }
+        wait.again(&r).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_ones_as_missing() {
     let shapes = data("shapes");
@@ -213,11 +234,13 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
         .publish(&ghost, rumqttc::QoS::AtLeastOnce, true, "online")
         .await
         .expect("ghost online");
-    recorder.wait_for(&ghost, |p| p == b"online").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = std::time::Instant::now();
-    let r = fleet(&mut client, "a red circle", 5, Some(1500)).await;
-    let waited = started.elapsed();
+    let (r, waited) = fleet_until(
+        &mut client,
+        "the worker to ask the silent device",
+        ("a red circle", 5, Some(1500)),
+        |r| r.asked.iter().any(|d| d == "fleet-ghost"),
+    )
+    .await;
     println!("fleet search with a silent device: answered {:?}, missing {:?}, took {} ms (waited {waited:?})", r.answered, r.missing, r.took_ms);
     assert_eq!(r.missing, vec!["fleet-ghost".to_string()], "{r:?}");
     assert_eq!(r.answered, ids.to_vec());
@@ -290,11 +313,13 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
         .await
         .expect("device");
     wait_idle(&odd).await;
-    recorder
-        .wait_for(&topics::availability("fleet-odd"), |p| p == b"online")
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = fleet(&mut client, "a red circle", 5, Some(1500)).await;
+    let (r, _) = fleet_until(
+        &mut client,
+        "the worker to ask the device of another model",
+        ("a red circle", 5, Some(1500)),
+        |r| r.asked.iter().any(|d| d == "fleet-odd"),
+    )
+    .await;
     assert_eq!(r.failed.len(), 1, "{r:?}");
     assert_eq!(r.failed[0].device, "fleet-odd");
     assert!(
@@ -323,11 +348,17 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
     bounded("device shutdown", stopped.shutdown())
         .await
         .expect("shutdown");
-    recorder
-        .wait_for(&topics::availability(ids[0]), |p| p == b"offline")
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = fleet(&mut client, "a blue square", 16, Some(1000)).await;
+    let (r, _) = fleet_until(
+        &mut client,
+        "the worker to know the stopped devices offline",
+        ("a blue square", 16, Some(1000)),
+        |r| {
+            [ids[0], "fleet-odd"]
+                .iter()
+                .all(|d| r.offline.contains(&d.to_string()))
+        },
+    )
+    .await;
     assert_eq!(
         r.offline,
         vec![ids[0].to_string(), "fleet-odd".to_string()],
@@ -345,10 +376,13 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
             .await
             .expect("shutdown");
     }
-    recorder
-        .wait_for(&topics::availability(ids[2]), |p| p == b"offline")
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet_until(
+        &mut client,
+        "the worker to know every real device offline",
+        ("a red circle", 5, Some(1000)),
+        |r| ids.iter().all(|d| r.offline.contains(&d.to_string())),
+    )
+    .await;
     let cli_url = url.clone();
     let out = tokio::task::spawn_blocking(move || {
         edgeclip()

@@ -211,6 +211,8 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
             .stderr(Stdio::null())
             .spawn()
             .expect("device");
+        // Not a wait for something to happen: the random moment of the kill is what this
+        // test varies, so it lands anywhere in loading, scanning, encoding or writing.
         std::thread::sleep(wait);
         if child.try_wait().expect("wait").is_none() {
             kills += 1;

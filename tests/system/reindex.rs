@@ -117,17 +117,22 @@ async fn a_model_change_re_indexes_in_the_background_while_the_old_index_answers
     let device = Device::start(new_config.clone())
         .await
         .expect("device again");
-    let resumed = status_until(&device, "the resumed re-index", |s| {
+    // The first scan's report is what ends `starting`, and it counts what the scan queued for
+    // encoding: `pending` is then the late picture alone (settling), unless a picture already
+    // re-encoded was queued again.
+    let resumed = status_until(&device, "the resumed re-index's first scan", |s| {
         s.state != edgeclip_messages::dashboard::DeviceState::Starting
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let resumed = device
-        .status()
-        .await
-        .map(|s| (s.encoded, s.reindex.map(|r| r.indexed)))
-        .unwrap_or_else(|_| panic!("{resumed:?}"));
-    assert_eq!(resumed, (0, Some(n - 1)));
+    assert_eq!(
+        (
+            resumed.encoded,
+            resumed.pending,
+            resumed.reindex.as_ref().map(|r| r.indexed)
+        ),
+        (0, 1, Some(n - 1)),
+        "{resumed:?}"
+    );
 
     // The cloud switches to the new model first: searches are answered from the index being
     // built, marked partial (the late picture is not in it yet).

@@ -179,6 +179,8 @@ async fn no_picture_bytes_ever_leave_the_device() {
     device.shutdown().await.expect("device shutdown");
     cloud.shutdown().await.expect("cloud shutdown");
 
+    // Everything published before this marker has been recorded.
+    recorder.round_trip("edgeclip-tests/marker").await;
     let seen = recorder.all();
     let fingerprints = picture_fingerprints(pictures.path());
     assert!(
@@ -251,23 +253,23 @@ async fn without_a_cloud_searches_fail_clearly_and_work_once_it_is_back() {
     let cloud = Cloud::start(cloud_config(&broker.url(), "late-w"))
         .await
         .expect("cloud");
-    // The cloud subscribes right after connecting; give it that moment.
-    let mut answered = None;
-    for _ in 0..20 {
-        let r = device
-            .search(SearchRequest {
-                k: Some(2),
-                ..SearchRequest::text("a red circle")
-            })
-            .await
-            .expect("answer");
-        if let SearchResponse::Results(r) = r {
-            answered = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let results = answered.expect("searches work once the cloud is back");
+    // The worker announces itself (retained) after subscribing, on the same connection: once
+    // that is seen, a request is no longer published before the worker listens.
+    let presence_topic = edgeclip_cloud::actors::supervisor::worker_presence_topic("late-w");
+    let presence = Recorder::start(&broker.url(), &presence_topic).await;
+    presence.wait_for(&presence_topic, |p| !p.is_empty()).await;
+    let answer = bounded(
+        "search",
+        device.search(SearchRequest {
+            k: Some(2),
+            ..SearchRequest::text("a red circle")
+        }),
+    )
+    .await
+    .expect("answer");
+    let SearchResponse::Results(results) = answer else {
+        panic!("searches work once the cloud is back: {answer:?}")
+    };
     assert_eq!(results.hits.len(), 2);
     device.shutdown().await.expect("device shutdown");
     cloud.shutdown().await.expect("cloud shutdown");

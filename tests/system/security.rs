@@ -199,8 +199,14 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     }
 
     // Device A tries to read B's results and B's cloud replies, and to act as B's owner and as
-    // the cloud towards B.
-    let intruder = Recorder::start_with(&url, &security("cam-a", &ca), "edgeclip/cam-b/#").await;
+    // the cloud towards B. (It also reads its own search topic, where a marker comes later.)
+    let own_search = topics::search("cam-a");
+    let intruder = Recorder::start_filters(
+        &url,
+        &security("cam-a", &ca),
+        &["edgeclip/cam-b/#", &own_search],
+    )
+    .await;
     let forged = SearchRequest {
         id: Some("forged-by-a".into()),
         ..SearchRequest::text("a blue square")
@@ -217,6 +223,16 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     intruder
         .publish(&topics::results("cam-b"), b"{\"fake\": true}".to_vec())
         .await;
+    // The broker handles one client's packets in order and delivers to one subscriber in
+    // order: once the monitor has a marker A publishes where it may (its own results), every
+    // attempt above has been refused, or the monitor has it too.
+    let marker = format!("marker-{}", rand_suffix());
+    intruder
+        .publish(&topics::results("cam-a"), marker.clone())
+        .await;
+    monitor
+        .wait_for(&topics::results("cam-a"), |p| p == marker.as_bytes())
+        .await;
     // Owner B searches meanwhile: the monitor sees it and its answer, the intruder does not.
     let mut owner_b = bounded(
         "connect",
@@ -231,7 +247,31 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     .await
     .expect("answered");
     owner_b.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    monitor
+        .wait_for(&topics::results("cam-b"), |p| {
+            String::from_utf8_lossy(p).contains(legit.id())
+        })
+        .await;
+    // Owner A searches its own device: its search reaches A's intruding client after anything
+    // of B's the broker would have let it read.
+    let mut owner_a = bounded(
+        "connect",
+        Client::connect_with(&url, &security("owner-a", &ca), Duration::from_secs(5)),
+    )
+    .await
+    .expect("connect");
+    let own = bounded(
+        "search",
+        owner_a.search("cam-a", "a red circle", Some(1), Duration::from_secs(20)),
+    )
+    .await
+    .expect("answered");
+    owner_a.disconnect().await;
+    intruder
+        .wait_for(&own_search, |p| {
+            String::from_utf8_lossy(p).contains(own.id())
+        })
+        .await;
 
     let results_b = seen_on(&monitor, &topics::results("cam-b"));
     assert!(
@@ -256,7 +296,12 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     assert!(!seen_on(&monitor, &topics::search("cam-b"))
         .iter()
         .any(|p| String::from_utf8_lossy(p).contains("forged-by-a")));
-    let leaked: Vec<String> = intruder.all().into_iter().map(|(t, _)| t).collect();
+    let leaked: Vec<String> = intruder
+        .all()
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t != own_search)
+        .collect();
     assert!(leaked.is_empty(), "device A read B's topics: {leaked:?}");
 
     // No password, a wrong password, or a CA that did not sign the broker: no connection.

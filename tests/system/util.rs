@@ -297,6 +297,15 @@ impl Recorder {
         security: &edgeclip_link::Security,
         filter: &str,
     ) -> Recorder {
+        Self::start_filters(url, security, &[filter]).await
+    }
+
+    /// [`Recorder::start_with`] on several filters, acknowledged together.
+    pub async fn start_filters(
+        url: &str,
+        security: &edgeclip_link::Security,
+        filters: &[&str],
+    ) -> Recorder {
         let (host, port, tls) = edgeclip_link::options::parse_broker(url).expect("url");
         let id = format!("recorder-{}", rand_suffix());
         let mut options = rumqttc::MqttOptions::new(id, host, port);
@@ -304,7 +313,11 @@ impl Recorder {
         security.apply(&mut options, tls).expect("security");
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
         client
-            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .subscribe_many(
+                filters.iter().map(|f| {
+                    rumqttc::SubscribeFilter::new(f.to_string(), rumqttc::QoS::AtLeastOnce)
+                }),
+            )
             .await
             .expect("subscribe");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -325,6 +338,8 @@ impl Recorder {
                             .push((p.topic, p.payload.to_vec()));
                     }
                     Ok(_) => {}
+                    // The next poll reconnects: pause so a broker that is gone is not
+                    // hammered (an event loop's backoff, not a wait for something to happen).
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
@@ -360,6 +375,21 @@ impl Recorder {
                 .ok_or(format!("{seen} publishes, none matching"))
         })
         .await
+    }
+
+    /// A round trip through the broker: publishes a marker on `topic` (which this recorder's
+    /// filter must match) and waits until it comes back. Whatever the broker had routed to
+    /// this recorder before the marker (retained messages at subscription, earlier publishes)
+    /// has then been recorded: brokers deliver to one subscriber in order. The marker itself
+    /// is not kept among the recorded publishes.
+    pub async fn round_trip(&self, topic: &str) {
+        let marker = format!("edgeclip-test-marker-{}", rand_suffix()).into_bytes();
+        self.publish(topic, marker.clone()).await;
+        self.wait_for(topic, |p| p == marker.as_slice()).await;
+        self.seen
+            .lock()
+            .expect("lock")
+            .retain(|(t, p)| !(t == topic && *p == marker));
     }
 }
 
