@@ -71,7 +71,6 @@ async fn start_unwatched(id: &str, folder: &Path) -> (System, String) {
             broker,
             cloud: Some(cloud),
             device,
-            device_id: id.to_string(),
         },
         format!("http://{addr}"),
     )

@@ -1,6 +1,5 @@
 //! Helpers shared by the whole-system tests: paths of the fixtures, a broker on a free port,
 //! device and cloud configurations, and waits that always have a deadline.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -127,8 +126,9 @@ pub fn wait_until_blocking<T, L: std::fmt::Debug>(
     }
 }
 
-/// One shape in a labels.json.
+/// One shape in a labels.json (the whole format, though no test reads every field).
 #[derive(Debug, Clone, Deserialize)]
+#[allow(dead_code)]
 pub struct ShapeLabel {
     pub colour: String,
     pub shape: String,
@@ -136,8 +136,9 @@ pub struct ShapeLabel {
     pub position: String,
 }
 
-/// One picture in a labels.json.
+/// One picture in a labels.json (the whole format, though no test reads every field).
 #[derive(Debug, Clone, Deserialize)]
+#[allow(dead_code)]
 pub struct SceneLabel {
     pub background: String,
     pub shapes: Vec<ShapeLabel>,
@@ -218,7 +219,6 @@ pub struct System {
     pub broker: EmbeddedBroker,
     pub cloud: Option<Cloud>,
     pub device: Device,
-    pub device_id: String,
 }
 
 impl System {
@@ -243,7 +243,6 @@ impl System {
             broker,
             cloud: Some(cloud),
             device,
-            device_id: id.to_string(),
         }
     }
 
