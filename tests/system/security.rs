@@ -1,8 +1,6 @@
 //! Broker security, end to end: a real Mosquitto with TLS only, a password per client and the
 //! access rules of docs/mosquitto/edgeclip.acl; two devices, the cloud and two owners on it.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,7 +11,8 @@ use edgeclip_device::Device;
 use edgeclip_link::Security;
 use edgeclip_messages::dashboard::{SearchRequest, SearchResponse};
 use edgeclip_messages::topics;
-use util::*;
+
+use crate::util::*;
 
 /// A CA, and a server certificate for `localhost` signed by it: (ca.pem, server.pem, server.key).
 fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -200,8 +199,14 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     }
 
     // Device A tries to read B's results and B's cloud replies, and to act as B's owner and as
-    // the cloud towards B.
-    let intruder = Recorder::start_with(&url, &security("cam-a", &ca), "edgeclip/cam-b/#").await;
+    // the cloud towards B. (It also reads its own search topic, where a marker comes later.)
+    let own_search = topics::search("cam-a");
+    let intruder = Recorder::start_filters(
+        &url,
+        &security("cam-a", &ca),
+        &["edgeclip/cam-b/#", &own_search],
+    )
+    .await;
     let forged = SearchRequest {
         id: Some("forged-by-a".into()),
         ..SearchRequest::text("a blue square")
@@ -218,6 +223,16 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     intruder
         .publish(&topics::results("cam-b"), b"{\"fake\": true}".to_vec())
         .await;
+    // The broker handles one client's packets in order and delivers to one subscriber in
+    // order: once the monitor has a marker A publishes where it may (its own results), every
+    // attempt above has been refused, or the monitor has it too.
+    let marker = format!("marker-{}", rand_suffix());
+    intruder
+        .publish(&topics::results("cam-a"), marker.clone())
+        .await;
+    monitor
+        .wait_for(&topics::results("cam-a"), |p| p == marker.as_bytes())
+        .await;
     // Owner B searches meanwhile: the monitor sees it and its answer, the intruder does not.
     let mut owner_b = bounded(
         "connect",
@@ -232,7 +247,31 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     .await
     .expect("answered");
     owner_b.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    monitor
+        .wait_for(&topics::results("cam-b"), |p| {
+            String::from_utf8_lossy(p).contains(legit.id())
+        })
+        .await;
+    // Owner A searches its own device: its search reaches A's intruding client after anything
+    // of B's the broker would have let it read.
+    let mut owner_a = bounded(
+        "connect",
+        Client::connect_with(&url, &security("owner-a", &ca), Duration::from_secs(5)),
+    )
+    .await
+    .expect("connect");
+    let own = bounded(
+        "search",
+        owner_a.search("cam-a", "a red circle", Some(1), Duration::from_secs(20)),
+    )
+    .await
+    .expect("answered");
+    owner_a.disconnect().await;
+    intruder
+        .wait_for(&own_search, |p| {
+            String::from_utf8_lossy(p).contains(own.id())
+        })
+        .await;
 
     let results_b = seen_on(&monitor, &topics::results("cam-b"));
     assert!(
@@ -257,7 +296,12 @@ async fn tls_passwords_and_per_device_rules_keep_devices_apart() {
     assert!(!seen_on(&monitor, &topics::search("cam-b"))
         .iter()
         .any(|p| String::from_utf8_lossy(p).contains("forged-by-a")));
-    let leaked: Vec<String> = intruder.all().into_iter().map(|(t, _)| t).collect();
+    let leaked: Vec<String> = intruder
+        .all()
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t != own_search)
+        .collect();
     assert!(leaked.is_empty(), "device A read B's topics: {leaked:?}");
 
     // No password, a wrong password, or a CA that did not sign the broker: no connection.
@@ -361,15 +405,19 @@ async fn the_cloud_bounds_each_requester_and_says_which_limit() {
             })
             .collect()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while answers("flooder").len() < 8 || answers("quiet").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "every request gets an answer: {:?}",
-            answers("flooder")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "an answer to every request",
+        Duration::from_secs(30),
+        || async {
+            let (flood, quiet) = (answers("flooder"), answers("quiet"));
+            if flood.len() >= 8 && !quiet.is_empty() {
+                Ok(())
+            } else {
+                Err((flood, quiet))
+            }
+        },
+    )
+    .await;
     let flood = answers("flooder");
     let served = flood.iter().filter(|(_, b)| b.is_ok()).count();
     let refused: Vec<&String> = flood.iter().filter_map(|(_, b)| b.as_ref().err()).collect();

@@ -1,8 +1,6 @@
 //! Tests of the model path on the real files: both towers with tract, the tokenizer against
 //! open_clip's ids, preprocessing against open_clip's tensors, tract against onnxruntime.
 
-mod util;
-
 use std::path::Path;
 
 use edgeclip_cloud::encode::TextTower;
@@ -13,7 +11,8 @@ use edgeclip_device::model::ModelFolder;
 use edgeclip_device::preprocess::{decode_file, DecodeLimits};
 use edgeclip_device::rank::dot;
 use serde::Deserialize;
-use util::*;
+
+use crate::util::*;
 
 fn towers() -> (ModelFolder, ImageTower, ClipTokenizer, TextTower) {
     let dir = model_dir();

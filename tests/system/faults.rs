@@ -1,8 +1,6 @@
 //! Faults through the real programs and a real broker: the device's disk filling up while it
 //! writes its index, and Mosquitto restarted while the device indexes and searches.
 
-mod util;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +9,8 @@ use edgeclip::client::Client;
 use edgeclip_cloud::Cloud;
 use edgeclip_device::Device;
 use edgeclip_messages::dashboard::{DeviceStatus, SearchResponse};
-use util::*;
+
+use crate::util::*;
 
 fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
     let limit = libc::rlimit {
@@ -23,22 +22,19 @@ fn set_file_size_limit(pid: libc::pid_t, bytes: Option<u64>) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-async fn status_until(
+async fn reported_status_until(
     client: &mut Client,
     device: &str,
     what: &str,
     pred: impl Fn(&DeviceStatus) -> bool,
 ) -> DeviceStatus {
-    let deadline = Instant::now() + TEST_TIMEOUT;
+    let mut wait = Wait::new(what, TEST_TIMEOUT);
     loop {
-        if let Ok((_, s)) = client.status(device, Duration::from_secs(2)).await {
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{what}: last status {s:?}");
+        match client.status(device, Duration::from_secs(2)).await {
+            Ok((_, s)) if pred(&s) => return s,
+            Ok((_, s)) => wait.again(&s).await,
+            Err(e) => wait.again(&e).await,
         }
-        assert!(Instant::now() < deadline, "{what}: no status");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -96,7 +92,7 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5)))
         .await
         .expect("connect");
-    let full = status_until(
+    let full = reported_status_until(
         &mut client,
         "sdcard",
         "the device reports the full disk",
@@ -132,7 +128,7 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
 
     // Space returns.
     set_file_size_limit(pid, None);
-    let done = status_until(
+    let done = reported_status_until(
         &mut client,
         "sdcard",
         "the waiting pictures are written",
@@ -160,6 +156,20 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     bounded("cloud shutdown", cloud.shutdown())
         .await
         .expect("cloud shutdown");
+}
+
+/// Accepts one connection on `listener`, reads its first bytes (an MQTT CONNECT names its
+/// client id) and closes it; whether it came from `client_id`.
+async fn is_connect_of(listener: &tokio::net::TcpListener, client_id: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let (mut socket, _) = listener.accept().await.expect("accept");
+    let mut connect = vec![0u8; 1024];
+    let n = bounded("a CONNECT packet", socket.read(&mut connect))
+        .await
+        .unwrap_or(0);
+    connect[..n]
+        .windows(client_id.len())
+        .any(|w| w == client_id.as_bytes())
 }
 
 /// Mosquitto is restarted while the device indexes and while a search waits for the cloud:
@@ -198,23 +208,20 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
         .expect("device");
 
     // Restart the broker while pictures are still waiting.
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let s = device.status().await.expect("status");
-        if s.indexed >= 2 {
-            assert!(
-                (s.indexed as usize) < total,
-                "indexing finished before the broker restart; make the test's folder bigger"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the device never started indexing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let s = status_until(&device, "the device to index its first pictures", |s| {
+        s.indexed >= 2
+    })
+    .await;
+    assert!(
+        (s.indexed as usize) < total,
+        "indexing finished before the broker restart; make the test's folder bigger"
+    );
     drop(broker.take());
+    // Until Mosquitto is back, the port answers with a listener of the test's own, which
+    // takes note of the device's reconnect attempts and closes each at once.
+    let stand_in = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the broker's port");
     // A search while the broker is down: the device cannot reach the cloud.
     let started = Instant::now();
     let conf_dir = tmp.path().to_path_buf();
@@ -223,7 +230,13 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
             "a red circle"
         )),
         async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // The broker comes back once the device has noticed it gone: its link is trying
+            // to reconnect, with the search waiting.
+            bounded("the device's reconnect attempt", async {
+                while !is_connect_of(&stand_in, "edgeclip-device-restarted").await {}
+            })
+            .await;
+            drop(stand_in);
             tokio::task::spawn_blocking(move || mosquitto(port, &conf_dir))
                 .await
                 .expect("restart")
@@ -249,23 +262,19 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
     // Both reconnect on their own: the device finishes and answers searches again.
     let done = wait_idle(&device).await;
     assert_eq!((done.indexed as usize, done.failed), (total, 0), "{done:?}");
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let r = device
+    wait_until("searches to work again", TEST_TIMEOUT, || async {
+        match device
             .search(edgeclip_messages::dashboard::SearchRequest::text(
                 "a blue square",
             ))
             .await
-            .expect("search");
-        if matches!(r, SearchResponse::Results(_)) {
-            break;
+            .expect("search")
+        {
+            SearchResponse::Results(_) => Ok(()),
+            error => Err(error),
         }
-        assert!(
-            Instant::now() < deadline,
-            "searches never worked again: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     bounded("device shutdown", device.shutdown())
         .await
         .expect("shutdown");

@@ -1,6 +1,5 @@
 //! Helpers shared by the whole-system tests: paths of the fixtures, a broker on a free port,
 //! device and cloud configurations, and waits that always have a deadline.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use edgeclip::broker::EmbeddedBroker;
 use edgeclip_cloud::{Cloud, CloudConfig};
 use edgeclip_device::{Device, DeviceConfig};
-use edgeclip_messages::dashboard::{DeviceState, DeviceStatus};
+use edgeclip_messages::dashboard::{DeviceState, DeviceStatus, SearchResponse};
 use serde::Deserialize;
 
 /// Every await in a test is bounded by this, so a hang fails instead of stalling the suite.
@@ -39,8 +38,97 @@ pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// One shape in a labels.json.
+/// A wait for an observable state, with a deadline: the caller checks the state and, while it
+/// is not there yet, calls [`Wait::again`] with what it saw. `again` fails the test once the
+/// deadline has passed (naming what was awaited and the last state seen) and otherwise pauses
+/// a short, growing interval (10 ms, doubling up to 200 ms) before the next check. Every
+/// polling loop of the tests goes through it, mostly by [`wait_until`]; a fixed sleep that
+/// hopes something has happened has no place here.
+pub struct Wait {
+    what: String,
+    within: Duration,
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Wait {
+    /// A wait for `what` (phrased as the state awaited), failing after `within`.
+    pub fn new(what: impl Into<String>, within: Duration) -> Wait {
+        Wait {
+            what: what.into(),
+            within,
+            deadline: Instant::now() + within,
+            pause: Duration::from_millis(10),
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The pause before the next check; fails the test if the deadline has passed.
+    fn next(&mut self, last: &dyn std::fmt::Debug) -> Duration {
+        assert!(
+            Instant::now() < self.deadline,
+            "waited {:?} for {}; last seen: {last:?}",
+            self.within,
+            self.what
+        );
+        let pause = self.pause.min(self.left());
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        pause
+    }
+
+    /// The state is not there yet (`last` is what was seen): pause before the next check.
+    pub async fn again(&mut self, last: &dyn std::fmt::Debug) {
+        let pause = self.next(last);
+        tokio::time::sleep(pause).await;
+    }
+
+    /// [`Wait::again`] for tests without a runtime (processes, sockets).
+    pub fn again_blocking(&mut self, last: &dyn std::fmt::Debug) {
+        let pause = self.next(last);
+        std::thread::sleep(pause);
+    }
+}
+
+/// Checks until `check` answers `Ok` (the state awaited, returned) rather than `Err` (the
+/// state seen instead), failing after `within`; a check that hangs fails too.
+pub async fn wait_until<T, L, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    L: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, L>>,
+{
+    let mut wait = Wait::new(what, within);
+    loop {
+        match tokio::time::timeout(wait.left(), check()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(last)) => wait.again(&last).await,
+            Err(_) => panic!("waited {within:?} for {what}; the last check did not finish"),
+        }
+    }
+}
+
+/// [`wait_until`] for tests without a runtime.
+pub fn wait_until_blocking<T, L: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, L>,
+) -> T {
+    let mut wait = Wait::new(what, within);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) => wait.again_blocking(&last),
+        }
+    }
+}
+
+/// One shape in a labels.json (the whole format, though no test reads every field).
 #[derive(Debug, Clone, Deserialize)]
+#[allow(dead_code)]
 pub struct ShapeLabel {
     pub colour: String,
     pub shape: String,
@@ -48,8 +136,9 @@ pub struct ShapeLabel {
     pub position: String,
 }
 
-/// One picture in a labels.json.
+/// One picture in a labels.json (the whole format, though no test reads every field).
 #[derive(Debug, Clone, Deserialize)]
+#[allow(dead_code)]
 pub struct SceneLabel {
     pub background: String,
     pub shapes: Vec<ShapeLabel>,
@@ -130,7 +219,6 @@ pub struct System {
     pub broker: EmbeddedBroker,
     pub cloud: Option<Cloud>,
     pub device: Device,
-    pub device_id: String,
 }
 
 impl System {
@@ -155,7 +243,6 @@ impl System {
             broker,
             cloud: Some(cloud),
             device,
-            device_id: id.to_string(),
         }
     }
 
@@ -173,18 +260,10 @@ impl System {
 
 /// Waits until the device has indexed everything it found.
 pub async fn wait_idle(device: &Device) -> DeviceStatus {
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let status = device.status().await.expect("status");
-        if status.state == DeviceState::Idle && status.pending == 0 {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "device never became idle: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    status_until(device, "the device to be idle", |s| {
+        s.state == DeviceState::Idle && s.pending == 0
+    })
+    .await
 }
 
 /// File name of a hit's path.
@@ -217,6 +296,15 @@ impl Recorder {
         security: &edgeclip_link::Security,
         filter: &str,
     ) -> Recorder {
+        Self::start_filters(url, security, &[filter]).await
+    }
+
+    /// [`Recorder::start_with`] on several filters, acknowledged together.
+    pub async fn start_filters(
+        url: &str,
+        security: &edgeclip_link::Security,
+        filters: &[&str],
+    ) -> Recorder {
         let (host, port, tls) = edgeclip_link::options::parse_broker(url).expect("url");
         let id = format!("recorder-{}", rand_suffix());
         let mut options = rumqttc::MqttOptions::new(id, host, port);
@@ -224,7 +312,11 @@ impl Recorder {
         security.apply(&mut options, tls).expect("security");
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
         client
-            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .subscribe_many(
+                filters.iter().map(|f| {
+                    rumqttc::SubscribeFilter::new(f.to_string(), rumqttc::QoS::AtLeastOnce)
+                }),
+            )
             .await
             .expect("subscribe");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -245,6 +337,8 @@ impl Recorder {
                             .push((p.topic, p.payload.to_vec()));
                     }
                     Ok(_) => {}
+                    // The next poll reconnects: pause so a broker that is gone is not
+                    // hammered (an event loop's backoff, not a wait for something to happen).
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
@@ -270,17 +364,31 @@ impl Recorder {
 
     /// Waits until a publish on `topic` satisfies `pred`, and returns it.
     pub async fn wait_for(&self, topic: &str, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-        let deadline = Instant::now() + TEST_TIMEOUT;
-        loop {
-            if let Some((_, p)) = self.all().into_iter().find(|(t, p)| t == topic && pred(p)) {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nothing matching arrived on {topic}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("a matching publish on {topic}");
+        wait_until(&what, TEST_TIMEOUT, || async {
+            let all = self.all();
+            let seen = all.len();
+            all.into_iter()
+                .find(|(t, p)| t == topic && pred(p))
+                .map(|(_, p)| p)
+                .ok_or(format!("{seen} publishes, none matching"))
+        })
+        .await
+    }
+
+    /// A round trip through the broker: publishes a marker on `topic` (which this recorder's
+    /// filter must match) and waits until it comes back. Whatever the broker had routed to
+    /// this recorder before the marker (retained messages at subscription, earlier publishes)
+    /// has then been recorded: brokers deliver to one subscriber in order. The marker itself
+    /// is not kept among the recorded publishes.
+    pub async fn round_trip(&self, topic: &str) {
+        let marker = format!("edgeclip-test-marker-{}", rand_suffix()).into_bytes();
+        self.publish(topic, marker.clone()).await;
+        self.wait_for(topic, |p| p == marker.as_slice()).await;
+        self.seen
+            .lock()
+            .expect("lock")
+            .retain(|(t, p)| !(t == topic && *p == marker));
     }
 }
 
@@ -454,12 +562,13 @@ pub fn mosquitto_with(conf: &Path, port: u16) -> Killed {
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Killed(child)
+    let mosquitto = Killed(child);
+    wait_until_blocking(
+        &format!("mosquitto to listen on port {port}"),
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)),
+    );
+    mosquitto
 }
 
 /// A program of the workspace built next to `edgeclip` (the README's test command builds them).
@@ -480,4 +589,76 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+// ---- searches, shared by several areas ----
+
+/// A search through `client` (MQTT, as a dashboard sends it), bounded.
+pub async fn search(
+    client: &mut edgeclip::client::Client,
+    device: &str,
+    text: &str,
+    k: usize,
+) -> SearchResponse {
+    bounded(
+        "search",
+        client.search(device, text, Some(k), Duration::from_secs(20)),
+    )
+    .await
+    .expect("search answered")
+}
+
+/// File names of a response's hits, best first; panics on an error answer.
+pub fn hits(response: &SearchResponse) -> Vec<String> {
+    match response {
+        SearchResponse::Results(r) => r.hits.iter().map(|h| file_name(&h.path)).collect(),
+        SearchResponse::Error(e) => panic!("search failed: {}", e.error),
+    }
+}
+
+/// (file name, score) of a response's hits, best first; panics on an error answer.
+pub fn scored(response: &SearchResponse) -> Vec<(String, f32)> {
+    match response {
+        SearchResponse::Results(r) => r
+            .hits
+            .iter()
+            .map(|h| (file_name(&h.path), h.score))
+            .collect(),
+        SearchResponse::Error(e) => panic!("search failed: {}", e.error),
+    }
+}
+
+/// The `edgeclip` program, as a user runs it (no broker from the environment).
+pub fn edgeclip() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_edgeclip"));
+    c.env_remove("EDGECLIP_BROKER")
+        .env("RUST_LOG", "warn,rumqttd=off");
+    c
+}
+
+/// Sets a file's modification time.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("picture")
+        .set_modified(t)
+        .expect("mtime");
+}
+
+/// Waits until the device's status satisfies `pred`, and returns that status.
+pub async fn status_until(
+    device: &Device,
+    what: &str,
+    pred: impl Fn(&DeviceStatus) -> bool,
+) -> DeviceStatus {
+    wait_until(what, TEST_TIMEOUT, || async {
+        let s = device.status().await.expect("status");
+        if pred(&s) {
+            Ok(s)
+        } else {
+            Err(s)
+        }
+    })
+    .await
 }

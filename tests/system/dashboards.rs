@@ -2,11 +2,9 @@
 //! its search page in a real headless browser (Debian's chromium through chromedriver), on a
 //! real broker, cloud and device with the bundled model.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeclip::client::Client;
 use edgeclip_device::Device;
@@ -14,7 +12,8 @@ use edgeclip_messages::dashboard::{SearchResponse, SearchResults};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use util::*;
+
+use crate::util::*;
 
 /// (status, content type, body) of one HTTP request to the device.
 async fn http(method: &str, url: &str, body: &str) -> (u16, String, Vec<u8>) {
@@ -72,7 +71,6 @@ async fn start_unwatched(id: &str, folder: &Path) -> (System, String) {
             broker,
             cloud: Some(cloud),
             device,
-            device_id: id.to_string(),
         },
         format!("http://{addr}"),
     )
@@ -194,12 +192,11 @@ fn chromedriver() -> (Killed, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Killed(child), port)
+    let driver = Killed(child);
+    wait_until_blocking("chromedriver to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+    });
+    (driver, port)
 }
 
 async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
@@ -228,21 +225,25 @@ async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
 
 /// Waits until `script` (a JavaScript function body) returns something truthy; returns it.
 async fn wait_js(browser: &fantoccini::Client, what: &str, script: &str) -> serde_json::Value {
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let value = browser.execute(script, vec![]).await.expect("script runs");
-        let truthy = match &value {
-            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
-            serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
-            serde_json::Value::String(s) => !s.is_empty(),
-            _ => true,
-        };
-        if truthy {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "the page never showed {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &format!("the page to show {what}"),
+        TEST_TIMEOUT,
+        || async {
+            let value = browser.execute(script, vec![]).await.expect("script runs");
+            let truthy = match &value {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+                serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
+                serde_json::Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                Ok(value)
+            } else {
+                Err(value)
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -489,17 +490,18 @@ async fn wait_status(
     what: &str,
     pred: impl Fn(&edgeclip_messages::dashboard::DeviceStatus) -> bool,
 ) {
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let last = latest(recorder, |t| t == topic).remove(topic);
-        if let Some(status) = last.and_then(|p| serde_json::from_slice(&p).ok()) {
-            if pred(&status) {
-                return;
+    wait_until(
+        &format!("the status to show {what}"),
+        TEST_TIMEOUT,
+        || async {
+            let last = latest(recorder, |t| t == topic).remove(topic);
+            match last.and_then(|p| serde_json::from_slice(&p).ok()) {
+                Some(status) if pred(&status) => Ok(()),
+                other => Err(other),
             }
-        }
-        assert!(Instant::now() < deadline, "the status never showed {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -522,20 +524,15 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     wait_idle(&device).await;
 
     // Every config is one Home Assistant accepts, for the expected entities of this device.
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    let configs = loop {
+    let configs = wait_until("7 discovery configs", TEST_TIMEOUT, || async {
         let configs = latest(&ha, |t| t.ends_with("/config"));
         if configs.len() >= 7 {
-            break configs;
+            Ok(configs)
+        } else {
+            Err(configs.into_keys().collect::<Vec<_>>())
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} discovery configs arrived: {:?}",
-            configs.len(),
-            configs.keys()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let mut by_object = std::collections::BTreeMap::new();
     for (topic, payload) in &configs {
         let levels: Vec<&str> = topic.split('/').collect();
@@ -610,13 +607,15 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
         "the optional image topic carries the same thumbnail"
     );
 
-    // The rescan button finds a picture added behind the device's back (no watching here).
-    std::fs::copy(
-        shapes.join("red_circle.jpg"),
-        pictures.path().join("added.jpg"),
-    )
-    .expect("add");
-    tokio::time::sleep(Duration::from_millis(400)).await; // past capture.settle_ms
+    // The rescan button finds a picture added behind the device's back (no watching here),
+    // written an hour ago: past capture.settle_ms, so the scan takes it at once (a file still
+    // settling would be scanned again by itself after the settle time, button or not).
+    let added = pictures.path().join("added.jpg");
+    std::fs::copy(shapes.join("red_circle.jpg"), &added).expect("add");
+    set_mtime(
+        &added,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
     ha.publish(
         &cfg("rescan", "command_topic"),
         by_object["rescan"].1["payload_press"]
@@ -651,19 +650,22 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
     // Home Assistant restarts: the configs come again.
     let seen = ha.all().len();
     ha.publish("homeassistant/status", "online").await;
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    while ha.all()[seen..]
-        .iter()
-        .filter(|(t, p)| t.ends_with("/config") && !p.is_empty())
-        .count()
-        < 7
-    {
-        assert!(
-            Instant::now() < deadline,
-            "configs not published again after Home Assistant said online"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the configs again after Home Assistant said online",
+        TEST_TIMEOUT,
+        || async {
+            let again = ha.all()[seen..]
+                .iter()
+                .filter(|(t, p)| t.ends_with("/config") && !p.is_empty())
+                .count();
+            if again >= 7 {
+                Ok(())
+            } else {
+                Err(again)
+            }
+        },
+    )
+    .await;
 
     // Uninstall: every config topic gets an empty retained payload; nothing is left retained.
     device.shutdown().await.expect("device shutdown");
@@ -697,16 +699,22 @@ async fn home_assistant_discovers_valid_entities_whose_buttons_and_search_box_re
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    while !latest(&ha, |t| t.ends_with("/config"))
-        .values()
-        .all(|p| p.is_empty())
-    {
-        assert!(Instant::now() < deadline, "configs not removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("every config removed", TEST_TIMEOUT, || async {
+        let left: Vec<String> = latest(&ha, |t| t.ends_with("/config"))
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, _)| t)
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(left)
+        }
+    })
+    .await;
+    // A new subscriber gets whatever is retained, before a marker published after it subscribed.
     let late = Recorder::start(&broker.url(), "homeassistant/#").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    late.round_trip("homeassistant/edgeclip-tests/marker").await;
     assert!(
         late.all().iter().all(|(_, p)| p.is_empty()),
         "retained configs left: {:?}",
@@ -841,27 +849,37 @@ async fn discovery_comes_back_after_a_broker_restart_that_lost_the_retained_conf
             .count()
     };
     let before = Recorder::start(&url, "homeassistant/#").await;
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    while configs(&before) < 6 {
-        assert!(Instant::now() < deadline, "no discovery configs");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the discovery configs", TEST_TIMEOUT, || async {
+        let n = configs(&before);
+        if n >= 6 {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })
+    .await;
     drop(before);
     drop(broker);
     let _broker = mosquitto(port, tmp.path());
-    // A new broker has nothing retained; once the device is back, its configs are.
-    let deadline = Instant::now() + TEST_TIMEOUT;
-    loop {
-        let after = Recorder::start(&url, "homeassistant/#").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if configs(&after) >= 6 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "discovery configs not published again after the broker restart"
-        );
-    }
+    // A new broker has nothing retained; once the device is back, its configs are: each check
+    // is a new subscriber, which gets what is retained before a marker published after it.
+    wait_until(
+        "the discovery configs retained again after the broker restart",
+        TEST_TIMEOUT,
+        || async {
+            let after = Recorder::start(&url, "homeassistant/#").await;
+            after
+                .round_trip("homeassistant/edgeclip-tests/marker")
+                .await;
+            let n = configs(&after);
+            if n >= 6 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
     bounded("device shutdown", device.shutdown())
         .await
         .expect("shutdown");

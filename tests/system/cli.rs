@@ -1,0 +1,201 @@
+//! The command line, as a user runs it: `edgeclip up`, `search`, `status`, and their failures.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use edgeclip_messages::dashboard::SearchResponse;
+
+use crate::util::*;
+
+/// Lines of a child's stdout, read on a thread, received with a deadline.
+fn line_reader(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = pred(&line);
+                lines.push(line);
+                if done {
+                    return lines;
+                }
+            }
+            Err(_) => panic!("expected line never came; got {lines:#?}"),
+        }
+    }
+}
+
+#[test]
+fn up_search_and_status_work_from_the_command_line() {
+    let shapes = data("shapes");
+    let labels = labels(&shapes);
+    let pictures = copy_pictures(&shapes);
+    let state = tempfile::tempdir().expect("state");
+    let port = free_port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let mut up = edgeclip()
+        .args([
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--device-id",
+            "cli-dev",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--photos")
+        .arg(pictures.path())
+        .arg("--state")
+        .arg(state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("edgeclip up starts");
+    let out = line_reader(up.stdout.take().expect("stdout"));
+    let banner = wait_line(&out, |l| l.starts_with("indexed "));
+    assert!(
+        banner.iter().any(|l| l.contains("edgeclip search")),
+        "{banner:#?}"
+    );
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.starts_with("Search page in a browser:") && l.contains("http://127.0.0.1:")),
+        "{banner:#?}"
+    );
+    assert!(
+        banner
+            .last()
+            .expect("line")
+            .starts_with(&format!("indexed {} pictures (0 skipped)", labels.len())),
+        "{banner:#?}"
+    );
+
+    // `search` without --device finds the only device online.
+    let search = edgeclip()
+        .args(["search", "a red circle", "-k", "3", "--broker", &broker])
+        .output()
+        .expect("search runs");
+    assert!(
+        search.status.success(),
+        "{}",
+        String::from_utf8_lossy(&search.stderr)
+    );
+    let table = String::from_utf8_lossy(&search.stdout).to_string();
+    let first = table
+        .lines()
+        .nth(1)
+        .expect("a first hit")
+        .split_whitespace()
+        .last()
+        .expect("path")
+        .to_string();
+    let expected = Reference::new(&shapes).rank("a red circle", 3);
+    let tied = expected[1].1 > expected[0].1 - 1e-4;
+    assert!(
+        tied || file_name(&first) == expected[0].0,
+        "{table} vs {expected:?}"
+    );
+
+    let json = edgeclip()
+        .args([
+            "search",
+            "a blue square",
+            "--json",
+            "--device",
+            "cli-dev",
+            "--broker",
+            &broker,
+        ])
+        .output()
+        .expect("runs");
+    assert!(json.status.success());
+    let parsed: SearchResponse =
+        serde_json::from_slice(&json.stdout).expect("--json prints the result message");
+    assert_eq!(hits(&parsed).len(), 10);
+
+    let status = edgeclip()
+        .args(["status", "--json", "--broker", &broker])
+        .output()
+        .expect("status runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["indexed"], labels.len());
+    assert_eq!(status["device_id"], "cli-dev");
+    let human = edgeclip()
+        .args(["status", "--broker", &broker])
+        .output()
+        .expect("status runs");
+    assert!(String::from_utf8_lossy(&human.stdout)
+        .contains(&format!("indexed  {} pictures", labels.len())));
+
+    // The prompt answers with a ranked table; end of input stops everything cleanly.
+    let mut stdin = up.stdin.take().expect("stdin");
+    writeln!(stdin, "a yellow star").expect("type");
+    let answer = wait_line(&out, |l| l.contains("hits for"));
+    assert!(
+        answer.iter().any(|l| l.trim_start().starts_with("1 ")),
+        "{answer:#?}"
+    );
+    drop(stdin);
+    let end = wait_line(&out, |l| l.contains("shutting down"));
+    assert!(!end.is_empty());
+    let code = wait_until_blocking("edgeclip up to exit", Duration::from_secs(30), || {
+        up.try_wait().expect("wait").ok_or("running")
+    });
+    assert!(code.success());
+}
+
+#[test]
+fn command_line_failures_exit_non_zero_with_a_one_line_reason() {
+    let port = free_port();
+    let unreachable = edgeclip()
+        .args([
+            "search",
+            "a red circle",
+            "--timeout",
+            "2",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(!unreachable.status.success());
+    let err = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(err.contains("broker unreachable"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let broker = edgeclip::broker::EmbeddedBroker::start_on_free_port().expect("broker");
+    let nobody = edgeclip()
+        .args(["status", "--timeout", "2", "--broker", &broker.url()])
+        .output()
+        .expect("runs");
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no edgeclip device is online"));
+
+    let bad = edgeclip()
+        .args(["search", "x", "--device", "a/b", "--broker", &broker.url()])
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--device"));
+}
