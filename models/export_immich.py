@@ -718,6 +718,38 @@ def compute_reference(folder, family, pictures_dir, pictures):
     return pcfg, tp, pics, texts
 
 
+# how each text tower pools, and so how its input must be built
+POOLING = {
+    "vit": "argmax: the first end-of-text (49407, the largest id) under a causal mask; positions after it never "
+           "reach the output, so any padding gives the same vector and the row may be cut after it",
+    "rn": "argmax under a causal mask, as vit",
+    "mobileclip": "argmax (first 49407) WITHOUT a causal mask: every position, padding included, changes the vector; "
+                  "pad to 77 with 49407 exactly (open_clip pads with 0, which gives another vector)",
+    "mobileclip2": "argmax WITHOUT a causal mask, as mobileclip",
+    "siglip": "last position (index 63) without a causal mask: the vector depends on the padding; pad to 64 with </s> (1)",
+    "siglip2": "last position (index 63) without a causal mask: pad to 64 with <pad> (0)",
+    "nllb": "first position (cls_pooler: the eng_Latn token the post-processor puts first) of the M2M100 encoder; "
+            "the graph masks positions equal to the pad id 1 itself",
+    "mclip": "mean over positions where attention_mask is 1, then LinearTransformation; the mask must be 0 on padding",
+}
+
+
+def padding_check(folder, family, tp, texts):
+    """The first text with its padding replaced by another id (0, or 1 where the pad id is 0):
+    how much the vector moves (1.0: padding-insensitive)."""
+    sess = ip.session(os.path.join(folder, "textual", "model.onnx"))
+    t = texts[0]
+    key = "input_ids" if family == "mclip" else "text"
+    ids = np.array([t["input_ids"]], dtype=np.int32)
+    other = 0 if tp.pad_id != 0 else 1
+    ids[0, t["length"]:] = other
+    feeds = {key: ids}
+    if family == "mclip":
+        feeds["attention_mask"] = np.array([t["attention_mask"]], dtype=np.int32)
+    emb = sess.run(None, feeds)[0][0]
+    return {"text": t["text"], "other_pad_id": other, "cosine_to_reference": round(ip.cosine(emb, t["embedding"]), 6)}
+
+
 def write_reference(folder, family, pictures_dir, pictures, fixture_notes, full):
     pcfg, tp, pics, texts = compute_reference(folder, family, pictures_dir, pictures)
     cfg = ip.read_json(os.path.join(folder, "config.json"))
@@ -739,6 +771,8 @@ def write_reference(folder, family, pictures_dir, pictures, fixture_notes, full)
             "pad_id": tp.pad_id,
             "canonicalize": tp.canonicalize,
             "vocab_size": tp.tokenizer.get_vocab_size(),
+            "pooling": POOLING[family],
+            "padding_check": padding_check(folder, family, tp, texts),
         },
         "pipeline": "immich_pipeline.py: Immich's decode (EXIF transposed first), resize/crop, normalise; "
                     "clean_text, NLLB code prefix, tokenizers with padding to context_length and truncation",
