@@ -7,7 +7,8 @@
 //! `workers` at once, the per-requester [`Limits`](crate::limits::Limits)); refusals are
 //! answered with [`ErrorCode::Busy`]. The actor only turns messages into calls: an encoding
 //! runs on a blocking thread and comes back as [`TextEncoderMsg::Encoded`], and the chunks of
-//! server-ranked searches are ranked on a blocking thread too, so the mailbox never waits.
+//! server-ranked searches are ranked on a blocking thread too (one ranking at a time, as when
+//! the handler ranked them), so the mailbox never waits.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use edgeclip_messages::wire::{
     RankRequest, RankedIds, Received, ReplyBody, TextVector,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::encode::TextTower;
@@ -101,6 +103,9 @@ pub struct TextEncoderArgs {
 pub struct TextEncoderState {
     args: TextEncoderArgs,
     encodings: Encodings<Job>,
+    /// One ranking of server-ranked chunks at a time: ranking takes at most one core beside
+    /// the `workers` encodings.
+    ranking: Arc<Semaphore>,
 }
 
 /// The text encoder actor.
@@ -117,7 +122,11 @@ impl Actor for TextEncoderActor {
         args: TextEncoderArgs,
     ) -> Result<TextEncoderState, ActorProcessingErr> {
         let encodings = Encodings::new(args.workers, args.cache_entries, args.limits.clone());
-        Ok(TextEncoderState { args, encodings })
+        Ok(TextEncoderState {
+            args,
+            encodings,
+            ranking: Arc::new(Semaphore::new(1)),
+        })
     }
 
     async fn handle(
@@ -303,7 +312,8 @@ fn start_encoding(myself: &ActorRef<TextEncoderMsg>, state: &TextEncoderState, t
 }
 
 /// Sends the answers of the jobs that waited for one text: the vector (method A), the
-/// vector to another actor (fleet), the chunks' rankings (method B, on a blocking thread).
+/// vector to another actor (fleet), the chunks' rankings (method B, on a blocking thread, one
+/// ranking at a time).
 fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, CloudFailure>) {
     let mut chunks = Vec::new();
     for job in jobs {
@@ -329,37 +339,55 @@ fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, Clo
         return;
     }
     let (link, model) = (state.args.link.clone(), state.args.model.clone());
-    tokio::task::spawn_blocking(move || {
-        for request in chunks {
-            let r = request.get();
-            let body = match &result {
-                Ok(query) if query.len() == r.dim.to_native() as usize => {
-                    let (ids, scores) = crate::rank::rank_chunk(query, r);
-                    RankBody::Ranked(RankedIds {
-                        model: model.clone(),
-                        ids,
-                        scores,
-                    })
-                }
-                Ok(query) => RankBody::Error(CloudFailure {
-                    code: ErrorCode::ModelMismatch,
-                    message: format!(
-                        "vectors of dimension {} cannot be ranked against a text vector of {}",
-                        r.dim,
-                        query.len()
-                    ),
-                }),
-                Err(failure) => RankBody::Error(failure.clone()),
-            };
-            reply_rank(
-                &link,
-                r.request_id.to_native(),
-                r.chunk.to_native(),
-                r.reply_to.as_str(),
-                body,
-            );
+    let ranking = state.ranking.clone();
+    tokio::spawn(async move {
+        let Ok(_turn) = ranking.acquire_owned().await else {
+            return;
+        };
+        let ranked =
+            tokio::task::spawn_blocking(move || rank_chunks(&link, &model, chunks, &result));
+        if let Err(e) = ranked.await {
+            warn!(error = %e, "ranking crashed; its chunks stay unanswered");
         }
     });
+}
+
+/// Ranks each chunk against the text vector (or answers the failure) and publishes the replies.
+fn rank_chunks(
+    link: &ActorRef<LinkMsg>,
+    model: &str,
+    chunks: Vec<Box<Received<RankRequest>>>,
+    result: &Result<Vec<f32>, CloudFailure>,
+) {
+    for request in chunks {
+        let r = request.get();
+        let body = match result {
+            Ok(query) if query.len() == r.dim.to_native() as usize => {
+                let (ids, scores) = crate::rank::rank_chunk(query, r);
+                RankBody::Ranked(RankedIds {
+                    model: model.to_string(),
+                    ids,
+                    scores,
+                })
+            }
+            Ok(query) => RankBody::Error(CloudFailure {
+                code: ErrorCode::ModelMismatch,
+                message: format!(
+                    "vectors of dimension {} cannot be ranked against a text vector of {}",
+                    r.dim,
+                    query.len()
+                ),
+            }),
+            Err(failure) => RankBody::Error(failure.clone()),
+        };
+        reply_rank(
+            link,
+            r.request_id.to_native(),
+            r.chunk.to_native(),
+            r.reply_to.as_str(),
+            body,
+        );
+    }
 }
 
 fn reply_rank(
