@@ -331,7 +331,7 @@ fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, Clo
                 };
                 reply(&state.args.link, request_id, &reply_to, body);
             }
-            Job::Rank(request) => chunks.push(request),
+            Job::Rank(request) => chunks.push(*request),
             Job::InProcess(deliver) => deliver(result.clone()),
         }
     }
@@ -356,7 +356,7 @@ fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, Clo
 fn rank_chunks(
     link: &ActorRef<LinkMsg>,
     model: &str,
-    chunks: Vec<Box<Received<RankRequest>>>,
+    chunks: Vec<Received<RankRequest>>,
     result: &Result<Vec<f32>, CloudFailure>,
 ) {
     for request in chunks {
