@@ -4,11 +4,31 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use crate::error::Error;
 
 /// The largest MQTT payload the embedded broker accepts: a device's search answer or a batch
 /// of vectors is far smaller; pictures never travel.
 pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// How long the broker may take to listen after its thread starts: rumqttd binds at once, so
+/// only a machine too loaded to run it takes this long.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One attempt of the readiness probe: a loopback connect is answered at once once the broker
+/// listens, and refused at once before.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Pause between two readiness probes: short beside a start, long enough not to spin.
+const PROBE_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long rumqttd waits for a new connection's CONNECT packet before closing it (rumqttd's
+/// `connection_timeout_ms`): a client sends it right after connecting, so only a stuck or
+/// hostile client reaches it.
+const CONNECT_PACKET_TIMEOUT_MS: u64 = 60_000;
+
+/// rumqttd's pause between two accepted connections (`next_connection_delay_ms`): the least it
+/// takes, as the whole-system tests connect many clients at once.
+const NEXT_CONNECTION_DELAY_MS: u64 = 1;
 
 /// A running embedded broker. rumqttd has no stop: it ends with the process.
 #[derive(Debug)]
@@ -18,10 +38,11 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts rumqttd on `listen` and waits until it accepts connections.
-    pub fn start(listen: SocketAddr) -> anyhow::Result<Self> {
+    pub fn start(listen: SocketAddr) -> Result<Self, Error> {
         // rumqttd reports a busy port only in its log; check first for a clear error.
-        drop(TcpListener::bind(listen).with_context(|| {
-            format!("cannot listen on {listen} (another MQTT broker running? choose another address with --listen)")
+        drop(TcpListener::bind(listen).map_err(|source| Error::Listen {
+            addr: listen,
+            source,
         })?);
         let toml = format!(
             r#"
@@ -35,9 +56,9 @@ max_segment_count = 10
 [v4.1]
 name = "v4-1"
 listen = "{listen}"
-next_connection_delay_ms = 1
+next_connection_delay_ms = {NEXT_CONNECTION_DELAY_MS}
 [v4.1.connections]
-connection_timeout_ms = 60000
+connection_timeout_ms = {CONNECT_PACKET_TIMEOUT_MS}
 max_payload_size = {MAX_PAYLOAD}
 max_inflight_count = 100
 dynamic_filters = true
@@ -47,7 +68,7 @@ dynamic_filters = true
             .add_source(config::File::from_str(&toml, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
-            .context("embedded broker configuration")?;
+            .map_err(Error::BrokerConfig)?;
         std::thread::Builder::new()
             .name("rumqttd".into())
             .spawn(move || {
@@ -56,17 +77,17 @@ dynamic_filters = true
                     tracing::error!(error = %e, "embedded broker stopped");
                 }
             })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&listen, PROBE_TIMEOUT).is_err() {
             if Instant::now() > deadline {
-                bail!("embedded broker did not start listening on {listen}");
+                return Err(Error::BrokerSilent(listen));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(PROBE_PAUSE);
         }
         match nodelay_on_listener(listen) {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(%listen, "embedded broker: listening socket not found; TCP_NODELAY not set (searches may wait ~40 ms per packet)")
+                tracing::warn!(%listen, "embedded broker: listening socket not found; TCP_NODELAY not set (searches may wait for delayed ACKs)")
             }
             Err(e) => {
                 tracing::warn!(%listen, error = %e, "embedded broker: cannot set TCP_NODELAY")
@@ -76,7 +97,7 @@ dynamic_filters = true
     }
 
     /// Starts a broker on a free loopback port.
-    pub fn start_on_free_port() -> anyhow::Result<Self> {
+    pub fn start_on_free_port() -> Result<Self, Error> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         Self::start(SocketAddr::from(([127, 0, 0, 1], port)))
     }
@@ -96,8 +117,8 @@ dynamic_filters = true
 /// file descriptors; returns whether it was found.
 ///
 /// rumqttd 0.20 never sets `TCP_NODELAY` on the connections it accepts, so each small reply
-/// it forwards waits behind the previous one's delayed ACK (Nagle): ~88 ms per search over
-/// loopback instead of ~2 ms. Linux copies the option from a listening socket to every socket
+/// it forwards waits behind the previous one's delayed ACK (Nagle), which makes a search over
+/// loopback many times slower (BENCHMARKS.md). Linux copies the option from a listening socket to every socket
 /// it accepts, and rumqttd gives no access to its listener, so it is set on the listener here
 /// before any client connects (the readiness probe above is the only earlier connection). An fd
 /// is touched only if it is a listening socket bound to exactly `listen`, which only the broker's

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
 use edgeclip_messages::dashboard::{
     DeviceStatus, FleetResponse, FleetSearchRequest, SearchRequest, SearchResponse,
 };
@@ -14,11 +14,27 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// How long retained messages are awaited after a subscription is acknowledged.
+use crate::error::Error;
+
+/// How long retained messages are awaited after a subscription is acknowledged. A broker sends
+/// the retained messages of a filter right after its SUBACK, in one burst over a connection
+/// that is already up; a quiet gap this long means the burst is over.
 const RETAINED_GRACE: Duration = Duration::from_millis(400);
 
+/// Keep-alive of the client's connection: it lives for one command, seconds long, so pings
+/// matter only when a command waits long (a fleet search up to its deadline).
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Requests the client queues for its event loop: one command publishes and subscribes a few
+/// times.
+const REQUEST_QUEUE: usize = 64;
+
+/// How long a clean disconnect may take before the connection is dropped: the DISCONNECT is
+/// one small packet, and the command's work is done by then.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 enum Note {
-    Publish(String, Vec<u8>),
+    Publish(String, Bytes),
     SubAck,
 }
 
@@ -31,7 +47,7 @@ pub struct Client {
 
 impl Client {
     /// Connects to `url` (`mqtt://host:port`) within `timeout`, without credentials.
-    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
         Self::connect_with(url, &edgeclip_link::Security::default(), timeout).await
     }
 
@@ -40,7 +56,7 @@ impl Client {
         url: &str,
         security: &edgeclip_link::Security,
         timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, Error> {
         let (host, port, tls) = edgeclip_link::options::parse_broker(url)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -48,13 +64,13 @@ impl Client {
             .unwrap_or(0);
         let id = format!("edgeclip-cli-{}-{nanos:x}", std::process::id());
         let mut options = MqttOptions::new(id, host, port);
-        options.set_keep_alive(Duration::from_secs(30));
+        options.set_keep_alive(KEEP_ALIVE);
         options.set_max_packet_size(
             crate::broker::MAX_PAYLOAD * 2,
             crate::broker::MAX_PAYLOAD * 2,
         );
         security.apply(&mut options, tls)?;
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let connected = tokio::time::timeout(timeout, async {
             loop {
                 match eventloop.poll().await {
@@ -65,21 +81,23 @@ impl Client {
             }
         })
         .await;
+        let unreachable = |reason: String| Error::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
         match connected {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("broker unreachable at {url}: {e}"),
-            Err(_) => bail!(
-                "broker unreachable at {url}: no answer within {} ms",
-                timeout.as_millis()
-            ),
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                let waited = format!("no answer within {} ms", timeout.as_millis());
+                return Err(unreachable(waited));
+            }
         }
         let (tx, notes) = mpsc::unbounded_channel();
         let poll = tokio::spawn(async move {
             loop {
                 let note = match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        Note::Publish(p.topic, p.payload.to_vec())
-                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => Note::Publish(p.topic, p.payload),
                     Ok(Event::Incoming(Packet::SubAck(_))) => Note::SubAck,
                     Ok(_) => continue,
                     Err(_) => return,
@@ -101,7 +119,7 @@ impl Client {
         &mut self,
         filter: &str,
         deadline: Instant,
-    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    ) -> Result<Vec<(String, Bytes)>, Error> {
         self.client.subscribe(filter, QoS::AtLeastOnce).await?;
         let mut early = Vec::new();
         loop {
@@ -112,12 +130,12 @@ impl Client {
         }
     }
 
-    async fn next_note(&mut self, deadline: Instant) -> anyhow::Result<Note> {
+    async fn next_note(&mut self, deadline: Instant) -> Result<Note, Error> {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.notes.recv()).await {
             Ok(Some(n)) => Ok(n),
-            Ok(None) => bail!("connection to the broker was lost"),
-            Err(_) => bail!("timed out"),
+            Ok(None) => Err(Error::ConnectionLost),
+            Err(_) => Err(Error::TimedOut),
         }
     }
 
@@ -126,7 +144,7 @@ impl Client {
         &mut self,
         filter: &str,
         deadline: Instant,
-    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    ) -> Result<Vec<(String, Bytes)>, Error> {
         let mut got = self.subscribe(filter, deadline).await?;
         let until = (Instant::now() + RETAINED_GRACE).min(deadline);
         while let Ok(Note::Publish(t, p)) = self.next_note(until).await {
@@ -136,12 +154,15 @@ impl Client {
     }
 
     /// Devices whose retained availability is `online`, sorted.
-    pub async fn online_devices(&mut self, timeout: Duration) -> anyhow::Result<Vec<String>> {
+    pub async fn online_devices(&mut self, timeout: Duration) -> Result<Vec<String>, Error> {
         let deadline = Instant::now() + timeout;
         let mut state = BTreeMap::new();
         for (topic, payload) in self.retained(topics::ALL_AVAILABILITY, deadline).await? {
             if let Some(device) = topics::device_of_availability(&topic) {
-                state.insert(device.to_string(), payload == topics::ONLINE.as_bytes());
+                state.insert(
+                    device.to_string(),
+                    payload.as_ref() == topics::ONLINE.as_bytes(),
+                );
             }
         }
         Ok(state
@@ -156,20 +177,19 @@ impl Client {
         &mut self,
         given: Option<&str>,
         timeout: Duration,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, Error> {
         if let Some(d) = given {
-            topics::validate_device_id(d).map_err(|e| anyhow!("--device {d:?}: {e}"))?;
+            topics::validate_device_id(d).map_err(|reason| Error::BadDevice {
+                given: d.to_string(),
+                reason,
+            })?;
             return Ok(d.to_string());
         }
-        let online = self.online_devices(timeout).await?;
-        match online.as_slice() {
-            [] => bail!("no edgeclip device is online on this broker"),
-            [one] => Ok(one.clone()),
-            many => bail!(
-                "{} devices are online ({}); choose one with --device",
-                many.len(),
-                many.join(", ")
-            ),
+        let mut online = self.online_devices(timeout).await?;
+        match online.len() {
+            0 => Err(Error::NoDevice),
+            1 => Ok(online.remove(0)),
+            _ => Err(Error::ManyDevices(online)),
         }
     }
 
@@ -180,7 +200,7 @@ impl Client {
         text: &str,
         k: Option<usize>,
         timeout: Duration,
-    ) -> anyhow::Result<SearchResponse> {
+    ) -> Result<SearchResponse, Error> {
         self.request(
             device,
             SearchRequest {
@@ -198,7 +218,7 @@ impl Client {
         device: &str,
         mut request: SearchRequest,
         timeout: Duration,
-    ) -> anyhow::Result<SearchResponse> {
+    ) -> Result<SearchResponse, Error> {
         let deadline = Instant::now() + timeout;
         self.subscribe(&topics::results(device), deadline).await?;
         let nanos = std::time::SystemTime::now()
@@ -216,12 +236,14 @@ impl Client {
             )
             .await?;
         loop {
-            let note = self.next_note(deadline).await.with_context(|| {
-                format!(
-                    "device {device} did not answer within {} ms",
-                    timeout.as_millis()
-                )
-            })?;
+            let note = self
+                .next_note(deadline)
+                .await
+                .map_err(|e| Error::DeviceSilent {
+                    device: device.to_string(),
+                    ms: timeout.as_millis(),
+                    source: Box::new(e),
+                })?;
             if let Note::Publish(_, payload) = note {
                 if let Ok(response) = serde_json::from_slice::<SearchResponse>(&payload) {
                     if response.id() == id {
@@ -238,7 +260,7 @@ impl Client {
         &mut self,
         mut request: FleetSearchRequest,
         timeout: Duration,
-    ) -> anyhow::Result<FleetResponse> {
+    ) -> Result<FleetResponse, Error> {
         let deadline = Instant::now() + timeout;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -261,7 +283,10 @@ impl Client {
             let note = self
                 .next_note(deadline)
                 .await
-                .with_context(|| format!("no fleet answer within {} ms (is edgeclip-cloud running and connected to the broker?)", timeout.as_millis()))?;
+                .map_err(|e| Error::FleetSilent {
+                    ms: timeout.as_millis(),
+                    source: Box::new(e),
+                })?;
             if let Note::Publish(t, payload) = note {
                 if t == topic {
                     if let Ok(response) = serde_json::from_slice::<FleetResponse>(&payload) {
@@ -279,7 +304,7 @@ impl Client {
         &mut self,
         device: &str,
         timeout: Duration,
-    ) -> anyhow::Result<(Vec<u8>, DeviceStatus)> {
+    ) -> Result<(Bytes, DeviceStatus), Error> {
         let deadline = Instant::now() + timeout;
         let topic = topics::status(device);
         let got = self.retained(&topic, deadline).await?;
@@ -287,9 +312,10 @@ impl Client {
             .into_iter()
             .rev()
             .find(|(t, _)| *t == topic)
-            .ok_or_else(|| anyhow!("device {device} has published no status"))?;
-        let status = serde_json::from_slice(&raw).with_context(|| {
-            format!("device {device} published a status this version cannot read")
+            .ok_or_else(|| Error::NoStatus(device.to_string()))?;
+        let status = serde_json::from_slice(&raw).map_err(|source| Error::BadStatus {
+            device: device.to_string(),
+            source,
         })?;
         Ok((raw, status))
     }
@@ -297,6 +323,6 @@ impl Client {
     /// Disconnects cleanly.
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.poll).await;
+        let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, self.poll).await;
     }
 }

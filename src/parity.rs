@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Context};
 use edgeclip_cloud::encode::TextTower;
 use edgeclip_device::encode::ImageTower;
 use serde::Deserialize;
+
+use crate::error::Error;
 
 #[derive(Deserialize)]
 struct ParityFiles {
@@ -36,16 +37,23 @@ pub struct ParityReport {
     pub text_max_abs_diff: f32,
 }
 
-fn read_f32(path: &Path) -> anyhow::Result<Vec<f32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_f32(path: &Path) -> Result<Vec<f32>, Error> {
+    let bytes = read(path)?;
     Ok(bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
 }
 
-fn read_i64(path: &Path) -> anyhow::Result<Vec<i64>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_i64(path: &Path) -> Result<Vec<i64>, Error> {
+    let bytes = read(path)?;
     Ok(bytes
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -65,19 +73,18 @@ fn compare(ours: &[f32], theirs: &[f32]) -> (f32, f32) {
 }
 
 /// Runs the check of `model_dir` against the saved inputs and outputs in `parity_dir`.
-pub fn check(model_dir: &Path, parity_dir: &Path) -> anyhow::Result<ParityReport> {
-    let files: ParityFiles = serde_json::from_slice(
-        &std::fs::read(parity_dir.join("parity.json")).context("parity.json")?,
-    )?;
+pub fn check(model_dir: &Path, parity_dir: &Path) -> Result<ParityReport, Error> {
+    let ensure = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(Error::Parity(what)) };
+    let files: ParityFiles = serde_json::from_slice(&read(&parity_dir.join("parity.json"))?)?;
     let [n, c, h, w] = files.image_input_shape;
-    ensure!(c == 3 && h == w, "image input must be [N,3,S,S]");
+    ensure(c == 3 && h == w, "image input must be [N,3,S,S]")?;
     let image_tower = ImageTower::load(&model_dir.join("visual/model.onnx"), h, files.dim)?;
     let pixels = read_f32(&parity_dir.join(&files.image_input))?;
     let expected = read_f32(&parity_dir.join(&files.image_output))?;
-    ensure!(
+    ensure(
         pixels.len() == n * 3 * h * w && expected.len() == n * files.dim,
-        "image arrays have unexpected sizes"
-    );
+        "image arrays have unexpected sizes",
+    )?;
     let (mut image_min_cosine, mut image_max_abs_diff) = (1.0f32, 0.0f32);
     for i in 0..n {
         let ours = image_tower.encode(pixels[i * 3 * h * w..(i + 1) * 3 * h * w].to_vec())?;
@@ -89,10 +96,10 @@ pub fn check(model_dir: &Path, parity_dir: &Path) -> anyhow::Result<ParityReport
     let text_tower = TextTower::load(&model_dir.join("textual/model.onnx"), ctx, files.dim)?;
     let ids = read_i64(&parity_dir.join(&files.text_input))?;
     let expected = read_f32(&parity_dir.join(&files.text_output))?;
-    ensure!(
+    ensure(
         ids.len() == t * ctx && expected.len() == t * files.dim,
-        "text arrays have unexpected sizes"
-    );
+        "text arrays have unexpected sizes",
+    )?;
     let (mut text_min_cosine, mut text_max_abs_diff) = (1.0f32, 0.0f32);
     for i in 0..t {
         let ours = text_tower.encode(&ids[i * ctx..(i + 1) * ctx])?;

@@ -72,8 +72,8 @@ impl CloudConfig {
         file: Option<&Path>,
         overrides: &[(&str, config::Value)],
     ) -> Result<Self, CloudError> {
-        let cfg: Self = edgeclip_link::settings::load_layered(DEFAULTS, file, &[], overrides)
-            .map_err(CloudError::Config)?;
+        let cfg: Self = edgeclip_link::settings::load(DEFAULTS, file, &[], overrides)
+            .map_err(CloudError::Settings)?;
         cfg.validated()
     }
 
@@ -102,7 +102,7 @@ impl CloudConfig {
         let client_id = format!("edgeclip-cloud-{}", self.worker_id);
         self.broker
             .validate(client_id)
-            .map_err(|e| CloudError::Config(e.to_string()))?;
+            .map_err(CloudError::Settings)?;
         if self.encoder.workers == 0 {
             self.encoder.workers = std::thread::available_parallelism()
                 .map(|n| n.get())

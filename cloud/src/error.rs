@@ -1,6 +1,7 @@
 //! The one error enum of the cloud crate.
 use std::path::PathBuf;
 
+use edgeclip_link::LinkError;
 use thiserror::Error;
 
 /// Everything that can go wrong on the cloud side.
@@ -9,6 +10,9 @@ pub enum CloudError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The configuration could not be loaded, or its `[broker]` section is invalid.
+    #[error("invalid configuration: {0}")]
+    Settings(LinkError),
     /// A model file is missing or malformed.
     #[error("model {path}: {reason}")]
     Model {
@@ -23,7 +27,17 @@ pub enum CloudError {
     /// tract failed while encoding.
     #[error("inference failed: {0}")]
     Inference(String),
-    /// An actor did not answer or is gone.
-    #[error("actor: {0}")]
-    Actor(String),
+    /// The text tower encodes a text cut after its end-of-text token differently from the
+    /// whole row (it looks past the token), so it must run every text at full length.
+    #[error("a text cut after its end-of-text token encodes differently (max difference {0})")]
+    CutChangesVector(f32),
+    /// The thread encoding a text panicked.
+    #[error("encoder crashed: {0}")]
+    EncoderCrashed(tokio::task::JoinError),
+    /// The worker's actors could not be started.
+    #[error("cloud worker did not start: {0}")]
+    Start(ractor::SpawnErr),
+    /// The worker did not stop in order: its supervisor did not answer in time, or was gone.
+    #[error("shutdown: {0}")]
+    Shutdown(ractor::RactorErr<()>),
 }

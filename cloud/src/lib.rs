@@ -5,8 +5,10 @@
 //!
 //! # Layout
 //! Pure engines: [`model`] (config.json, textual/), [`tokenize`] (CLIP BPE via `tokenizers`),
-//! [`rank`] (server-side ranking of int8 vectors, method B),
-//! [`encode`] (the text tower on tract). Shells: [`actors`], [`service`], [`config`], [`error`].
+//! [`rank`] (server-side ranking of int8 vectors, method B), [`encode`] (the text tower on
+//! tract), [`encodings`] (the text encoder's cache, coalescing, workers and [`limits`]),
+//! [`fleet`] (fleet searches: who is asked, which answers count, the merge and the deadline).
+//! Shells: [`actors`], [`service`], [`config`], [`error`].
 //!
 //! Architecture invariant: the cloud never receives or reads a picture.
 #![warn(missing_docs)]
@@ -14,7 +16,9 @@
 pub mod actors;
 pub mod config;
 pub mod encode;
+pub mod encodings;
 pub mod error;
+pub mod fleet;
 pub mod limits;
 pub mod model;
 pub mod rank;

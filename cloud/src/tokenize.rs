@@ -33,25 +33,19 @@ impl std::fmt::Debug for ClipTokenizer {
 impl ClipTokenizer {
     /// Loads `tokenizer.json`; it must know CLIP's start and end tokens.
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self, CloudError> {
-        let inner = Tokenizer::from_file(path).map_err(|e| CloudError::Model {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::new(inner, context_length).map_err(|reason| CloudError::Model {
+        let bad = |reason: String| CloudError::Model {
             path: path.to_path_buf(),
             reason,
-        })
-    }
-
-    fn new(inner: Tokenizer, context_length: usize) -> Result<Self, String> {
+        };
+        let inner = Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
         let sot = inner
             .token_to_id(SOT)
-            .ok_or(format!("tokenizer has no {SOT} token"))?;
+            .ok_or_else(|| bad(format!("tokenizer has no {SOT} token")))?;
         let eot = inner
             .token_to_id(EOT)
-            .ok_or(format!("tokenizer has no {EOT} token"))?;
+            .ok_or_else(|| bad(format!("tokenizer has no {EOT} token")))?;
         if context_length < 3 {
-            return Err("context length must be at least 3".into());
+            return Err(bad("context length must be at least 3".into()));
         }
         Ok(Self {
             inner,

@@ -147,12 +147,12 @@ pub fn photo_jpeg(w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
 /// The image tower loaded with tract exactly as `ImageTower::load` does, but for a batch of
 /// `batch` pictures (batching is measured here; the device encodes one picture per run).
 pub fn plan(onnx: &Path, batch: usize, size: usize) -> anyhow::Result<Arc<TypedRunnableModel>> {
-    Ok(tract_onnx::onnx()
+    tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(onnx)?
         .with_input_fact(0, f32::fact([batch, 3, size, size]).into())?
         .into_optimized()?
-        .into_runnable()?)
+        .into_runnable()
 }
 
 /// Time per operator kind over `runs` single-thread runs of `plan` on `input`, largest first.
@@ -260,11 +260,11 @@ pub fn image(
     }
     let batch_input = Tensor::from_shape(&[batch, 3, size, size], &many)?;
     let batch_1t = time(s, 2, || {
-        Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?)
+        batched.run(tvec!(batch_input.clone().into_tvalue()))
     })?;
     let batch_mt = time(s, 2, || {
         multithread_tract_scope(pool.clone(), || {
-            Ok(batched.run(tvec!(batch_input.clone().into_tvalue()))?)
+            batched.run(tvec!(batch_input.clone().into_tvalue()))
         })
     })?;
     drop(batched);

@@ -408,7 +408,7 @@ fn print_tables(r: &Value, cores: usize) {
             if b > 1 {
                 let per_picture = |t: &Value| f(&t["one_session"]["median_ms"]) / b as f64;
                 let ortb1 = task(r, 1, &format!("image-batch/{name}"))
-                    .map(|t| per_picture(&t))
+                    .map(per_picture)
                     .unwrap_or(f64::NAN);
                 let ortbn = task(r, cores, &format!("image-batch/{name}"))
                     .map(|t| {
@@ -674,7 +674,8 @@ fn print_tables(r: &Value, cores: usize) {
                 .map(f)
                 .unwrap_or_else(|| f(&s["index"]["rank_i8_1_thread_median_ms"]));
             // A new text meets the text tower with its weights out of the caches: the cold
-            // figure where the file has it (the tokenizer's ~14 µs left out of both).
+            // figure where the file has it (the tokenizer's share, small beside the model's,
+            // left out of both).
             let enc = r["text"][name]["model_1_thread_cold_caches"]["median_ms"]
                 .as_f64()
                 .or_else(|| r["text"][name]["tokenize_and_model_1_thread"]["median_ms"].as_f64())

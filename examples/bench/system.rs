@@ -22,6 +22,35 @@ use crate::ranking::Gen;
 
 const DEVICE: &str = "bench";
 
+/// Pause of the bench's MQTT client after a connection error, before polling again: the
+/// broker runs on this machine, so it is back (or gone for good) quickly.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Longest wait for one search's answer: far beyond a search's latency, so only a hung system
+/// reaches it, and the run fails instead of waiting forever.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for the empty device to be ready: loading the model is all it does.
+const EMPTY_READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest wait for the device with the bench index to be ready: it opens the index and checks
+/// every picture of it, which takes long on a slow disk or machine.
+const INDEXED_READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Pause after a device says it is ready, before its memory is read: what it does right after
+/// (giving back the scan's memory, its last status messages) is over by then.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Pause after clearing the retained status, for the broker's echo of it to arrive before the
+/// channel is emptied.
+const CLEAR_PAUSE: Duration = Duration::from_millis(500);
+
+/// Longest wait for Mosquitto to listen: it starts in milliseconds.
+const MOSQUITTO_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause between two probes of Mosquitto's port: short beside a start, long enough not to spin.
+const PROBE_PAUSE: Duration = Duration::from_millis(20);
+
 /// A child process killed (and reaped) when dropped.
 struct Killed(Child);
 impl Drop for Killed {
@@ -265,7 +294,7 @@ impl Client {
                         let _ = tx.send((p.topic, p.payload.to_vec()));
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
                 }
             }
         });
@@ -306,7 +335,7 @@ impl Client {
             )
             .await?;
         loop {
-            let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+            let left = SEARCH_TIMEOUT.saturating_sub(started.elapsed());
             let Ok(Some((topic, payload))) = tokio::time::timeout(left, self.rx.recv()).await
             else {
                 bail!("no answer to search {id}");
@@ -378,10 +407,10 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
             &logs.join(format!("device-empty-{broker}.log")),
         )?;
         client
-            .wait_ready(0, Duration::from_secs(300))
+            .wait_ready(0, EMPTY_READY_TIMEOUT)
             .await
             .context("empty device")?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(SETTLE).await;
         let (rss, hwm) = rss_mib(device.0.id());
         memory = json!({"empty_idle_rss_mib": rss, "empty_peak_rss_mib": hwm,
                         "empty_idle_by_mapping": resident_by_mapping(device.0.id(), &device_bin, &empty)});
@@ -396,7 +425,7 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
                 Vec::new(),
             )
             .await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(CLEAR_PAUSE).await;
         while client.rx.try_recv().is_ok() {}
     }
     let cfg = device_config(
@@ -413,11 +442,11 @@ pub async fn run(setup: &Setup<'_>, broker: &str, port: u16) -> anyhow::Result<V
         &logs.join(format!("device-{broker}.log")),
     )?;
     client
-        .wait_ready(setup.pictures, Duration::from_secs(600))
+        .wait_ready(setup.pictures, INDEXED_READY_TIMEOUT)
         .await
         .context("device with the index")?;
     let ready_s = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     let (idle_rss, idle_hwm) = rss_mib(device.0.id());
     for i in 0..5 {
         client
@@ -497,12 +526,12 @@ pub fn mosquitto(work: &Path) -> anyhow::Result<Option<(u16, impl Drop)>> {
         .stderr(Stdio::null())
         .spawn()?;
     let child = Killed(child);
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + MOSQUITTO_START_TIMEOUT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > until {
             bail!("mosquitto did not listen on {port}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(PROBE_PAUSE);
     }
     Ok(Some((port, child)))
 }

@@ -11,16 +11,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::options::LinkOptions;
+use crate::options::{LinkOptions, REQUEST_QUEUE};
 
-/// How long a clean disconnect may take before the event loop is dropped.
-const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a clean disconnect may take before the event loop is dropped. The disconnect
+/// waits for the publishes queued before it (the last answers, the offline presence), which
+/// a live connection writes at once; a broker that has not taken them by then is treated as
+/// gone, so that stopping a program never hangs on its broker.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`disconnect`] waits for the link's answer: the link's own bound on the disconnect,
+/// plus time for the messages ahead of it in the mailbox (publishes, which never wait).
+pub const DISCONNECT_REPLY_TIMEOUT: Duration =
+    DISCONNECT_TIMEOUT.saturating_add(Duration::from_secs(2));
 
 /// A publish received from the broker.
 #[derive(Debug, Clone)]
@@ -90,10 +99,10 @@ impl Actor for LinkActor {
         args: LinkArgs,
     ) -> Result<LinkState, ActorProcessingErr> {
         let mqtt = args.options.mqtt_options()?;
-        let (client, mut eventloop) = AsyncClient::new(mqtt, 256);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, REQUEST_QUEUE);
         // Searches are a few small packets each way; with Nagle's algorithm a small write
-        // waits for the peer's delayed ACK (40 ms on Linux) whenever one is in flight, which
-        // made a loopback search take ~180 ms instead of a few (BENCHMARKS.md).
+        // waits for the peer's delayed ACK whenever one is in flight, so every search would
+        // wait on delayed ACKs (the effect is measured in BENCHMARKS.md).
         eventloop.network_options.set_tcp_nodelay(true);
         Ok(LinkState {
             options: args.options,
@@ -170,7 +179,7 @@ impl Actor for LinkActor {
                 let _ = reply.send(state.connections);
             }
             LinkMsg::Disconnect(reply) => {
-                disconnect(state).await;
+                close(state).await;
                 let _ = reply.send(());
             }
         }
@@ -189,7 +198,7 @@ impl Actor for LinkActor {
     }
 }
 
-async fn disconnect(state: &mut LinkState) {
+async fn close(state: &mut LinkState) {
     let Some(poll) = state.poll.take() else {
         return;
     };
@@ -240,6 +249,20 @@ async fn poll_loop(
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+/// Asks the link to announce offline, disconnect cleanly and stop polling, and waits for it
+/// at most [`DISCONNECT_REPLY_TIMEOUT`]; a link that does not answer in time is logged, and the
+/// caller goes on stopping.
+pub async fn disconnect(link: &ActorRef<LinkMsg>) {
+    match link
+        .call(LinkMsg::Disconnect, Some(DISCONNECT_REPLY_TIMEOUT))
+        .await
+    {
+        Ok(CallResult::Success(())) => {}
+        Ok(CallResult::Timeout) => warn!("the link did not disconnect in time"),
+        Ok(CallResult::SenderError) | Err(_) => debug!("the link is gone already"),
     }
 }
 

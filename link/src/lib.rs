@@ -19,18 +19,21 @@ pub mod security;
 pub mod settings;
 pub mod signal;
 
-pub use actor::{publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};
+pub use actor::{disconnect, publish, Incoming, LinkActor, LinkArgs, LinkMsg, Router};
 pub use options::{BrokerConfig, LinkOptions, Presence};
 pub use security::{Credentials, Security};
 pub use signal::shutdown_signal;
 
-/// Why the link could not be set up or used.
+/// Why the link could not be set up, or its settings not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The broker URL or an option is invalid.
     #[error("invalid broker option: {0}")]
     Options(String),
-    /// The client refused a request (the event loop is gone).
-    #[error("mqtt client: {0}")]
-    Client(String),
+    /// The `--config` file named does not exist.
+    #[error("config file {} does not exist", .0.display())]
+    ConfigFile(std::path::PathBuf),
+    /// The layered settings could not be read or do not fit the program's configuration.
+    #[error(transparent)]
+    Settings(#[from] config::ConfigError),
 }

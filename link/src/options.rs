@@ -8,6 +8,17 @@ use rumqttc::{LastWill, MqttOptions, QoS};
 use crate::security::{Credentials, Security};
 use crate::LinkError;
 
+/// Requests (publishes, subscriptions) the MQTT client queues for its event loop. Publishing
+/// never waits for room: a full queue means the broker has been away for a while, and the
+/// publish is dropped. It holds a fleet search's queries to a few hundred devices at once.
+pub const REQUEST_QUEUE: usize = 256;
+
+/// The shortest keep-alive used, whatever `broker.keep_alive_s` says: 0 would turn keep-alives
+/// off (a dead connection never noticed) and rumqttc refuses less than a second; below a few
+/// seconds pings would be much of an idle link's traffic, and a program busy for a moment would
+/// be taken for dead by its broker (which drops a client after 1.5 keep-alives of silence).
+pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// A retained presence message: published on connect, and set as the last will.
 #[derive(Debug, Clone)]
 pub struct Presence {
@@ -145,12 +156,12 @@ impl LinkOptions {
             ));
         }
         let mut options = MqttOptions::new(self.client_id.clone(), host, port);
-        options.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
+        options.set_keep_alive(self.keep_alive.max(MIN_KEEP_ALIVE));
         options.set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes);
         // A clean session: subscriptions are made again on every connection, and replies that
         // arrive while disconnected are worthless anyway (searches time out on their own).
         options.set_clean_session(true);
-        options.set_request_channel_capacity(256);
+        options.set_request_channel_capacity(REQUEST_QUEUE);
         if let Some(p) = &self.presence {
             options.set_last_will(LastWill::new(
                 &p.topic,

@@ -6,19 +6,21 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
+use crate::LinkError;
+
 /// Loads `T` from the layers. `list_keys` are the keys whose environment values are
 /// comma-separated lists; `overrides` are (dotted key, value) pairs.
-pub fn load_layered<T: DeserializeOwned>(
+pub fn load<T: DeserializeOwned>(
     defaults: &str,
     file: Option<&Path>,
     list_keys: &[&str],
     overrides: &[(&str, config::Value)],
-) -> Result<T, String> {
+) -> Result<T, LinkError> {
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
     if let Some(file) = file {
         if !file.is_file() {
-            return Err(format!("config file {} does not exist", file.display()));
+            return Err(LinkError::ConfigFile(file.to_path_buf()));
         }
         builder = builder.add_source(config::File::from(file).required(true));
     }
@@ -34,12 +36,45 @@ pub fn load_layered<T: DeserializeOwned>(
     }
     builder = builder.add_source(env);
     for (key, value) in overrides {
-        builder = builder
-            .set_override(*key, value.clone())
-            .map_err(|e| e.to_string())?;
+        builder = builder.set_override(*key, value.clone())?;
     }
-    builder
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| e.to_string())
+    Ok(builder.build()?.try_deserialize()?)
+}
+
+/// [`load`] with the reason as text, for a caller whose error enum holds the reason as a
+/// string (the device's `DeviceError::Config`).
+pub fn load_layered<T: DeserializeOwned>(
+    defaults: &str,
+    file: Option<&Path>,
+    list_keys: &[&str],
+    overrides: &[(&str, config::Value)],
+) -> Result<T, String> {
+    load(defaults, file, list_keys, overrides).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Example {
+        name: String,
+        port: u16,
+    }
+
+    const DEFAULTS: &str = "name = \"a\"\nport = 1\n";
+
+    #[test]
+    fn overrides_win_over_the_defaults_and_errors_say_what_is_wrong() {
+        let got: Example = load(DEFAULTS, None, &[], &[("port", 2.into())]).unwrap();
+        assert_eq!((got.name.as_str(), got.port), ("a", 2));
+        let missing = Path::new("/nonexistent/edgeclip.toml");
+        let err = load::<Example>(DEFAULTS, Some(missing), &[], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file /nonexistent/edgeclip.toml does not exist"
+        );
+        let err = load_layered::<Example>(DEFAULTS, None, &[], &[("port", "x".into())]);
+        assert!(err.unwrap_err().contains("port"));
+    }
 }

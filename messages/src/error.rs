@@ -56,4 +56,12 @@ pub enum WireError {
     /// A JSON dashboard message could not be parsed.
     #[error("invalid JSON message: {0}")]
     Json(String),
+    /// A Home Assistant discovery config lacks what Home Assistant requires.
+    #[error("{component}: {reason}")]
+    Discovery {
+        /// The Home Assistant component (`text`, `sensor`, ...).
+        component: String,
+        /// What is missing or wrong.
+        reason: String,
+    },
 }

@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::topics;
+use crate::WireError;
 
 /// The default discovery prefix of Home Assistant.
 pub const DEFAULT_PREFIX: &str = "homeassistant";
@@ -207,7 +208,13 @@ pub fn discovery_configs(o: &DiscoveryOptions) -> Vec<(String, Value)> {
 
 /// Why a discovery config would not be accepted by Home Assistant, if it would not: the fields
 /// each component requires, and the ones every edgeclip entity must carry.
-pub fn check_config(component: &str, config: &Value) -> Result<(), String> {
+pub fn check_config(component: &str, config: &Value) -> Result<(), WireError> {
+    let refuse = |reason: String| {
+        Err(WireError::Discovery {
+            component: component.to_string(),
+            reason,
+        })
+    };
     let has = |field: &str| {
         config
             .get(field)
@@ -215,34 +222,34 @@ pub fn check_config(component: &str, config: &Value) -> Result<(), String> {
     };
     for field in ["unique_id", "name", "device", "origin", "availability"] {
         if !has(field) {
-            return Err(format!("{component}: no {field}"));
+            return refuse(format!("no {field}"));
         }
     }
     let identifiers = config["device"]["identifiers"]
         .as_array()
         .map_or(0, Vec::len);
     if identifiers == 0 {
-        return Err(format!("{component}: device without identifiers"));
+        return refuse("device without identifiers".into());
     }
     if !config["origin"]["name"].is_string() {
-        return Err(format!("{component}: origin without name"));
+        return refuse("origin without name".into());
     }
     let available = config["availability"]
         .as_array()
         .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x["topic"].is_string()));
     if !available {
-        return Err(format!("{component}: availability without topic"));
+        return refuse("availability without topic".into());
     }
     let required: &[&str] = match component {
         "text" | "button" => &["command_topic"],
         "sensor" => &["state_topic"],
         "image" if has("url_topic") || has("image_topic") => &[],
-        "image" => return Err("image: neither url_topic nor image_topic".into()),
-        other => return Err(format!("unexpected component {other}")),
+        "image" => return refuse("neither url_topic nor image_topic".into()),
+        _ => return refuse("not a component edgeclip publishes".into()),
     };
     for field in required {
         if !has(field) {
-            return Err(format!("{component}: no {field}"));
+            return refuse(format!("no {field}"));
         }
     }
     for (key, value) in config.as_object().into_iter().flatten() {
@@ -251,7 +258,7 @@ pub fn check_config(component: &str, config: &Value) -> Result<(), String> {
                 .as_str()
                 .is_none_or(|t| t.is_empty() || t.contains(['+', '#']))
         {
-            return Err(format!("{component}: {key} is not a concrete topic"));
+            return refuse(format!("{key} is not a concrete topic"));
         }
     }
     Ok(())
@@ -302,12 +309,14 @@ mod tests {
         no_command.as_object_mut().unwrap().remove("command_topic");
         assert!(check_config("text", &no_command)
             .unwrap_err()
+            .to_string()
             .contains("command_topic"));
         let mut no_id = text.clone();
         no_id.as_object_mut().unwrap().remove("unique_id");
         assert!(check_config("text", &no_id).is_err());
         assert!(check_config("sensor", &text)
             .unwrap_err()
+            .to_string()
             .contains("state_topic"));
         assert!(check_config("image", &text).is_err());
         let mut wildcard = text;

@@ -10,13 +10,14 @@ use std::time::Duration;
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 
 /// Parses seconds (fractions allowed) into a duration.
-pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+pub fn parse_seconds(s: &str) -> anyhow::Result<Duration> {
     let secs: f64 = s
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 3600.0) {
-        return Err("must be more than 0 and at most 3600 seconds".into());
-    }
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a number of seconds"))?;
+    anyhow::ensure!(
+        secs > 0.0 && secs <= 3600.0,
+        "must be more than 0 and at most 3600 seconds"
+    );
     Ok(Duration::from_secs_f64(secs))
 }
 

@@ -12,6 +12,15 @@ use edgeclip_messages::dashboard::{
 };
 use edgeclip_messages::Filter;
 
+/// Default of `--timeout`, seconds: a device answers within its own `search.cloud_timeout_ms`
+/// (5 s by default, its retry included), with hits or with an error, so this leaves it time to
+/// answer even when the cloud does not; and it is about when a person gives up waiting.
+const DEFAULT_TIMEOUT_S: &str = "10";
+
+/// How long `search --all` waits past the devices' deadline: the cloud answers at the deadline
+/// at the latest, and its answer still has to be merged, published and delivered.
+const FLEET_ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
 /// Flags of `search`.
 #[derive(Args, Debug)]
 pub struct SearchArgs {
@@ -62,7 +71,7 @@ pub struct SearchArgs {
     #[arg(long, requires = "all", value_parser = super::parse_seconds)]
     pub deadline: Option<Duration>,
     /// Seconds to wait for the answer.
-    #[arg(long, default_value = "10", value_parser = super::parse_seconds)]
+    #[arg(long, default_value = DEFAULT_TIMEOUT_S, value_parser = super::parse_seconds)]
     pub timeout: Duration,
     /// Print the device's raw JSON answer.
     #[arg(long)]
@@ -128,7 +137,7 @@ async fn run_fleet(args: SearchArgs) -> anyhow::Result<()> {
     // Wait past the devices' deadline: the cloud answers at the deadline at the latest.
     let wait = args
         .timeout
-        .max(args.deadline.unwrap_or_default() + Duration::from_secs(2));
+        .max(args.deadline.unwrap_or_default() + FLEET_ANSWER_MARGIN);
     let response = client.fleet_search(request, wait).await;
     client.disconnect().await;
     let response = response?;

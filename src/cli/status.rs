@@ -6,6 +6,10 @@ use clap::Args;
 use edgeclip::client::Client;
 use edgeclip::output::status_summary;
 
+/// Default of `--timeout`, seconds: the status is retained, so the broker sends it as soon as
+/// the client subscribes; this covers connecting to a distant broker as well.
+const DEFAULT_TIMEOUT_S: &str = "5";
+
 /// Flags of `status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -16,7 +20,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// Seconds to wait.
-    #[arg(long, default_value = "5", value_parser = super::parse_seconds)]
+    #[arg(long, default_value = DEFAULT_TIMEOUT_S, value_parser = super::parse_seconds)]
     pub timeout: Duration,
     /// Print the status message itself (JSON).
     #[arg(long)]

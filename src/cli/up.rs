@@ -14,6 +14,10 @@ use edgeclip_device::{Device, DeviceConfig};
 use edgeclip_messages::dashboard::{DeviceState, SearchRequest};
 use tokio::io::AsyncBufReadExt;
 
+/// How often the indexing progress is read from the device and redrawn: smooth for the eye,
+/// and a status read is one call to the device's actors.
+const PROGRESS_TICK: Duration = Duration::from_millis(250);
+
 /// Flags of `up`.
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -145,7 +149,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 async fn serve(device: &Device, args: &UpArgs, started: Instant) -> anyhow::Result<()> {
     let mut announced = false;
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
     let mut lines =
         (!args.no_prompt).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
     let shutdown = edgeclip_link::shutdown_signal();

@@ -13,10 +13,12 @@ use super::fleet::{FleetActor, FleetArgs, FleetMsg};
 use super::text_encoder::{TextEncoderActor, TextEncoderArgs, TextEncoderMsg};
 use crate::config::CloudConfig;
 use crate::encode::TextTower;
+use crate::fleet::FleetSettings;
 use crate::model::TextModelFolder;
 use crate::tokenize::ClipTokenizer;
 
-/// How long an actor may take to stop; the encoder's in-flight texts take milliseconds.
+/// How long an actor may take to stop (the encoder finishes the texts it holds first): an
+/// encoding takes milliseconds, so only a stuck actor reaches it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Messages of the cloud supervisor.
@@ -84,14 +86,16 @@ impl Actor for CloudSupervisor {
         };
         let (encoder, _) = Actor::spawn_linked(None, TextEncoderActor, args, cell.clone()).await?;
         let fleet_args = FleetArgs {
-            worker_id: config.worker_id.clone(),
-            model: model.id.clone(),
-            deadline: Duration::from_millis(config.fleet.deadline_ms),
-            max_deadline: Duration::from_millis(config.fleet.max_deadline_ms),
-            default_k: config.fleet.default_k,
-            max_k: config.fleet.max_k,
-            max_text_bytes: config.encoder.max_text_bytes,
-            max_answer_bytes: config.broker.max_packet_bytes,
+            settings: FleetSettings {
+                worker_id: config.worker_id.clone(),
+                model: model.id.clone(),
+                deadline: Duration::from_millis(config.fleet.deadline_ms),
+                max_deadline: Duration::from_millis(config.fleet.max_deadline_ms),
+                default_k: config.fleet.default_k,
+                max_k: config.fleet.max_k,
+                max_text_bytes: config.encoder.max_text_bytes,
+                max_answer_bytes: config.broker.max_packet_bytes,
+            },
             encoder: encoder.clone(),
             link: link.clone(),
         };
@@ -102,14 +106,14 @@ impl Actor for CloudSupervisor {
             let listener = topics::Listener::Worker { id: &worker };
             let routed = match topics::route(&msg.topic, &listener) {
                 Some(topics::Route::Encode | topics::Route::Rank) => to_encoder
-                    .cast(TextEncoderMsg::Request(msg.payload.to_vec()))
+                    .cast(TextEncoderMsg::Request(msg.payload))
                     .map_err(|_| ()),
-                Some(topics::Route::FleetSearch) => to_fleet
-                    .cast(FleetMsg::Search(msg.payload.to_vec()))
-                    .map_err(|_| ()),
-                Some(topics::Route::FleetAnswer) => to_fleet
-                    .cast(FleetMsg::Answer(msg.payload.to_vec()))
-                    .map_err(|_| ()),
+                Some(topics::Route::FleetSearch) => {
+                    to_fleet.cast(FleetMsg::Search(msg.payload)).map_err(|_| ())
+                }
+                Some(topics::Route::FleetAnswer) => {
+                    to_fleet.cast(FleetMsg::Answer(msg.payload)).map_err(|_| ())
+                }
                 Some(topics::Route::Availability { device }) => {
                     let online = msg.payload.as_ref() == topics::ONLINE.as_bytes();
                     to_fleet
@@ -147,7 +151,7 @@ impl Actor for CloudSupervisor {
                 info!("cloud worker shutting down");
                 let _ = state.fleet.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = state.encoder.drain_and_wait(Some(STOP_TIMEOUT)).await;
-                let _ = ractor::call_t!(state.link, LinkMsg::Disconnect, 5000);
+                edgeclip_link::disconnect(&state.link).await;
                 let _ = state.link.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = port.send(());
                 myself.stop(Some("shutdown".into()));

@@ -2,29 +2,31 @@
 //! requests into the best ids of a chunk of the device's vectors (method B).
 //!
 //! Every request is validated (frame, protocol version, text, reply topic, model); a request
-//! whose reply topic is known gets an error reply, anything else is logged and dropped. Texts
-//! are encoded `workers` at a time on blocking threads; recent texts come from an LRU cache,
-//! and a text already being encoded is not encoded twice (the chunks of a server-ranked search
-//! all wait for one encoding). Each requester is bounded in rate and in texts being encoded
-//! ([`Limits`]); refusals are answered with [`ErrorCode::Busy`].
+//! whose reply topic is known gets an error reply, anything else is logged and dropped. Which
+//! texts to encode, and for whom, is [`Encodings`]' rule (cache, one encoding per text, at most
+//! `workers` at once, the per-requester [`Limits`](crate::limits::Limits)); refusals are
+//! answered with [`ErrorCode::Busy`]. The actor only turns messages into calls: an encoding
+//! runs on a blocking thread and comes back as [`TextEncoderMsg::Encoded`], and the chunks of
+//! server-ranked searches are ranked on a blocking thread too (one ranking at a time, as when
+//! the handler ranked them), so the mailbox never waits.
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::wire::{
     self, CloudFailure, EncodeReply, EncodeRequest, ErrorCode, Kind, RankBody, RankReply,
     RankRequest, RankedIds, Received, ReplyBody, TextVector,
 };
-use lru::LruCache;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::encode::TextTower;
-use crate::limits::{Limits, LimitsConfig};
+use crate::encodings::{Encodings, Submitted};
+use crate::error::CloudError;
+use crate::limits::LimitsConfig;
 use crate::tokenize::ClipTokenizer;
 
 /// What a text is encoded for.
@@ -38,8 +40,8 @@ pub enum Job {
     },
     /// Method B: rank this chunk of the device's vectors against the text.
     Rank(Box<Received<RankRequest>>),
-    /// For another actor of this worker (a fleet search): hand it the vector or the error.
-    InProcess(Box<dyn FnOnce(Result<Vec<f32>, String>) + Send>),
+    /// For another actor of this worker (a fleet search): hand it the vector or the failure.
+    InProcess(Box<dyn FnOnce(Result<Vec<f32>, CloudFailure>) + Send>),
 }
 
 impl Job {
@@ -57,7 +59,7 @@ impl Job {
 /// Messages of the text encoder.
 pub enum TextEncoderMsg {
     /// A payload from the encode or rank topic.
-    Request(Vec<u8>),
+    Request(Bytes),
     /// Encode a text already validated by another actor of this worker.
     Encode {
         /// The text.
@@ -70,7 +72,7 @@ pub enum TextEncoderMsg {
         /// The text (cache key).
         text: String,
         /// The vector, or why not.
-        result: Result<Vec<f32>, String>,
+        result: Result<Vec<f32>, CloudError>,
     },
 }
 /// Arguments of the text encoder.
@@ -100,11 +102,10 @@ pub struct TextEncoderArgs {
 /// State of the text encoder.
 pub struct TextEncoderState {
     args: TextEncoderArgs,
-    cache: Option<LruCache<String, Vec<f32>>>,
-    slots: Arc<Semaphore>,
-    limits: Limits,
-    /// Texts being encoded: who asked first (counted in flight) and every job waiting.
-    pending: HashMap<String, (String, Vec<Job>)>,
+    encodings: Encodings<Job>,
+    /// One ranking of server-ranked chunks at a time: ranking takes at most one core beside
+    /// the `workers` encodings.
+    ranking: Arc<Semaphore>,
 }
 
 /// The text encoder actor.
@@ -120,15 +121,11 @@ impl Actor for TextEncoderActor {
         _myself: ActorRef<TextEncoderMsg>,
         args: TextEncoderArgs,
     ) -> Result<TextEncoderState, ActorProcessingErr> {
-        let cache = NonZeroUsize::new(args.cache_entries).map(LruCache::new);
-        let slots = Arc::new(Semaphore::new(args.workers.max(1)));
-        let limits = Limits::new(args.limits.clone());
+        let encodings = Encodings::new(args.workers, args.cache_entries, args.limits.clone());
         Ok(TextEncoderState {
             args,
-            cache,
-            slots,
-            limits,
-            pending: HashMap::new(),
+            encodings,
+            ranking: Arc::new(Semaphore::new(1)),
         })
     }
 
@@ -141,23 +138,22 @@ impl Actor for TextEncoderActor {
         match msg {
             TextEncoderMsg::Request(bytes) => {
                 if let Some((text, job)) = accept(state, &bytes) {
-                    encode(&myself, state, text, job).await?;
+                    submit(&myself, state, text, job);
                 }
             }
-            TextEncoderMsg::Encode { text, job } => encode(&myself, state, text, job).await?,
+            TextEncoderMsg::Encode { text, job } => submit(&myself, state, text, job),
             TextEncoderMsg::Encoded { text, result } => {
-                let (requester, jobs) = state.pending.remove(&text).unwrap_or_default();
-                state.limits.finish_encoding(&requester);
-                if let (Ok(vector), Some(cache)) = (&result, &mut state.cache) {
-                    cache.put(text, vector.clone());
+                let done = state
+                    .encodings
+                    .finished(&text, result.as_ref().ok().map(Vec::as_slice));
+                if let Some(next) = done.next {
+                    start_encoding(&myself, state, next);
                 }
-                let result = result.map_err(|message| CloudFailure {
+                let result = result.map_err(|e| CloudFailure {
                     code: ErrorCode::Internal,
-                    message,
+                    message: e.to_string(),
                 });
-                for job in jobs {
-                    finish(state, job, result.clone());
-                }
+                answer(state, done.jobs, result);
             }
         }
         Ok(())
@@ -194,8 +190,8 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
             let checked = checked.and_then(|()| match r.chunk.to_native() {
                 // one search, however many chunks: only its first chunk counts
                 0 => state
-                    .limits
-                    .admit_request(requester_of(r.reply_to.as_str()), Instant::now())
+                    .encodings
+                    .admit(requester_of(r.reply_to.as_str()), Instant::now())
                     .map_err(busy),
                 _ => Ok(()),
             });
@@ -204,7 +200,7 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
                 Ok(()) => Some((text, Job::Rank(Box::new(request)))),
                 Err(failure) => {
                     reply_rank(
-                        state,
+                        &state.args.link,
                         r.request_id.to_native(),
                         r.chunk.to_native(),
                         r.reply_to.as_str(),
@@ -236,8 +232,8 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
                     mismatch(&state.args.model, r.model.as_str()),
                 ),
                 Ok(()) => state
-                    .limits
-                    .admit_request(requester_of(&reply_to), Instant::now())
+                    .encodings
+                    .admit(requester_of(&reply_to), Instant::now())
                     .map_err(busy),
             };
             match checked {
@@ -249,7 +245,12 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
                     },
                 )),
                 Err(failure) => {
-                    reply(state, request_id, &reply_to, ReplyBody::Error(failure));
+                    reply(
+                        &state.args.link,
+                        request_id,
+                        &reply_to,
+                        ReplyBody::Error(failure),
+                    );
                     None
                 }
             }
@@ -273,29 +274,26 @@ fn mismatch(served: &str, asked: &str) -> String {
     format!("this cloud serves model {served}, the device's index was built with {asked}")
 }
 
-/// Answers from the cache, or encodes on a worker thread and comes back as `Encoded`.
-async fn encode(
-    myself: &ActorRef<TextEncoderMsg>,
-    state: &mut TextEncoderState,
-    text: String,
-    job: Job,
-) -> Result<(), ActorProcessingErr> {
-    if let Some(vector) = state.cache.as_mut().and_then(|c| c.get(&text)).cloned() {
-        debug!(%text, "cache hit");
-        finish(state, job, Ok(vector));
-        return Ok(());
-    }
-    if let Some((_, waiting)) = state.pending.get_mut(&text) {
-        waiting.push(job);
-        return Ok(());
-    }
+/// Hands a job to the engine: answers it from the cache or with a refusal, starts an
+/// encoding, or leaves it waiting.
+fn submit(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState, text: String, job: Job) {
     let requester = job.requester().to_string();
-    if let Err(refusal) = state.limits.start_encoding(&requester, Instant::now()) {
-        finish(state, job, Err(busy(refusal)));
-        return Ok(());
+    match state
+        .encodings
+        .submit(text, &requester, job, Instant::now())
+    {
+        Submitted::Cached(job, vector) => {
+            debug!("cache hit");
+            answer(state, vec![job], Ok(vector));
+        }
+        Submitted::Refused(job, refusal) => answer(state, vec![job], Err(busy(refusal))),
+        Submitted::Encode(text) => start_encoding(myself, state, text),
+        Submitted::Waiting => {}
     }
-    state.pending.insert(text.clone(), (requester, vec![job]));
-    let permit = state.slots.clone().acquire_owned().await?;
+}
+
+/// Tokenises and encodes `text` on a blocking thread; the result comes back as `Encoded`.
+fn start_encoding(myself: &ActorRef<TextEncoderMsg>, state: &TextEncoderState, text: String) {
     let (tower, tokenizer, me) = (
         state.args.tower.clone(),
         state.args.tokenizer.clone(),
@@ -308,62 +306,92 @@ async fn encode(
             tower.encode(&ids)
         })
         .await;
-        let result = match work {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(join) => Err(format!("encoder crashed: {join}")),
-        };
-        drop(permit);
+        let result = work.unwrap_or_else(|join| Err(CloudError::EncoderCrashed(join)));
         let _ = me.cast(TextEncoderMsg::Encoded { text, result });
     });
-    Ok(())
 }
 
-/// Sends the answer of a job: the vector (method A) or the chunk's ranking (method B).
-fn finish(state: &TextEncoderState, job: Job, result: Result<Vec<f32>, CloudFailure>) {
-    let model = state.args.model.clone();
-    match job {
-        Job::Vector {
-            request_id,
-            reply_to,
-        } => {
-            let body = match result {
-                Ok(vector) => ReplyBody::Vector(TextVector { model, vector }),
-                Err(failure) => ReplyBody::Error(failure),
-            };
-            reply(state, request_id, &reply_to, body);
+/// Sends the answers of the jobs that waited for one text: the vector (method A), the
+/// vector to another actor (fleet), the chunks' rankings (method B, on a blocking thread, one
+/// ranking at a time).
+fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, CloudFailure>) {
+    let mut chunks = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Vector {
+                request_id,
+                reply_to,
+            } => {
+                let body = match &result {
+                    Ok(vector) => ReplyBody::Vector(TextVector {
+                        model: state.args.model.clone(),
+                        vector: vector.clone(),
+                    }),
+                    Err(failure) => ReplyBody::Error(failure.clone()),
+                };
+                reply(&state.args.link, request_id, &reply_to, body);
+            }
+            Job::Rank(request) => chunks.push(*request),
+            Job::InProcess(deliver) => deliver(result.clone()),
         }
-        Job::Rank(request) => {
-            let r = request.get();
-            let body = match result {
-                Ok(query) if query.len() == r.dim.to_native() as usize => {
-                    let (ids, scores) = crate::rank::rank_chunk(&query, r);
-                    RankBody::Ranked(RankedIds { model, ids, scores })
-                }
-                Ok(query) => RankBody::Error(CloudFailure {
-                    code: ErrorCode::ModelMismatch,
-                    message: format!(
-                        "vectors of dimension {} cannot be ranked against a text vector of {}",
-                        r.dim,
-                        query.len()
-                    ),
-                }),
-                Err(failure) => RankBody::Error(failure),
-            };
-            reply_rank(
-                state,
-                r.request_id.to_native(),
-                r.chunk.to_native(),
-                r.reply_to.as_str(),
-                body,
-            );
+    }
+    if chunks.is_empty() {
+        return;
+    }
+    let (link, model) = (state.args.link.clone(), state.args.model.clone());
+    let ranking = state.ranking.clone();
+    tokio::spawn(async move {
+        let Ok(_turn) = ranking.acquire_owned().await else {
+            return;
+        };
+        let ranked =
+            tokio::task::spawn_blocking(move || rank_chunks(&link, &model, chunks, &result));
+        if let Err(e) = ranked.await {
+            warn!(error = %e, "ranking crashed; its chunks stay unanswered");
         }
-        Job::InProcess(deliver) => deliver(result.map_err(|f| f.message)),
+    });
+}
+
+/// Ranks each chunk against the text vector (or answers the failure) and publishes the replies.
+fn rank_chunks(
+    link: &ActorRef<LinkMsg>,
+    model: &str,
+    chunks: Vec<Received<RankRequest>>,
+    result: &Result<Vec<f32>, CloudFailure>,
+) {
+    for request in chunks {
+        let r = request.get();
+        let body = match result {
+            Ok(query) if query.len() == r.dim.to_native() as usize => {
+                let (ids, scores) = crate::rank::rank_chunk(query, r);
+                RankBody::Ranked(RankedIds {
+                    model: model.to_string(),
+                    ids,
+                    scores,
+                })
+            }
+            Ok(query) => RankBody::Error(CloudFailure {
+                code: ErrorCode::ModelMismatch,
+                message: format!(
+                    "vectors of dimension {} cannot be ranked against a text vector of {}",
+                    r.dim,
+                    query.len()
+                ),
+            }),
+            Err(failure) => RankBody::Error(failure.clone()),
+        };
+        reply_rank(
+            link,
+            r.request_id.to_native(),
+            r.chunk.to_native(),
+            r.reply_to.as_str(),
+            body,
+        );
     }
 }
 
 fn reply_rank(
-    state: &TextEncoderState,
+    link: &ActorRef<LinkMsg>,
     request_id: u64,
     chunk: u32,
     reply_to: &str,
@@ -374,14 +402,14 @@ fn reply_rank(
         chunk,
         body,
     }) {
-        Ok(frame) => edgeclip_link::publish(&state.args.link, reply_to.to_string(), frame, false),
+        Ok(frame) => edgeclip_link::publish(link, reply_to.to_string(), frame, false),
         Err(e) => warn!(error = %e, "reply not serialisable"),
     }
 }
 
-fn reply(state: &TextEncoderState, request_id: u64, reply_to: &str, body: ReplyBody) {
+fn reply(link: &ActorRef<LinkMsg>, request_id: u64, reply_to: &str, body: ReplyBody) {
     match wire::encode(&EncodeReply { request_id, body }) {
-        Ok(frame) => edgeclip_link::publish(&state.args.link, reply_to.to_string(), frame, false),
+        Ok(frame) => edgeclip_link::publish(link, reply_to.to_string(), frame, false),
         Err(e) => warn!(error = %e, "reply not serialisable"),
     }
 }
