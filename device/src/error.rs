@@ -43,6 +43,9 @@ pub enum DeviceError {
     /// An actor did not answer or is gone.
     #[error("actor: {0}")]
     Actor(String),
+    /// A file of the index store is damaged, of another kind, or does not match its snapshot.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl DeviceError {

@@ -9,13 +9,10 @@
 //! - [`encode`]: the image tower on tract, one picture or a measured batch per run.
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
-//! - [`index`]: vectors and their pictures.
+//! - [`index`]: the vector index: its tables, the persistent store (snapshot + journal +
+//!   vector file, power-cut safe) and the index folders during a re-index.
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
-//! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
-//! - [`vector_file`]: the snapshot's vectors in one flat aligned file, ranked from a memory map.
-//! - [`vectors`]: the vector table (f32, f16 or int8; mapped rows, then rows in memory).
-//! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`workers`]: the encoder's thread pool at low priority.
 //! - [`batch_memo`]: the measured batch kept in the state folder per model and machine.
@@ -45,13 +42,9 @@ pub mod metadata;
 pub mod model;
 pub mod preprocess;
 pub mod rank;
-pub mod reindex;
 pub mod scan;
 pub mod service;
-pub mod store;
 pub mod thumb;
-pub mod vector_file;
-pub mod vectors;
 pub mod watch;
 pub mod workers;
 

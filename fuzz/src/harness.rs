@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 
 use edgeclip_cloud::rank::rank_chunk;
 use edgeclip_cloud::tokenize::ClipTokenizer;
+use edgeclip_device::index::Precision;
+use edgeclip_device::index::Store;
 use edgeclip_device::index::{Entry, Filter};
 use edgeclip_device::preprocess::{decode_bytes, DecodeLimits, PreprocessCfg};
-use edgeclip_device::store::Store;
-use edgeclip_device::vectors::Precision;
 use edgeclip_messages::dashboard::{FleetSearchRequest, SearchRequest};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{

@@ -1,7 +1,7 @@
 //! [`IndexActor`]: owns the vector index; inserts what the encoder made, ranks query vectors
 //! in place, counts progress and publishes the retained status (throttled).
 //!
-//! During a re-index for a new model (see [`crate::reindex`]) it holds two indexes: the
+//! During a re-index for a new model (see [`crate::index::reindex`]) it holds two indexes: the
 //! complete one of the previous model, which answers searches, and the one being built, which
 //! receives every new vector. A query vector is ranked by the index of its model; the switch
 //! happens the first time nothing is left to encode.
@@ -24,8 +24,7 @@ use tracing::{info, warn};
 
 use crate::error::DeviceError;
 use crate::index::{picture_key, Entry, Filter, Index, Known, Ranked};
-use crate::reindex::Layout;
-use crate::store::Store;
+use crate::index::{Layout, Store};
 
 /// The models of the indexes, for the search actor: which model's text vector to ask the
 /// cloud for.
@@ -366,7 +365,7 @@ impl IndexState {
             return;
         }
         let layout = self.args.layout.clone();
-        match blocking(|| crate::reindex::switch(&layout)) {
+        match blocking(|| crate::index::reindex::switch(&layout)) {
             Ok(()) => {
                 let Some((mut store, index)) = self.args.building.take() else {
                     return;
@@ -1097,7 +1096,7 @@ pub fn hit(entry: &Entry, score: f32) -> Hit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vectors::Precision;
+    use crate::index::Precision;
 
     fn entry(path: &str) -> Entry {
         Entry {

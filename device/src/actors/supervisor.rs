@@ -20,9 +20,9 @@ use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
 use crate::http::{HttpContext, HttpServer};
+use crate::index::Layout;
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
-use crate::reindex::Layout;
 
 /// How long shutdown waits for pictures being encoded: one picture on a slow board.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -133,7 +133,7 @@ impl Actor for DeviceSupervisor {
             config.search.vectors,
         );
         let opened = tokio::task::spawn_blocking(move || {
-            crate::reindex::open(&store_layout, &store_model, store_dim, precision)
+            crate::index::reindex::open(&store_layout, &store_model, store_dim, precision)
         })
         .await??;
         let ((store, mut index), mut building, report) =
