@@ -46,6 +46,10 @@ pub enum DeviceError {
     /// A file of the index store is damaged, of another kind, or does not match its snapshot.
     #[error("{0}")]
     Corrupt(String),
+    /// A search cannot be answered as asked (too many pictures, an unknown picture, a cloud
+    /// reply without a vector); the message is the answer's error.
+    #[error("{0}")]
+    Search(String),
 }
 
 impl DeviceError {

@@ -9,8 +9,10 @@
 //! - [`encode`]: the image tower on tract, one picture or a measured batch per run.
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
-//! - [`index`]: the vector index: its tables, the persistent store (snapshot + journal +
-//!   vector file, power-cut safe) and the index folders during a re-index.
+//! - [`index`]: the vector index: tables, the persistent store, re-indexing, and the
+//!   [`index::Catalog`] that holds the rules, read by others through an
+//!   [`index::CatalogReader`].
+//! - [`progress`]: status counters, rate and ETA.
 //! - [`scan`]: walking picture folders.
 //! - [`metadata`]: capture time from EXIF.
 //! - [`watch`]: file-system watching (a trigger for rescans).
@@ -41,6 +43,7 @@ pub mod index;
 pub mod metadata;
 pub mod model;
 pub mod preprocess;
+pub mod progress;
 pub mod rank;
 pub mod scan;
 pub mod service;

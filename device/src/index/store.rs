@@ -353,6 +353,24 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Makes every append fail as on a full disk, until [`Store::repair_journal_for_test`].
+    pub(crate) fn break_journal_for_test(&mut self) {
+        let path = self.dir.join("journal.bin");
+        self.journal = File::open(&path).expect("journal");
+    }
+
+    /// Lets appends succeed again.
+    pub(crate) fn repair_journal_for_test(&mut self) {
+        let path = self.dir.join("journal.bin");
+        self.journal = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("journal");
+    }
+}
+
 /// The vector file of snapshot generation `generation`.
 fn vectors_file(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("vectors-{generation}.bin"))
