@@ -3,9 +3,10 @@
 //! cloud computes. No picture ever leaves the device.
 //!
 //! # Layout
-//! Pure engines (no IO beyond reading the file they are given, no actors; unit-tested here):
+//! Pure engines (no actors, no runtime; unit-tested in place):
 //! - [`model`]: the model folder (config.json, visual/).
 //! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
+//! - [`metadata`]: capture time from EXIF.
 //! - [`encode`]: the image tower on tract, one picture or a measured batch per run.
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
@@ -14,13 +15,12 @@
 //!   [`index::CatalogReader`].
 //! - [`progress`]: status counters, rate and ETA.
 //! - [`scan`]: walking picture folders.
-//! - [`metadata`]: capture time from EXIF.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`workers`]: the encoder's thread pool at low priority.
 //! - [`batch_memo`]: the measured batch kept in the state folder per model and machine.
 //! - [`heap`]: freed heap back to the system after a scan.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
-//! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
+//! - [`camera`]: snapshot URLs, one HTTP GET, frame names, which frames to keep and prune.
 //!
 //! Shells: [`actors`] (one actor per file), [`http`] (thumbnails and the search page),
 //! [`service`] (start, search, shutdown),
