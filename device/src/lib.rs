@@ -6,7 +6,7 @@
 //! Pure engines (no actors, no runtime; unit-tested in place):
 //! - [`model`]: the model folder (config.json, visual/).
 //! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
-//! - [`metadata`]: capture time from EXIF.
+//! - [`metadata`]: one parse of the EXIF block: orientation and capture time.
 //! - [`encode`]: the image tower on tract, one picture or a measured batch per run.
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).

@@ -170,7 +170,7 @@ pub fn picture(data: &[u8]) {
         );
         assert!(w > 0 && h > 0 && w <= limits.max_side && h <= limits.max_side);
     }
-    let _ = edgeclip_device::metadata::exif_capture_time(data);
+    let _ = edgeclip_device::metadata::Exif::read(data);
     let _ = edgeclip_device::thumb::make_thumbnail(data, 64, limits);
 }
 

@@ -21,6 +21,7 @@ use super::index::IndexMsg;
 use crate::encode::ImageTower;
 use crate::error::DeviceError;
 use crate::index::{CatalogReader, Entry};
+use crate::metadata::Exif;
 use crate::preprocess::{DecodeLimits, PreprocessCfg};
 use crate::scan::FileSeen;
 use crate::workers::{Priority, Workers};
@@ -341,9 +342,11 @@ fn encode_group(
     let mut results = Vec::with_capacity(group.len());
     let mut decoded = Vec::with_capacity(group.len());
     for Picture { seen, bytes, hash } in group {
+        // One parse of the EXIF block: the orientation for the decoder, the capture time.
+        let exif = Exif::read(&bytes);
         // Large JPEGs are decoded at a reduced scale (DCT scaling); width and height are the
         // full ones.
-        match preprocess.picture(&bytes, limits) {
+        match preprocess.picture_oriented(&bytes, limits, exif.orientation) {
             Ok((tensor, (width, height))) => {
                 let entry = Entry {
                     path: seen.path,
@@ -352,8 +355,7 @@ fn encode_group(
                     hash,
                     width,
                     height,
-                    taken_s: crate::metadata::exif_capture_time(&bytes)
-                        .unwrap_or(seen.mtime_ns / 1_000_000_000),
+                    taken_s: exif.taken_s.unwrap_or(seen.mtime_ns / 1_000_000_000),
                     source: Box::default(),
                 };
                 decoded.push(((seen.key, entry), tensor));
@@ -367,7 +369,7 @@ fn encode_group(
     let decoding = started.elapsed();
     let (pictures, tensors): (Vec<(u64, Entry)>, Vec<Vec<f32>>) = decoded.into_iter().unzip();
     let batched = if tensors.len() > 1 {
-        tower.encode_batch(tensors.clone()).ok()
+        tower.encode_batch(&tensors).ok()
     } else {
         None
     };
