@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use edgeclip_device::index::Precision;
+use edgeclip_device::index::Store;
 use edgeclip_device::index::{Entry, Index};
-use edgeclip_device::store::Store;
-use edgeclip_device::vectors::Precision;
 
 const DIM: usize = 512;
 const QUERIES: usize = 50;

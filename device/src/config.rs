@@ -200,7 +200,7 @@ pub struct SearchConfig {
     /// Most pictures a near-duplicate search compares pairwise.
     pub max_duplicate_pictures: usize,
     /// How the index keeps vectors in memory for ranking.
-    pub vectors: crate::vectors::Precision,
+    pub vectors: crate::index::Precision,
     /// Most threads one search ranks on; 0 means one per core.
     pub threads: usize,
 }

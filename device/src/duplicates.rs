@@ -39,10 +39,10 @@ pub fn groups(flat: &[f32], dim: usize, threshold: f32) -> Vec<Group> {
         }
     }
     let mut by_root: std::collections::BTreeMap<usize, Vec<(usize, f32)>> = Default::default();
-    for i in 0..n {
-        if best[i] > f32::NEG_INFINITY {
+    for (i, &cos) in best.iter().enumerate() {
+        if cos > f32::NEG_INFINITY {
             let root = find(&mut parent, i);
-            by_root.entry(root).or_default().push((i, best[i]));
+            by_root.entry(root).or_default().push((i, cos));
         }
     }
     let mut out: Vec<Group> = by_root

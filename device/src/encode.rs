@@ -246,9 +246,9 @@ impl ImageTower {
             .collect();
         let mut best = f64::INFINITY;
         for _ in 0..2 {
-            let pictures = vec![picture.clone(); batch];
+            let pictures = picture.repeat(batch);
             let started = Instant::now();
-            self.run(pictures)?;
+            self.run(pictures, batch)?;
             best = best.min(started.elapsed().as_secs_f64() * 1e3 / batch as f64);
         }
         Ok(best)
@@ -268,7 +268,8 @@ impl ImageTower {
     /// vector. Exports normally normalise already; normalising again is harmless and protects
     /// the ranker's dot-product-equals-cosine invariant from exports that do not.
     pub fn encode(&self, pixels: Vec<f32>) -> Result<Vec<f32>, DeviceError> {
-        let mut vectors = self.run(vec![pixels])?;
+        self.check_picture(&pixels)?;
+        let mut vectors = self.run(pixels, 1)?;
         let mut vector = vectors
             .pop()
             .ok_or_else(|| DeviceError::Inference("model has no output".into()))?;
@@ -277,13 +278,15 @@ impl ImageTower {
     }
 
     /// Encodes several pictures, [`ImageTower::batch`] per run (the batch-1 plan runs them
-    /// one after the other), into L2-normalised vectors in the same order.
-    pub fn encode_batch(&self, pictures: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, DeviceError> {
+    /// one after the other), into L2-normalised vectors in the same order. The pictures are
+    /// borrowed: a caller can still encode them one at a time if the batch fails.
+    pub fn encode_batch(&self, pictures: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, DeviceError> {
+        for p in pictures {
+            self.check_picture(p)?;
+        }
         let mut vectors = Vec::with_capacity(pictures.len());
-        let mut pictures = pictures.into_iter().peekable();
-        while pictures.peek().is_some() {
-            let run: Vec<Vec<f32>> = pictures.by_ref().take(self.batch).collect();
-            for mut v in self.run(run)? {
+        for run in pictures.chunks(self.batch.max(1)) {
+            for mut v in self.run(run.concat(), run.len())? {
                 normalise(&mut v)?;
                 vectors.push(v);
             }
@@ -291,22 +294,21 @@ impl ImageTower {
         Ok(vectors)
     }
 
-    /// One run of the plan on `pictures` (one, or any number on the any-batch plan): the raw
-    /// output rows.
-    fn run(&self, pictures: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, DeviceError> {
-        let n = pictures.len();
+    /// Refuses a picture of the wrong number of values.
+    fn check_picture(&self, picture: &[f32]) -> Result<(), DeviceError> {
         let per = 3 * self.size * self.size;
-        if let Some(p) = pictures.iter().find(|p| p.len() != per) {
+        if picture.len() != per {
             return Err(DeviceError::Inference(format!(
                 "a picture of {} values, the model takes {per}",
-                p.len()
+                picture.len()
             )));
         }
-        let flat: Vec<f32> = if n == 1 {
-            pictures.into_iter().next().unwrap_or_default()
-        } else {
-            pictures.concat()
-        };
+        Ok(())
+    }
+
+    /// One run of the plan on `n` pictures laid out one after the other in `flat` (one, or
+    /// any number on the any-batch plan): the raw output rows.
+    fn run(&self, flat: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, DeviceError> {
         let input = tract_ndarray::Array4::from_shape_vec((n, 3, self.size, self.size), flat)
             .map_err(|e| DeviceError::Inference(e.to_string()))?;
         let outputs = self
@@ -415,17 +417,17 @@ mod tests {
             .map(|p| single.encode(p.clone()).unwrap())
             .collect();
         assert_ne!(one_by_one[0], one_by_one[1]);
-        assert_close(&single.encode_batch(input.clone()).unwrap(), &one_by_one);
+        assert_close(&single.encode_batch(&input).unwrap(), &one_by_one);
         let (three, timings) = ImageTower::load_batched(&bundled(), 224, 64, 3).unwrap();
         assert_eq!((three.batch(), timings), (3, BatchTimings::default()));
         // 4 pictures: a run of 3, then a run of 1.
-        assert_close(&three.encode_batch(input.clone()).unwrap(), &one_by_one);
-        assert!(three.encode_batch(Vec::new()).unwrap().is_empty());
+        assert_close(&three.encode_batch(&input).unwrap(), &one_by_one);
+        assert!(three.encode_batch(&[]).unwrap().is_empty());
         // A picture of the wrong size is an error, in either plan.
         let mut bad = input;
         bad[1].truncate(10);
-        assert!(three.encode_batch(bad.clone()).is_err());
-        assert!(single.encode_batch(bad).is_err());
+        assert!(three.encode_batch(&bad).is_err());
+        assert!(single.encode_batch(&bad).is_err());
     }
 
     /// A stand-in plan for [`measure`]: its batch (`None`: any), and a count of live plans.
@@ -503,8 +505,8 @@ mod tests {
         let input = pictures(3);
         let reference = ImageTower::load(&bundled(), 224, 64)
             .unwrap()
-            .encode_batch(input.clone())
+            .encode_batch(&input)
             .unwrap();
-        assert_close(&tower.encode_batch(input).unwrap(), &reference);
+        assert_close(&tower.encode_batch(&input).unwrap(), &reference);
     }
 }

@@ -43,6 +43,22 @@ pub enum DeviceError {
     /// An actor did not answer or is gone.
     #[error("actor: {0}")]
     Actor(String),
+    /// A file of the index store is damaged, of another kind, or does not match its snapshot.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A value the device was given is not usable (a preprocessing file, a camera URL).
+    #[error("{0}")]
+    Invalid(String),
+    /// A camera could not be polled, or its frame not saved.
+    #[error("{0}")]
+    Camera(String),
+    /// A search cannot be answered as asked (too many pictures, an unknown picture, a cloud
+    /// reply without a vector); the message is the answer's error.
+    #[error("{0}")]
+    Search(String),
+    /// The encoder's threads are gone or a job on them panicked.
+    #[error("{0}")]
+    Worker(String),
 }
 
 impl DeviceError {

@@ -10,11 +10,11 @@
 //! serves a block of 128 KiB or more with a mapping of its own, returned when freed, but
 //! raises that threshold to the size of each such block freed (up to 32 MiB). After the
 //! first weight tensor is freed, the next copies come from the arenas, where they fragment
-//! and add to the peak: ViT-B-32 (335 MiB of weights) peaked at 872-898 MiB while loading.
-//! While a [`LargeBlocksMapped`] is alive, the threshold is fixed low, so every large block
-//! is a mapping of its own: the same load peaks at 709 MiB. Not for the whole process: a
-//! model run's large activations would then be mapped and faulted in afresh at every run
-//! (measured: ViT-B-32 181 -> 235 ms per picture, clip-shapes 7.0 -> 9.9 ms).
+//! and add to the peak. While a [`LargeBlocksMapped`] is alive, the threshold is fixed low,
+//! so every large block is a mapping of its own and goes back to the system when freed (the
+//! load peaks with and without: BENCHMARKS.md). Not for the whole process: a model run's
+//! large activations would then be mapped and faulted in afresh at every run, which makes
+//! every picture measurably slower.
 
 use std::sync::Mutex;
 

@@ -3,25 +3,24 @@
 //! cloud computes. No picture ever leaves the device.
 //!
 //! # Layout
-//! Pure engines (no IO beyond reading the file they are given, no actors; unit-tested here):
+//! Pure engines (no actors, no runtime; unit-tested in place):
 //! - [`model`]: the model folder (config.json, visual/).
 //! - [`preprocess`]: bounded decoding with EXIF orientation, CLIP preprocessing.
+//! - [`metadata`]: one parse of the EXIF block: orientation and capture time.
 //! - [`encode`]: the image tower on tract, one picture or a measured batch per run.
 //! - [`rank`]: simsimd dot products and bounded top-k.
 //! - [`duplicates`]: near-duplicate groups (single linkage over pairwise cosines).
-//! - [`index`]: vectors and their pictures.
+//! - [`index`]: the vector index: tables, the persistent store, re-indexing, and the
+//!   [`index::Catalog`] that holds the rules, read by others through an
+//!   [`index::CatalogReader`].
+//! - [`progress`]: status counters, rate and ETA.
 //! - [`scan`]: walking picture folders.
-//! - [`metadata`]: capture time from EXIF.
-//! - [`store`]: the persistent index (snapshot + journal), power-cut safe.
-//! - [`vector_file`]: the snapshot's vectors in one flat aligned file, ranked from a memory map.
-//! - [`vectors`]: the vector table (f32, f16 or int8; mapped rows, then rows in memory).
-//! - [`reindex`]: the index folders during a re-index for a new model, and the switch.
 //! - [`watch`]: file-system watching (a trigger for rescans).
 //! - [`workers`]: the encoder's thread pool at low priority.
 //! - [`batch_memo`]: the measured batch kept in the state folder per model and machine.
 //! - [`heap`]: freed heap back to the system after a scan.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
-//! - [`camera`]: snapshot URLs, one HTTP GET, frame names, the near-duplicate rule.
+//! - [`camera`]: snapshot URLs, one HTTP GET, frame names, which frames to keep and prune.
 //! - [`search`]: a search's rules as a state machine (cloud, retry, fallback) and presentation.
 //!
 //! Shells: [`actors`] (one actor per file), [`http`] (thumbnails and the search page),
@@ -45,15 +44,12 @@ pub mod index;
 pub mod metadata;
 pub mod model;
 pub mod preprocess;
+pub mod progress;
 pub mod rank;
-pub mod reindex;
 pub mod scan;
 pub mod search;
 pub mod service;
-pub mod store;
 pub mod thumb;
-pub mod vector_file;
-pub mod vectors;
 pub mod watch;
 pub mod workers;
 

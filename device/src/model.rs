@@ -50,12 +50,11 @@ impl ModelFolder {
             });
         }
         let pre_path = dir.join("visual").join("preprocess_cfg.json");
-        let preprocess = PreprocessCfg::from_json(&read(pre_path.clone())?).map_err(|reason| {
-            DeviceError::Model {
+        let preprocess =
+            PreprocessCfg::from_json(&read(pre_path.clone())?).map_err(|e| DeviceError::Model {
                 path: pre_path,
-                reason,
-            }
-        })?;
+                reason: e.to_string(),
+            })?;
         let onnx = dir.join("visual").join("model.onnx");
         if !onnx.is_file() {
             return Err(DeviceError::Model {

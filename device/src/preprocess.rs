@@ -1,7 +1,8 @@
 //! Picture decoding and CLIP preprocessing, exactly as `visual/preprocess_cfg.json` says.
 //!
 //! Decoding is bounded (image crate limits: dimensions and allocation) and applies the EXIF
-//! orientation, which the image crate does not do by itself. Preprocessing follows open_clip /
+//! orientation, which the image crate does not do by itself; the orientation comes from the
+//! one parse of the EXIF block ([`crate::metadata::Exif`]), which also gives the capture time. Preprocessing follows open_clip /
 //! torchvision on PIL: resize (bicubic by default) so the shortest side equals `size`, centre
 //! crop with Python's rounding, RGB, `/255`, minus mean, over std, NCHW. Alpha is dropped
 //! before resizing, as Immich does (open_clip on a raw RGBA picture would resize it
@@ -19,10 +20,12 @@ use std::path::Path;
 
 use fast_image_resize as fir;
 use fir::{FilterType, ResizeAlg};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageReader, Limits};
 use serde::Deserialize;
 
 use crate::error::DeviceError;
+use crate::metadata::Exif;
 
 /// How the picture is fitted into the square input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,30 +91,36 @@ fn size_from_int_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, 
 
 impl PreprocessCfg {
     /// Parses and checks a `preprocess_cfg.json`.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let cfg: PreprocessCfg = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DeviceError> {
+        let bad = DeviceError::Invalid;
+        let cfg: PreprocessCfg = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if !(16..=2048).contains(&cfg.size) {
-            return Err(format!("size {} is out of 16..=2048", cfg.size));
+            return Err(bad(format!("size {} is out of 16..=2048", cfg.size)));
         }
         if cfg.mode != "RGB" {
-            return Err(format!("mode {} is not supported (only RGB)", cfg.mode));
+            return Err(bad(format!(
+                "mode {} is not supported (only RGB)",
+                cfg.mode
+            )));
         }
         if cfg.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
             || cfg.mean.iter().any(|m| !m.is_finite())
         {
-            return Err("mean must be finite and std positive".into());
+            return Err(bad("mean must be finite and std positive".into()));
         }
         cfg.filter()?;
         Ok(cfg)
     }
 
-    fn filter(&self) -> Result<ResizeAlg, String> {
+    fn filter(&self) -> Result<ResizeAlg, DeviceError> {
         match self.interpolation.as_str() {
             "bicubic" => Ok(ResizeAlg::Convolution(FilterType::CatmullRom)),
             "bilinear" => Ok(ResizeAlg::Convolution(FilterType::Bilinear)),
             "nearest" => Ok(ResizeAlg::Nearest),
             "lanczos" => Ok(ResizeAlg::Convolution(FilterType::Lanczos3)),
-            other => Err(format!("interpolation {other} is not supported")),
+            other => Err(DeviceError::Invalid(format!(
+                "interpolation {other} is not supported"
+            ))),
         }
     }
 
@@ -134,14 +143,25 @@ impl PreprocessCfg {
         bytes: &[u8],
         limits: DecodeLimits,
     ) -> Result<(Vec<f32>, (u32, u32)), DeviceError> {
+        self.picture_oriented(bytes, limits, Exif::read(bytes).orientation)
+    }
+
+    /// [`PreprocessCfg::picture`] with the orientation already read from the picture's EXIF
+    /// (by a caller that also wants its capture time).
+    pub fn picture_oriented(
+        &self,
+        bytes: &[u8],
+        limits: DecodeLimits,
+        orientation: Orientation,
+    ) -> Result<(Vec<f32>, (u32, u32)), DeviceError> {
         if bytes.starts_with(&[0xff, 0xd8]) && jpeg_is_complete(bytes) {
             if let Some((img, full)) =
-                decode_jpeg_scaled(bytes, limits, |w, h| self.reduction(w, h))
+                decode_jpeg_scaled(bytes, limits, orientation, |w, h| self.reduction(w, h))
             {
                 return Ok((self.tensor_for_size(&img, full), full));
             }
         }
-        let img = decode_bytes(bytes, limits)?;
+        let img = decode_oriented(bytes, limits, orientation)?;
         Ok((self.tensor(&img), (img.width(), img.height())))
     }
 
@@ -314,17 +334,17 @@ fn fir_resize(
     dst: &mut [u8],
     (w, h): (u32, u32),
     alg: ResizeAlg,
-) -> Result<(), String> {
+) -> Result<(), DeviceError> {
     let src = fir::images::Image::from_vec_u8(sw, sh, src, fir::PixelType::U8x3)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DeviceError::Decode(e.to_string()))?;
     let mut dst = fir::images::Image::from_slice_u8(w, h, dst, fir::PixelType::U8x3)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DeviceError::Decode(e.to_string()))?;
     let options = fir::ResizeOptions::new()
         .resize_alg(alg)
         .crop(crop.0, crop.1, crop.2, crop.3);
     fir::Resizer::new()
         .resize(&src, &mut dst, &options)
-        .map_err(|e| e.to_string())
+        .map_err(|e| DeviceError::Decode(e.to_string()))
 }
 
 /// Bounds on what a picture may cost to decode.
@@ -356,12 +376,21 @@ pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage, De
 /// A JPEG cut short (a copy or upload that did not finish) is refused, although the decoder
 /// would fill in the missing part: indexing half a picture would give a wrong vector.
 pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, DeviceError> {
+    decode_oriented(bytes, limits, Exif::read(bytes).orientation)
+}
+
+/// [`decode_bytes`] with the orientation already read.
+fn decode_oriented(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    orientation: Orientation,
+) -> Result<DynamicImage, DeviceError> {
     if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_is_complete(bytes) {
         return Err(DeviceError::Decode(
             "truncated JPEG (no end-of-image marker after the last scan)".into(),
         ));
     }
-    decode_reader(Cursor::new(bytes), limits)
+    decode_reader(Cursor::new(bytes), limits, orientation)
 }
 
 /// The largest DCT reduction (1, 2, 4 or 8) that keeps `side` pixels at least `keep`.
@@ -381,24 +410,26 @@ pub fn decode_for_side(
     limits: DecodeLimits,
     side: u32,
 ) -> Result<DynamicImage, DeviceError> {
+    let orientation = Exif::read(bytes).orientation;
     if bytes.starts_with(&[0xff, 0xd8]) && jpeg_is_complete(bytes) {
-        if let Some((img, _)) = decode_jpeg_scaled(bytes, limits, |w, h| {
+        if let Some((img, _)) = decode_jpeg_scaled(bytes, limits, orientation, |w, h| {
             dct_reduction(w.max(h), 2 * side.max(1))
         }) {
             return Ok(img);
         }
     }
-    decode_bytes(bytes, limits)
+    decode_oriented(bytes, limits, orientation)
 }
 
 /// Decodes a complete baseline or progressive RGB or greyscale JPEG at the DCT reduction
-/// `reduction(width, height)` chooses (1, 2, 4 or 8), with its EXIF orientation applied.
+/// `reduction(width, height)` chooses (1, 2, 4 or 8), with `orientation` applied.
 /// Returns the picture and its full size (oriented), or `None` when the reduction is 1 or
 /// this decoder cannot take the file (CMYK, 16-bit, an error): the caller then decodes it
 /// the ordinary way, which also reports the errors.
 fn decode_jpeg_scaled(
     bytes: &[u8],
     limits: DecodeLimits,
+    orientation: Orientation,
     reduction: impl Fn(u32, u32) -> u32,
 ) -> Option<(DynamicImage, (u32, u32))> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -433,10 +464,6 @@ fn decode_jpeg_scaled(
         }
         _ => return None,
     };
-    let orientation = decoder
-        .exif_data()
-        .and_then(image::metadata::Orientation::from_exif_chunk)
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
     img.apply_orientation(orientation);
     let full = if (img.width(), img.height()) == (sw, sh) {
         (w, h)
@@ -459,6 +486,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 fn decode_reader<R: BufRead + Seek>(
     reader: R,
     limits: DecodeLimits,
+    orientation: Orientation,
 ) -> Result<DynamicImage, DeviceError> {
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
@@ -473,13 +501,9 @@ fn decode_reader<R: BufRead + Seek>(
     image_limits.max_image_height = Some(limits.max_side);
     image_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(image_limits);
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| DeviceError::Decode(e.to_string()))?;
-    // A broken EXIF block must not cost the picture: fall back to "no rotation".
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img =
         DynamicImage::from_decoder(decoder).map_err(|e| DeviceError::Decode(e.to_string()))?;
     img.apply_orientation(orientation);
@@ -741,9 +765,13 @@ mod tests {
         let jpeg = photo_like_jpeg(1920, 1080);
         for orientation in [1u16, 6, 3] {
             let bytes = with_exif_orientation(&jpeg, orientation);
-            let (scaled, full) =
-                decode_jpeg_scaled(&bytes, DecodeLimits::default(), |w, h| cfg.reduction(w, h))
-                    .unwrap();
+            let (scaled, full) = decode_jpeg_scaled(
+                &bytes,
+                DecodeLimits::default(),
+                Exif::read(&bytes).orientation,
+                |w, h| cfg.reduction(w, h),
+            )
+            .unwrap();
             let reference_img = decode_bytes(&bytes, DecodeLimits::default()).unwrap();
             assert_eq!(
                 full,
@@ -779,10 +807,13 @@ mod tests {
     fn small_jpegs_and_other_formats_take_the_ordinary_path() {
         let cfg = clip_cfg(224);
         let jpeg = photo_like_jpeg(400, 300);
-        assert!(
-            decode_jpeg_scaled(&jpeg, DecodeLimits::default(), |w, h| cfg.reduction(w, h))
-                .is_none()
-        );
+        assert!(decode_jpeg_scaled(
+            &jpeg,
+            DecodeLimits::default(),
+            Orientation::NoTransforms,
+            |w, h| cfg.reduction(w, h),
+        )
+        .is_none());
         assert_eq!(
             cfg.picture(&jpeg, DecodeLimits::default()).unwrap(),
             (

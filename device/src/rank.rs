@@ -78,8 +78,8 @@ pub fn top_k_by(
 
 /// How rows are scored: one at a time, or a block of consecutive rows at a time. Scoring a
 /// block lets a table resolve its storage once for many rows and call the SIMD kernel in a
-/// tight loop: per-row dispatch costs ~20% of a memory-bound f16 scan. Any `Fn(usize) -> f32`
-/// is a scorer (its blocks are its rows one by one).
+/// tight loop: per-row dispatch is a measurable share of a memory-bound f16 scan
+/// (BENCHMARKS.md). Any `Fn(usize) -> f32` is a scorer (its blocks are its rows one by one).
 pub trait Score {
     /// The score of `row`.
     fn one(&self, row: usize) -> f32;
@@ -101,8 +101,8 @@ impl<F: Fn(usize) -> f32> Score for F {
 /// Rows scored at once when every row of the block is kept (1 KiB of scores on the stack).
 const BLOCK: usize = 256;
 
-/// Fewest rows worth a thread of their own: 16,384 rows of 512 dimensions are ~1 ms of
-/// scanning even in int8, far above the ~20 µs it takes to start and join a thread.
+/// Fewest rows worth a thread of their own: scanning 16,384 rows of 512 dimensions, even in
+/// int8, takes far longer than starting and joining a thread.
 pub const MIN_ROWS_PER_THREAD: usize = 16_384;
 
 /// [`top_k_by`] with the rows split into contiguous shares ranked on up to `threads` threads

@@ -1,13 +1,19 @@
-//! Walking picture folders: which files are pictures, with their size and modification time.
+//! Walking picture folders: which files are pictures, with their size and modification time,
+//! and the key of their path (hashed here once; the capture, the encoder and the index carry
+//! it along).
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
+
+use crate::index::picture_key;
 
 /// A picture file as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSeen {
     /// Its path.
     pub path: PathBuf,
+    /// [`picture_key`] of its path.
+    pub key: u64,
     /// Size in bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch (0 before it or unknown).
@@ -69,6 +75,7 @@ pub fn scan_folders(folders: &[PathBuf], extensions: &[String]) -> Scan {
             match entry.metadata() {
                 Ok(meta) => list.push(FileSeen {
                     path: entry.path().to_path_buf(),
+                    key: picture_key(entry.path()),
                     size: meta.len(),
                     mtime_ns: meta
                         .modified()
@@ -126,6 +133,7 @@ mod tests {
             "sorted by path: a/b/two.png < a/one.JPG"
         );
         assert_eq!(scan.files[0].size, 2);
+        assert_eq!(scan.files[0].key, picture_key(&scan.files[0].path));
         assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
         assert_eq!(scan.unsupported.len(), 1);
         assert!(scan.unsupported[0].path.ends_with("clip.MOV"));

@@ -10,6 +10,18 @@ use crate::actors::supervisor::{DeviceSupervisor, SupervisorMsg};
 use crate::config::DeviceConfig;
 use crate::error::DeviceError;
 
+/// How much longer than the cloud's timeout an in-process search may wait for its answer: the
+/// search actor answers at the cloud timeout at the latest; this covers ranking and queues.
+const SEARCH_SLACK: Duration = Duration::from_secs(5);
+/// How long the supervisor may take to answer a question (the status, the HTTP address): it
+/// passes it on or answers from memory, so this only guards against a stuck device.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an ordered shutdown may take: the encoder's drain (20 s), then each actor's stop
+/// and the link's disconnect (5 s each at most), with room to spare.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long the supervisor's task may take to end once it has stopped.
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running device.
 pub struct Device {
     supervisor: ActorRef<SupervisorMsg>,
@@ -21,7 +33,7 @@ impl Device {
     /// Loads the model and starts every actor; fails with the reason if the model or the
     /// configuration is unusable.
     pub async fn start(config: DeviceConfig) -> Result<Self, DeviceError> {
-        let search_timeout = config.cloud_timeout() + Duration::from_secs(5);
+        let search_timeout = config.cloud_timeout() + SEARCH_SLACK;
         let (supervisor, handle) = Actor::spawn(None, DeviceSupervisor, config)
             .await
             .map_err(|e| DeviceError::Actor(format!("device did not start: {e}")))?;
@@ -44,8 +56,12 @@ impl Device {
 
     /// The current status.
     pub async fn status(&self) -> Result<DeviceStatus, DeviceError> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 5000)
-            .map_err(|e| DeviceError::Actor(e.to_string()))
+        ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::Status,
+            ANSWER_TIMEOUT.as_millis() as u64
+        )
+        .map_err(|e| DeviceError::Actor(e.to_string()))
     }
 
     /// Scans the folders now.
@@ -55,8 +71,12 @@ impl Device {
 
     /// Where the HTTP endpoint (search page, thumbnails) listens, if it is on.
     pub async fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, DeviceError> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::HttpAddr, 5000)
-            .map_err(|e| DeviceError::Actor(e.to_string()))
+        ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::HttpAddr,
+            ANSWER_TIMEOUT.as_millis() as u64
+        )
+        .map_err(|e| DeviceError::Actor(e.to_string()))
     }
 
     /// True once the device has stopped (after a shutdown or a failure).
@@ -71,9 +91,13 @@ impl Device {
 
     /// Stops in order: no new pictures, finish encoding, publish offline, disconnect.
     pub async fn shutdown(self) -> Result<(), DeviceError> {
-        let result = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 40_000);
+        let result = ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::Shutdown,
+            SHUTDOWN_TIMEOUT.as_millis() as u64
+        );
         self.supervisor.stop(None);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.handle).await;
+        let _ = tokio::time::timeout(STOPPED_TIMEOUT, self.handle).await;
         result.map_err(|e| DeviceError::Actor(format!("shutdown: {e}")))
     }
 }

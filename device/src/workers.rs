@@ -13,6 +13,8 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use serde::Deserialize;
 
+use crate::error::DeviceError;
+
 /// How the encoder's threads are scheduled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,24 +72,24 @@ impl Workers {
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, DeviceError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
         });
         self.jobs
             .send(job)
-            .map_err(|_| "the encoder threads are gone".to_string())?;
+            .map_err(|_| DeviceError::Worker("the encoder threads are gone".into()))?;
         match result.await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err("the encoder panicked".into()),
-            Err(_) => Err("the encoder thread ended".into()),
+            Ok(Err(_)) => Err(DeviceError::Worker("the encoder panicked".into())),
+            Err(_) => Err(DeviceError::Worker("the encoder thread ended".into())),
         }
     }
 }
 
 /// Lowers the calling thread's priority; a no-op for [`Priority::Normal`] and off Linux.
-pub fn lower_current_thread(priority: Priority) -> Result<(), String> {
+pub fn lower_current_thread(priority: Priority) -> std::io::Result<()> {
     imp::lower(priority)
 }
 
@@ -95,7 +97,7 @@ pub fn lower_current_thread(priority: Priority) -> Result<(), String> {
 mod imp {
     use super::{Priority, LOW_NICE};
 
-    pub fn lower(priority: Priority) -> Result<(), String> {
+    pub fn lower(priority: Priority) -> std::io::Result<()> {
         match priority {
             Priority::Normal => Ok(()),
             Priority::Low => {
@@ -107,7 +109,8 @@ mod imp {
                     return Ok(());
                 }
                 if unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid, LOW_NICE) } != 0 {
-                    return Err(format!("setpriority: {}", std::io::Error::last_os_error()));
+                    let e = std::io::Error::last_os_error();
+                    return Err(std::io::Error::new(e.kind(), format!("setpriority: {e}")));
                 }
                 Ok(())
             }
@@ -115,9 +118,10 @@ mod imp {
                 let param = libc::sched_param { sched_priority: 0 };
                 // SAFETY: pid 0 is the calling thread; `param` outlives the call.
                 if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-                    return Err(format!(
-                        "sched_setscheduler(SCHED_IDLE): {}",
-                        std::io::Error::last_os_error()
+                    let e = std::io::Error::last_os_error();
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("sched_setscheduler(SCHED_IDLE): {e}"),
                     ));
                 }
                 Ok(())
@@ -130,7 +134,7 @@ mod imp {
 mod imp {
     use super::Priority;
 
-    pub fn lower(_priority: Priority) -> Result<(), String> {
+    pub fn lower(_priority: Priority) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -163,7 +167,7 @@ mod tests {
         assert_eq!(scheduling(), here);
         assert!(low.run(|| panic!("a hostile picture")).await.is_err());
         for _ in 0..4 {
-            assert_eq!(low.run(|| 2 + 2).await, Ok(4));
+            assert_eq!(low.run(|| 2 + 2).await.ok(), Some(4));
         }
     }
 }

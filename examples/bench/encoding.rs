@@ -277,22 +277,22 @@ pub fn image(
     let b = auto.batch();
     let batch_of = |n: usize| vec![fast_tensor.clone(); n];
     let auto_batch = if b > 1 {
-        let v_batch = auto.encode_batch(batch_of(b))?;
+        let v_batch = auto.encode_batch(&batch_of(b))?;
         anyhow::ensure!(
             v_batch.iter().all(|v| cosine(v, &v_fast) > 0.99999),
             "a batch encodes differently"
         );
-        let model_1t = time(s, 2, || Ok(auto.encode_batch(batch_of(b))?))?;
+        let model_1t = time(s, 2, || Ok(auto.encode_batch(&batch_of(b))?))?;
         let model_parallel = b as f64
             * throughput(cores, s, |_| {
-                Ok(auto.encode_batch(batch_of(b)).map(|_| ())?)
+                Ok(auto.encode_batch(&batch_of(b)).map(|_| ())?)
             })?;
         // One batch through the whole device path: decode each picture, then one model run.
         let device_batch = || -> anyhow::Result<Vec<Vec<f32>>> {
             let pictures = (0..b)
                 .map(|_| Ok(cfg.picture(jpeg, limits)?.0))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(auto.encode_batch(pictures)?)
+            Ok(auto.encode_batch(&pictures)?)
         };
         let device_1t = time(s, 2, device_batch)?;
         let device_parallel = b as f64 * throughput(cores, s, |_| device_batch().map(|_| ()))?;

@@ -6,8 +6,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use edgeclip_device::index::vectors::VectorTable;
+use edgeclip_device::index::Precision;
 use edgeclip_device::rank::{top_k_split, Scored};
-use edgeclip_device::vectors::{Precision, VectorTable};
 use edgeclip_messages::wire::quantise;
 use serde_json::{json, Value};
 

@@ -9,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use edgeclip_device::index::Precision;
+use edgeclip_device::index::Store;
 use edgeclip_device::index::{Entry, Index};
 use edgeclip_device::model::ModelFolder;
-use edgeclip_device::store::Store;
-use edgeclip_device::vectors::Precision;
 use edgeclip_messages::topics;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 
 use edgeclip_cloud::rank::rank_chunk;
 use edgeclip_cloud::tokenize::ClipTokenizer;
+use edgeclip_device::index::Precision;
+use edgeclip_device::index::Store;
 use edgeclip_device::index::{Entry, Filter};
 use edgeclip_device::preprocess::{decode_bytes, DecodeLimits, PreprocessCfg};
-use edgeclip_device::store::Store;
-use edgeclip_device::vectors::Precision;
 use edgeclip_messages::dashboard::{FleetSearchRequest, SearchRequest};
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
@@ -170,7 +170,7 @@ pub fn picture(data: &[u8]) {
         );
         assert!(w > 0 && h > 0 && w <= limits.max_side && h <= limits.max_side);
     }
-    let _ = edgeclip_device::metadata::exif_capture_time(data);
+    let _ = edgeclip_device::metadata::Exif::read(data);
     let _ = edgeclip_device::thumb::make_thumbnail(data, 64, limits);
 }
 

@@ -146,7 +146,7 @@ async fn a_full_disk_is_reported_and_indexing_resumes_when_space_returns() {
     // The index on disk holds every picture exactly once.
     let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
     let (_, index, report) =
-        edgeclip_device::store::Store::open(&state.join("index"), &model.id, model.dim)
+        edgeclip_device::index::Store::open(&state.join("index"), &model.id, model.dim)
             .expect("the index opens");
     assert_eq!((index.len(), report.pictures), (labels.len(), labels.len()));
     let mut paths: Vec<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
@@ -285,7 +285,7 @@ async fn a_broker_restart_loses_no_picture_and_hangs_no_search() {
 
     let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
     let (_, index, _) =
-        edgeclip_device::store::Store::open(&state.path().join("index"), &model.id, model.dim)
+        edgeclip_device::index::Store::open(&state.path().join("index"), &model.id, model.dim)
             .expect("store");
     let mut paths: Vec<_> = index.iter().map(|(e, _)| e.path.clone()).collect();
     paths.sort();

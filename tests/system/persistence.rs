@@ -100,7 +100,7 @@ async fn a_restart_encodes_nothing_and_changes_on_disk_are_followed() {
 
     let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
     let (_, index, _) =
-        edgeclip_device::store::Store::open(&state.path().join("index"), &model.id, model.dim)
+        edgeclip_device::index::Store::open(&state.path().join("index"), &model.id, model.dim)
             .expect("store");
     let vector_of = |name: &str| {
         index
@@ -228,7 +228,7 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
 
     // What survived is consistent: every picture at most once, nothing corrupt.
     let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
-    let (_, index, report) = edgeclip_device::store::Store::open(
+    let (_, index, report) = edgeclip_device::index::Store::open(
         &state.path().join("state/index"),
         &model.id,
         model.dim,
@@ -263,7 +263,7 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
         );
         crashed.shutdown().await.expect("shutdown");
         let model = edgeclip_device::model::ModelFolder::open(&model_dir(), None).expect("model");
-        let (_, survived, _) = edgeclip_device::store::Store::open(
+        let (_, survived, _) = edgeclip_device::index::Store::open(
             &state.path().join("state/index"),
             &model.id,
             model.dim,
@@ -280,7 +280,7 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
         .expect("clean device");
         wait_idle(&clean).await;
         clean.shutdown().await.expect("shutdown");
-        let (_, reference, _) = edgeclip_device::store::Store::open(
+        let (_, reference, _) = edgeclip_device::index::Store::open(
             &clean_state.path().join("index"),
             &model.id,
             model.dim,

@@ -174,7 +174,7 @@ async fn a_model_change_re_indexes_in_the_background_while_the_old_index_answers
     device.shutdown().await.expect("shutdown");
     assert!(!state.path().join("index.next").exists() && !state.path().join("index.old").exists());
     let stored =
-        edgeclip_device::store::Store::stored_model(&state.path().join("index")).expect("readable");
+        edgeclip_device::index::Store::stored_model(&state.path().join("index")).expect("readable");
     assert_eq!(stored.map(|(m, _)| m), Some(new_id));
     cloud.shutdown().await.expect("cloud shutdown");
 }

@@ -1,11 +1,13 @@
-//! [`CameraActor`]: polls one camera's snapshot URL every `interval`, saves each frame in the
+//! [`CameraActor`]: one camera. Polls its snapshot URL every `interval`, saves each frame in the
 //! camera's folder (named by its UTC poll time, modification time = poll time) and tells the
-//! index (which decides whether it is a near-duplicate once it is encoded) and the capture
-//! (which scans the folder, so the frame goes the same way as any picture). After each saved
-//! frame, frames older than `keep_days` are deleted (the capture's scan then takes them out of
-//! the index); the count limit `keep_frames` is applied by the index actor when it keeps a
-//! frame, since only then is it known that the new frame is not a near-duplicate. One actor
-//! per camera: a slow camera delays only itself.
+//! capture to scan, so the frame goes the way of any picture. The image encoder hands the
+//! camera every picture of its folder once encoded; the actor applies
+//! [`Retention`](crate::camera::Retention) (a fresh frame that is a near-duplicate of the last
+//! kept one is deleted, a kept one is indexed and the frames before it beyond `keep_frames`
+//! deleted) and passes the rest on to the index. After each saved frame, frames older than
+//! `keep_days` are deleted (the capture's next scan takes them out of the index). The camera's
+//! counters go to the index actor, which publishes them in the status. One actor per camera:
+//! a slow camera delays only itself.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,18 +16,27 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
 use super::capture::CaptureMsg;
+use super::image_encoder::Outcome;
 use super::index::IndexMsg;
 use crate::camera::{fetch, frame_name, picture_extension, prune_frames, CameraUrl};
+use crate::camera::{Retention, Verdict};
+use crate::error::DeviceError;
+use crate::index::CatalogReader;
 
 /// Messages of the camera actor.
 pub enum CameraMsg {
+    /// Start polling; saved frames are announced to this capture (which is spawned after the
+    /// cameras, since the encoder it feeds hands frames back to them).
+    Start(ActorRef<CaptureMsg>),
     /// Timer: fetch a snapshot now.
     Poll,
+    /// A picture of the camera's folder, encoded or not.
+    Picture(Outcome),
 }
 
 /// Arguments of the camera actor.
 pub struct CameraArgs {
-    /// Position of the camera in the configuration (the index counts per camera).
+    /// Position of the camera in the configuration (the status lists cameras in this order).
     pub number: usize,
     /// The camera's name.
     pub name: String,
@@ -41,10 +52,21 @@ pub struct CameraArgs {
     pub folder: PathBuf,
     /// Frames polled longer ago than this are deleted.
     pub keep_for: Option<Duration>,
-    /// Told about every poll.
+    /// Most frames kept (0: no limit).
+    pub keep_frames: usize,
+    /// Cosine at or above which a new frame is a near-duplicate of the last kept one.
+    pub duplicate_threshold: f32,
+    /// Where pictures go, and the camera's counters.
     pub index: ActorRef<IndexMsg>,
-    /// Told to scan after every saved frame.
-    pub capture: ActorRef<CaptureMsg>,
+    /// Where the last kept frame's vector is read, once.
+    pub catalog: CatalogReader,
+}
+
+/// State of the camera actor.
+pub struct CameraState {
+    args: CameraArgs,
+    retention: Retention,
+    capture: Option<ActorRef<CaptureMsg>>,
 }
 
 /// The camera actor.
@@ -52,58 +74,158 @@ pub struct CameraActor;
 
 impl Actor for CameraActor {
     type Msg = CameraMsg;
-    type State = CameraArgs;
+    type State = CameraState;
     type Arguments = CameraArgs;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<CameraMsg>,
+        _myself: ActorRef<CameraMsg>,
         args: CameraArgs,
-    ) -> Result<CameraArgs, ActorProcessingErr> {
+    ) -> Result<CameraState, ActorProcessingErr> {
         std::fs::create_dir_all(&args.folder).map_err(|e| {
-            format!(
+            DeviceError::Camera(format!(
                 "camera {}: cannot create {}: {e}",
                 args.name,
                 args.folder.display()
-            )
+            ))
         })?;
-        myself.cast(CameraMsg::Poll)?;
-        Ok(args)
+        let retention = Retention::new(&args.name, args.duplicate_threshold, args.keep_frames);
+        Ok(CameraState {
+            args,
+            retention,
+            capture: None,
+        })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<CameraMsg>,
         msg: CameraMsg,
-        args: &mut CameraArgs,
+        state: &mut CameraState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            CameraMsg::Start(capture) => {
+                state.capture = Some(capture);
+                myself.cast(CameraMsg::Poll)?;
+            }
             CameraMsg::Poll => {
-                let result = poll(args).await;
-                if let Err(e) = &result {
-                    warn!(camera = %args.name, error = %e, "snapshot failed");
+                match poll(&state.args).await {
+                    Ok(frame) => {
+                        state.retention.saved(frame);
+                        let pruned = prune_old(&state.args).await;
+                        state.retention.pruned(pruned);
+                        if let Some(capture) = &state.capture {
+                            let _ = capture.cast(CaptureMsg::Changed);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(camera = %state.args.name, error = %e, "snapshot failed");
+                        state.retention.poll_failed(e.to_string());
+                    }
                 }
-                let saved = result.is_ok();
-                let pruned = if saved { prune_old(args).await } else { 0 };
-                let _ = args.index.cast(IndexMsg::FramePolled {
-                    camera: args.number,
-                    result,
-                    pruned,
-                });
-                if saved {
-                    let _ = args.capture.cast(CaptureMsg::Changed);
-                }
+                report(state);
                 // The next poll is timed from the end of this one, so a slow camera never
                 // piles up polls.
-                myself.send_after(args.interval, || CameraMsg::Poll);
+                myself.send_after(state.args.interval, || CameraMsg::Poll);
+            }
+            CameraMsg::Picture(Outcome::Failed { path, error }) => {
+                state.retention.failed(&path);
+                let _ = state
+                    .args
+                    .index
+                    .cast(IndexMsg::Picture(Outcome::Failed { path, error }));
+            }
+            CameraMsg::Picture(Outcome::Encoded {
+                key,
+                mut entry,
+                vector,
+                encoded,
+            }) => {
+                state.retention.label(&mut entry);
+                if state.retention.needs_last_kept(&entry.path) {
+                    let (catalog, name) = (state.args.catalog.clone(), state.args.name.clone());
+                    let last = tokio::task::spawn_blocking(move || catalog.last_of_source(&name))
+                        .await
+                        .unwrap_or_default();
+                    state.retention.last_kept_is(last);
+                }
+                match state.retention.judge(&entry.path, &vector) {
+                    Verdict::Index => {}
+                    Verdict::Duplicate => {
+                        delete(entry.path).await;
+                        report(state);
+                        let _ = state.args.index.cast(IndexMsg::Discarded { encoded });
+                        return Ok(());
+                    }
+                    Verdict::Keep { keep_before } => {
+                        let pruned = keep_newest(&state.args, &entry.path, keep_before).await;
+                        state.retention.pruned(pruned);
+                        report(state);
+                    }
+                }
+                let picture = Outcome::Encoded {
+                    key,
+                    entry,
+                    vector,
+                    encoded,
+                };
+                let _ = state.args.index.cast(IndexMsg::Picture(picture));
             }
         }
         Ok(())
     }
 }
 
+/// Hands the camera's counters to the index actor, which publishes them in the status.
+fn report(state: &CameraState) {
+    let counts = state.retention.counts().clone();
+    let _ = state
+        .args
+        .index
+        .cast(IndexMsg::Camera(state.args.number, counts));
+}
+
+/// Deletes a near-duplicate frame (the capture's next scan sees it gone; it was never indexed).
+async fn delete(frame: PathBuf) {
+    let shown = frame.display().to_string();
+    let deleted = tokio::task::spawn_blocking(move || std::fs::remove_file(&frame)).await;
+    match deleted {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(frame = %shown, error = %e, "near-duplicate frame not deleted"),
+        Err(e) => warn!(frame = %shown, error = %e, "near-duplicate frame not deleted"),
+    }
+}
+
+/// Applies `keep_frames` once `kept` is known to stay: the frames polled before it beyond the
+/// newest `keep_before` are deleted (the capture's next scan takes them out of the index).
+/// Counting only frames older than a kept one means a frame still waiting for its
+/// near-duplicate check never pushes a kept frame out. Returns how many were deleted.
+async fn keep_newest(
+    args: &CameraArgs,
+    kept: &std::path::Path,
+    keep_before: Option<usize>,
+) -> usize {
+    let (Some(keep), Some(name)) = (
+        keep_before,
+        kept.file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string),
+    ) else {
+        return 0;
+    };
+    let folder = args.folder.clone();
+    let (deleted, problems) =
+        tokio::task::spawn_blocking(move || prune_frames(&folder, Some(&name), None, Some(keep)))
+            .await
+            .unwrap_or_default();
+    for problem in problems {
+        warn!(camera = %args.name, %problem, "pruning frames beyond keep_frames");
+    }
+    deleted
+}
+
 /// Deletes the frames polled longer ago than `keep_for`; returns how many. (The count limit
-/// is applied by the index when it keeps a frame: only then is it known which frames stay.)
+/// is applied when a frame is kept: only then is it known which frames stay.)
 async fn prune_old(args: &CameraArgs) -> usize {
     let Some(cutoff_ms) = args
         .keep_for
@@ -129,14 +251,14 @@ async fn prune_old(args: &CameraArgs) -> usize {
 
 /// Fetches a snapshot and saves it: written under a name the scan ignores, given the poll time
 /// as its modification time, then renamed, so the scan only ever sees complete frames.
-async fn poll(args: &CameraArgs) -> Result<PathBuf, String> {
+async fn poll(args: &CameraArgs) -> Result<PathBuf, DeviceError> {
     let polled = SystemTime::now();
     let bytes = fetch(&args.url, args.timeout, args.max_bytes).await?;
     let ext = picture_extension(&bytes).ok_or_else(|| {
-        format!(
+        DeviceError::Camera(format!(
             "the camera's answer is not a picture ({} bytes)",
             bytes.len()
-        )
+        ))
     })?;
     let ms = polled
         .duration_since(UNIX_EPOCH)
@@ -165,9 +287,11 @@ async fn poll(args: &CameraArgs) -> Result<PathBuf, String> {
         if saved.is_err() {
             let _ = std::fs::remove_file(&part);
         }
-        saved.map_err(|e| format!("saving the frame in {}: {e}", folder.display()))
+        saved.map_err(|e| {
+            DeviceError::Camera(format!("saving the frame in {}: {e}", folder.display()))
+        })
     })
     .await
-    .map_err(|e| format!("saving the frame: {e}"))?
+    .map_err(|e| DeviceError::Camera(format!("saving the frame: {e}")))?
     .inspect(|p| debug!(frame = %p.display(), "frame saved"))
 }

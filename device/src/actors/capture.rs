@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::image_encoder::ImageEncoderMsg;
 use super::index::IndexMsg;
-use crate::index::picture_key;
+use crate::index::CatalogReader;
 use crate::scan::{scan_folders, FileSeen};
 use crate::watch::FolderWatcher;
 
@@ -47,10 +47,12 @@ pub struct CaptureArgs {
     pub encoder: ActorRef<ImageEncoderMsg>,
     /// The index (told about queued and vanished pictures).
     pub index: ActorRef<IndexMsg>,
+    /// What is indexed already, read once at the first scan.
+    pub catalog: CatalogReader,
 }
 
 /// Size and modification time: what tells a changed file (the map's key is the path's
-/// [`picture_key`]).
+/// [`crate::index::picture_key`]).
 type Stamp = (u64, i64);
 
 fn stamp(f: &FileSeen) -> Stamp {
@@ -152,7 +154,8 @@ async fn scan(
     if !state.seeded {
         // What the persistent index already holds counts as queued: an unchanged picture is
         // never encoded again after a restart.
-        let known = ractor::call_t!(state.args.index, IndexMsg::Known, 60_000)?;
+        let catalog = state.args.catalog.clone();
+        let known = tokio::task::spawn_blocking(move || catalog.known()).await?;
         state
             .queued
             .extend(known.into_iter().map(|k| (k.key, (k.size, k.mtime_ns))));
@@ -173,7 +176,7 @@ async fn scan(
     let mut settling = 0;
     let mut present = HashSet::with_capacity(found.files.len() + found.unsupported.len());
     for seen in &found.files {
-        let key = picture_key(&seen.path);
+        let key = seen.key;
         present.insert(key);
         if !reencode && state.queued.get(&key) == Some(&stamp(seen)) {
             continue;
@@ -186,7 +189,7 @@ async fn scan(
     }
     let mut unsupported = Vec::new();
     for seen in &found.unsupported {
-        let key = picture_key(&seen.path);
+        let key = seen.key;
         present.insert(key);
         if state.queued.get(&key) != Some(&stamp(seen)) {
             state.queued.insert(key, stamp(seen));

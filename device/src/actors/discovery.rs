@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use edgeclip_link::{LinkActor, LinkArgs, LinkMsg};
 use edgeclip_messages::homeassistant::{
     all_config_topics, discovery_configs, DiscoveryOptions, HA_ONLINE,
@@ -19,14 +20,24 @@ use crate::error::DeviceError;
 
 /// How long `--uninstall-discovery` waits for the broker.
 const UNINSTALL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `--uninstall-discovery` asks the link whether it is connected yet: a local
+/// question, so often enough not to make a person wait.
+const UNINSTALL_POLL: Duration = Duration::from_millis(50);
+/// How long `--uninstall-discovery` waits for its empty configs to be sent and the link to
+/// disconnect: a few publishes and a round trip to the broker.
+const UNINSTALL_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the actor asks the link whether it is connected, to announce after each new
 /// connection: an in-process message, and a second is well within Home Assistant's patience.
 const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+/// How long the link may take to answer a question about its connection: it answers from
+/// memory at once; this guards against a stuck link (the check is then skipped, and made
+/// again at the next tick).
+const LINK_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Messages of the discovery actor.
 pub enum DiscoveryMsg {
     /// A payload on Home Assistant's status topic (`online` after it restarts).
-    HaStatus(Vec<u8>),
+    HaStatus(Bytes),
     /// Timer: announce if the link made a new connection since the last announcement.
     CheckConnection,
 }
@@ -81,8 +92,12 @@ impl Actor for DiscoveryActor {
                 }
             }
             DiscoveryMsg::CheckConnection => {
-                let connections = ractor::call_t!(state.args.link, LinkMsg::Connections, 1000)
-                    .unwrap_or(state.announced_for);
+                let connections = ractor::call_t!(
+                    state.args.link,
+                    LinkMsg::Connections,
+                    LINK_ANSWER_TIMEOUT.as_millis() as u64
+                )
+                .unwrap_or(state.announced_for);
                 if connections != state.announced_for {
                     announce(&state.args);
                     state.announced_for = connections;
@@ -123,7 +138,8 @@ pub async fn uninstall(config: &DeviceConfig) -> Result<usize, DeviceError> {
         .map_err(|e| DeviceError::Actor(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + UNINSTALL_CONNECT_TIMEOUT;
     loop {
-        if ractor::call_t!(link, LinkMsg::IsConnected, 2000).unwrap_or(false) {
+        let asked = LINK_ANSWER_TIMEOUT.as_millis() as u64;
+        if ractor::call_t!(link, LinkMsg::IsConnected, asked).unwrap_or(false) {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -133,13 +149,17 @@ pub async fn uninstall(config: &DeviceConfig) -> Result<usize, DeviceError> {
                 config.broker.url
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(UNINSTALL_POLL).await;
     }
     let topics = all_config_topics(&config.homeassistant.prefix, &config.device_id);
     for topic in &topics {
         edgeclip_link::publish(&link, topic.clone(), Vec::new(), true);
     }
-    let _ = ractor::call_t!(link, LinkMsg::Disconnect, 10_000);
+    let _ = ractor::call_t!(
+        link,
+        LinkMsg::Disconnect,
+        UNINSTALL_DISCONNECT_TIMEOUT.as_millis() as u64
+    );
     link.stop(None);
     let _ = handle.await;
     Ok(topics.len())

@@ -1,28 +1,34 @@
 //! [`ImageEncoderActor`]: decodes, preprocesses and encodes pictures, `workers` batches at a
 //! time (of the tower's batch, gathered from the pictures waiting), on its own threads at low
-//! priority (`workers.rs`; never on the async threads), and hands the vectors to the index.
+//! priority (`workers.rs`; never on the async threads), and hands each result on once: to the
+//! camera whose folder holds the picture, else to the index.
+//!
+//! A file is read and hashed first; a vector already computed for the same content (a copy, a
+//! rename) is looked up in the catalog directly ([`CatalogReader::reuse`]) and reused instead
+//! of encoding the picture again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use super::camera::CameraMsg;
 use super::index::IndexMsg;
 use crate::encode::ImageTower;
 use crate::error::DeviceError;
-use crate::index::Entry;
+use crate::index::{CatalogReader, Entry};
+use crate::metadata::Exif;
 use crate::preprocess::{DecodeLimits, PreprocessCfg};
 use crate::scan::FileSeen;
 use crate::workers::{Priority, Workers};
 
 /// Messages of the image encoder.
 pub enum ImageEncoderMsg {
-    /// Encode this picture and give the result to the index (reusing the vector of identical
-    /// content if the index has one).
+    /// Encode this picture (reusing the vector of identical content if there is one).
     Encode(FileSeen),
     /// Encode this picture again even if a vector of identical content exists (re-index).
     Reencode(FileSeen),
@@ -32,6 +38,83 @@ pub enum ImageEncoderMsg {
     /// to itself behind the messages already queued, so a batch gathers what is waiting and
     /// a lone picture waits for nothing.
     Flush,
+}
+
+/// What became of a picture the encoder was given.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its entry and unit vector.
+    Encoded {
+        /// [`crate::index::picture_key`] of its path, computed when the scan found it.
+        key: u64,
+        /// What the index keeps of it (no source: a camera labels its frames).
+        entry: Entry,
+        /// Its unit vector.
+        vector: Vec<f32>,
+        /// False when the vector was reused from a picture with the same content.
+        encoded: bool,
+    },
+    /// It could not be encoded.
+    Failed {
+        /// The picture.
+        path: PathBuf,
+        /// Why.
+        error: DeviceError,
+    },
+}
+
+impl Outcome {
+    fn path(&self) -> &Path {
+        match self {
+            Outcome::Encoded { entry, .. } => &entry.path,
+            Outcome::Failed { path, .. } => path,
+        }
+    }
+}
+
+/// A camera whose folder's pictures go to its actor.
+#[derive(Clone)]
+pub struct CameraRoute {
+    /// The camera's folder.
+    pub folder: PathBuf,
+    /// The camera's name.
+    pub name: String,
+    /// Its actor.
+    pub actor: ActorRef<CameraMsg>,
+}
+
+/// Where results go: the camera whose folder holds the picture, else the index.
+#[derive(Clone)]
+pub struct Destinations {
+    /// The index actor.
+    pub index: ActorRef<IndexMsg>,
+    /// The cameras.
+    pub cameras: Vec<CameraRoute>,
+}
+
+impl Destinations {
+    /// Hands one result on. A camera that has stopped (the device is shutting down) cannot
+    /// judge its frame: the frame is then indexed as a frame of that camera.
+    pub fn send(&self, outcome: Outcome) {
+        let camera = self
+            .cameras
+            .iter()
+            .find(|c| outcome.path().starts_with(&c.folder));
+        let outcome = match camera {
+            None => outcome,
+            Some(camera) => match camera.actor.cast(CameraMsg::Picture(outcome)) {
+                Ok(()) => return,
+                Err(MessagingErr::SendErr(CameraMsg::Picture(mut outcome))) => {
+                    if let Outcome::Encoded { entry, .. } = &mut outcome {
+                        crate::camera::frames::label(entry, &camera.name);
+                    }
+                    outcome
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = self.index.cast(IndexMsg::Picture(outcome));
+    }
 }
 
 /// Arguments of the image encoder.
@@ -48,8 +131,10 @@ pub struct ImageEncoderArgs {
     pub priority: Priority,
     /// Larger files are skipped without being read.
     pub max_file_bytes: u64,
+    /// Where vectors of identical content are looked up.
+    pub catalog: CatalogReader,
     /// Where results go.
-    pub index: ActorRef<IndexMsg>,
+    pub destinations: Destinations,
 }
 
 /// State of the image encoder.
@@ -137,26 +222,37 @@ async fn dispatch(state: &mut ImageEncoderState) -> Result<(), ActorProcessingEr
     let preprocess = state.args.preprocess.clone();
     let limits = state.args.limits;
     let max_file_bytes = state.args.max_file_bytes;
-    let index = state.args.index.clone();
+    let catalog = state.args.catalog.clone();
+    let to = state.args.destinations.clone();
     let threads = state.threads.clone();
     tokio::spawn(async move {
-        let mut to_encode = Vec::with_capacity(group.len());
-        for (seen, reuse) in group {
-            let path = seen.path.clone();
-            match read_or_reuse(seen, reuse, max_file_bytes, &index).await {
-                Ok(Read::Reused(entry, vector)) => {
-                    let _ = index.cast(IndexMsg::Insert {
-                        entry,
-                        vector,
-                        encoded: false,
-                    });
+        let read_paths: Vec<PathBuf> = group.iter().map(|(seen, _)| seen.path.clone()).collect();
+        // Reading, hashing and the reuse lookup on a blocking thread.
+        let read = tokio::task::spawn_blocking(move || {
+            group
+                .into_iter()
+                .map(|(seen, reuse)| {
+                    let path = seen.path.clone();
+                    (path, read_or_reuse(seen, reuse, max_file_bytes, &catalog))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut to_encode = Vec::new();
+        match read {
+            Ok(read) => {
+                for (path, read) in read {
+                    match read {
+                        Ok(Read::Reused(outcome)) => to.send(outcome),
+                        Ok(Read::Bytes(picture)) => to_encode.push(picture),
+                        Err(error) => to.send(Outcome::Failed { path, error }),
+                    }
                 }
-                Ok(Read::Bytes(picture)) => to_encode.push(picture),
-                Err(e) => {
-                    let _ = index.cast(IndexMsg::Failed {
-                        path,
-                        error: e.to_string(),
-                    });
+            }
+            Err(e) => {
+                for path in read_paths {
+                    let error = DeviceError::Actor(format!("reader crashed: {e}"));
+                    to.send(Outcome::Failed { path, error });
                 }
             }
         }
@@ -167,26 +263,11 @@ async fn dispatch(state: &mut ImageEncoderState) -> Result<(), ActorProcessingEr
                 .run(move || encode_group(to_encode, &tower, &preprocess, limits))
                 .await
             {
-                Ok(results) => {
-                    for (path, result) in results {
-                        let msg = match result {
-                            Ok((entry, vector)) => IndexMsg::Insert {
-                                entry,
-                                vector,
-                                encoded: true,
-                            },
-                            Err(e) => IndexMsg::Failed {
-                                path,
-                                error: e.to_string(),
-                            },
-                        };
-                        let _ = index.cast(msg);
-                    }
-                }
+                Ok(results) => results.into_iter().for_each(|r| to.send(r)),
                 Err(e) => {
                     for path in paths {
-                        let error = DeviceError::Actor(format!("encoder crashed: {e}")).to_string();
-                        let _ = index.cast(IndexMsg::Failed { path, error });
+                        let error = DeviceError::Actor(format!("encoder crashed: {e}"));
+                        to.send(Outcome::Failed { path, error });
                     }
                 }
             }
@@ -205,19 +286,19 @@ struct Picture {
 
 /// What reading a picture gave.
 enum Read {
-    /// The index has a vector for this content (renamed, moved, copied).
-    Reused(Entry, Vec<f32>),
+    /// A vector for this content exists already (renamed, moved, copied).
+    Reused(Outcome),
     /// The picture needs encoding.
     Bytes(Picture),
 }
 
-/// Reads and hashes the file (on a blocking thread) and reuses the vector of a picture with
-/// the same content if the index has one.
-async fn read_or_reuse(
+/// Reads and hashes the file and reuses the vector of a picture with the same content if the
+/// catalog has one. Blocking.
+fn read_or_reuse(
     seen: FileSeen,
     reuse: bool,
     max_file_bytes: u64,
-    index: &ActorRef<IndexMsg>,
+    catalog: &CatalogReader,
 ) -> Result<Read, DeviceError> {
     if seen.size > max_file_bytes {
         return Err(DeviceError::Decode(format!(
@@ -225,21 +306,9 @@ async fn read_or_reuse(
             seen.size
         )));
     }
-    let path = seen.path.clone();
-    let (bytes, hash) = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|e| DeviceError::io(&path, e))?;
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        Ok::<_, DeviceError>((bytes, hash))
-    })
-    .await
-    .map_err(|e| DeviceError::Actor(format!("reader crashed: {e}")))??;
-    let reused = if reuse {
-        ractor::call_t!(index, IndexMsg::Reuse, REUSE_TIMEOUT_MS, hash)
-            .ok()
-            .flatten()
-    } else {
-        None
-    };
+    let bytes = std::fs::read(&seen.path).map_err(|e| DeviceError::io(&seen.path, e))?;
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    let reused = if reuse { catalog.reuse(&hash) } else { None };
     if let Some((old, vector)) = reused {
         debug!(path = %seen.path.display(), from = %old.path.display(), "same content already encoded; vector reused");
         let entry = Entry {
@@ -247,19 +316,18 @@ async fn read_or_reuse(
             size: bytes.len() as u64,
             mtime_ns: seen.mtime_ns,
             hash,
+            source: Box::default(),
             ..old
         };
-        return Ok(Read::Reused(entry, vector));
+        return Ok(Read::Reused(Outcome::Encoded {
+            key: seen.key,
+            entry,
+            vector,
+            encoded: false,
+        }));
     }
     Ok(Read::Bytes(Picture { seen, bytes, hash }))
 }
-
-/// How long the index may take to look up a content hash (in memory; this only guards
-/// against a stuck actor).
-const REUSE_TIMEOUT_MS: u64 = 10_000;
-
-/// A picture's index entry and vector, or why it has none.
-type Encoded = Result<(Entry, Vec<f32>), DeviceError>;
 
 /// Decodes and preprocesses each picture, then encodes those that decoded in batches of the
 /// tower's batch (on an encoder thread). A picture that fails to decode is reported alone; if a
@@ -269,16 +337,17 @@ fn encode_group(
     tower: &ImageTower,
     preprocess: &PreprocessCfg,
     limits: DecodeLimits,
-) -> Vec<(PathBuf, Encoded)> {
+) -> Vec<Outcome> {
     let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(group.len());
     let mut decoded = Vec::with_capacity(group.len());
     for Picture { seen, bytes, hash } in group {
-        // Large JPEGs are decoded at a reduced scale (DCT scaling); width and height are the full ones.
-        match preprocess.picture(&bytes, limits) {
+        // One parse of the EXIF block: the orientation for the decoder, the capture time.
+        let exif = Exif::read(&bytes);
+        // Large JPEGs are decoded at a reduced scale (DCT scaling); width and height are the
+        // full ones.
+        match preprocess.picture_oriented(&bytes, limits, exif.orientation) {
             Ok((tensor, (width, height))) => {
-                let taken_s = crate::metadata::exif_capture_time(&bytes)
-                    .unwrap_or(seen.mtime_ns / 1_000_000_000);
                 let entry = Entry {
                     path: seen.path,
                     size: bytes.len() as u64,
@@ -286,31 +355,46 @@ fn encode_group(
                     hash,
                     width,
                     height,
-                    taken_s,
+                    taken_s: exif.taken_s.unwrap_or(seen.mtime_ns / 1_000_000_000),
                     source: Box::default(),
                 };
-                decoded.push((entry, tensor));
+                decoded.push(((seen.key, entry), tensor));
             }
-            Err(e) => results.push((seen.path, Err(e))),
+            Err(error) => results.push(Outcome::Failed {
+                path: seen.path,
+                error,
+            }),
         }
     }
     let decoding = started.elapsed();
-    let (entries, tensors): (Vec<Entry>, Vec<Vec<f32>>) = decoded.into_iter().unzip();
+    let (pictures, tensors): (Vec<(u64, Entry)>, Vec<Vec<f32>>) = decoded.into_iter().unzip();
     let batched = if tensors.len() > 1 {
-        tower.encode_batch(tensors.clone()).ok()
+        tower.encode_batch(&tensors).ok()
     } else {
         None
     };
+    let encoded = |(key, entry): (u64, Entry), vector: Result<Vec<f32>, DeviceError>| match vector {
+        Ok(vector) => Outcome::Encoded {
+            key,
+            entry,
+            vector,
+            encoded: true,
+        },
+        Err(error) => Outcome::Failed {
+            path: entry.path,
+            error,
+        },
+    };
     match batched {
         Some(vectors) => results.extend(
-            entries
+            pictures
                 .into_iter()
                 .zip(vectors)
-                .map(|(entry, v)| (entry.path.clone(), Ok((entry, v)))),
+                .map(|(picture, v)| encoded(picture, Ok(v))),
         ),
         None => {
-            for (entry, tensor) in entries.into_iter().zip(tensors) {
-                results.push((entry.path.clone(), tower.encode(tensor).map(|v| (entry, v))));
+            for (picture, tensor) in pictures.into_iter().zip(tensors) {
+                results.push(encoded(picture, tower.encode(tensor)));
             }
         }
     }

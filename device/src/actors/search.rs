@@ -1,7 +1,11 @@
 //! [`SearchActor`]: the search coordinator. Takes a search (from the dashboard topic or a
-//! caller), asks the cloud for the text vector with a timeout, has the index rank, answers.
-//! It also answers fleet queries: a text vector the cloud encoded once for every device,
-//! ranked through the same index path as the vector of the device's own search.
+//! caller), asks the cloud for the text vector with a timeout, ranks, answers. It also answers
+//! fleet queries: a text vector the cloud encoded once for every device, ranked through the
+//! same path as the vector of the device's own search.
+//!
+//! Rankings, "more like this", near-duplicate groups and exports read the catalog directly
+//! ([`CatalogReader`]) on a blocking thread ([`off_actor`]) and come back to the actor as a
+//! message: no search waits for the index actor, and a slow one never holds up the others.
 //!
 //! A request the cloud has not answered after `cloud_retry` is sent once more, unchanged
 //! (same request id: encoding is idempotent, and whichever reply comes first is used). A
@@ -12,6 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use edgeclip_link::LinkMsg;
 use edgeclip_messages::dashboard::{
     Hit, SearchError, SearchMode, SearchRequest, SearchResponse, SearchResults,
@@ -19,37 +24,98 @@ use edgeclip_messages::dashboard::{
 use edgeclip_messages::request_id::RequestIds;
 use edgeclip_messages::topics;
 use edgeclip_messages::wire::{
-    self, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody, EncodeReply, EncodeRequest,
-    FleetAnswer, FleetBody, FleetQuery, Kind, RankReply, RankRequest, Received,
+    self, validate_vector, vector_view, ArchivedErrorCode, ArchivedRankBody, ArchivedReplyBody,
+    ArchivedTextVector, EncodeReply, EncodeRequest, FleetAnswer, FleetBody, FleetQuery, Kind,
+    RankReply, RankRequest, Received,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use super::index::{IndexMsg, Models, Query, Ranking};
-use crate::index::Filter;
-
-/// How long the index may take to rank (it is in-process and fast; this only guards
-/// against a stuck actor).
-const RANK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the index may take to group near-duplicates: O(n²) comparisons, bounded by
-/// `search.max_duplicate_pictures` (5,000 pictures: ~12.5 million 512-d dot products, a few
-/// seconds on a Raspberry Pi 4).
-const DUPLICATES_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::error::DeviceError;
+use crate::index::{CatalogReader, Export, Filter, Models, Ranking};
 
 /// Messages of the search actor.
 pub enum SearchMsg {
     /// A payload from the device's search topic (text or JSON).
-    Payload(Vec<u8>),
+    Payload(Bytes),
     /// A search from inside the process; the answer also goes to the results topic.
     Search(SearchRequest, Option<RpcReplyPort<SearchResponse>>),
     /// A payload from the cloud reply topic.
-    CloudReply(Vec<u8>),
+    CloudReply(Bytes),
     /// A payload from the device's fleet query topic: a fleet search's text vector.
-    FleetQuery(Vec<u8>),
+    FleetQuery(Bytes),
     /// Timer: send the request again if the cloud has not answered yet.
     Retry(u64),
     /// Timer: the cloud did not answer this request in time.
     Timeout(u64),
+    /// A search answered off the actor (a ranking, "more like this", duplicates).
+    Answer(Option<RpcReplyPort<SearchResponse>>, SearchResponse),
+    /// The export of a server-ranked search, made off the actor: send it to the cloud.
+    Exported(Box<Asked>, Result<Export, DeviceError>),
+    /// A fleet query ranked off the actor: answer the worker that asked.
+    FleetRanked {
+        /// The fleet search's request id.
+        request_id: u64,
+        /// The worker's answer topic.
+        reply_to: String,
+        /// The hits, or why not.
+        ranked: Result<Ranking, DeviceError>,
+    },
+}
+
+/// The frames of a request to the cloud: (chunk number, topic, frame).
+type Frames = Vec<(u32, &'static str, Vec<u8>)>;
+
+/// A search as asked, before its request is sent.
+pub struct Asked {
+    request_id: u64,
+    id: String,
+    request: SearchRequest,
+    k: usize,
+    filter: Filter,
+    port: Option<RpcReplyPort<SearchResponse>>,
+}
+
+/// A validated frame from the cloud that carries a text vector, ranked in place: the reply to
+/// this device's own encode request, or a fleet query (the vector of a fleet search, encoded
+/// once for every device).
+pub enum Query {
+    /// The answer to the device's encode request.
+    Encoded(Received<EncodeReply>),
+    /// A fleet search's vector.
+    Fleet(Received<FleetQuery>),
+}
+
+impl Query {
+    /// The text vector, if the frame holds one.
+    fn text_vector(&self) -> Option<&ArchivedTextVector> {
+        match self {
+            Query::Encoded(reply) => match &reply.get().body {
+                ArchivedReplyBody::Vector(v) => Some(v),
+                ArchivedReplyBody::Error(_) => None,
+            },
+            Query::Fleet(query) => Some(&query.get().vector),
+        }
+    }
+
+    /// Ranks directly on the archived vector of the frame: no copy, no deserialisation. The
+    /// vector is ranked by the index of its model (see [`crate::index::Indexes::for_model`]).
+    fn rank(
+        &self,
+        catalog: &CatalogReader,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Ranking, DeviceError> {
+        let Some(text) = self.text_vector() else {
+            return Err(DeviceError::Search(
+                "the cloud's reply holds no vector".into(),
+            ));
+        };
+        let query = vector_view(&text.vector);
+        validate_vector(&query)
+            .map_err(|e| DeviceError::Search(format!("the cloud's vector is unusable: {e}")))?;
+        catalog.rank(text.model.as_str(), &query, k, filter)
+    }
 }
 
 /// Arguments of the search actor.
@@ -73,8 +139,8 @@ pub struct SearchArgs {
     pub max_reply_bytes: usize,
     /// The MQTT link.
     pub link: ActorRef<LinkMsg>,
-    /// The index.
-    pub index: ActorRef<IndexMsg>,
+    /// The indexes, read directly.
+    pub catalog: CatalogReader,
     /// Who ranks when a search does not say.
     pub default_mode: SearchMode,
     /// Vectors per server-ranked chunk.
@@ -102,8 +168,8 @@ struct Pending {
     port: Option<RpcReplyPort<SearchResponse>>,
     /// Set for a server-ranked search (method B).
     server: Option<ServerRanked>,
-    /// The frames sent (chunk number, topic, frame), kept until the retry.
-    resend: Vec<(u32, &'static str, Vec<u8>)>,
+    /// The frames sent, kept until the retry.
+    resend: Frames,
 }
 
 /// A server-ranked search in flight: the chunks sent and the hits merged so far.
@@ -151,7 +217,7 @@ impl Actor for SearchActor {
         match msg {
             SearchMsg::Payload(bytes) => {
                 match SearchRequest::parse(&bytes, state.args.max_text_bytes) {
-                    Ok(request) => start(&myself, state, request, None).await,
+                    Ok(request) => start(&myself, state, request, None),
                     Err(e) => {
                         warn!(error = %e, "search refused");
                         let id = json_id(&bytes).unwrap_or_default();
@@ -166,9 +232,25 @@ impl Actor for SearchActor {
                     }
                 }
             }
-            SearchMsg::Search(request, port) => start(&myself, state, request, port).await,
-            SearchMsg::CloudReply(bytes) => on_cloud_reply(&myself, state, bytes).await,
-            SearchMsg::FleetQuery(bytes) => on_fleet_query(state, &bytes).await,
+            SearchMsg::Search(request, port) => start(&myself, state, request, port),
+            SearchMsg::CloudReply(bytes) => on_cloud_reply(&myself, state, bytes),
+            SearchMsg::FleetQuery(bytes) => on_fleet_query(&myself, state, &bytes),
+            SearchMsg::Answer(port, response) => answer(state, port, response),
+            SearchMsg::Exported(asked, export) => on_export(&myself, state, *asked, export),
+            SearchMsg::FleetRanked {
+                request_id,
+                reply_to,
+                ranked,
+            } => {
+                let body = match ranked {
+                    Ok(Ranking { mut hits, .. }) => {
+                        add_thumb_urls(state, &mut hits);
+                        FleetBody::Hits(hits)
+                    }
+                    Err(error) => FleetBody::Error(error.to_string()),
+                };
+                answer_fleet(state, request_id, reply_to, body);
+            }
             SearchMsg::Retry(request_id) => {
                 if let Some(p) = state.pending.get_mut(&request_id) {
                     let resend = std::mem::take(&mut p.resend);
@@ -209,7 +291,7 @@ impl Actor for SearchActor {
     }
 }
 
-async fn start(
+fn start(
     myself: &ActorRef<SearchMsg>,
     state: &mut SearchState,
     request: SearchRequest,
@@ -225,149 +307,168 @@ async fn start(
         .unwrap_or(state.args.default_k)
         .min(state.args.max_k);
     let filter = request.filter.clone();
+    let catalog = state.args.catalog.clone();
     if let Some(threshold) = request.duplicates {
         // Near-duplicate groups: the device compares its own vectors; no cloud round trip.
         let started = Instant::now();
         let max = state.args.max_duplicate_pictures;
-        let grouped = ractor::call_t!(
-            state.args.index,
-            |port| IndexMsg::Duplicates {
-                threshold,
-                k,
-                filter,
-                max,
-                port
-            },
-            DUPLICATES_TIMEOUT.as_millis() as u64
-        );
         let text = if request.text.is_empty() {
             format!("duplicates at {threshold}")
         } else {
             request.text.clone()
         };
-        let response = match grouped {
-            Ok(Ok((model, groups))) => SearchResponse::Results(SearchResults {
-                id,
-                text,
-                model,
-                took_ms: started.elapsed().as_millis() as u64,
-                hits: Vec::new(),
-                partial: false,
-                groups,
-            }),
-            Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
-            Err(e) => SearchResponse::Error(SearchError {
-                id,
-                error: format!("index did not answer: {e}"),
-            }),
-        };
-        answer(state, port, response);
+        off_actor(
+            myself,
+            move || catalog.duplicates(threshold, k, &filter, max),
+            move |grouped| {
+                let response = match grouped {
+                    Ok(found) => SearchResponse::Results(SearchResults {
+                        id,
+                        text,
+                        model: found.model,
+                        took_ms: started.elapsed().as_millis() as u64,
+                        hits: Vec::new(),
+                        partial: false,
+                        groups: found.groups,
+                    }),
+                    Err(e) => SearchResponse::Error(SearchError {
+                        id,
+                        error: e.to_string(),
+                    }),
+                };
+                SearchMsg::Answer(port, response)
+            },
+        );
         return;
     }
     if let Some(like) = &request.like {
         // Image to image: the device has the vectors already; no cloud round trip.
         let started = Instant::now();
         let path = PathBuf::from(like);
-        let ranked = ractor::call_t!(
-            state.args.index,
-            |port| IndexMsg::Like {
-                path,
-                k,
-                filter,
-                port
-            },
-            RANK_TIMEOUT.as_millis() as u64
-        );
-        let ranked: Result<Result<Ranking, String>, _> = ranked;
         let text = if request.text.is_empty() {
             format!("like {like}")
         } else {
             request.text.clone()
         };
-        let response = respond(ranked, id, text, started);
-        answer(state, port, response);
+        off_actor(
+            myself,
+            move || catalog.like(&path, k, &filter),
+            move |ranked| SearchMsg::Answer(port, respond(ranked, id, text, started)),
+        );
         return;
     }
-    let reply_to = topics::cloud_reply(&state.args.device_id);
-    let mut server = None;
-    let model = state.args.models.borrow().serving.clone();
-    let sent = if request.mode.unwrap_or(state.args.default_mode) == SearchMode::Server {
+    let asked = Asked {
+        request_id,
+        id,
+        request,
+        k,
+        filter,
+        port,
+    };
+    if asked.request.mode.unwrap_or(state.args.default_mode) == SearchMode::Server {
         // Method B: the text and the (int8) vectors go to the cloud, which ranks.
         let (chunk_vectors, max_vectors) = (
             state.args.server_chunk_vectors,
             state.args.max_server_vectors,
         );
-        let f = filter.clone();
-        let export = ractor::call_t!(
-            state.args.index,
-            |port| IndexMsg::Export {
-                filter: f,
-                chunk_vectors,
-                max_vectors,
-                port
-            },
-            RANK_TIMEOUT.as_millis() as u64
+        let f = asked.filter.clone();
+        off_actor(
+            myself,
+            move || catalog.export(&f, chunk_vectors, max_vectors),
+            move |export| SearchMsg::Exported(Box::new(asked), export),
         );
-        match export {
-            Ok(Ok(export)) if export.chunks.is_empty() => {
-                let empty = SearchResults {
-                    id,
-                    text: request.text,
-                    model: export.model,
-                    took_ms: 0,
-                    hits: Vec::new(),
-                    partial: false,
-                    groups: Vec::new(),
-                };
-                answer(state, port, SearchResponse::Results(empty));
-                return;
-            }
-            Ok(Ok(export)) => {
-                let chunks = export.chunks.len() as u32;
-                let mut frames = Vec::new();
-                for (chunk, (ids, scales, codes)) in export.chunks.into_iter().enumerate() {
-                    frames.push(wire::encode(&RankRequest {
-                        request_id,
-                        reply_to: reply_to.clone(),
-                        model: export.model.clone(),
-                        text: request.text.clone(),
-                        k: k as u32,
-                        chunk: chunk as u32,
-                        chunks,
-                        dim: export.dim as u32,
-                        ids,
-                        scales,
-                        codes,
-                    }));
-                }
-                server = Some(ServerRanked {
-                    model: export.model,
-                    pictures: export.pictures,
-                    chunks,
-                    received: Default::default(),
-                    hits: Vec::new(),
-                });
-                frames
-                    .into_iter()
-                    .enumerate()
-                    .map(|(chunk, f)| f.map(|f| (chunk as u32, topics::CLOUD_RANK, f)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("index did not answer: {e}")),
-        }
-    } else {
-        let request = EncodeRequest {
-            request_id,
-            reply_to,
-            model: model.clone(),
-            text: request.text.clone(),
-        };
-        wire::encode(&request)
-            .map(|f| vec![(0, topics::CLOUD_ENCODE, f)])
-            .map_err(|e| e.to_string())
+        return;
+    }
+    let model = state.args.models.borrow().serving.clone();
+    let request = EncodeRequest {
+        request_id,
+        reply_to: topics::cloud_reply(&state.args.device_id),
+        model: model.clone(),
+        text: asked.request.text.clone(),
     };
+    let sent = wire::encode(&request)
+        .map(|f| vec![(0, topics::CLOUD_ENCODE, f)])
+        .map_err(DeviceError::from);
+    send(myself, state, asked, model, sent, None);
+}
+
+/// Sends a server-ranked search's chunks once its export is made.
+fn on_export(
+    myself: &ActorRef<SearchMsg>,
+    state: &mut SearchState,
+    asked: Asked,
+    export: Result<Export, DeviceError>,
+) {
+    let model = state.args.models.borrow().serving.clone();
+    let export = match export {
+        Ok(export) => export,
+        Err(e) => return send(myself, state, asked, model, Err(e), None),
+    };
+    if export.chunks.is_empty() {
+        let empty = SearchResults {
+            id: asked.id,
+            text: asked.request.text,
+            model: export.model,
+            took_ms: 0,
+            hits: Vec::new(),
+            partial: false,
+            groups: Vec::new(),
+        };
+        answer(state, asked.port, SearchResponse::Results(empty));
+        return;
+    }
+    let reply_to = topics::cloud_reply(&state.args.device_id);
+    let chunks = export.chunks.len() as u32;
+    let mut frames = Vec::new();
+    for (chunk, (ids, scales, codes)) in export.chunks.into_iter().enumerate() {
+        frames.push(wire::encode(&RankRequest {
+            request_id: asked.request_id,
+            reply_to: reply_to.clone(),
+            model: export.model.clone(),
+            text: asked.request.text.clone(),
+            k: asked.k as u32,
+            chunk: chunk as u32,
+            chunks,
+            dim: export.dim as u32,
+            ids,
+            scales,
+            codes,
+        }));
+    }
+    let server = ServerRanked {
+        model: export.model,
+        pictures: export.pictures,
+        chunks,
+        received: Default::default(),
+        hits: Vec::new(),
+    };
+    let sent = frames
+        .into_iter()
+        .enumerate()
+        .map(|(chunk, f)| f.map(|f| (chunk as u32, topics::CLOUD_RANK, f)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DeviceError::from);
+    send(myself, state, asked, model, sent, Some(server));
+}
+
+/// Publishes a search's frames to the cloud (or answers its error), and waits for the reply
+/// with a retry and a timeout.
+fn send(
+    myself: &ActorRef<SearchMsg>,
+    state: &mut SearchState,
+    asked: Asked,
+    model: String,
+    sent: Result<Frames, DeviceError>,
+    server: Option<ServerRanked>,
+) {
+    let Asked {
+        request_id,
+        id,
+        request,
+        k,
+        filter,
+        port,
+    } = asked;
     let mut resend = Vec::new();
     match sent {
         Ok(frames) => {
@@ -379,7 +480,8 @@ async fn start(
                 edgeclip_link::publish(&state.args.link, topic.to_string(), frame, false);
             }
         }
-        Err(error) => {
+        Err(e) => {
+            let error = e.to_string();
             answer(
                 state,
                 port,
@@ -407,6 +509,22 @@ async fn start(
     }
     myself.send_after(state.args.cloud_timeout, move || {
         SearchMsg::Timeout(request_id)
+    });
+}
+
+/// Runs `work` (reads of the catalog, under its read lock) on a blocking thread and sends the
+/// message `then` makes of its result back to the actor, which meanwhile handles others.
+fn off_actor<T: Send + 'static>(
+    myself: &ActorRef<SearchMsg>,
+    work: impl FnOnce() -> Result<T, DeviceError> + Send + 'static,
+    then: impl FnOnce(Result<T, DeviceError>) -> SearchMsg + Send + 'static,
+) {
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|e| Err(DeviceError::Worker(format!("index did not answer: {e}"))));
+        let _ = myself.cast(then(result));
     });
 }
 
@@ -505,7 +623,7 @@ fn on_rank_reply(state: &mut SearchState, bytes: &[u8]) {
     answer(state, p.port, response);
 }
 
-async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, bytes: Vec<u8>) {
+fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, bytes: Bytes) {
     if Kind::of(&bytes) == Some(Kind::RankReply) {
         on_rank_reply(state, &bytes);
         return;
@@ -523,7 +641,7 @@ async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, b
         return;
     };
     let building = state.args.models.borrow().building.clone();
-    let response = match &reply.get().body {
+    let refused = match &reply.get().body {
         ArchivedReplyBody::Error(f)
             if f.code == ArchivedErrorCode::ModelMismatch
                 && building.as_ref().is_some_and(|b| *b != p.model) =>
@@ -535,27 +653,32 @@ async fn on_cloud_reply(myself: &ActorRef<SearchMsg>, state: &mut SearchState, b
             ask_again(myself, state, p, model);
             return;
         }
-        ArchivedReplyBody::Error(f) => SearchResponse::Error(SearchError {
-            id: p.id.clone(),
-            error: format!("the cloud refused the search ({:?}): {}", f.code, f.message),
-        }),
-        ArchivedReplyBody::Vector(_) => {
-            let filter = p.filter.clone();
-            let query = Query::Encoded(reply);
-            let ranked = ractor::call_t!(
-                state.args.index,
-                |port| IndexMsg::Rank {
-                    query,
-                    k: p.k,
-                    filter,
-                    port
-                },
-                RANK_TIMEOUT.as_millis() as u64
-            );
-            respond(ranked, p.id.clone(), p.text.clone(), p.started)
-        }
+        ArchivedReplyBody::Error(f) => Some(format!(
+            "the cloud refused the search ({:?}): {}",
+            f.code, f.message
+        )),
+        ArchivedReplyBody::Vector(_) => None,
     };
-    answer(state, p.port, response);
+    if let Some(error) = refused {
+        let response = SearchResponse::Error(SearchError { id: p.id, error });
+        answer(state, p.port, response);
+        return;
+    }
+    let (catalog, query) = (state.args.catalog.clone(), Query::Encoded(reply));
+    let Pending {
+        id,
+        text,
+        k,
+        filter,
+        started,
+        port,
+        ..
+    } = p;
+    off_actor(
+        myself,
+        move || query.rank(&catalog, k, &filter),
+        move |ranked| SearchMsg::Answer(port, respond(ranked, id, text, started)),
+    );
 }
 
 /// Sends a pending search's text again under a new request id, asking for `model`'s vector
@@ -604,9 +727,9 @@ fn ask_again(myself: &ActorRef<SearchMsg>, state: &mut SearchState, mut p: Pendi
     });
 }
 
-/// Ranks a fleet search's vector through the same index path as the device's own searches
-/// and answers the worker that asked. A query without a trustworthy reply topic is dropped.
-async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
+/// Ranks a fleet search's vector through the same path as the device's own searches and
+/// answers the worker that asked. A query without a trustworthy reply topic is dropped.
+fn on_fleet_query(myself: &ActorRef<SearchMsg>, state: &mut SearchState, bytes: &[u8]) {
     let query = match Received::<FleetQuery>::decode(bytes, state.args.max_reply_bytes) {
         Ok(q) => q,
         Err(e) => {
@@ -620,32 +743,26 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
         warn!(error = %e, "fleet query with an unusable reply topic ignored");
         return;
     }
-    let checked = q.validate();
     let k = (q.k.to_native() as usize).min(state.args.max_k);
-    let body = match checked {
-        Err(e) => FleetBody::Error(format!("bad fleet query: {e}")),
-        Ok(()) => {
-            let query = Query::Fleet(query);
-            let ranked = ractor::call_t!(
-                state.args.index,
-                |port| IndexMsg::Rank {
-                    query,
-                    k,
-                    filter: Filter::default(),
-                    port
-                },
-                RANK_TIMEOUT.as_millis() as u64
-            );
-            match ranked {
-                Ok(Ok(Ranking { mut hits, .. })) => {
-                    add_thumb_urls(state, &mut hits);
-                    FleetBody::Hits(hits)
-                }
-                Ok(Err(error)) => FleetBody::Error(error),
-                Err(e) => FleetBody::Error(format!("index did not answer: {e}")),
-            }
-        }
-    };
+    if let Err(e) = q.validate() {
+        let body = FleetBody::Error(format!("bad fleet query: {e}"));
+        answer_fleet(state, request_id, reply_to, body);
+        return;
+    }
+    let (catalog, query) = (state.args.catalog.clone(), Query::Fleet(query));
+    off_actor(
+        myself,
+        move || query.rank(&catalog, k, &Filter::default()),
+        move |ranked| SearchMsg::FleetRanked {
+            request_id,
+            reply_to,
+            ranked,
+        },
+    );
+}
+
+/// Publishes a fleet answer to the worker that asked.
+fn answer_fleet(state: &SearchState, request_id: u64, reply_to: String, body: FleetBody) {
     match wire::encode(&FleetAnswer {
         request_id,
         device: state.args.device_id.clone(),
@@ -656,19 +773,19 @@ async fn on_fleet_query(state: &mut SearchState, bytes: &[u8]) {
     }
 }
 
-/// The answer to a search from the index's ranking.
-fn respond<E: std::fmt::Display>(
-    ranked: Result<Result<Ranking, String>, E>,
+/// The answer to a search from a ranking.
+fn respond(
+    ranked: Result<Ranking, DeviceError>,
     id: String,
     text: String,
     started: Instant,
 ) -> SearchResponse {
     match ranked {
-        Ok(Ok(Ranking {
+        Ok(Ranking {
             model,
             hits,
             partial,
-        })) => SearchResponse::Results(SearchResults {
+        }) => SearchResponse::Results(SearchResults {
             id,
             text,
             model,
@@ -677,10 +794,9 @@ fn respond<E: std::fmt::Display>(
             partial,
             groups: Vec::new(),
         }),
-        Ok(Err(error)) => SearchResponse::Error(SearchError { id, error }),
         Err(e) => SearchResponse::Error(SearchError {
             id,
-            error: format!("index did not answer: {e}"),
+            error: e.to_string(),
         }),
     }
 }

@@ -14,20 +14,34 @@ use tracing::{error, info, warn};
 use super::camera::{CameraActor, CameraArgs, CameraMsg};
 use super::capture::{CaptureActor, CaptureArgs, CaptureMsg};
 use super::discovery::{DiscoveryActor, DiscoveryArgs, DiscoveryMsg};
-use super::image_encoder::{ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg};
-use super::index::{CameraSpec, IndexActor, IndexArgs, IndexMsg, Models};
+use super::image_encoder::{
+    CameraRoute, Destinations, ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg,
+};
+use super::index::{IndexActor, IndexArgs, IndexMsg};
 use super::search::{SearchActor, SearchArgs, SearchMsg};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
+use crate::error::DeviceError;
 use crate::http::{HttpContext, HttpServer};
+use crate::index::{Catalog, Layout};
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
-use crate::reindex::Layout;
+use crate::progress::Identity;
 
 /// How long shutdown waits for pictures being encoded: one picture on a slow board.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long an actor may take to stop.
+/// The encoder answers a drain at [`DRAIN_TIMEOUT`] at the latest; this long more for its
+/// answer to arrive.
+const DRAIN_ANSWER_SLACK: Duration = Duration::from_secs(1);
+/// How long an actor may take to stop: the handler it is in finishes first (a journal write,
+/// a camera's poll), which takes moments; a stuck actor must not hold up the shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the link may take to disconnect cleanly (send DISCONNECT, so the broker does not
+/// publish the last will): a round trip to the broker, with room for a slow network.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much longer than the cloud's timeout an HTTP search may wait for its answer: the
+/// search actor answers at the cloud timeout at the latest; this covers ranking and queues.
+const HTTP_SEARCH_SLACK: Duration = Duration::from_secs(2);
 
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
@@ -133,7 +147,7 @@ impl Actor for DeviceSupervisor {
             config.search.vectors,
         );
         let opened = tokio::task::spawn_blocking(move || {
-            crate::reindex::open(&store_layout, &store_model, store_dim, precision)
+            crate::index::reindex::open(&store_layout, &store_model, store_dim, precision)
         })
         .await??;
         let ((store, mut index), mut building, report) =
@@ -164,38 +178,54 @@ impl Actor for DeviceSupervisor {
             );
         }
         info!(pictures = report.pictures, replayed = report.replayed, vectors = ?index.precision(), "index opened");
-        let models = Models {
-            serving: index.model().to_string(),
-            building: building.as_ref().map(|(_, b)| b.model().to_string()),
-        };
-        let (models_tx, models_rx) = tokio::sync::watch::channel(models);
+        let catalog = Catalog::new((store, index), building, layout);
+        let reader = catalog.reader();
+        let (models_tx, models_rx) = tokio::sync::watch::channel(catalog.models());
         let index_args = IndexArgs {
-            encoder_batch: tower.batch(),
-            building,
-            layout,
-            models: models_tx,
-            cameras: config
-                .cameras
-                .iter()
-                .map(|c| CameraSpec {
-                    name: c.name.clone(),
-                    folder: c.folder.clone(),
-                    duplicate_threshold: c.duplicate_threshold,
-                    keep_frames: c.keep_frames,
-                })
-                .collect(),
-            index,
-            store,
-            device_id: device.clone(),
-            folders: config
-                .folders
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect(),
+            catalog,
+            identity: Identity {
+                device_id: device.clone(),
+                folders: config
+                    .folders
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect(),
+                encoder_batch: tower.batch(),
+            },
+            cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
             status_interval: Duration::from_millis(config.status.interval_ms),
             link: link.clone(),
+            models: models_tx,
         };
         let (index, _) = Actor::spawn_linked(None, IndexActor, index_args, cell.clone()).await?;
+        // Cameras before the encoder, which hands them their frames; they start polling once
+        // the capture they announce frames to exists.
+        let mut cameras = Vec::new();
+        let mut routes = Vec::new();
+        for (number, cam) in config.cameras.iter().enumerate() {
+            let args = CameraArgs {
+                number,
+                name: cam.name.clone(),
+                url: crate::camera::CameraUrl::parse(&cam.url)?,
+                interval: Duration::from_millis(cam.interval_ms),
+                timeout: Duration::from_millis(cam.timeout_ms),
+                max_bytes: (cam.max_frame_mib << 20) as usize,
+                folder: cam.folder.clone(),
+                keep_for: (cam.keep_days > 0)
+                    .then(|| Duration::from_secs(u64::from(cam.keep_days) * 86_400)),
+                keep_frames: cam.keep_frames,
+                duplicate_threshold: cam.duplicate_threshold,
+                index: index.clone(),
+                catalog: reader.clone(),
+            };
+            let (camera, _) = Actor::spawn_linked(None, CameraActor, args, cell.clone()).await?;
+            routes.push(CameraRoute {
+                folder: cam.folder.clone(),
+                name: cam.name.clone(),
+                actor: camera.clone(),
+            });
+            cameras.push(camera);
+        }
         let encoder_args = ImageEncoderArgs {
             tower,
             preprocess: model.preprocess.clone(),
@@ -206,7 +236,11 @@ impl Actor for DeviceSupervisor {
             workers: config.encoder.workers,
             priority: config.encoder.priority,
             max_file_bytes: config.encoder.max_file_mib << 20,
-            index: index.clone(),
+            catalog: reader.clone(),
+            destinations: Destinations {
+                index: index.clone(),
+                cameras: routes,
+            },
         };
         let (encoder, _) =
             Actor::spawn_linked(None, ImageEncoderActor, encoder_args, cell.clone()).await?;
@@ -233,7 +267,7 @@ impl Actor for DeviceSupervisor {
             max_text_bytes: config.search.max_text_bytes,
             max_reply_bytes: config.broker.max_packet_bytes,
             link: link.clone(),
-            index: index.clone(),
+            catalog: reader.clone(),
             default_mode: config.search.mode,
             // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
             server_chunk_vectors: config.search.server_chunk_vectors.min(
@@ -256,11 +290,11 @@ impl Actor for DeviceSupervisor {
         let mut folders = config.folders.clone();
         for cam in &config.cameras {
             std::fs::create_dir_all(&cam.folder).map_err(|e| {
-                format!(
+                DeviceError::Camera(format!(
                     "camera {}: cannot create {}: {e}",
                     cam.name,
                     cam.folder.display()
-                )
+                ))
             })?;
             if !folders.contains(&cam.folder) {
                 folders.push(cam.folder.clone());
@@ -276,29 +310,12 @@ impl Actor for DeviceSupervisor {
             settle: Duration::from_millis(config.capture.settle_ms),
             encoder: encoder.clone(),
             index: index.clone(),
+            catalog: reader.clone(),
         };
         let (capture, _) =
             Actor::spawn_linked(None, CaptureActor, capture_args, cell.clone()).await?;
-        let mut cameras = Vec::new();
-        for (number, cam) in config.cameras.iter().enumerate() {
-            let args = CameraArgs {
-                number,
-                name: cam.name.clone(),
-                url: crate::camera::CameraUrl::parse(&cam.url)?,
-                interval: Duration::from_millis(cam.interval_ms),
-                timeout: Duration::from_millis(cam.timeout_ms),
-                max_bytes: (cam.max_frame_mib << 20) as usize,
-                folder: cam.folder.clone(),
-                keep_for: (cam.keep_days > 0)
-                    .then(|| Duration::from_secs(u64::from(cam.keep_days) * 86_400)),
-                index: index.clone(),
-                capture: capture.clone(),
-            };
-            cameras.push(
-                Actor::spawn_linked(None, CameraActor, args, cell.clone())
-                    .await?
-                    .0,
-            );
+        for camera in &cameras {
+            camera.cast(CameraMsg::Start(capture.clone()))?;
         }
         let discovery = if ha.discovery {
             let options = homeassistant::DiscoveryOptions {
@@ -326,6 +343,7 @@ impl Actor for DeviceSupervisor {
             let context = HttpContext {
                 search: search.clone(),
                 index: index.clone(),
+                catalog: reader.clone(),
                 cache_dir: config.http.cache_dir.clone(),
                 thumb_side: config.http.thumb_side,
                 limits: DecodeLimits {
@@ -334,7 +352,7 @@ impl Actor for DeviceSupervisor {
                 },
                 max_file_bytes: config.encoder.max_file_mib << 20,
                 max_text_bytes: config.search.max_text_bytes,
-                search_timeout: config.cloud_timeout() + Duration::from_secs(2),
+                search_timeout: config.cloud_timeout() + HTTP_SEARCH_SLACK,
             };
             HttpServer::start(bound, context)
         });
@@ -348,13 +366,13 @@ impl Actor for DeviceSupervisor {
             };
             let routed = match topics::route(&msg.topic, &listener) {
                 Some(topics::Route::Search) => to_search
-                    .cast(SearchMsg::Payload(msg.payload.to_vec()))
+                    .cast(SearchMsg::Payload(msg.payload))
                     .map_err(|_| "search"),
                 Some(topics::Route::CloudReply) => to_search
-                    .cast(SearchMsg::CloudReply(msg.payload.to_vec()))
+                    .cast(SearchMsg::CloudReply(msg.payload))
                     .map_err(|_| "search"),
                 Some(topics::Route::FleetQuery) => to_search
-                    .cast(SearchMsg::FleetQuery(msg.payload.to_vec()))
+                    .cast(SearchMsg::FleetQuery(msg.payload))
                     .map_err(|_| "search"),
                 Some(topics::Route::Command) => match msg.payload.trim_ascii() {
                     c if c == homeassistant::RESCAN.as_bytes() => {
@@ -372,7 +390,7 @@ impl Actor for DeviceSupervisor {
                 },
                 Some(topics::Route::HomeAssistantStatus) => {
                     to_discovery.as_ref().map_or(Ok(()), |d| {
-                        d.cast(DiscoveryMsg::HaStatus(msg.payload.to_vec()))
+                        d.cast(DiscoveryMsg::HaStatus(msg.payload))
                             .map_err(|_| "discovery")
                     })
                 }
@@ -435,7 +453,7 @@ impl Actor for DeviceSupervisor {
                 let drained = ractor::call_t!(
                     state.encoder,
                     |p| ImageEncoderMsg::Drain(DRAIN_TIMEOUT, p),
-                    DRAIN_TIMEOUT.as_millis() as u64 + 1000
+                    (DRAIN_TIMEOUT + DRAIN_ANSWER_SLACK).as_millis() as u64
                 );
                 if drained.is_err() {
                     error!("encoder did not drain in time");
@@ -447,7 +465,11 @@ impl Actor for DeviceSupervisor {
                 }
                 // Let the index publish its last status before the link goes.
                 let _ = state.index.drain_and_wait(Some(STOP_TIMEOUT)).await;
-                let _ = ractor::call_t!(state.link, LinkMsg::Disconnect, 5000);
+                let _ = ractor::call_t!(
+                    state.link,
+                    LinkMsg::Disconnect,
+                    DISCONNECT_TIMEOUT.as_millis() as u64
+                );
                 let _ = state.link.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
                 let _ = port.send(());
                 myself.stop(Some("shutdown".into()));

@@ -1,7 +1,7 @@
-//! The device's HTTP endpoint, a thin shell over the actors: `GET /thumb/<id>` (thumbnails,
-//! made by [`crate::thumb`] on a blocking thread and cached on disk), `GET /` (the search page),
-//! `POST /api/search` (a [`SearchRequest`] through the search actor, exactly as an MQTT search)
-//! and `GET /api/status`.
+//! The device's HTTP endpoint, a thin shell over the actors: `GET /thumb/<id>` (the picture
+//! looked up in the catalog directly; thumbnails made by [`crate::thumb`] on a blocking thread
+//! and cached on disk), `GET /` (the search page), `POST /api/search` (a [`SearchRequest`]
+//! through the search actor, exactly as an MQTT search) and `GET /api/status`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -25,13 +25,15 @@ use crate::actors::index::IndexMsg;
 use crate::actors::search::SearchMsg;
 use crate::config::HttpConfig;
 use crate::error::DeviceError;
+use crate::index::CatalogReader;
 use crate::preprocess::DecodeLimits;
 use crate::thumb::make_thumbnail;
 
 /// The search page: plain HTML and a little JavaScript, no external resources.
 const PAGE: &str = include_str!("page.html");
-/// How long the index may take to look up a picture (in-process; guards a stuck actor).
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the index actor may take to answer a status request: it answers from memory at
+/// once, so this only guards against a stuck actor.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes of a search request body (the JSON of a [`SearchRequest`]).
 const MAX_BODY: usize = 16 << 10;
 
@@ -40,8 +42,10 @@ const MAX_BODY: usize = 16 << 10;
 pub struct HttpContext {
     /// The search coordinator (the same one MQTT searches go through).
     pub search: ActorRef<SearchMsg>,
-    /// The index (picture lookups, status).
+    /// The index actor (status).
     pub index: ActorRef<IndexMsg>,
+    /// The pictures, looked up by id for thumbnails.
+    pub catalog: CatalogReader,
     /// Thumbnail cache folder.
     pub cache_dir: PathBuf,
     /// Longest side of thumbnails.
@@ -201,7 +205,7 @@ async fn status(State(ctx): State<Arc<HttpContext>>) -> Response {
     match ractor::call_t!(
         ctx.index,
         IndexMsg::Status,
-        LOOKUP_TIMEOUT.as_millis() as u64
+        STATUS_TIMEOUT.as_millis() as u64
     ) {
         Ok(status) => Json(status).into_response(),
         Err(e) => plain(
@@ -212,39 +216,31 @@ async fn status(State(ctx): State<Arc<HttpContext>>) -> Response {
 }
 
 async fn thumb(State(ctx): State<Arc<HttpContext>>, UrlPath(id): UrlPath<String>) -> Response {
-    let entry = match ractor::call_t!(
-        ctx.index,
-        |port| IndexMsg::Picture(id.clone(), port),
-        LOOKUP_TIMEOUT.as_millis() as u64
-    ) {
-        Ok(Some(entry)) => entry,
-        Ok(None) => {
-            return plain(
-                StatusCode::NOT_FOUND,
-                format!("no indexed picture has id {id:?}"),
-            )
-        }
-        Err(e) => {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the device did not answer: {e}"),
-            )
-        }
-    };
-    // Keyed by content and size: an edited picture gets a new thumbnail, a renamed one keeps it.
-    let hash: String = entry.hash[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let cached = ctx.cache_dir.join(format!("{hash}-{}.jpg", ctx.thumb_side));
-    let (side, limits, max_bytes, dir) = (
-        ctx.thumb_side,
-        ctx.limits,
-        ctx.max_file_bytes,
-        ctx.cache_dir.clone(),
-    );
+    let context = ctx.clone();
+    // The lookup (a read lock on the catalog) and the thumbnail on a blocking thread.
     let made = tokio::task::spawn_blocking(move || {
-        cached_thumbnail(&entry.path, &cached, &dir, side, limits, max_bytes)
+        let Some(entry) = context.catalog.picture(&id) else {
+            return Err(ThumbError::Unknown(format!(
+                "no indexed picture has id {id:?}"
+            )));
+        };
+        // Keyed by content and size: an edited picture gets a new thumbnail, a renamed one
+        // keeps it.
+        let hash: String = entry.hash[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cached = context
+            .cache_dir
+            .join(format!("{hash}-{}.jpg", context.thumb_side));
+        cached_thumbnail(
+            &entry.path,
+            &cached,
+            &context.cache_dir,
+            context.thumb_side,
+            context.limits,
+            context.max_file_bytes,
+        )
     })
     .await;
     match made {
@@ -256,7 +252,9 @@ async fn thumb(State(ctx): State<Arc<HttpContext>>, UrlPath(id): UrlPath<String>
             jpeg,
         )
             .into_response(),
-        Ok(Err(ThumbError::Gone(reason))) => plain(StatusCode::NOT_FOUND, reason),
+        Ok(Err(ThumbError::Unknown(reason) | ThumbError::Gone(reason))) => {
+            plain(StatusCode::NOT_FOUND, reason)
+        }
         Ok(Err(ThumbError::Unreadable(reason))) => plain(StatusCode::UNPROCESSABLE_ENTITY, reason),
         Err(e) => plain(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -266,6 +264,8 @@ async fn thumb(State(ctx): State<Arc<HttpContext>>, UrlPath(id): UrlPath<String>
 }
 
 enum ThumbError {
+    /// No indexed picture has this id.
+    Unknown(String),
     /// The file is no longer there.
     Gone(String),
     /// The file cannot be made into a thumbnail.

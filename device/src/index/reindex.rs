@@ -21,10 +21,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::precision::Precision;
+use super::store::{OpenReport, Store};
+use super::table::Index;
 use crate::error::DeviceError;
-use crate::index::Index;
-use crate::store::{OpenReport, Store};
-use crate::vectors::Precision;
 
 /// Where the indexes live under the state folder.
 #[derive(Debug, Clone)]
@@ -278,8 +278,34 @@ mod tests {
         assert!(opened.building.is_none());
         assert_eq!(opened.serving.1.model(), "new");
         drop(opened);
-        // A different dimension counts as another model.
-        let opened = open(&layout, "new", 3, Precision::F32);
-        assert!(opened.is_ok());
+        // A different dimension counts as another model: an empty index of dimension 2 is
+        // removed, and the new one has dimension 3...
+        let opened = open(&layout, "new", 3, Precision::F32).unwrap();
+        assert!(opened.building.is_none());
+        assert_eq!(
+            (opened.serving.1.model(), opened.serving.1.dim()),
+            ("new", 3)
+        );
+        assert!(
+            opened.recovered.iter().any(|r| r.contains("empty index")),
+            "{:?}",
+            opened.recovered
+        );
+        drop(opened);
+        // ... and one with pictures keeps answering while the index of dimension 3 is built.
+        let kept = tempfile::tempdir().unwrap();
+        let layout = Layout::new(kept.path());
+        index_of(kept.path(), "new", &["a"]);
+        let opened = open(&layout, "new", 3, Precision::F32).unwrap();
+        let serving = &opened.serving.1;
+        assert_eq!(
+            (serving.model(), serving.dim(), serving.len()),
+            ("new", 2, 1)
+        );
+        let building = &opened.building.as_ref().expect("a re-index").1;
+        assert_eq!(
+            (building.model(), building.dim(), building.len()),
+            ("new", 3, 0)
+        );
     }
 }

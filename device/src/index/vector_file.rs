@@ -22,7 +22,8 @@ use std::path::Path;
 
 use memmap2::{MmapMut, MmapOptions};
 
-use crate::vectors::Precision;
+use super::precision::Precision;
+use crate::error::DeviceError;
 
 const MAGIC: &[u8; 4] = b"ECVX";
 const VERSION: u32 = 1;
@@ -196,43 +197,53 @@ impl std::fmt::Debug for Mapped {
 impl Mapped {
     /// Maps the vector file at `path`, checking its header, length and checksum: it must hold
     /// `rows` rows of `dim` values (in whatever precision it was written). Errors say why.
-    pub fn open(path: &Path, dim: usize, rows: usize) -> Result<Mapped, String> {
-        let file = File::open(path).map_err(|e| e.to_string())?;
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
+    pub fn open(path: &Path, dim: usize, rows: usize) -> Result<Mapped, DeviceError> {
+        let file = File::open(path).map_err(|e| DeviceError::Corrupt(e.to_string()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| DeviceError::Corrupt(e.to_string()))?
+            .len();
         if len < HEADER as u64 {
-            return Err(format!("{len} bytes, shorter than the header"));
+            return Err(DeviceError::Corrupt(format!(
+                "{len} bytes, shorter than the header"
+            )));
         }
         // SAFETY: a private mapping of a file only the device writes, and never in place
         // (see the module's invariant); the length is checked against the header below.
-        let map = unsafe { MmapOptions::new().map_copy(&file) }.map_err(|e| e.to_string())?;
+        let map = unsafe { MmapOptions::new().map_copy(&file) }
+            .map_err(|e| DeviceError::Corrupt(e.to_string()))?;
         let h = &map[..HEADER];
         if &h[..4] != MAGIC {
-            return Err("bad magic".into());
+            return Err(DeviceError::Corrupt("bad magic".into()));
         }
         let version = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         if version != VERSION {
-            return Err(format!(
+            return Err(DeviceError::Corrupt(format!(
                 "vector file version {version}, this build reads {VERSION}"
-            ));
+            )));
         }
         let precision = match h[8] {
             0 => Precision::F32,
             1 => Precision::F16,
             2 => Precision::I8,
-            p => return Err(format!("unknown precision code {p}")),
+            p => return Err(DeviceError::Corrupt(format!("unknown precision code {p}"))),
         };
         let file_dim = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
         let file_rows = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
         let crc = u32::from_le_bytes([h[24], h[25], h[26], h[27]]);
         if file_dim != dim || file_rows != rows as u64 {
-            return Err(format!("holds {file_rows} vectors of dimension {file_dim}; the snapshot names {rows} of dimension {dim}"));
+            return Err(DeviceError::Corrupt(format!("holds {file_rows} vectors of dimension {file_dim}; the snapshot names {rows} of dimension {dim}")));
         }
-        let lay = layout(precision, dim, rows).ok_or("size overflows")?;
+        let lay = layout(precision, dim, rows)
+            .ok_or_else(|| DeviceError::Corrupt("size overflows".into()))?;
         if len != lay.end as u64 {
-            return Err(format!("{len} bytes, {} expected", lay.end));
+            return Err(DeviceError::Corrupt(format!(
+                "{len} bytes, {} expected",
+                lay.end
+            )));
         }
         if crc32fast::hash(&map[HEADER..]) != crc {
-            return Err("checksum mismatch".into());
+            return Err(DeviceError::Corrupt("checksum mismatch".into()));
         }
         Ok(Mapped {
             map,
@@ -315,7 +326,7 @@ impl Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vectors::VectorTable;
+    use crate::index::vectors::VectorTable;
 
     fn table(precision: Precision, rows: usize) -> VectorTable {
         let mut t = VectorTable::new(3, precision);
@@ -380,23 +391,39 @@ mod tests {
     fn a_file_that_does_not_match_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &table(Precision::I8, 4));
-        assert!(Mapped::open(&path, 3, 5).unwrap_err().contains("4 vectors"));
+        assert!(Mapped::open(&path, 3, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("4 vectors"));
         assert!(Mapped::open(&path, 4, 4)
             .unwrap_err()
+            .to_string()
             .contains("dimension 3"));
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(Mapped::open(&path, 3, 4).unwrap_err().contains("checksum"));
+        assert!(Mapped::open(&path, 3, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(Mapped::open(&path, 3, 4).unwrap_err().contains("expected"));
+        assert!(Mapped::open(&path, 3, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("expected"));
         std::fs::write(&path, &good[..10]).unwrap();
-        assert!(Mapped::open(&path, 3, 4).unwrap_err().contains("header"));
+        assert!(Mapped::open(&path, 3, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("header"));
         let mut magic = good.clone();
         magic[0] = b'X';
         std::fs::write(&path, &magic).unwrap();
-        assert!(Mapped::open(&path, 3, 4).unwrap_err().contains("magic"));
+        assert!(Mapped::open(&path, 3, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         assert!(Mapped::open(&dir.path().join("missing.bin"), 3, 4).is_err());
     }
 }

@@ -8,37 +8,13 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use serde::Deserialize;
 use simsimd::SpatialSimilarity;
 
 use edgeclip_messages::wire::quantise as quantise_i8;
 
+use super::precision::Precision;
+use super::vector_file::{Mapped, Parts};
 use crate::rank::{dot as dot_f32, Score};
-use crate::vector_file::{Mapped, Parts};
-
-/// How the table stores vectors in memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// 4 bytes a value: exact.
-    #[default]
-    F32,
-    /// 2 bytes a value (IEEE half): relative error ~5e-4.
-    F16,
-    /// 1 byte a value plus a 4-byte scale a row: `value = code * scale`, codes in -127..=127.
-    I8,
-}
-
-impl Precision {
-    /// Bytes one vector of dimension `dim` takes.
-    pub fn bytes_per_vector(self, dim: usize) -> usize {
-        match self {
-            Precision::F32 => 4 * dim,
-            Precision::F16 => 2 * dim,
-            Precision::I8 => dim + 4,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Rows {
@@ -499,11 +475,12 @@ mod tests {
             let mut written = VectorTable::new(dim, precision);
             rows[..17].iter().for_each(|r| written.push(r));
             let mut file = std::fs::File::create(&path).unwrap();
-            crate::vector_file::write(&mut file, precision, dim, 17, &written.parts()).unwrap();
+            crate::index::vector_file::write(&mut file, precision, dim, 17, &written.parts())
+                .unwrap();
             drop(file);
             let mut t = VectorTable::mapped(
                 dim,
-                crate::vector_file::Mapped::open(&path, dim, 17).unwrap(),
+                crate::index::vector_file::Mapped::open(&path, dim, 17).unwrap(),
             );
             rows[17..].iter().for_each(|r| t.push(r));
             // A non-finite row (the encoder refuses such vectors; what a kernel makes of it

@@ -1,9 +1,11 @@
-//! The vector index: one row per picture, vectors in one contiguous table for the ranker.
+//! [`Index`], the table of one model: one row per picture, its vectors in one contiguous
+//! [`VectorTable`] for the ranker.
 //!
 //! Vectors in f32, f16 or int8 ([`Precision`]), ranked from the mapped vector file and from
 //! memory; rows are removed by swapping the last row in, so the table stays dense. Each path
 //! is held once (by its entry); the map from picture key to row serves lookups by path and
-//! by id.
+//! by id. Callers that know a picture's key (computed once, when the scan found the file) pass
+//! it along: the `_keyed` methods and [`Index::entry_of`] do not hash the path again.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -11,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::precision::Precision;
+use super::vectors::VectorTable;
 use crate::error::DeviceError;
 use crate::rank::{top_k_split, Scored};
-use crate::vectors::{Precision, VectorTable};
 
 /// What the index knows of a picture besides its vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,8 +171,9 @@ impl Index {
     }
 
     /// Replaces the vector table by `vectors`, which must hold the same rows in the same
-    /// order (the vector file just written from this index, now mapped).
-    pub fn adopt_vectors(&mut self, vectors: VectorTable) -> Result<(), DeviceError> {
+    /// order (the vector file just written from this index, now mapped). Returns the previous
+    /// table, for the caller to free where it suits it.
+    pub fn adopt_vectors(&mut self, vectors: VectorTable) -> Result<VectorTable, DeviceError> {
         if vectors.len() != self.entries.len() || vectors.dim() != self.dim {
             return Err(DeviceError::Mismatch(format!(
                 "{} vectors for {} pictures",
@@ -177,8 +181,7 @@ impl Index {
                 self.entries.len()
             )));
         }
-        self.vectors = vectors;
-        Ok(())
+        Ok(std::mem::replace(&mut self.vectors, vectors))
     }
 
     /// Lets one search rank on up to `threads` threads (at least 1; an index ranks on one until
@@ -233,10 +236,39 @@ impl Index {
     }
 
     fn row(&self, path: &Path) -> Option<usize> {
+        self.row_of(picture_key(path), path)
+    }
+
+    /// The row of the picture at `path`, whose key is `key`.
+    fn row_of(&self, key: u64, path: &Path) -> Option<usize> {
         self.keys
-            .get(&picture_key(path))
+            .get(&key)
             .copied()
             .filter(|&r| self.entries[r].path == path)
+    }
+
+    /// The entry of `path`, whose [`picture_key`] is `key`, if indexed.
+    pub fn entry_of(&self, key: u64, path: &Path) -> Option<&Entry> {
+        self.row_of(key, path).map(|r| &self.entries[r])
+    }
+
+    /// The vector of the picture whose key is `key` (as kept: decoded from f16 or int8).
+    pub fn vector_of_key(&self, key: u64) -> Option<Cow<'_, [f32]>> {
+        self.keys.get(&key).map(|&r| self.vectors.get(r))
+    }
+
+    /// The entry and vector of the picture whose key is `key`.
+    pub fn entry_and_vector_of_key(&self, key: u64) -> Option<(&Entry, Cow<'_, [f32]>)> {
+        self.keys
+            .get(&key)
+            .map(|&r| (&self.entries[r], self.vectors.get(r)))
+    }
+
+    /// Every picture with its key, in no particular order.
+    pub fn keyed_entries(&self) -> impl Iterator<Item = (u64, &Entry)> + '_ {
+        self.keys
+            .iter()
+            .map(|(&key, &row)| (key, &self.entries[row]))
     }
 
     /// The path of the picture whose [`picture_key`] is `key`, if indexed.
@@ -278,7 +310,12 @@ impl Index {
     /// Whether a picture at `path` can be added or replaced: an error if another picture has
     /// its id (see [`picture_id`]).
     pub fn admits(&self, path: &Path) -> Result<(), DeviceError> {
-        match self.keys.get(&picture_key(path)) {
+        self.admits_keyed(picture_key(path), path)
+    }
+
+    /// [`Index::admits`] for a picture whose key is `key`.
+    pub fn admits_keyed(&self, key: u64, path: &Path) -> Result<(), DeviceError> {
+        match self.keys.get(&key) {
             Some(&row) if self.entries[row].path != path => {
                 Err(collision(&self.entries[row].path, path))
             }
@@ -288,6 +325,17 @@ impl Index {
 
     /// Adds or replaces the picture's vector.
     pub fn upsert(&mut self, entry: Entry, vector: &[f32]) -> Result<(), DeviceError> {
+        self.upsert_keyed(picture_key(&entry.path), entry, vector)
+    }
+
+    /// [`Index::upsert`] of a picture whose key is `key`.
+    pub fn upsert_keyed(
+        &mut self,
+        key: u64,
+        entry: Entry,
+        vector: &[f32],
+    ) -> Result<(), DeviceError> {
+        debug_assert_eq!(key, picture_key(&entry.path));
         if vector.len() != self.dim {
             return Err(DeviceError::Mismatch(format!(
                 "vector of dimension {} does not fit an index of dimension {}",
@@ -295,8 +343,7 @@ impl Index {
                 self.dim
             )));
         }
-        self.admits(&entry.path)?;
-        let key = picture_key(&entry.path);
+        self.admits_keyed(key, &entry.path)?;
         match self.keys.get(&key) {
             Some(&row) => {
                 self.vectors.set(row, vector);
@@ -313,10 +360,15 @@ impl Index {
 
     /// Removes a picture; true if it was indexed.
     pub fn remove(&mut self, path: &Path) -> bool {
-        let Some(row) = self.row(path) else {
+        self.remove_keyed(picture_key(path), path)
+    }
+
+    /// [`Index::remove`] of a picture whose key is `key`.
+    pub fn remove_keyed(&mut self, key: u64, path: &Path) -> bool {
+        let Some(row) = self.row_of(key, path) else {
             return false;
         };
-        self.keys.remove(&picture_key(path));
+        self.keys.remove(&key);
         let last = self.entries.len() - 1;
         self.entries.swap_remove(row);
         self.vectors.swap_remove(row);
