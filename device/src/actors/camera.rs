@@ -9,6 +9,7 @@
 //! counters go to the index actor, which publishes them in the status. One actor per camera:
 //! a slow camera delays only itself.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -157,8 +158,8 @@ impl Actor for CameraActor {
                         let _ = state.args.index.cast(IndexMsg::Discarded { encoded });
                         return Ok(());
                     }
-                    Verdict::Keep { keep_before } => {
-                        let pruned = keep_newest(&state.args, &entry.path, keep_before).await;
+                    Verdict::Keep { keep, waiting } => {
+                        let pruned = keep_newest(&state.args, keep, waiting).await;
                         state.retention.pruned(pruned);
                         report(state);
                     }
@@ -196,26 +197,17 @@ async fn delete(frame: PathBuf) {
     }
 }
 
-/// Applies `keep_frames` once `kept` is known to stay: the frames polled before it beyond the
-/// newest `keep_before` are deleted (the capture's next scan takes them out of the index).
-/// Counting only frames older than a kept one means a frame still waiting for its
-/// near-duplicate check never pushes a kept frame out. Returns how many were deleted.
-async fn keep_newest(
-    args: &CameraArgs,
-    kept: &std::path::Path,
-    keep_before: Option<usize>,
-) -> usize {
-    let (Some(keep), Some(name)) = (
-        keep_before,
-        kept.file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string),
-    ) else {
+/// Applies `keep_frames` once a frame is known to stay: the oldest frames beyond the newest
+/// `keep` are deleted (the capture's next scan takes them out of the index). Frames still
+/// `waiting` for their near-duplicate check are left out, so they never push a kept frame out.
+/// Returns how many were deleted.
+async fn keep_newest(args: &CameraArgs, keep: Option<usize>, waiting: HashSet<String>) -> usize {
+    let Some(keep) = keep else {
         return 0;
     };
     let folder = args.folder.clone();
     let (deleted, problems) =
-        tokio::task::spawn_blocking(move || prune_frames(&folder, Some(&name), None, Some(keep)))
+        tokio::task::spawn_blocking(move || prune_frames(&folder, &waiting, None, Some(keep)))
             .await
             .unwrap_or_default();
     for problem in problems {
@@ -236,10 +228,11 @@ async fn prune_old(args: &CameraArgs) -> usize {
         return 0;
     };
     let folder = args.folder.clone();
-    let (pruned, problems) =
-        tokio::task::spawn_blocking(move || prune_frames(&folder, None, Some(cutoff_ms), None))
-            .await
-            .unwrap_or_default();
+    let (pruned, problems) = tokio::task::spawn_blocking(move || {
+        prune_frames(&folder, &HashSet::new(), Some(cutoff_ms), None)
+    })
+    .await
+    .unwrap_or_default();
     for problem in problems {
         warn!(camera = %args.name, %problem, "pruning old frames");
     }

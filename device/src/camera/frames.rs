@@ -73,13 +73,13 @@ pub fn frames_to_prune(
     frames
 }
 
-/// Deletes the frames of `folder` that [`frames_to_prune`] chooses among those named before
-/// `before` (a frame file name; all frames when `None`). Only names are listed: cheap at every
-/// poll even with tens of thousands of frames. Returns how many were deleted and what failed
-/// (a frame already gone is not a failure).
+/// Deletes the frames of `folder` that [`frames_to_prune`] chooses, leaving out the names in
+/// `waiting` (frames not judged yet: neither counted nor deleted). Only names are listed:
+/// cheap at every poll even with tens of thousands of frames. Returns how many were deleted
+/// and what failed (a frame already gone is not a failure).
 pub fn prune_frames(
     folder: &Path,
-    before: Option<&str>,
+    waiting: &HashSet<String>,
     cutoff_ms: Option<i64>,
     keep: Option<usize>,
 ) -> (usize, Vec<String>) {
@@ -89,7 +89,7 @@ pub fn prune_frames(
     let names: Vec<String> = match std::fs::read_dir(folder) {
         Ok(dir) => dir
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| before.is_none_or(|b| n.as_str() < b))
+            .filter(|n| !waiting.contains(n))
             .collect(),
         Err(e) => return (0, vec![format!("listing {}: {e}", folder.display())]),
     };
@@ -150,11 +150,15 @@ pub enum Verdict {
     Index,
     /// A near-duplicate of the last kept frame: deleted, never indexed.
     Duplicate,
-    /// Kept and indexed; then the frames polled before it beyond the newest `keep_before`
-    /// are deleted (`None`: no count limit).
+    /// Kept and indexed; then the oldest frames beyond the newest `keep` are deleted
+    /// (`None`: no count limit), leaving out those still `waiting` for their own verdict.
+    /// Frames are encoded in no set order, so a waiting frame may be older than this one: it
+    /// is either a near-duplicate (deleted) or kept later, and never pushes a kept one out.
     Keep {
-        /// Frames before this one that stay.
-        keep_before: Option<usize>,
+        /// Frames that stay, this one included.
+        keep: Option<usize>,
+        /// File names of the frames saved and not judged yet.
+        waiting: HashSet<String>,
     },
 }
 
@@ -240,7 +244,12 @@ impl Retention {
         *last = Some(vector.to_vec());
         self.counts.kept += 1;
         Verdict::Keep {
-            keep_before: (self.keep_frames > 0).then(|| self.keep_frames - 1),
+            keep: (self.keep_frames > 0).then_some(self.keep_frames),
+            waiting: self
+                .fresh
+                .iter()
+                .filter_map(|f| Some(f.file_name()?.to_str()?.to_string()))
+                .collect(),
         }
     }
 
@@ -341,16 +350,18 @@ mod tests {
         r.last_kept_is(Some(vec![1.0, 0.0]));
         assert!(!r.needs_last_kept(a));
         assert_eq!(r.judge(a, &[0.99, 0.141]), Verdict::Duplicate);
+        // c was saved after b but is judged first (encoding has no set order): the verdict on
+        // c names b as waiting, so b is neither counted nor deleted by c's count limit.
+        r.saved(c.to_path_buf());
         assert_eq!(
-            r.judge(b, &[0.6, 0.8]),
+            r.judge(c, &[0.6, 0.8]),
             Verdict::Keep {
-                keep_before: Some(2)
+                keep: Some(3),
+                waiting: HashSet::from(["b.jpg".to_string()]),
             }
         );
-        assert_eq!(r.judge(b, &[0.6, 0.8]), Verdict::Index, "judged once only");
-        // Compared with the last *kept* frame (b), not the index's.
-        r.saved(c.to_path_buf());
-        assert_eq!(r.judge(c, &[0.61, 0.79]), Verdict::Duplicate);
+        assert_eq!(r.judge(b, &[0.61, 0.79]), Verdict::Duplicate);
+        assert_eq!(r.judge(c, &[0.6, 0.8]), Verdict::Index, "judged once only");
         let counts = r.counts();
         assert_eq!((counts.polled, counts.kept, counts.skipped), (3, 1, 2));
     }
@@ -364,7 +375,13 @@ mod tests {
         r.saved(a.to_path_buf());
         assert!(r.counts().last_error.is_none());
         r.last_kept_is(None);
-        assert_eq!(r.judge(a, &[1.0, 0.0]), Verdict::Keep { keep_before: None });
+        assert_eq!(
+            r.judge(a, &[1.0, 0.0]),
+            Verdict::Keep {
+                keep: None,
+                waiting: HashSet::new()
+            }
+        );
         // A frame that fails to encode is no longer fresh.
         let b = Path::new("/yard/b.jpg");
         r.saved(b.to_path_buf());
