@@ -61,6 +61,7 @@ fn device_ranked() -> anyhow::Result<u64> {
         reply_to: reply_to.clone(),
         model: MODEL.into(),
         text: TEXT.into(),
+        lang: None,
     })?;
     let reply = encode(&EncodeReply {
         request_id: 1,
@@ -93,6 +94,7 @@ fn server_ranked(pictures: usize) -> anyhow::Result<(u64, usize)> {
             reply_to: reply_to.clone(),
             model: MODEL.into(),
             text: TEXT.into(),
+            lang: None,
             k: K as u32,
             chunk: chunk as u32,
             chunks: chunks as u32,

@@ -50,6 +50,7 @@ fn wire_seeds() -> Vec<Vec<u8>> {
             reply_to: reply_to.clone(),
             model: "m".into(),
             text: "a red circle".into(),
+            lang: None,
         }),
         encode(&EncodeReply {
             request_id: 1,
@@ -70,6 +71,7 @@ fn wire_seeds() -> Vec<Vec<u8>> {
             reply_to: reply_to.clone(),
             model: "m".into(),
             text: "a dog".into(),
+            lang: Some("de".into()),
             k: 1,
             chunk: 0,
             chunks: 1,

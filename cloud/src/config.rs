@@ -42,14 +42,56 @@ pub struct FleetConfig {
     pub max_k: usize,
 }
 
-/// `[model]`.
+/// `[model]`: the worker's text towers. `dir` (with `id` and `languages`) is the first and
+/// default one; each `[[model.text]]` adds one more.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Model folder of the first text tower (may be empty when `text` lists towers).
+    pub dir: PathBuf,
+    /// The first tower's space (model id), set; empty: derived from the folder.
+    pub id: String,
+    /// Languages the first tower serves; empty: from its family.
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// More text towers.
+    #[serde(default)]
+    pub text: Vec<TextTowerConfig>,
+}
+
+/// `[[model.text]]`: one more text tower.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextTowerConfig {
     /// Model folder.
     pub dir: PathBuf,
-    /// Model id override.
-    pub id: String,
+    /// The embedding space it was aligned to (a device's model id), set; empty: derived from
+    /// the folder's `config.json` and image tower.
+    #[serde(default)]
+    pub space: String,
+    /// Languages it serves (`de`, `zh-CN`, `deu_Latn`, or `"*"` for any); empty: from its
+    /// family (M-CLIP and NLLB any language, the others English).
+    #[serde(default)]
+    pub languages: Vec<String>,
+}
+
+impl ModelConfig {
+    /// The towers to load, the default first.
+    pub fn towers(&self) -> Vec<crate::model::TowerSpec> {
+        let first = (!self.dir.as_os_str().is_empty()).then(|| crate::model::TowerSpec {
+            dir: self.dir.clone(),
+            space: self.id.clone(),
+            languages: self.languages.clone(),
+        });
+        first
+            .into_iter()
+            .chain(self.text.iter().map(|t| crate::model::TowerSpec {
+                dir: t.dir.clone(),
+                space: t.space.clone(),
+                languages: t.languages.clone(),
+            }))
+            .collect()
+    }
 }
 
 /// `[encoder]`.
@@ -111,6 +153,19 @@ impl CloudConfig {
         if self.encoder.workers > 64 {
             return bad("encoder.workers must be at most 64");
         }
+        if self.model.towers().is_empty() {
+            return bad("no text tower: set model.dir, or add a [[model.text]] with its dir");
+        }
+        for spec in self.model.towers() {
+            for lang in &spec.languages {
+                if lang != "*" && edgeclip_messages::wire::validate_lang(lang).is_err() {
+                    return Err(CloudError::Config(format!(
+                        "languages of {}: {lang:?} is not a language code (de, zh-CN, deu_Latn) or \"*\"",
+                        spec.dir.display()
+                    )));
+                }
+            }
+        }
         if self.encoder.max_text_bytes == 0 {
             return bad("encoder.max_text_bytes must be >= 1");
         }
@@ -153,5 +208,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("worker_id"), "{err}");
+        // the single-folder configuration is one tower, as before
+        assert_eq!(cfg.model.towers().len(), 1);
+        assert!(cfg.model.towers()[0].dir.ends_with("models/clip-shapes"));
+    }
+
+    #[test]
+    fn several_text_towers_are_configured_as_model_text_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cloud.toml");
+        std::fs::write(
+            &file,
+            r#"
+worker_id = "w"
+[model]
+dir = "families/vit"
+[[model.text]]
+dir = "families/mclip"
+[[model.text]]
+dir = "families/nllb"
+space = "family-photos"
+languages = ["de", "fra_Latn"]
+"#,
+        )
+        .unwrap();
+        let cfg = CloudConfig::load(Some(&file), &[]).unwrap();
+        let towers = cfg.model.towers();
+        assert_eq!(towers.len(), 3);
+        assert!(towers[1].dir.ends_with("mclip") && towers[1].space.is_empty());
+        assert_eq!(towers[2].space, "family-photos");
+        assert_eq!(towers[2].languages, ["de", "fra_Latn"]);
+        std::fs::write(
+            &file,
+            "[model]\ndir = \"\"\n[[model.text]]\ndir = \"x\"\nlanguages = [\"de CH\"]\n",
+        )
+        .unwrap();
+        let err = CloudConfig::load(Some(&file), &[("worker_id", "w".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("de CH"), "{err}");
+        let err = CloudConfig::load(None, &[("worker_id", "w".into()), ("model.dir", "".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no text tower"), "{err}");
     }
 }

@@ -1,8 +1,11 @@
-//! The text tower: `textual/model.onnx` loaded with tract for one row of token ids, its input
-//! type (int32 or int64, exports differ) read from the model, optimised once. A tower exported
-//! with a dynamic sequence axis runs each text cut just after its end-of-text token, once a
-//! check at load has shown that the cut changes nothing.
+//! The text tower: `textual/model.onnx` loaded with tract for one text at a time, its inputs
+//! read from the model (one row of token ids, named `text` in open_clip exports, int32 or
+//! int64; or M-CLIP's `input_ids` and `attention_mask`), every input fixed at `[1, L]` and the
+//! plan optimised once. Immich's exports fix `L` (77, or 64 for SigLIP); edgeclip's own
+//! exports leave it dynamic, and such a tower runs each text cut just after its end-of-text
+//! token, but only where that is proven to change nothing (see [`TextTower::load_with`]).
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,8 +13,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::error::CloudError;
+use crate::tokenize::{one_line, Tokens};
 
-/// Token ids of two probe texts at load: `<start> <end>` and `<start> a photo of a dog <end>`.
+/// Token ids of two probe texts for [`TextTower::load`] (CLIP's vocabulary, zero padding):
+/// `<start> <end>` and `<start> a photo of a dog <end>`.
 const PROBES: [&[i64]; 2] = [&[49406, 49407], &[49406, 320, 1125, 539, 320, 1929, 49407]];
 
 /// Largest difference, per value of the normalised vector, between a probe cut after its
@@ -20,11 +25,49 @@ const PROBES: [&[i64]; 2] = [&[49406, 49407], &[49406, 320, 1125, 539, 320, 1929
 /// a tower that looks past the token changes.
 const CUT_TOLERANCE: f32 = 1e-4;
 
+/// The inputs of a text tower, as its ONNX graph declares them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextInputs {
+    /// One row of token ids (open_clip's `text`).
+    Ids {
+        /// The input's name.
+        name: String,
+        /// Its element type: int32 (Immich's exports) or int64.
+        dtype: DatumType,
+    },
+    /// Token ids and the attention mask, by input position (M-CLIP: `input_ids`,
+    /// `attention_mask`; the tower mean-pools over the mask).
+    IdsAndMask {
+        /// Position and element type of `input_ids`.
+        ids: (usize, DatumType),
+        /// Position and element type of `attention_mask`.
+        mask: (usize, DatumType),
+    },
+}
+
+impl TextInputs {
+    /// `name dtype[1,L]` of each input, in the model's order, for reports.
+    pub fn describe(&self, context_length: usize) -> Vec<String> {
+        let one = |name: &str, dt: &DatumType| format!("{name} {dt:?}[1,{context_length}]");
+        match self {
+            TextInputs::Ids { name, dtype } => vec![one(name, dtype)],
+            TextInputs::IdsAndMask { ids, mask } => {
+                let mut v = vec![
+                    (ids.0, one("input_ids", &ids.1)),
+                    (mask.0, one("attention_mask", &mask.1)),
+                ];
+                v.sort();
+                v.into_iter().map(|(_, s)| s).collect()
+            }
+        }
+    }
+}
+
 /// A loaded, optimised text tower for batches of one text.
 #[derive(Clone)]
 pub struct TextTower {
     plan: Arc<TypedRunnableModel>,
-    input_type: DatumType,
+    inputs: TextInputs,
     context_length: usize,
     dim: usize,
     cut: bool,
@@ -33,7 +76,7 @@ pub struct TextTower {
 impl std::fmt::Debug for TextTower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextTower")
-            .field("input_type", &self.input_type)
+            .field("inputs", &self.inputs)
             .field("dim", &self.dim)
             .field("cut", &self.cut)
             .finish()
@@ -53,7 +96,7 @@ pub fn cut_length(ids: &[i64]) -> usize {
     (end + 1).min(ids.len())
 }
 
-/// `model` optimised once for one row of any length.
+/// `model` optimised once for one row of any length (a single-input tower).
 fn any_length_plan(
     model: &InferenceModel,
     input_type: DatumType,
@@ -69,82 +112,203 @@ fn any_length_plan(
         .into_runnable()
 }
 
+/// Runs `work`, turning a panic inside tract into an error (a malformed file must never take
+/// the program down).
+fn guarded<T>(work: impl FnOnce() -> TractResult<T>) -> TractResult<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(work)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(anyhow::anyhow!("tract failed: {what}"))
+        }
+    }
+}
+
+/// The element type of a token input: int32 or int64 (int64 when the file does not say).
+fn token_type(fact: &InferenceFact, name: &str, onnx: &Path) -> Result<DatumType, CloudError> {
+    match fact.datum_type.concretize() {
+        Some(DatumType::I32) => Ok(DatumType::I32),
+        Some(DatumType::I64) | None => Ok(DatumType::I64),
+        Some(other) => Err(CloudError::Model {
+            path: onnx.to_path_buf(),
+            reason: format!(
+                "input {name} is {other:?}; a text tower takes int32 or int64 token ids"
+            ),
+        }),
+    }
+}
+
 impl TextTower {
-    /// Loads `model.onnx` for rows of `context_length` ids and checks it yields `dim` values.
-    ///
-    /// If the model declares its sequence axis dynamic, it is optimised once for any length and
-    /// the two probe texts are encoded both cut and at full length; only if they agree does
-    /// the tower cut texts (`cuts`). Otherwise, and for a model fixed at `context_length`
-    /// tokens, every text runs at the full length.
+    /// Loads `model.onnx` for rows of `context_length` ids and checks it yields `dim` values,
+    /// probing whether texts may be cut with two CLIP texts (open_clip's layout, zero padding).
+    /// For CLIP towers; [`Self::load_with`] takes the probes of any tokenizer.
     pub fn load(onnx: &Path, context_length: usize, dim: usize) -> Result<Self, CloudError> {
+        let probes: Vec<Tokens> = PROBES
+            .iter()
+            .map(|probe| {
+                let mut ids = vec![0i64; context_length];
+                let n = probe.len().min(context_length);
+                ids[..n].copy_from_slice(&probe[..n]);
+                let attention_mask = (0..context_length).map(|i| i64::from(i < n)).collect();
+                Tokens {
+                    ids,
+                    attention_mask,
+                }
+            })
+            .collect();
+        Self::load_with(onnx, context_length, dim, &probes, true)
+    }
+
+    /// Loads `model.onnx` for rows of `context_length` ids and checks, on `probes` (texts as
+    /// the tower's tokenizer makes them, at least one), that it yields `dim` values.
+    ///
+    /// The inputs are read from the model: one input of token ids (any name), or `input_ids`
+    /// and `attention_mask`; each is fixed at `[1, context_length]`, and a model that declares
+    /// another length is refused. Texts are cut after their end token only where all of this
+    /// holds: `may_cut` (the caller's tokenizer ends texts with its largest id, where a CLIP
+    /// tower pools), the tower has one input, it declares its sequence axis dynamic, and each
+    /// probe encodes cut and at full length to the same vector. A tower that pools the last
+    /// position, has no causal mask or takes a mask fails that check or is never offered it;
+    /// such a tower, and every tower fixed at its length, runs each text at full length.
+    pub fn load_with(
+        onnx: &Path,
+        context_length: usize,
+        dim: usize,
+        probes: &[Tokens],
+        may_cut: bool,
+    ) -> Result<Self, CloudError> {
         let err = |e: TractError| CloudError::Model {
             path: onnx.to_path_buf(),
-            reason: format!("{e:#}"),
+            reason: one_line(&format!("{e:#}")),
         };
-        let model = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_path(onnx)
-            .map_err(err)?;
-        let fact = model.input_fact(0).map_err(err)?;
-        let input_type = match fact.datum_type.concretize() {
-            Some(DatumType::I32) => DatumType::I32,
-            Some(DatumType::I64) | None => DatumType::I64,
-            Some(other) => {
-                return Err(CloudError::Model {
-                    path: onnx.to_path_buf(),
-                    reason: format!("text input of type {other:?} is not supported"),
-                })
+        let bad = |reason: String| CloudError::Model {
+            path: onnx.to_path_buf(),
+            reason,
+        };
+        let Some(first_probe) = probes.first() else {
+            return Err(bad("no probe text to check the tower with".into()));
+        };
+        let model = guarded(|| {
+            tract_onnx::onnx()
+                .with_ignore_value_info(true)
+                .model_for_path(onnx)
+        })
+        .map_err(err)?;
+        let outlets = model.input_outlets().map_err(err)?.to_vec();
+        let names: Vec<String> = outlets
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let mut fixed_length = None;
+        for (i, name) in names.iter().enumerate() {
+            let fact = model.input_fact(i).map_err(err)?;
+            // a dimension the model names (`sequence_length`) is a symbol, not a number
+            let dims: Vec<Option<i64>> = fact
+                .shape
+                .dims()
+                .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
+                .collect();
+            if fact.shape.rank().concretize().is_some_and(|r| r != 2) {
+                return Err(bad(format!(
+                    "input {name} has {} axes; a text tower takes [1, tokens]",
+                    dims.len()
+                )));
+            }
+            if let Some(Some(batch)) = dims.first() {
+                if *batch != 1 {
+                    return Err(bad(format!("input {name} takes batches of {batch}, not 1")));
+                }
+            }
+            if let Some(Some(length)) = dims.get(1) {
+                if *length as usize != context_length {
+                    return Err(bad(format!(
+                        "input {name} takes {length} tokens; config.json's text_cfg.context_length is {context_length}"
+                    )));
+                }
+                fixed_length = Some(*length);
+            }
+        }
+        let inputs = match names.as_slice() {
+            [name] => TextInputs::Ids {
+                name: name.clone(),
+                dtype: token_type(model.input_fact(0).map_err(err)?, name, onnx)?,
+            },
+            [a, b] if (a == "input_ids" && b == "attention_mask")
+                || (a == "attention_mask" && b == "input_ids") =>
+            {
+                let at = |n: &str| names.iter().position(|x| x == n).unwrap_or(0);
+                let (i, m) = (at("input_ids"), at("attention_mask"));
+                TextInputs::IdsAndMask {
+                    ids: (i, token_type(model.input_fact(i).map_err(err)?, "input_ids", onnx)?),
+                    mask: (m, token_type(model.input_fact(m).map_err(err)?, "attention_mask", onnx)?),
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "inputs [{}]: a text tower takes one input of token ids (open_clip's text), or input_ids and attention_mask (M-CLIP)",
+                    names.join(", ")
+                )))
             }
         };
-        // a dimension the model names (`sequence_length`) is a symbol, not a number
-        let fixed_length = fact
-            .shape
-            .dims()
-            .nth(1)
-            .and_then(|d| d.concretize())
-            .is_some_and(|d| d.to_i64().is_ok());
-        if !fixed_length {
-            match any_length_plan(&model, input_type) {
+        if let (TextInputs::Ids { dtype, .. }, true, None) = (&inputs, may_cut, fixed_length) {
+            match guarded(|| any_length_plan(&model, *dtype)) {
                 Ok(plan) => {
                     let tower = Self {
                         plan,
-                        input_type,
+                        inputs: inputs.clone(),
                         context_length,
                         dim,
                         cut: true,
                     };
-                    match tower.check_cut() {
+                    match tower.check_cut(probes) {
                         Ok(()) => return Ok(tower),
                         Err(reason) => {
-                            tracing::warn!(model = %onnx.display(), %reason, "the text tower runs every text at full length")
+                            tracing::info!(model = %onnx.display(), %reason, "the text tower runs every text at full length")
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(model = %onnx.display(), error = %format!("{e:#}"), "the text tower's sequence axis is declared dynamic but does not optimise as such")
+                    tracing::warn!(model = %onnx.display(), error = %one_line(&format!("{e:#}")), "the text tower's sequence axis is declared dynamic but does not optimise as such")
                 }
             }
         }
-        let plan = model
-            .with_input_fact(0, InferenceFact::dt_shape(input_type, [1, context_length]))
-            .map_err(err)?
-            .into_optimized()
-            .map_err(err)?
-            .into_runnable()
-            .map_err(err)?;
+        let plan = guarded(|| {
+            let mut model = model;
+            let types: Vec<DatumType> = match &inputs {
+                TextInputs::Ids { dtype, .. } => vec![*dtype],
+                TextInputs::IdsAndMask { ids, mask } => {
+                    let mut t = vec![DatumType::I64; 2];
+                    t[ids.0] = ids.1;
+                    t[mask.0] = mask.1;
+                    t
+                }
+            };
+            for (i, dt) in types.into_iter().enumerate() {
+                model =
+                    model.with_input_fact(i, InferenceFact::dt_shape(dt, [1, context_length]))?;
+            }
+            model.into_optimized()?.into_runnable()
+        })
+        .map_err(err)?;
         let tower = Self {
             plan,
-            input_type,
+            inputs,
             context_length,
             dim,
             cut: false,
         };
-        let out = tower.encode(&tower.padded(PROBES[0]))?;
+        let out = tower
+            .encode_tokens(first_probe)
+            .map_err(|e| bad(e.to_string()))?;
         if out.len() != dim {
-            return Err(CloudError::Model {
-                path: onnx.to_path_buf(),
-                reason: format!("outputs {} values, config.json says {dim}", out.len()),
-            });
+            return Err(bad(format!(
+                "outputs {} values; config.json's embed_dim (the image tower's dimension) is {dim}",
+                out.len()
+            )));
         }
         Ok(tower)
     }
@@ -154,12 +318,22 @@ impl TextTower {
         self.cut
     }
 
+    /// The tower's inputs.
+    pub fn inputs(&self) -> &TextInputs {
+        &self.inputs
+    }
+
+    /// Output dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// The probes, cut and at full length, give `dim` values that agree within `CUT_TOLERANCE`.
-    fn check_cut(&self) -> Result<(), CloudError> {
-        for probe in PROBES {
-            let padded = self.padded(probe);
-            let full = self.run(&padded)?;
-            let cut = self.run(&padded[..cut_length(&padded)])?;
+    fn check_cut(&self, probes: &[Tokens]) -> Result<(), CloudError> {
+        for probe in probes {
+            let padded = &probe.ids;
+            let full = self.run(padded)?;
+            let cut = self.run(&padded[..cut_length(padded)])?;
             if full.len() != self.dim || cut.len() != self.dim {
                 return Err(CloudError::Inference(format!(
                     "outputs {} values, config.json says {}",
@@ -179,15 +353,8 @@ impl TextTower {
         Ok(())
     }
 
-    fn padded(&self, probe: &[i64]) -> Vec<i64> {
-        let mut ids = vec![0i64; self.context_length];
-        let n = probe.len().min(self.context_length);
-        ids[..n].copy_from_slice(&probe[..n]);
-        ids
-    }
-
     /// Encodes one row of token ids (`context_length` of them, padded) into an
-    /// L2-normalised vector.
+    /// L2-normalised vector. For towers of one input; [`Self::encode_tokens`] takes any.
     pub fn encode(&self, ids: &[i64]) -> Result<Vec<f32>, CloudError> {
         if ids.len() != self.context_length {
             return Err(CloudError::Inference(format!(
@@ -195,6 +362,11 @@ impl TextTower {
                 ids.len(),
                 self.context_length
             )));
+        }
+        if !matches!(self.inputs, TextInputs::Ids { .. }) {
+            return Err(CloudError::Inference(
+                "this tower takes an attention mask too (encode_tokens)".into(),
+            ));
         }
         let ids = if self.cut {
             &ids[..cut_length(ids)]
@@ -204,26 +376,47 @@ impl TextTower {
         self.run(ids)
     }
 
-    fn run(&self, ids: &[i64]) -> Result<Vec<f32>, CloudError> {
-        let shape = [1, ids.len()];
-        let tensor = match self.input_type {
-            DatumType::I32 => {
-                let ids32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-                Tensor::from_shape(&shape, &ids32)
+    /// Encodes one tokenised text into an L2-normalised vector.
+    pub fn encode_tokens(&self, tokens: &Tokens) -> Result<Vec<f32>, CloudError> {
+        match &self.inputs {
+            TextInputs::Ids { .. } => self.encode(&tokens.ids),
+            TextInputs::IdsAndMask { ids, mask } => {
+                if tokens.ids.len() != self.context_length
+                    || tokens.attention_mask.len() != self.context_length
+                {
+                    return Err(CloudError::Inference(format!(
+                        "{} ids and {} mask values given, the model takes {}",
+                        tokens.ids.len(),
+                        tokens.attention_mask.len(),
+                        self.context_length
+                    )));
+                }
+                let mut tensors = vec![Tensor::default(), Tensor::default()];
+                tensors[ids.0] = row(&tokens.ids, ids.1)?;
+                tensors[mask.0] = row(&tokens.attention_mask, mask.1)?;
+                self.run_tensors(tensors)
             }
-            _ => Tensor::from_shape(&shape, ids),
         }
-        .map_err(|e| CloudError::Inference(format!("{e:#}")))?;
-        let outputs = self
-            .plan
-            .run(tvec!(tensor.into()))
-            .map_err(|e| CloudError::Inference(format!("{e:#}")))?;
+    }
+
+    fn run(&self, ids: &[i64]) -> Result<Vec<f32>, CloudError> {
+        let dtype = match &self.inputs {
+            TextInputs::Ids { dtype, .. } => *dtype,
+            TextInputs::IdsAndMask { ids, .. } => ids.1,
+        };
+        self.run_tensors(vec![row(ids, dtype)?])
+    }
+
+    fn run_tensors(&self, tensors: Vec<Tensor>) -> Result<Vec<f32>, CloudError> {
+        let inputs: TVec<TValue> = tensors.into_iter().map(|t| t.into()).collect();
+        let outputs = guarded(|| self.plan.run(inputs))
+            .map_err(|e| CloudError::Inference(one_line(&format!("{e:#}"))))?;
         let first = outputs
             .first()
             .ok_or_else(|| CloudError::Inference("model has no output".into()))?;
         let view = first
             .to_plain_array_view::<f32>()
-            .map_err(|e| CloudError::Inference(format!("{e:#}")))?;
+            .map_err(|e| CloudError::Inference(one_line(&format!("{e:#}"))))?;
         let mut v: Vec<f32> = view.iter().copied().collect();
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         if !norm.is_finite() || norm == 0.0 {
@@ -234,6 +427,19 @@ impl TextTower {
         v.iter_mut().for_each(|x| *x /= norm);
         Ok(v)
     }
+}
+
+/// One row `[1, n]` of `values` as a tensor of `dtype` (int32 or int64).
+fn row(values: &[i64], dtype: DatumType) -> Result<Tensor, CloudError> {
+    let shape = [1, values.len()];
+    match dtype {
+        DatumType::I32 => {
+            let v32: Vec<i32> = values.iter().map(|&i| i as i32).collect();
+            Tensor::from_shape(&shape, &v32)
+        }
+        _ => Tensor::from_shape(&shape, values),
+    }
+    .map_err(|e| CloudError::Inference(format!("{e:#}")))
 }
 
 #[cfg(test)]
@@ -344,7 +550,10 @@ mod tests {
         let plan = any_length_plan(&model, DatumType::I64).expect("plan");
         let any = TextTower {
             plan,
-            input_type: DatumType::I64,
+            inputs: TextInputs::Ids {
+                name: "text".into(),
+                dtype: DatumType::I64,
+            },
             context_length: 77,
             dim: 4,
             cut: false,

@@ -31,7 +31,7 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub struct FleetSettings {
     /// This worker's id (names the topic devices answer on).
     pub worker_id: String,
-    /// Model id served.
+    /// Model id (embedding space) of fleet queries: the worker's default tower's.
     pub model: String,
     /// Deadline when a search does not say.
     pub deadline: Duration,
@@ -68,13 +68,16 @@ impl Answer {
 /// What became of a fleet search payload handed to [`Fleet::start`].
 #[derive(Debug, PartialEq)]
 pub enum Started {
-    /// Have `text` encoded and give the vector to [`Fleet::encoded`]; call [`Fleet::deadline`]
+    /// Have `text` encoded (in the worker's default space, [`Fleet::model`], with a text
+    /// tower for `lang`) and give the vector to [`Fleet::encoded`]; call [`Fleet::deadline`]
     /// once `deadline` has passed.
     Encode {
         /// The search, as the engine names it.
         search: u64,
         /// Its text.
         text: String,
+        /// Its language, if it gives one.
+        lang: Option<String>,
         /// How long its devices have to answer.
         deadline: Duration,
     },
@@ -139,6 +142,11 @@ impl Fleet {
     pub fn availability(&mut self, device: String, online: bool) {
         debug!(%device, online, "device availability");
         self.devices.insert(device, online);
+    }
+
+    /// The model id (embedding space) fleet queries are encoded in and named by.
+    pub fn model(&self) -> &str {
+        &self.settings.model
     }
 
     /// Searches in flight.
@@ -207,6 +215,7 @@ impl Fleet {
         Started::Encode {
             search,
             text: request.text,
+            lang: request.lang,
             deadline,
         }
     }

@@ -4,10 +4,14 @@
 //! per-device state, so the service scales out by starting more of them.
 //!
 //! # Layout
-//! Pure engines: [`model`] (config.json, textual/), [`tokenize`] (CLIP BPE via `tokenizers`),
-//! [`rank`] (server-side ranking of int8 vectors, method B), [`encode`] (the text tower on
-//! tract), [`encodings`] (the text encoder's cache, coalescing, workers and [`limits`]),
-//! [`fleet`] (fleet searches: who is asked, which answers count, the merge and the deadline).
+//! Pure engines: [`model`] (a model folder read as Immich reads it, loading a text tower and
+//! its report, [`model::check`]), [`tokenize`] (Immich's text pipeline via `tokenizers`, and
+//! open_clip's CLIP layout), [`encode`] (the text tower on tract: inputs read from the model,
+//! the cut after the end token where proven harmless), [`towers`] (which text tower encodes a
+//! request: its space, its language), [`language`] (UI language codes to FLORES-200),
+//! [`rank`] (server-side ranking of int8 vectors, method B), [`encodings`] (the text
+//! encoder's cache, coalescing, workers and [`limits`]), [`fleet`] (fleet searches: who is
+//! asked, which answers count, the merge and the deadline).
 //! Shells: [`actors`], [`service`], [`config`], [`error`].
 //!
 //! Architecture invariant: the cloud never receives or reads a picture.
@@ -19,11 +23,13 @@ pub mod encode;
 pub mod encodings;
 pub mod error;
 pub mod fleet;
+pub mod language;
 pub mod limits;
 pub mod model;
 pub mod rank;
 pub mod service;
 pub mod tokenize;
+pub mod towers;
 
 pub use config::CloudConfig;
 pub use error::CloudError;

@@ -38,6 +38,7 @@ mod tests {
             reply_to: "edgeclip/d/cloud/reply".into(),
             model: "m".into(),
             text: "t".into(),
+            lang: None,
             k: 2,
             chunk: 0,
             chunks: 1,

@@ -72,7 +72,12 @@ impl ModelFolder {
             name.as_deref(),
             &config_bytes,
             sums.as_deref(),
-        );
+            std::fs::File::open(&onnx).ok(),
+        )
+        .map_err(|e| DeviceError::Model {
+            path: onnx,
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             id,

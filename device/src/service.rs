@@ -48,7 +48,7 @@ impl Device {
     pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse, DeviceError> {
         ractor::call_t!(
             self.supervisor,
-            |p| SupervisorMsg::Search(request, p),
+            |p| SupervisorMsg::Search(Box::new(request), p),
             self.search_timeout.as_millis() as u64
         )
         .map_err(|e| DeviceError::Actor(e.to_string()))

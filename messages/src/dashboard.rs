@@ -31,6 +31,11 @@ pub struct SearchRequest {
     /// bounds the number of groups, the filters which pictures are compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicates: Option<f32>,
+    /// The search text's language (`de`, `zh-CN`, `deu_Latn`, ...), for a cloud with a
+    /// multilingual text tower; absent: the cloud's default (English) tower. Sent to the cloud
+    /// with the text (see [`crate::wire::EncodeRequest::lang`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
     /// Which pictures may be returned: `folder`, `after`, `before`, `min_score`, `source`, at
     /// the top level of the JSON object.
     #[serde(flatten)]
@@ -46,6 +51,7 @@ const SEARCH_FIELDS: &[&str] = &[
     "like",
     "mode",
     "duplicates",
+    "lang",
     "folder",
     "after",
     "before",
@@ -73,6 +79,7 @@ impl SearchRequest {
             like: None,
             mode: None,
             duplicates: None,
+            lang: None,
             filter: Filter::default(),
         }
     }
@@ -135,6 +142,9 @@ impl SearchRequest {
                 field: "k",
                 reason: "must be at least 1".into(),
             });
+        }
+        if let Some(lang) = &request.lang {
+            crate::wire::validate_lang(lang)?;
         }
         if let Some(id) = &request.id {
             if id.len() > 128 {
@@ -224,6 +234,10 @@ pub struct FleetSearchRequest {
     /// search; devices still silent then are listed as missing. The cloud's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The text's language, as in [`SearchRequest::lang`]: the cloud encodes it with a
+    /// multilingual text tower when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
 }
 
 impl FleetSearchRequest {
@@ -235,6 +249,7 @@ impl FleetSearchRequest {
             id: None,
             reply_to: None,
             deadline_ms: None,
+            lang: None,
         }
     }
 
@@ -282,6 +297,9 @@ impl FleetSearchRequest {
         }
         if let Some(id) = &request.id {
             validate_fleet_id(id)?;
+        }
+        if let Some(lang) = &request.lang {
+            crate::wire::validate_lang(lang)?;
         }
         if let Some(topic) = &request.reply_to {
             crate::topics::validate_fleet_reply_topic(topic)?;
@@ -519,6 +537,7 @@ mod tests {
             like: Some("p".into()),
             mode: Some(SearchMode::Server),
             duplicates: Some(0.9),
+            lang: Some("de".into()),
             filter: Filter {
                 folder: Some("/f".into()),
                 after: Some(1),
@@ -548,6 +567,9 @@ mod tests {
         assert!(SearchRequest::parse(br#"{"text":5}"#, 100).is_err());
         assert!(SearchRequest::parse(br#"{"text":"x","k":0}"#, 100).is_err());
         assert!(SearchRequest::parse("x".repeat(101).as_bytes(), 100).is_err());
+        assert!(SearchRequest::parse(br#"{"text":"x","lang":"de CH"}"#, 100).is_err());
+        let german = SearchRequest::parse(br#"{"text":"ein Hund","lang":"de"}"#, 100).unwrap();
+        assert_eq!(german.lang.as_deref(), Some("de"));
     }
 
     #[test]
@@ -565,6 +587,10 @@ mod tests {
             (json.k, json.deadline_ms, json.id.as_deref()),
             (Some(3), Some(500), Some("q-1"))
         );
+        let chinese =
+            FleetSearchRequest::parse(r#"{"text":"海滩上的狗","lang":"zh-CN"}"#.as_bytes(), 100)
+                .unwrap();
+        assert_eq!(chinese.lang.as_deref(), Some("zh-CN"));
         for bad in [
             &br#"{"text":""}"#[..],
             br#"{"text":"x","k":0}"#,
@@ -572,6 +598,7 @@ mod tests {
             br#"{"text":"x","reply_to":"edgeclip/cam/search"}"#,
             br#"{"text":"x","deadline_ms":0}"#,
             br#"{"text":"x","like":"y"}"#,
+            br#"{"text":"x","lang":""}"#,
         ] {
             assert!(
                 FleetSearchRequest::parse(bad, 100).is_err(),

@@ -9,7 +9,8 @@
 //! - [`hit`]: one ranked picture, the result type of every search (JSON and rkyv).
 //! - [`request_id`]: request ids that a restarted program never repeats.
 //! - [`homeassistant`]: Home Assistant MQTT discovery configs and their validation.
-//! - [`model_id`]: how a model folder is named on the wire, so device and cloud agree.
+//! - [`model_id`]: the embedding space a model folder is named by on the wire, so device and
+//!   cloud agree on the space rather than on a file.
 //! - [`error`]: the crate's one error enum.
 //!
 //! Architecture invariant: this crate does no IO and depends on no other edgeclip crate.

@@ -20,14 +20,17 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 pub use crate::hit::Hit;
 use crate::WireError;
 
-/// Version of the device<->cloud protocol spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of the device<->cloud protocol spoken by this build (encode and rank requests carry
+/// the search's language, `lang`; a peer of another version is refused, not misread).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Magic at the start of every frame.
 pub const MAGIC: [u8; 2] = *b"EC";
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 12;
 /// Largest vector dimension accepted from the wire (real CLIP models use 512..1024).
 pub const MAX_DIM: usize = 4096;
+/// Longest language code accepted (`zh-Hans-CN`, `deu_Latn`, ...).
+pub const MAX_LANG_BYTES: usize = 32;
 
 /// Kind byte of a frame: which message type its archive holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +71,7 @@ pub trait WireMessage: Archive {
     const KIND: Kind;
 }
 
-/// Device -> cloud: encode this search text with the text tower of `model`.
+/// Device -> cloud: encode this search text with a text tower of `model`'s embedding space.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct EncodeRequest {
@@ -76,10 +79,16 @@ pub struct EncodeRequest {
     pub request_id: u64,
     /// Topic the reply must be published to (see [`crate::topics::cloud_reply`]).
     pub reply_to: String,
-    /// Model id the device's index was built with; the cloud refuses other models.
+    /// Model id the device's index was built with: it names the embedding space the vector
+    /// must be in (see [`crate::model_id`]); the cloud refuses other spaces.
     pub model: String,
     /// The search text, UTF-8.
     pub text: String,
+    /// The search's language, when known: a FLORES-200 code (`deu_Latn`) or a UI language
+    /// code (`de`, `zh-CN`, `pt-BR`) that the cloud maps. A cloud with a multilingual text
+    /// tower for the space encodes with it; `None` (or a language no tower serves) gets the
+    /// space's default (English) tower. See [`validate_lang`].
+    pub lang: Option<String>,
 }
 
 impl WireMessage for EncodeRequest {
@@ -154,10 +163,12 @@ pub struct RankRequest {
     pub request_id: u64,
     /// Topic the reply must be published to.
     pub reply_to: String,
-    /// Model id of the vectors.
+    /// Model id of the vectors (their embedding space).
     pub model: String,
     /// The search text.
     pub text: String,
+    /// The search's language, as in [`EncodeRequest::lang`].
+    pub lang: Option<String>,
     /// Hits wanted from this chunk.
     pub k: u32,
     /// Which chunk this is (0-based) of how many.
@@ -292,6 +303,9 @@ impl ArchivedRankRequest {
         }
         if self.model.is_empty() || self.model.len() > 256 {
             return bad("model", "must be 1 to 256 bytes".into());
+        }
+        if let Some(lang) = self.lang.as_ref() {
+            validate_lang(lang.as_str())?;
         }
         crate::topics::validate_reply_topic(self.reply_to.as_str())?;
         let (dim, n) = (self.dim.to_native() as usize, self.ids.len());
@@ -472,8 +486,31 @@ impl ArchivedEncodeRequest {
                 reason: "must be 1 to 256 bytes".into(),
             });
         }
+        if let Some(lang) = self.lang.as_ref() {
+            validate_lang(lang.as_str())?;
+        }
         crate::topics::validate_reply_topic(self.reply_to.as_str())
     }
+}
+
+/// Checks a search's language code: 1 to [`MAX_LANG_BYTES`] ASCII letters, digits, `-` or
+/// `_` (UI codes such as `zh-CN` or `sr_Cyrl`, FLORES-200 codes such as `deu_Latn`). Whether a
+/// text tower serves it is the cloud's business; this only keeps the field a plain code.
+pub fn validate_lang(lang: &str) -> Result<(), WireError> {
+    if lang.is_empty()
+        || lang.len() > MAX_LANG_BYTES
+        || !lang
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(WireError::Field {
+            field: "lang",
+            reason: format!(
+                "must be 1 to {MAX_LANG_BYTES} letters, digits, '-' or '_' (a language code such as de, zh-CN or deu_Latn)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a received vector: non-empty, at most [`MAX_DIM`] values, all finite.
@@ -526,6 +563,7 @@ mod tests {
             reply_to: "edgeclip/cam1/cloud/reply".into(),
             model: "clip-shapes@0123456789ab".into(),
             text: "a red circle".into(),
+            lang: None,
         }
     }
 
@@ -536,7 +574,38 @@ mod tests {
         let r = got.get();
         assert_eq!(r.request_id, 42);
         assert_eq!(r.text.as_str(), "a red circle");
+        assert!(r.lang.is_none());
         assert!(r.validate(1024).is_ok());
+        let german = EncodeRequest {
+            lang: Some("de".into()),
+            text: "ein roter Kreis".into(),
+            ..request()
+        };
+        let got = Received::<EncodeRequest>::decode(&encode(&german).unwrap(), 1 << 20).unwrap();
+        assert_eq!(got.get().lang.as_ref().map(|l| l.as_str()), Some("de"));
+        assert!(got.get().validate(1024).is_ok());
+    }
+
+    #[test]
+    fn language_codes_are_plain_codes() {
+        for good in ["de", "zh-CN", "pt_BR", "deu_Latn", "sr-Cyrl", "zh-Hans-CN"] {
+            assert!(validate_lang(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "de CH",
+            "de/",
+            "x".repeat(MAX_LANG_BYTES + 1).as_str(),
+            "ü",
+        ] {
+            assert!(validate_lang(bad).is_err(), "{bad:?}");
+        }
+        let r = EncodeRequest {
+            lang: Some("de/../x".into()),
+            ..request()
+        };
+        let f = Received::<EncodeRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
+        assert!(f.get().validate(1024).is_err());
     }
 
     #[test]
@@ -659,6 +728,7 @@ mod tests {
             reply_to: "edgeclip/cam/cloud/reply".into(),
             model: "m".into(),
             text: "a red circle".into(),
+            lang: Some("fr".into()),
             k: 5,
             chunk: 0,
             chunks: 1,
@@ -670,6 +740,10 @@ mod tests {
         let ok = Received::<RankRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
         assert!(ok.get().validate(100, 10).is_ok());
         assert!(ok.get().validate(100, 0).is_err());
+        let mut bad_lang = r.clone();
+        bad_lang.lang = Some(String::new());
+        let bad = Received::<RankRequest>::decode(&encode(&bad_lang).unwrap(), 1 << 20).unwrap();
+        assert!(bad.get().validate(100, 10).is_err());
         r.ids.push(8);
         let bad = Received::<RankRequest>::decode(&encode(&r).unwrap(), 1 << 20).unwrap();
         assert!(bad.get().validate(100, 10).is_err());

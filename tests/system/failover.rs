@@ -108,6 +108,7 @@ async fn burst_device(
             reply_to: topics::cloud_reply(device),
             model: model.clone(),
             text,
+            lang: None,
         })
         .expect("frame");
         client
@@ -228,6 +229,7 @@ async fn simulated_device(
             reply_to: reply_to.clone(),
             model: model.clone(),
             text,
+            lang: None,
         })
         .expect("frame");
         let first = std::time::Instant::now();

@@ -326,6 +326,7 @@ async fn malformed_messages_are_answered_or_dropped_and_everyone_keeps_serving()
         reply_to: topics::cloud_reply("hardened"),
         model: "x".into(),
         text: "y".into(),
+        lang: None,
     })
     .expect("frame");
     let mut future = good.clone();

@@ -373,6 +373,7 @@ async fn the_cloud_bounds_each_requester_and_says_which_limit() {
             reply_to: topics::cloud_reply(device),
             model: model.clone(),
             text: format!("a red circle number {id}"),
+            lang: None,
         })
         .expect("frame")
     };

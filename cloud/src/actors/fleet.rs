@@ -10,8 +10,9 @@
 //! devices asked, the hits so far, the deadline); a worker that dies takes its searches with
 //! it, and their requesters see their own timeout.
 //!
-//! The text is encoded by this worker's text encoder: the fleet actor casts it the text with a
-//! job that casts the vector back as [`FleetMsg::Encoded`], so no handler waits for the other
+//! The text is encoded by this worker's text encoder, in the worker's default embedding space
+//! with the text tower for the search's language: the fleet actor casts it the text with a job
+//! that casts the vector back as [`FleetMsg::Encoded`], so no handler waits for the other
 //! actor.
 
 use std::time::Instant;
@@ -124,12 +125,13 @@ impl Actor for FleetActor {
 /// Starts a search: its text to the encoder (the vector comes back as `Encoded`), and a timer
 /// for its deadline.
 fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, payload: &[u8]) {
-    let (search, text, deadline) = match state.fleet.start(payload, Instant::now()) {
+    let (search, text, lang, deadline) = match state.fleet.start(payload, Instant::now()) {
         Started::Encode {
             search,
             text,
+            lang,
             deadline,
-        } => (search, text, deadline),
+        } => (search, text, lang, deadline),
         Started::Refused(answer) => return publish(state, answer),
         Started::Dropped => return,
     };
@@ -139,9 +141,15 @@ fn start(myself: &ActorRef<FleetMsg>, state: &mut FleetState, payload: &[u8]) {
         let _ = me.cast(FleetMsg::Encoded { search, result });
     };
     let job = Job::InProcess(Box::new(deliver));
+    let model = state.fleet.model().to_string();
     if state
         .encoder
-        .cast(TextEncoderMsg::Encode { text, job })
+        .cast(TextEncoderMsg::Encode {
+            model,
+            text,
+            lang,
+            job,
+        })
         .is_err()
     {
         if let Some(answer) = state.fleet.encoder_gone(search) {

@@ -1,5 +1,6 @@
-//! [`CloudSupervisor`]: loads the tokenizer and the text tower, spawns the MQTT link (on the
-//! shared subscription) and the text encoder, and shuts them down in order.
+//! [`CloudSupervisor`]: loads the text towers (each folder through [`crate::model::load`], the
+//! same check `edgeclip_cloud::model::check` runs, one log line each), spawns the MQTT link (on
+//! the shared subscription) and the text encoder, and shuts them down in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +13,9 @@ use tracing::{error, info};
 use super::fleet::{FleetActor, FleetArgs, FleetMsg};
 use super::text_encoder::{TextEncoderActor, TextEncoderArgs, TextEncoderMsg};
 use crate::config::CloudConfig;
-use crate::encode::TextTower;
+use crate::error::CloudError;
 use crate::fleet::FleetSettings;
-use crate::model::TextModelFolder;
-use crate::tokenize::ClipTokenizer;
+use crate::model::Towers;
 
 /// How long an actor may take to stop (the encoder finishes the texts it holds first): an
 /// encoding takes milliseconds, so only a stuck actor reaches it.
@@ -48,19 +48,23 @@ impl Actor for CloudSupervisor {
         myself: ActorRef<CloudSupervisorMsg>,
         config: CloudConfig,
     ) -> Result<CloudSupervisorState, ActorProcessingErr> {
-        let model = TextModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
-        let tokenizer = Arc::new(ClipTokenizer::from_file(
-            &model.tokenizer_json(),
-            model.context_length,
-        )?);
-        let (onnx, ctx, dim) = (model.textual_onnx(), model.context_length, model.dim);
-        let started = std::time::Instant::now();
-        let tower = tokio::task::spawn_blocking(move || TextTower::load(&onnx, ctx, dim)).await??;
-        info!(model = %model.id, dim, cuts_after_end_token = tower.cuts(), took = ?started.elapsed(), "text tower loaded");
+        let specs = config.model.towers();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut loaded = Vec::new();
+            for spec in &specs {
+                let (tower, report) = crate::model::load(spec)?;
+                info!("{report}");
+                loaded.push(tower);
+            }
+            Ok::<_, CloudError>(loaded)
+        })
+        .await??;
+        let towers = Arc::new(Towers::new(loaded)?);
+        let model = towers.set.default_id().to_string();
 
         let presence = Some(Presence {
             topic: topics::worker_presence(&config.worker_id),
-            online: model.id.clone(),
+            online: model.clone(),
             offline: String::new(),
         });
         let listener = topics::Listener::Worker {
@@ -73,9 +77,7 @@ impl Actor for CloudSupervisor {
         let (link, _) =
             Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
         let args = TextEncoderArgs {
-            tower,
-            tokenizer,
-            model: model.id.clone(),
+            towers,
             workers: config.encoder.workers,
             cache_entries: config.encoder.cache_entries,
             max_text_bytes: config.encoder.max_text_bytes,
@@ -88,7 +90,7 @@ impl Actor for CloudSupervisor {
         let fleet_args = FleetArgs {
             settings: FleetSettings {
                 worker_id: config.worker_id.clone(),
-                model: model.id.clone(),
+                model: model.clone(),
                 deadline: Duration::from_millis(config.fleet.deadline_ms),
                 max_deadline: Duration::from_millis(config.fleet.max_deadline_ms),
                 default_k: config.fleet.default_k,
@@ -130,7 +132,7 @@ impl Actor for CloudSupervisor {
             }
         });
         link.cast(LinkMsg::Start(router))?;
-        info!(worker = %config.worker_id, broker = %config.broker.url, model = %model.id, "cloud worker started");
+        info!(worker = %config.worker_id, broker = %config.broker.url, %model, "cloud worker started");
         Ok(CloudSupervisorState {
             link,
             encoder,

@@ -1,9 +1,13 @@
 //! [`TextEncoderActor`]: turns encode requests into text vectors (method A), and rank
 //! requests into the best ids of a chunk of the device's vectors (method B).
 //!
-//! Every request is validated (frame, protocol version, text, reply topic, model); a request
-//! whose reply topic is known gets an error reply, anything else is logged and dropped. Which
-//! texts to encode, and for whom, is [`Encodings`]' rule (cache, one encoding per text, at most
+//! Every request is validated (frame, protocol version, text, reply topic, model, language); a
+//! request whose reply topic is known gets an error reply, anything else is logged and dropped.
+//! Which of the worker's text towers encodes it is [`crate::towers::TowerSet::pick`]'s rule (the request's
+//! embedding space, then its language); a request of a space the worker does not serve gets
+//! [`ErrorCode::ModelMismatch`]. The answer names the model the request named (the device ranks
+//! a vector by the index of that id). Which texts to encode, and for whom, is
+//! [`Encodings`]' rule (keyed by tower, language prefix and text) (cache, one encoding per text, at most
 //! `workers` at once, the per-requester [`Limits`](crate::limits::Limits)); refusals are
 //! answered with [`ErrorCode::Busy`]. The actor only turns messages into calls: an encoding
 //! runs on a blocking thread and comes back as [`TextEncoderMsg::Encoded`], and the chunks of
@@ -23,11 +27,23 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::encode::TextTower;
 use crate::encodings::{Encodings, Submitted};
 use crate::error::CloudError;
 use crate::limits::LimitsConfig;
-use crate::tokenize::ClipTokenizer;
+use crate::model::Towers;
+
+/// What a text's vector depends on, the text encoder's cache key: the text tower, the
+/// language as that tower uses it (NLLB's FLORES-200 prefix; `None` for towers that ignore
+/// it), and the text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TextKey {
+    /// Index of the tower among the worker's.
+    pub tower: usize,
+    /// The language prefix the tower writes before the text.
+    pub prefix: Option<String>,
+    /// The search text as received.
+    pub text: String,
+}
 
 /// What a text is encoded for.
 pub enum Job {
@@ -37,6 +53,8 @@ pub enum Job {
         request_id: u64,
         /// Where the reply goes.
         reply_to: String,
+        /// The model id the request named, which the reply names.
+        model: String,
     },
     /// Method B: rank this chunk of the device's vectors against the text.
     Rank(Box<Received<RankRequest>>),
@@ -62,27 +80,27 @@ pub enum TextEncoderMsg {
     Request(Bytes),
     /// Encode a text already validated by another actor of this worker.
     Encode {
+        /// The embedding space (model id) the vector must be in.
+        model: String,
         /// The text.
         text: String,
+        /// Its language, if given.
+        lang: Option<String>,
         /// What it is encoded for.
         job: Job,
     },
     /// A worker finished a text.
     Encoded {
         /// The text (cache key).
-        text: String,
+        key: TextKey,
         /// The vector, or why not.
         result: Result<Vec<f32>, CloudError>,
     },
 }
 /// Arguments of the text encoder.
 pub struct TextEncoderArgs {
-    /// The text tower.
-    pub tower: TextTower,
-    /// The tokenizer.
-    pub tokenizer: Arc<ClipTokenizer>,
-    /// Model id served.
-    pub model: String,
+    /// The worker's text towers.
+    pub towers: Arc<Towers>,
     /// Texts encoded at once.
     pub workers: usize,
     /// Cache size (0 disables).
@@ -102,7 +120,7 @@ pub struct TextEncoderArgs {
 /// State of the text encoder.
 pub struct TextEncoderState {
     args: TextEncoderArgs,
-    encodings: Encodings<Job>,
+    encodings: Encodings<TextKey, Job>,
     /// One ranking of server-ranked chunks at a time: ranking takes at most one core beside
     /// the `workers` encodings.
     ranking: Arc<Semaphore>,
@@ -137,15 +155,36 @@ impl Actor for TextEncoderActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TextEncoderMsg::Request(bytes) => {
-                if let Some((text, job)) = accept(state, &bytes) {
-                    submit(&myself, state, text, job);
+                if let Some((key, job)) = accept(state, &bytes) {
+                    submit(&myself, state, key, job);
                 }
             }
-            TextEncoderMsg::Encode { text, job } => submit(&myself, state, text, job),
-            TextEncoderMsg::Encoded { text, result } => {
+            TextEncoderMsg::Encode {
+                model,
+                text,
+                lang,
+                job,
+            } => match state.args.towers.set.pick(&model, lang.as_deref()) {
+                Ok(choice) => {
+                    let key = TextKey {
+                        tower: choice.tower,
+                        prefix: choice.prefix,
+                        text,
+                    };
+                    submit(&myself, state, key, job);
+                }
+                Err(message) => {
+                    let failure = CloudFailure {
+                        code: ErrorCode::ModelMismatch,
+                        message,
+                    };
+                    answer(state, vec![job], Err(failure));
+                }
+            },
+            TextEncoderMsg::Encoded { key, result } => {
                 let done = state
                     .encodings
-                    .finished(&text, result.as_ref().ok().map(Vec::as_slice));
+                    .finished(&key, result.as_ref().ok().map(Vec::as_slice));
                 if let Some(next) = done.next {
                     start_encoding(&myself, state, next);
                 }
@@ -160,9 +199,32 @@ impl Actor for TextEncoderActor {
     }
 }
 
-/// Validates a request; answers the invalid ones it can, and returns the text and the job of
-/// the valid ones.
-fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
+/// The tower for a request of `model` in `lang`, as the cache key of `text`, or the failure.
+fn choose(
+    state: &TextEncoderState,
+    model: &str,
+    lang: Option<&str>,
+    text: &str,
+) -> Result<TextKey, CloudFailure> {
+    let choice = state
+        .args
+        .towers
+        .set
+        .pick(model, lang)
+        .map_err(|message| CloudFailure {
+            code: ErrorCode::ModelMismatch,
+            message,
+        })?;
+    Ok(TextKey {
+        tower: choice.tower,
+        prefix: choice.prefix,
+        text: text.to_string(),
+    })
+}
+
+/// Validates a request; answers the invalid ones it can, and returns the cache key and the job
+/// of the valid ones.
+fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(TextKey, Job)> {
     let limit = state.args.max_request_bytes;
     let fail = |code, message: String| Err(CloudFailure { code, message });
     match Kind::of(bytes) {
@@ -179,25 +241,22 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
                 warn!("rank request with an unusable reply topic dropped");
                 return None;
             }
+            let lang = r.lang.as_ref().map(|l| l.as_str());
             let checked = match r.validate(state.args.max_text_bytes, state.args.max_rank_vectors) {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
-                Ok(()) if r.model.as_str() != state.args.model => fail(
-                    ErrorCode::ModelMismatch,
-                    mismatch(&state.args.model, r.model.as_str()),
-                ),
-                Ok(()) => Ok(()),
+                Ok(()) => choose(state, r.model.as_str(), lang, r.text.as_str()),
             };
-            let checked = checked.and_then(|()| match r.chunk.to_native() {
+            let checked = checked.and_then(|key| match r.chunk.to_native() {
                 // one search, however many chunks: only its first chunk counts
                 0 => state
                     .encodings
                     .admit(requester_of(r.reply_to.as_str()), Instant::now())
+                    .map(|()| key)
                     .map_err(busy),
-                _ => Ok(()),
+                _ => Ok(key),
             });
-            let text = r.text.to_string();
             match checked {
-                Ok(()) => Some((text, Job::Rank(Box::new(request)))),
+                Ok(key) => Some((key, Job::Rank(Box::new(request)))),
                 Err(failure) => {
                     reply_rank(
                         &state.args.link,
@@ -225,23 +284,25 @@ fn accept(state: &mut TextEncoderState, bytes: &[u8]) -> Option<(String, Job)> {
                 return None;
             }
             let reply_to = r.reply_to.to_string();
+            let lang = r.lang.as_ref().map(|l| l.as_str());
             let checked = match r.validate(state.args.max_text_bytes) {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
-                Ok(()) if r.model.as_str() != state.args.model => fail(
-                    ErrorCode::ModelMismatch,
-                    mismatch(&state.args.model, r.model.as_str()),
-                ),
-                Ok(()) => state
+                Ok(()) => choose(state, r.model.as_str(), lang, r.text.as_str()),
+            };
+            let checked = checked.and_then(|key| {
+                state
                     .encodings
                     .admit(requester_of(&reply_to), Instant::now())
-                    .map_err(busy),
-            };
+                    .map(|()| key)
+                    .map_err(busy)
+            });
             match checked {
-                Ok(()) => Some((
-                    r.text.to_string(),
+                Ok(key) => Some((
+                    key,
                     Job::Vector {
                         request_id,
                         reply_to,
+                        model: r.model.to_string(),
                     },
                 )),
                 Err(failure) => {
@@ -270,44 +331,37 @@ fn busy(refusal: crate::limits::Refusal) -> CloudFailure {
     }
 }
 
-fn mismatch(served: &str, asked: &str) -> String {
-    format!("this cloud serves model {served}, the device's index was built with {asked}")
-}
-
 /// Hands a job to the engine: answers it from the cache or with a refusal, starts an
 /// encoding, or leaves it waiting.
-fn submit(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState, text: String, job: Job) {
+fn submit(myself: &ActorRef<TextEncoderMsg>, state: &mut TextEncoderState, key: TextKey, job: Job) {
     let requester = job.requester().to_string();
-    match state
-        .encodings
-        .submit(text, &requester, job, Instant::now())
-    {
+    match state.encodings.submit(key, &requester, job, Instant::now()) {
         Submitted::Cached(job, vector) => {
             debug!("cache hit");
             answer(state, vec![job], Ok(vector));
         }
         Submitted::Refused(job, refusal) => answer(state, vec![job], Err(busy(refusal))),
-        Submitted::Encode(text) => start_encoding(myself, state, text),
+        Submitted::Encode(key) => start_encoding(myself, state, key),
         Submitted::Waiting => {}
     }
 }
 
-/// Tokenises and encodes `text` on a blocking thread; the result comes back as `Encoded`.
-fn start_encoding(myself: &ActorRef<TextEncoderMsg>, state: &TextEncoderState, text: String) {
-    let (tower, tokenizer, me) = (
-        state.args.tower.clone(),
-        state.args.tokenizer.clone(),
-        myself.clone(),
-    );
+/// Cleans, tokenises and encodes a text with its tower on a blocking thread; the result comes
+/// back as `Encoded`.
+fn start_encoding(myself: &ActorRef<TextEncoderMsg>, state: &TextEncoderState, key: TextKey) {
+    let (towers, me) = (state.args.towers.clone(), myself.clone());
     tokio::spawn(async move {
-        let input = text.clone();
-        let work = tokio::task::spawn_blocking(move || {
-            let ids = tokenizer.encode(&input)?;
-            tower.encode(&ids)
+        let input = key.clone();
+        let work = tokio::task::spawn_blocking(move || match towers.loaded.get(input.tower) {
+            Some(tower) => tower.encode(&input.text, input.prefix.as_deref()),
+            None => Err(CloudError::Inference(format!(
+                "no text tower {}",
+                input.tower
+            ))),
         })
         .await;
         let result = work.unwrap_or_else(|join| Err(CloudError::EncoderCrashed(join)));
-        let _ = me.cast(TextEncoderMsg::Encoded { text, result });
+        let _ = me.cast(TextEncoderMsg::Encoded { key, result });
     });
 }
 
@@ -321,10 +375,11 @@ fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, Clo
             Job::Vector {
                 request_id,
                 reply_to,
+                model,
             } => {
                 let body = match &result {
                     Ok(vector) => ReplyBody::Vector(TextVector {
-                        model: state.args.model.clone(),
+                        model,
                         vector: vector.clone(),
                     }),
                     Err(failure) => ReplyBody::Error(failure.clone()),
@@ -338,24 +393,23 @@ fn answer(state: &TextEncoderState, jobs: Vec<Job>, result: Result<Vec<f32>, Clo
     if chunks.is_empty() {
         return;
     }
-    let (link, model) = (state.args.link.clone(), state.args.model.clone());
+    let link = state.args.link.clone();
     let ranking = state.ranking.clone();
     tokio::spawn(async move {
         let Ok(_turn) = ranking.acquire_owned().await else {
             return;
         };
-        let ranked =
-            tokio::task::spawn_blocking(move || rank_chunks(&link, &model, chunks, &result));
+        let ranked = tokio::task::spawn_blocking(move || rank_chunks(&link, chunks, &result));
         if let Err(e) = ranked.await {
             warn!(error = %e, "ranking crashed; its chunks stay unanswered");
         }
     });
 }
 
-/// Ranks each chunk against the text vector (or answers the failure) and publishes the replies.
+/// Ranks each chunk against the text vector (or answers the failure) and publishes the replies,
+/// each naming the model its request named.
 fn rank_chunks(
     link: &ActorRef<LinkMsg>,
-    model: &str,
     chunks: Vec<Received<RankRequest>>,
     result: &Result<Vec<f32>, CloudFailure>,
 ) {
@@ -365,7 +419,7 @@ fn rank_chunks(
             Ok(query) if query.len() == r.dim.to_native() as usize => {
                 let (ids, scores) = crate::rank::rank_chunk(query, r);
                 RankBody::Ranked(RankedIds {
-                    model: model.to_string(),
+                    model: r.model.to_string(),
                     ids,
                     scores,
                 })

@@ -385,6 +385,7 @@ fn start(
         reply_to: topics::cloud_reply(&state.args.device_id),
         model: model.clone(),
         text: asked.request.text.clone(),
+        lang: None,
     };
     let sent = wire::encode(&request)
         .map(|f| vec![(0, topics::CLOUD_ENCODE, f)])
@@ -426,6 +427,7 @@ fn on_export(
             reply_to: reply_to.clone(),
             model: export.model.clone(),
             text: asked.request.text.clone(),
+            lang: None,
             k: asked.k as u32,
             chunk: chunk as u32,
             chunks,
@@ -690,6 +692,7 @@ fn ask_again(myself: &ActorRef<SearchMsg>, state: &mut SearchState, mut p: Pendi
         reply_to: topics::cloud_reply(&state.args.device_id),
         model: model.clone(),
         text: p.text.clone(),
+        lang: None,
     };
     match wire::encode(&request) {
         Ok(frame) => {

@@ -46,7 +46,7 @@ const HTTP_SEARCH_SLACK: Duration = Duration::from_secs(2);
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
     /// Run a search in-process (the answer is also published on the results topic).
-    Search(SearchRequest, RpcReplyPort<SearchResponse>),
+    Search(Box<SearchRequest>, RpcReplyPort<SearchResponse>),
     /// The device's status.
     Status(RpcReplyPort<DeviceStatus>),
     /// Scan the folders now.
@@ -424,7 +424,7 @@ impl Actor for DeviceSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Search(request, port) => {
-                state.search.cast(SearchMsg::Search(request, Some(port)))?;
+                state.search.cast(SearchMsg::Search(*request, Some(port)))?;
             }
             SupervisorMsg::Status(port) => {
                 state.index.cast(IndexMsg::Status(port))?;

@@ -736,6 +736,7 @@ impl Session {
                     reply_to: reply_to.clone(),
                     model: export.model.clone(),
                     text: answering.text.clone(),
+                    lang: None,
                     k: k as u32,
                     chunk: chunk as u32,
                     chunks,
@@ -796,6 +797,7 @@ impl Session {
             like,
             mode,
             duplicates,
+            lang: _,
             filter,
         } = request;
         let id = id.unwrap_or_else(|| format!("{request_id:x}"));
@@ -887,6 +889,7 @@ impl Session {
             reply_to: topics::cloud_reply(&self.config.device_id),
             model: model.clone(),
             text: pending.answering.text.clone(),
+            lang: None,
         };
         match wire::encode(&request) {
             Ok(frame) => {
