@@ -38,6 +38,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod model;
+mod multilingual;
 mod persistence;
 mod reindex;
 mod search;
