@@ -84,7 +84,8 @@ pub struct TextModelFolder {
     pub name: String,
     /// Model id on the wire: the embedding space the text tower was aligned to.
     pub id: String,
-    /// The id earlier builds derived for the folder (`None` when the id is set).
+    /// The folder's id under the legacy rule (`model_id::legacy_model_id`; `None` when the id
+    /// is set).
     pub legacy_id: Option<String>,
     /// Output dimension (`embed_dim`, which the image side uses too).
     pub dim: usize,

@@ -4,7 +4,7 @@
 //! needs (its `model`, the device's index) and may give a language (`lang`):
 //!
 //! 1. The towers of the request's space: those whose id names the same space
-//!    (`model_id::same_space`), or whose folder had exactly that id under the earlier rule
+//!    (`model_id::same_space`), or whose folder had exactly that id under the legacy rule
 //!    (`legacy_model_id`: an index a device made before keeps its answers). None: the
 //!    request is refused as a model mismatch.
 //! 2. With a language: the first of them (configuration order) that names it (an English
@@ -43,7 +43,7 @@ pub struct TowerInfo {
     pub name: String,
     /// Model id of the tower's folder: its embedding space (derived, or set).
     pub id: String,
-    /// The id earlier builds gave its folder, if derived.
+    /// Its folder's id under the legacy rule, if derived.
     pub legacy_id: Option<String>,
     /// Languages it serves.
     pub languages: Languages,
@@ -218,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn an_index_made_under_the_earlier_rule_is_still_answered() {
+    fn an_index_made_under_the_legacy_rule_is_still_answered() {
         let set = vit_and_mclip();
         assert_eq!(set.pick("mclip@legacy000000", None).unwrap().tower, 1);
         // compared whole: the label was part of those ids

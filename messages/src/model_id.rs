@@ -29,9 +29,10 @@
 //! shipped without `visual/model.onnx` and without a `SHA256SUMS` line for it, or an image
 //! tower re-exported (other bytes, same weights).
 //!
-//! Earlier builds derived `<folder name>@<12 hex of SHA-256(config.json [+ SHA256SUMS])>` and
-//! compared ids whole; [`legacy_model_id`] still computes that, so a cloud can keep answering
-//! an index a device made before (while it re-indexes under the new id).
+//! The legacy rule, [`legacy_model_id`], names a folder
+//! `<folder name>@<12 hex of SHA-256(config.json [+ SHA256SUMS])>`, compared whole; a cloud
+//! answers those ids too, so an index made under one keeps its answers while the device
+//! re-indexes under the space's id.
 //!
 //! This module does no IO: a program reads the files and hands their bytes (and the image
 //! tower as a reader, consumed only when `SHA256SUMS` does not already give its digest).
@@ -137,9 +138,9 @@ pub fn folder_model_id<R: Read>(
     ))
 }
 
-/// The id earlier builds derived for a folder: `<name>@<12 hex of SHA-256 over config.json,
-/// then SHA256SUMS when the folder has one>`, compared whole (the name was part of it). Kept so
-/// that a cloud can answer a device's index made under that id.
+/// A folder's id under the legacy rule: `<name>@<12 hex of SHA-256 over config.json, then
+/// SHA256SUMS when the folder has one>`, compared whole (the name is part of it). A cloud
+/// answers it so that a device's index made under that id keeps its answers.
 pub fn legacy_model_id(name: &str, config_json: &[u8], sha256sums: Option<&[u8]>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(config_json);
@@ -288,7 +289,7 @@ mod tests {
             id.starts_with("clip-shapes@") && id.len() == "clip-shapes@".len() + DIGEST_HEX,
             "{id}"
         );
-        // the id earlier builds gave it, which a cloud still answers
+        // its id under the legacy rule, which a cloud still answers
         assert_eq!(
             legacy_model_id("clip-shapes", SHAPES_CONFIG, Some(SHAPES_SUMS)),
             "clip-shapes@d755ef26601e"

@@ -3,16 +3,16 @@
 //!
 //! Every request is validated (frame, protocol version, text, reply topic, model, language); a
 //! request whose reply topic is known gets an error reply, anything else is logged and dropped.
-//! Which of the worker's text towers encodes it is [`crate::towers::TowerSet::pick`]'s rule (the request's
-//! embedding space, then its language); a request of a space the worker does not serve gets
-//! [`ErrorCode::ModelMismatch`]. The answer names the model the request named (the device ranks
-//! a vector by the index of that id). Which texts to encode, and for whom, is
-//! [`Encodings`]' rule (keyed by tower, language prefix and text) (cache, one encoding per text, at most
-//! `workers` at once, the per-requester [`Limits`](crate::limits::Limits)); refusals are
-//! answered with [`ErrorCode::Busy`]. The actor only turns messages into calls: an encoding
-//! runs on a blocking thread and comes back as [`TextEncoderMsg::Encoded`], and the chunks of
-//! server-ranked searches are ranked on a blocking thread too (one ranking at a time, as when
-//! the handler ranked them), so the mailbox never waits.
+//! Which of the worker's text towers encodes it is [`crate::towers::TowerSet::pick`]'s rule
+//! (the request's embedding space, then its language); a request of a space the worker does
+//! not serve gets [`ErrorCode::ModelMismatch`]. The answer names the model the request named
+//! (the device ranks a vector by the index of that id). Which texts to encode, and for whom,
+//! is [`Encodings`]' rule, keyed by [`TextKey`] (tower, language prefix, text): cache, one
+//! encoding per key, at most `workers` at once, the per-requester
+//! [`Limits`](crate::limits::Limits); refusals are answered with [`ErrorCode::Busy`]. The
+//! actor only turns messages into calls: an encoding runs on a blocking thread and comes back
+//! as [`TextEncoderMsg::Encoded`], and the chunks of server-ranked searches are ranked on a
+//! blocking thread too (one ranking at a time), so the mailbox never waits.
 
 use std::sync::Arc;
 use std::time::Instant;
