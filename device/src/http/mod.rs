@@ -1,7 +1,10 @@
 //! The device's HTTP endpoint, a thin shell over the actors: `GET /thumb/<id>` (the picture
 //! looked up in the catalog directly; thumbnails made by [`crate::thumb`] on a blocking thread
 //! and cached on disk), `GET /` (the search page), `POST /api/search` (a [`SearchRequest`]
-//! through the search actor, exactly as an MQTT search) and `GET /api/status`.
+//! through the search actor, exactly as an MQTT search) and `GET /api/status`. Every request
+//! passes [`guard`] first: only the device's own page may use it.
+
+pub mod guard;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -127,7 +130,7 @@ impl HttpServer {
     pub fn start(bound: Bound, context: HttpContext) -> HttpServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let addr = bound.addr;
-        let app = router(context);
+        let app = router(context, guard::Hosts::new(&bound.base_url));
         let task = tokio::spawn(async move {
             let served = axum::serve(bound.listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
@@ -150,14 +153,39 @@ impl HttpServer {
     }
 }
 
-/// The routes.
-pub fn router(context: HttpContext) -> Router {
+/// The routes, behind the guard of `hosts`.
+pub fn router(context: HttpContext, hosts: guard::Hosts) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/thumb/:id", get(thumb))
         .route("/api/search", post(search))
         .route("/api/status", get(status))
         .with_state(Arc::new(context))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            guarded,
+        ))
+}
+
+/// Answers a request only if [`guard::Hosts::check`] lets it through (403 otherwise; 415 for
+/// a search not sent as JSON).
+async fn guarded(
+    State(hosts): State<Arc<guard::Hosts>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let search = request.method() == axum::http::Method::POST;
+    match hosts.check(request.headers(), search) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            warn!(?refusal, uri = %request.uri(), "HTTP request refused");
+            let code = match refusal {
+                guard::Refusal::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            plain(code, refusal.message())
+        }
+    }
 }
 
 async fn page() -> impl IntoResponse {
