@@ -70,7 +70,7 @@ impl Hosts {
             return true;
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.names.iter().any(|n| *n == host) || host.ends_with(".localhost")
+        self.names.contains(&host) || host.ends_with(".localhost")
     }
 
     /// Checks a request's headers; `json_body`: the request carries a search.
