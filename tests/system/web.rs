@@ -1,6 +1,7 @@
-//! The search page's endpoint refuses what another web page could make a browser send:
-//! a foreign `Origin`, a foreign `Host` (DNS rebinding), a search not sent as JSON. Through
-//! the real `edgeclip up`, with raw HTTP so every header is the test's own.
+//! The device's HTTP endpoint through the real `edgeclip up`, with raw HTTP so every header is
+//! the test's own: it refuses what another web page could make a browser send (a foreign
+//! `Origin`, a foreign `Host` through DNS rebinding, a search not sent as JSON), and serves its
+//! status to Prometheus.
 
 use std::process::Stdio;
 
@@ -143,6 +144,45 @@ async fn the_page_answers_its_own_origin_only() {
     }
     let (code, _) = raw(&own, "GET", &thumb, &[], "").await;
     assert_eq!(code, 403, "no Host at all");
+
+    // The status for Prometheus, read back by a text-format parser; same rules for its Host.
+    let indexed: f64 = banner
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("indexed ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the banner says how many pictures were indexed");
+    let (code, text) = raw(&own, "GET", "/metrics", &[("Host", &own)], "").await;
+    assert_eq!(code, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let sample = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("device") == Some("web-dev"))
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+            .value
+            .clone()
+    };
+    assert_eq!(
+        sample("edgeclip_pictures_indexed"),
+        prometheus_parse::Value::Gauge(indexed)
+    );
+    assert_eq!(
+        sample("edgeclip_pictures_failed"),
+        prometheus_parse::Value::Gauge(0.0)
+    );
+    assert!(
+        matches!(sample("edgeclip_pictures_encoded_total"), prometheus_parse::Value::Counter(n) if n >= indexed),
+        "{text}"
+    );
+    let (code, _) = raw(&own, "GET", "/metrics", &[("Host", &evil)], "").await;
+    assert_eq!(code, 403);
 
     // localhost is this device too, and the device kept serving.
     let local = format!("localhost{}", &own[own.rfind(':').expect("port")..]);

@@ -1,10 +1,12 @@
 //! The device's HTTP endpoint, a thin shell over the actors: `GET /thumb/<id>` (the picture
 //! looked up in the catalog directly; thumbnails made by [`crate::thumb`] on a blocking thread
 //! and cached on disk), `GET /` (the search page), `POST /api/search` (a [`SearchRequest`]
-//! through the search actor, exactly as an MQTT search) and `GET /api/status`. Every request
+//! through the search actor, exactly as an MQTT search), `GET /api/status` and `GET /metrics`
+//! (the status in Prometheus' text format, [`metrics`]). Every request
 //! passes [`guard`] first: only the device's own page may use it.
 
 pub mod guard;
+pub mod metrics;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -160,6 +162,7 @@ pub fn router(context: HttpContext, hosts: guard::Hosts) -> Router {
         .route("/thumb/:id", get(thumb))
         .route("/api/search", post(search))
         .route("/api/status", get(status))
+        .route("/metrics", get(prometheus))
         .with_state(Arc::new(context))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(hosts),
@@ -222,6 +225,24 @@ async fn search(State(ctx): State<Arc<HttpContext>>, body: Bytes) -> Response {
         timeout
     ) {
         Ok(answer) => Json(answer).into_response(),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the device did not answer: {e}"),
+        ),
+    }
+}
+
+async fn prometheus(State(ctx): State<Arc<HttpContext>>) -> Response {
+    match ractor::call_t!(
+        ctx.index,
+        IndexMsg::Status,
+        STATUS_TIMEOUT.as_millis() as u64
+    ) {
+        Ok(status) => (
+            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            metrics::render(&status),
+        )
+            .into_response(),
         Err(e) => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the device did not answer: {e}"),
