@@ -140,7 +140,7 @@ impl Actor for SearchActor {
 
 /// Carries out one effect of the session.
 fn run(me: &ActorRef<SearchMsg>, st: &mut SearchState, effect: Effect) {
-    let catalog = st.catalog.clone();
+    let catalog = &st.catalog;
     match effect {
         Effect::Publish {
             topic,
@@ -157,7 +157,8 @@ fn run(me: &ActorRef<SearchMsg>, st: &mut SearchState, effect: Effect) {
             filter,
         } => off_actor(
             me,
-            move || query.rank(&catalog, k, &filter),
+            catalog,
+            move |catalog| query.rank(catalog, k, &filter),
             move |ranked| SearchMsg::Ranked(search, ranked),
         ),
         Effect::Like {
@@ -167,7 +168,8 @@ fn run(me: &ActorRef<SearchMsg>, st: &mut SearchState, effect: Effect) {
             filter,
         } => off_actor(
             me,
-            move || catalog.like(Path::new(&picture), k, &filter),
+            catalog,
+            move |catalog| catalog.like(Path::new(&picture), k, &filter),
             move |ranked| SearchMsg::Ranked(search, ranked),
         ),
         Effect::Duplicates {
@@ -178,7 +180,8 @@ fn run(me: &ActorRef<SearchMsg>, st: &mut SearchState, effect: Effect) {
             max,
         } => off_actor(
             me,
-            move || catalog.duplicates(threshold, k, &filter, max),
+            catalog,
+            move |catalog| catalog.duplicates(threshold, k, &filter, max),
             move |grouped| SearchMsg::Grouped(search, grouped),
         ),
         Effect::Export {
@@ -188,7 +191,8 @@ fn run(me: &ActorRef<SearchMsg>, st: &mut SearchState, effect: Effect) {
             max_vectors,
         } => off_actor(
             me,
-            move || catalog.export(&filter, chunk_vectors, max_vectors),
+            catalog,
+            move |catalog| catalog.export(&filter, chunk_vectors, max_vectors),
             move |exported| SearchMsg::Exported(search, exported),
         ),
         Effect::PublishThumbnail { path, topic } => {
@@ -206,12 +210,13 @@ fn run(me: &ActorRef<SearchMsg>, st: &mut SearchState, effect: Effect) {
 /// message `then` makes of its result back to the actor, which meanwhile handles others.
 fn off_actor<T: Send + 'static>(
     me: &ActorRef<SearchMsg>,
-    work: impl FnOnce() -> Result<T, DeviceError> + Send + 'static,
+    catalog: &CatalogReader,
+    work: impl FnOnce(&CatalogReader) -> Result<T, DeviceError> + Send + 'static,
     then: impl FnOnce(Result<T, IndexError>) -> SearchMsg + Send + 'static,
 ) {
-    let me = me.clone();
+    let (me, catalog) = (me.clone(), catalog.clone());
     tokio::spawn(async move {
-        let result = match tokio::task::spawn_blocking(work).await {
+        let result = match tokio::task::spawn_blocking(move || work(&catalog)).await {
             Ok(result) => result.map_err(IndexError::from),
             Err(e) => Err(IndexError::NoAnswer(e.to_string())),
         };

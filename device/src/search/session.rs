@@ -325,11 +325,6 @@ impl Session {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &SessionConfig {
-        &self.config
-    }
-
     /// The indexes' models changed (a re-index began or switched).
     pub fn set_models(&mut self, models: Models) {
         self.models = models;
