@@ -270,6 +270,7 @@ impl Actor for DeviceSupervisor {
                 max_text_bytes: config.search.max_text_bytes,
                 max_reply_bytes: config.broker.max_packet_bytes,
                 default_mode: config.search.mode,
+                allow_server_mode: config.search.allow_server_mode,
                 // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a
                 // scale.
                 server_chunk_vectors: config.search.server_chunk_vectors.min(

@@ -76,6 +76,9 @@ pub enum Failure {
     Wire(WireError),
     /// A fleet query failed validation.
     BadFleetQuery(WireError),
+    /// The search asks the cloud to rank, which sends every picture vector of the device to
+    /// the broker and the cloud; only the device's owner may turn that on.
+    ServerModeOff,
 }
 
 impl Failure {
@@ -92,6 +95,10 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::BadSearch(e) => write!(f, "bad search: {e}"),
+            Failure::ServerModeOff => f.write_str(
+                "server-ranked searches are off on this device: they send its picture vectors to \
+                 the cloud (the owner turns them on with search.allow_server_mode = true)",
+            ),
             Failure::CloudTimeout(timeout) => write!(
                 f,
                 "the cloud did not answer within {} ms (is edgeclip-cloud running and connected to the broker?)",

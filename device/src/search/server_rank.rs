@@ -149,7 +149,7 @@ mod tests {
 
     use super::*;
     use crate::search::test_support::*;
-    use crate::search::{Effect, IndexError, Timer};
+    use crate::search::{Effect, IndexError, Session, Timer};
 
     #[test]
     fn server_ranked_chunks_merge_to_the_top_k_with_min_score_and_a_repeated_chunk_counted_once() {
@@ -185,6 +185,41 @@ mod tests {
             assert_eq!(s.in_flight(), 0);
             assert!(s.cloud_reply(&chunk1, t0 + ms(110)).is_empty());
         }
+    }
+
+    #[test]
+    fn a_server_ranked_search_is_refused_unless_the_owner_allows_it_and_nothing_is_exported() {
+        let t0 = Instant::now();
+        let mut config = config();
+        config.allow_server_mode = false;
+        let mut s = Session::new(
+            config.clone(),
+            serving(OLD),
+            edgeclip_messages::request_id::RequestIds::from_clock(),
+        );
+        let mut asked = request("a dog");
+        asked.mode = Some(SearchMode::Server);
+        asked.id = Some("q1".into());
+        let (_, out) = s.search(asked.clone(), t0);
+        assert!(!out.iter().any(|e| matches!(e, Effect::Export { .. })));
+        let (id, error) = failed(the_answer(&out).1);
+        assert_eq!(id, "q1");
+        assert!(error.contains("search.allow_server_mode"), "{error}");
+        let payload = serde_json::to_vec(&asked).unwrap();
+        let out = s.payload(&payload, t0);
+        assert!(failed(the_answer(&out).1)
+            .1
+            .contains("server-ranked searches are off"));
+        assert_eq!(s.in_flight(), 0);
+        // A device whose own default is server ranking has chosen it.
+        config.default_mode = SearchMode::Server;
+        let mut s = Session::new(
+            config,
+            serving(OLD),
+            edgeclip_messages::request_id::RequestIds::from_clock(),
+        );
+        let (_, out) = s.search(request("a dog"), t0);
+        assert!(matches!(out[0], Effect::Export { .. }));
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct SessionConfig {
     pub max_reply_bytes: usize,
     /// Who ranks when a search does not say.
     pub default_mode: SearchMode,
+    /// Whether a search may ask the cloud to rank ([`SearchMode::Server`]) when the device's
+    /// default is to rank itself: that sends every picture vector to the broker and cloud.
+    pub allow_server_mode: bool,
     /// Vectors per server-ranked chunk (each chunk must fit one MQTT message).
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.
@@ -629,7 +632,15 @@ impl Session {
             return;
         }
         let answering = answering(text);
-        if mode.unwrap_or(self.config.default_mode) == SearchMode::Server {
+        let mode = mode.unwrap_or(self.config.default_mode);
+        if mode == SearchMode::Server
+            && self.config.default_mode != SearchMode::Server
+            && !self.config.allow_server_mode
+        {
+            self.answer(answering.failed(Failure::ServerModeOff), out);
+            return;
+        }
+        if mode == SearchMode::Server {
             // Method B: the text and the (int8) vectors go to the cloud, which ranks.
             out.push(Effect::Export {
                 search,

@@ -33,6 +33,7 @@ pub(super) fn config() -> SessionConfig {
         max_text_bytes: 1024,
         max_reply_bytes: LIMIT,
         default_mode: SearchMode::Device,
+        allow_server_mode: true,
         server_chunk_vectors: 2,
         max_server_vectors: 100,
         max_duplicate_pictures: 1000,
