@@ -67,7 +67,7 @@ check_deb() {
   done
   [ "$(dpkg-deb --info "$deb" conffiles)" = /etc/edgeclip/device.toml ] || die "$deb: conffiles is not /etc/edgeclip/device.toml"
   for f in "-rwxr-xr-x root/root .* ./usr/bin/edgeclip-device$" \
-    "-rw-r--r-- root/root .* ./etc/edgeclip/device.toml$" \
+    "-rw-r----- root/root .* ./etc/edgeclip/device.toml$" \
     "-rw-r--r-- root/root .* ./usr/lib/systemd/system/edgeclip-device.service$" \
     " ./usr/share/edgeclip/models/clip-shapes/config.json$" \
     " ./usr/share/edgeclip/models/clip-shapes/SHA256SUMS$" \
@@ -84,9 +84,14 @@ check_deb() {
   readelf -h "$x/usr/bin/edgeclip-device" | grep -q "Machine: *$machine" || die "$deb: the binary is not $machine"
   if readelf -S "$x/usr/bin/edgeclip-device" | grep -q '\.symtab'; then die "$deb: the binary is not stripped"; fi
   for f in User=edgeclip StateDirectory=edgeclip Restart=on-failure ProtectSystem=strict ProtectHome=read-only \
-    ReadWritePaths=/var/lib/edgeclip NoNewPrivileges=yes PrivateTmp=yes "ExecStart=/usr/bin/edgeclip-device --config /etc/edgeclip/device.toml"; do
+    ReadWritePaths=/var/lib/edgeclip NoNewPrivileges=yes PrivateTmp=yes SystemCallFilter=~@privileged \
+    MemoryHigh=75% TasksMax=256 LimitNOFILE=4096 "ExecStart=/usr/bin/edgeclip-device --config /etc/edgeclip/device.toml"; do
     grep -qxF -- "$f" "$x/usr/lib/systemd/system/edgeclip-device.service" || die "$deb: the unit lacks $f"
   done
+  # Priority is lowered per encoder thread by the device, never for the whole service.
+  if grep -qE '^(Nice|IOSchedulingClass|CPUSchedulingPolicy)=' "$x/usr/lib/systemd/system/edgeclip-device.service"; then
+    die "$deb: the unit lowers the whole service's priority"
+  fi
   grep -q '^state_dir = "/var/lib/edgeclip"$' "$x/etc/edgeclip/device.toml" || die "$deb: device.toml: state_dir"
   # systemd's own check of the unit, in the package's tree beside this machine's units: any
   # word from it (unknown key, key in the wrong section, missing binary) fails.

@@ -75,7 +75,7 @@ for t in "${targets[@]}"; do
   install -m 0755 "$bin" "$stage/usr/bin/edgeclip-device"
   # dist binaries are stripped already; release ones (CI) are stripped here.
   "$prefix-strip" --strip-all "$stage/usr/bin/edgeclip-device"
-  install -m 0644 "$CROSS_DIR/debian/device.toml" "$stage/etc/edgeclip/device.toml"
+  install -m 0640 "$CROSS_DIR/debian/device.toml" "$stage/etc/edgeclip/device.toml"
   install -m 0644 "$CROSS_DIR/debian/edgeclip-device.service" "$stage/usr/lib/systemd/system/"
   install -m 0644 "$CROSS_DIR/debian/copyright" "$CROSS_DIR/debian/README.Debian" "$stage/usr/share/doc/edgeclip-device/"
   for f in SHA256SUMS "${model_files[@]}"; do

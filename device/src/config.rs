@@ -193,6 +193,11 @@ pub struct SearchConfig {
     pub max_text_bytes: usize,
     /// Who ranks when a search does not say: `device` (method A) or `server` (method B).
     pub mode: edgeclip_messages::dashboard::SearchMode,
+    /// Whether a search may ask for `"mode": "server"` when `mode` is `device`: such a search
+    /// sends every picture vector to the broker and the cloud, so it is off unless the owner
+    /// turns it on.
+    #[serde(default)]
+    pub allow_server_mode: bool,
     /// Vectors per chunk of a server-ranked search.
     pub server_chunk_vectors: usize,
     /// Most vectors one server-ranked search may send.

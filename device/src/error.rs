@@ -56,6 +56,14 @@ pub enum DeviceError {
     /// reply without a vector); the message is the answer's error.
     #[error("{0}")]
     Search(String),
+    /// Another device runs on the same state folder.
+    #[error("the state folder {} is in use by {holder} (one device per state_dir)", dir.display())]
+    StateLocked {
+        /// The state folder.
+        dir: PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
     /// The encoder's threads are gone or a job on them panicked.
     #[error("{0}")]
     Worker(String),

@@ -19,6 +19,7 @@
 //! - [`workers`]: the encoder's thread pool at low priority.
 //! - [`batch_memo`]: the measured batch kept in the state folder per model and machine.
 //! - [`heap`]: freed heap back to the system after a scan.
+//! - [`state_lock`]: one device per state folder.
 //! - [`thumb`]: thumbnails (picture bytes in, small EXIF-oriented JPEG out).
 //! - [`camera`]: snapshot URLs, one HTTP GET, frame names, which frames to keep and prune.
 //! - [`search`]: a search's rules as a state machine (cloud, retry, fallback) and presentation.
@@ -49,6 +50,7 @@ pub mod rank;
 pub mod scan;
 pub mod search;
 pub mod service;
+pub mod state_lock;
 pub mod thumb;
 pub mod watch;
 pub mod workers;

@@ -27,6 +27,8 @@ pub struct Device {
     supervisor: ActorRef<SupervisorMsg>,
     handle: JoinHandle<()>,
     search_timeout: Duration,
+    /// Held until the device has shut down.
+    _lock: crate::state_lock::StateLock,
 }
 
 impl Device {
@@ -34,6 +36,7 @@ impl Device {
     /// configuration is unusable.
     pub async fn start(config: DeviceConfig) -> Result<Self, DeviceError> {
         let search_timeout = config.cloud_timeout() + SEARCH_SLACK;
+        let lock = crate::state_lock::StateLock::acquire(&config.state_dir)?;
         let (supervisor, handle) = Actor::spawn(None, DeviceSupervisor, config)
             .await
             .map_err(|e| DeviceError::Actor(format!("device did not start: {e}")))?;
@@ -41,6 +44,7 @@ impl Device {
             supervisor,
             handle,
             search_timeout,
+            _lock: lock,
         })
     }
 

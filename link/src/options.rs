@@ -30,8 +30,9 @@ pub struct Presence {
     pub offline: String,
 }
 
-/// The `[broker]` section of the device's and the cloud's configuration files.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// The `[broker]` section of the device's and the cloud's configuration files. Its `Debug`
+/// never shows the password.
+#[derive(Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `mqtt://host:port`, or `mqtts://host:port` for TLS.
@@ -58,6 +59,25 @@ pub struct BrokerConfig {
     pub reconnect_max_ms: u64,
     /// Largest packet.
     pub max_packet_bytes: usize,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &crate::security::redacted(&self.password))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .field("client_id", &self.client_id)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("reconnect_min_ms", &self.reconnect_min_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .finish()
+    }
 }
 
 impl BrokerConfig {

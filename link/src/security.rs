@@ -8,8 +8,9 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 use crate::LinkError;
 
-/// How a program proves who it is to the broker and protects the connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How a program proves who it is to the broker and protects the connection. Its `Debug`
+/// never shows the password.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Security {
     /// MQTT user name; empty: none.
     pub username: String,
@@ -20,6 +21,26 @@ pub struct Security {
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate chain and private key, for brokers that require one.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
+}
+
+/// What `Debug` shows of a secret: whether it is set, never its value.
+pub fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "<redacted>"
+    }
 }
 
 /// The broker credentials and TLS files as the `[broker]` settings name them (an empty
@@ -158,6 +179,40 @@ fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, Li
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_says_a_password_is_set_and_never_shows_it() {
+        let s = Security {
+            username: "dev1".into(),
+            password: "hunter2".into(),
+            ..Security::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("dev1") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let broker = crate::BrokerConfig {
+            url: "mqtt://b:1883".into(),
+            username: "dev1".into(),
+            password: "hunter2".into(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            client_id: String::new(),
+            keep_alive_s: 5,
+            reconnect_min_ms: 1,
+            reconnect_max_ms: 2,
+            max_packet_bytes: 1024,
+        };
+        let shown = format!("{broker:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn bad_security_settings_are_refused_with_the_reason() {

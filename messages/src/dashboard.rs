@@ -93,7 +93,7 @@ impl SearchRequest {
             reason: format!("not UTF-8: {e}"),
         })?;
         let trimmed = text.trim();
-        let mut request = if trimmed.starts_with('{') {
+        let request = if trimmed.starts_with('{') {
             let object: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(trimmed).map_err(|e| WireError::Json(e.to_string()))?;
             if let Some(field) = object.keys().find(|f| !SEARCH_FIELDS.contains(&f.as_str())) {
@@ -108,45 +108,56 @@ impl SearchRequest {
         } else {
             SearchRequest::text(trimmed)
         };
-        request.text = request.text.trim().to_string();
-        if request.text.is_empty() && request.like.is_none() && request.duplicates.is_none() {
+        request.validated(max_text_bytes)
+    }
+
+    /// Checks a search however it came (a payload through [`SearchRequest::parse`], the HTTP
+    /// endpoint, the command line, a test), after trimming its text: the one set of rules
+    /// every search meets. Refuses an empty search (no text, `like` or `duplicates`), a
+    /// `duplicates` threshold outside (0, 1], a `min_score` that is not a number, a text over
+    /// `max_text_bytes`, a `k` of 0 and an `id` over 128 bytes.
+    pub fn validated(mut self, max_text_bytes: usize) -> Result<Self, WireError> {
+        if self.text.trim().len() != self.text.len() {
+            self.text = self.text.trim().to_string();
+        }
+        if self.text.is_empty() && self.like.is_none() && self.duplicates.is_none() {
             return Err(WireError::Field {
                 field: "text",
                 reason: "is empty (give a text, a picture path in like, or a duplicates threshold)"
                     .into(),
             });
         }
-        if request.duplicates.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
+        if self.duplicates.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
             return Err(WireError::Field {
                 field: "duplicates",
                 reason: "must be a cosine in (0, 1]".into(),
             });
         }
-        if request.filter.min_score.is_some_and(|m| !m.is_finite()) {
+        if self.filter.min_score.is_some_and(|m| !m.is_finite()) {
             return Err(WireError::Field {
                 field: "min_score",
                 reason: "must be a number".into(),
             });
         }
-        if request.text.len() > max_text_bytes {
+        if self.text.len() > max_text_bytes {
             return Err(WireError::Field {
                 field: "text",
                 reason: format!(
                     "{} bytes is over the limit of {max_text_bytes}",
-                    request.text.len()
+                    self.text.len()
                 ),
             });
         }
-        if request.k == Some(0) {
+        if self.k == Some(0) {
             return Err(WireError::Field {
                 field: "k",
                 reason: "must be at least 1".into(),
             });
         }
-        if let Some(lang) = &request.lang {
+        if let Some(lang) = &self.lang {
             crate::wire::validate_lang(lang)?;
         }
-        if let Some(id) = &request.id {
+        if let Some(id) = &self.id {
             if id.len() > 128 {
                 return Err(WireError::Field {
                     field: "id",
@@ -154,7 +165,7 @@ impl SearchRequest {
                 });
             }
         }
-        Ok(request)
+        Ok(self)
     }
 }
 
@@ -488,6 +499,29 @@ pub struct Reindex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_built_in_process_meets_the_rules_a_payload_meets() {
+        let ok = SearchRequest::text("  a red circle\n")
+            .validated(100)
+            .unwrap();
+        assert_eq!(ok, SearchRequest::parse(b"a red circle", 100).unwrap());
+        let refused = |change: fn(&mut SearchRequest)| {
+            let mut r = SearchRequest::text("cat");
+            change(&mut r);
+            r.validated(100).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(|r| r.k = Some(0)),
+            "invalid field k: must be at least 1"
+        );
+        assert!(refused(|r| r.text = " ".into()).starts_with("invalid field text: is empty"));
+        assert_eq!(
+            refused(|r| r.filter.min_score = Some(f32::NAN)),
+            "invalid field min_score: must be a number"
+        );
+        assert!(refused(|r| r.text = "x".repeat(101)).contains("over the limit of 100"));
+    }
 
     #[test]
     fn plain_text_and_json_searches_are_both_accepted() {

@@ -1,44 +1,12 @@
 //! The command line, as a user runs it: `edgeclip up`, `search`, `status`, and their failures.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use edgeclip_messages::dashboard::SearchResponse;
 
 use crate::util::*;
-
-/// Lines of a child's stdout, read on a thread, received with a deadline.
-fn line_reader(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<String> {
-    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
-    let mut lines = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let done = pred(&line);
-                lines.push(line);
-                if done {
-                    return lines;
-                }
-            }
-            Err(_) => panic!("expected line never came; got {lines:#?}"),
-        }
-    }
-}
 
 #[test]
 fn up_search_and_status_work_from_the_command_line() {

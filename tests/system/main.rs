@@ -20,6 +20,7 @@
 //! - `failover`: load on two cloud workers, one of them killed.
 //! - `dashboards`: the HTTP endpoint, the search page in a real browser, Home Assistant
 //!   discovery, the Node-RED flow.
+//! - `web`: the search page answers its own origin only (Host, Origin, content type).
 //! - `security`: TLS, passwords and access rules on a real Mosquitto; per-requester limits.
 //! - `faults`: a full disk and a broker restart, through the real programs.
 //! - `model`: the model files through tract, tokenizer and preprocessing parity.
@@ -44,3 +45,4 @@ mod reindex;
 mod search;
 mod security;
 mod server_rank;
+mod web;

@@ -297,3 +297,45 @@ fn killing_the_device_at_random_moments_never_loses_or_doubles_a_picture() {
         }
     });
 }
+
+#[test]
+fn a_second_device_on_the_same_state_folder_is_refused_and_names_the_first() {
+    let pictures = copy_pictures(&data("shapes"));
+    let state = tempfile::tempdir().expect("state");
+    let up = |port: u16| {
+        let mut command = edgeclip();
+        command
+            .args([
+                "up",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--photos")
+            .arg(pictures.path())
+            .arg("--state")
+            .arg(state.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let mut first = Killed(up(free_port()).spawn().expect("the first device starts"));
+    let out = line_reader(first.0.stdout.take().expect("stdout"));
+    wait_line(&out, |l| l.starts_with("indexed "));
+    let second = up(free_port()).output().expect("the second runs");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is in use by process")
+            && stderr.contains(&first.0.id().to_string())
+            && stderr.contains(&state.path().display().to_string()),
+        "{stderr}"
+    );
+    // The first one was left alone: its index is intact and it still answers.
+    assert!(
+        first.0.try_wait().expect("wait").is_none(),
+        "the first device still runs"
+    );
+}

@@ -18,6 +18,34 @@ async fn server_ranked_searches_give_the_same_ranking_as_device_ranked_ones() {
         .expect("cloud");
     let mut config = device_config(&broker.url(), "weak", &[pictures.path()], state.path());
     config.search.server_chunk_vectors = 5; // several chunks, merged on the device
+
+    // By default a search cannot make the device send its vectors: refused over MQTT, with
+    // the reason, and nothing published to the cloud's rank topic.
+    assert!(!config.search.allow_server_mode, "off by default");
+    let device = Device::start(config.clone()).await.expect("device");
+    wait_idle(&device).await;
+    let asker = Recorder::start(&broker.url(), &topics::results("weak")).await;
+    asker
+        .publish(
+            &topics::search("weak"),
+            r#"{"text":"a red circle","mode":"server","id":"b1"}"#,
+        )
+        .await;
+    let answer = asker
+        .wait_for(&topics::results("weak"), |p| {
+            String::from_utf8_lossy(p).contains("\"b1\"")
+        })
+        .await;
+    let answer: SearchResponse = serde_json::from_slice(&answer).expect("an answer");
+    let SearchResponse::Error(e) = answer else {
+        panic!("a server-ranked search was answered: {answer:?}")
+    };
+    assert!(e.error.contains("search.allow_server_mode"), "{}", e.error);
+    device.shutdown().await.expect("shutdown");
+    assert!(recorder.all().is_empty(), "no vector left the device");
+
+    // The owner turns it on.
+    config.search.allow_server_mode = true;
     let device = Device::start(config).await.expect("device");
     wait_idle(&device).await;
     for text in [

@@ -662,3 +662,39 @@ pub async fn status_until(
     })
     .await
 }
+
+/// Lines of a child's stdout, read on a thread, received with a deadline.
+pub fn line_reader(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The lines of `rx` up to the first for which `pred` holds (a panic, with the lines, if it
+/// never comes within [`TEST_TIMEOUT`]).
+pub fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    pred: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = pred(&line);
+                lines.push(line);
+                if done {
+                    return lines;
+                }
+            }
+            Err(_) => panic!("expected line never came; got {lines:#?}"),
+        }
+    }
+}

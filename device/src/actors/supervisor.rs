@@ -18,7 +18,7 @@ use super::image_encoder::{
     CameraRoute, Destinations, ImageEncoderActor, ImageEncoderArgs, ImageEncoderMsg,
 };
 use super::index::{IndexActor, IndexArgs, IndexMsg};
-use super::search::{SearchActor, SearchArgs, SearchMsg};
+use super::search::{SearchActor, SearchArgs, SearchMsg, Thumbnails};
 use crate::config::DeviceConfig;
 use crate::encode::ImageTower;
 use crate::error::DeviceError;
@@ -27,6 +27,7 @@ use crate::index::{Catalog, Layout};
 use crate::model::ModelFolder;
 use crate::preprocess::DecodeLimits;
 use crate::progress::Identity;
+use crate::search::{SessionConfig, DUPLICATES_TIMEOUT, INDEX_TIMEOUT};
 
 /// How long shutdown waits for pictures being encoded: one picture on a slow board.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -258,31 +259,39 @@ impl Actor for DeviceSupervisor {
             None
         };
         let search_args = SearchArgs {
-            device_id: device.clone(),
+            session: SessionConfig {
+                device_id: device.clone(),
+                cloud_timeout: config.cloud_timeout(),
+                cloud_retry: config.cloud_retry(),
+                index_timeout: INDEX_TIMEOUT,
+                duplicates_timeout: DUPLICATES_TIMEOUT,
+                default_k: config.search.default_k,
+                max_k: config.search.max_k,
+                max_text_bytes: config.search.max_text_bytes,
+                max_reply_bytes: config.broker.max_packet_bytes,
+                default_mode: config.search.mode,
+                allow_server_mode: config.search.allow_server_mode,
+                // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a
+                // scale.
+                server_chunk_vectors: config.search.server_chunk_vectors.min(
+                    (config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8))
+                        .max(1),
+                ),
+                max_server_vectors: config.search.max_server_vectors,
+                max_duplicate_pictures: config.search.max_duplicate_pictures,
+                thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
+                best_image: ha.image_bytes,
+            },
             models: models_rx,
-            cloud_timeout: config.cloud_timeout(),
-            cloud_retry: config.cloud_retry(),
-            default_k: config.search.default_k,
-            max_k: config.search.max_k,
-            max_text_bytes: config.search.max_text_bytes,
-            max_reply_bytes: config.broker.max_packet_bytes,
             link: link.clone(),
             catalog: reader.clone(),
-            default_mode: config.search.mode,
-            // A chunk must fit one MQTT message: per vector `dim` int8 codes, an id and a scale.
-            server_chunk_vectors: config.search.server_chunk_vectors.min(
-                (config.broker.max_packet_bytes.saturating_sub(64 << 10) / (model.dim + 8)).max(1),
-            ),
-            max_server_vectors: config.search.max_server_vectors,
-            max_duplicate_pictures: config.search.max_duplicate_pictures,
-            thumb_base: bound.as_ref().map(|b| b.base_url.clone()),
-            best_image: ha.image_bytes.then_some((
-                config.http.thumb_side,
-                DecodeLimits {
+            thumbnails: Thumbnails {
+                side: config.http.thumb_side,
+                limits: DecodeLimits {
                     max_side: config.encoder.max_side,
                     max_alloc: config.encoder.max_alloc_mib << 20,
                 },
-            )),
+            },
         };
         let (search, _) = Actor::spawn_linked(None, SearchActor, search_args, cell.clone()).await?;
         // Camera frames are found by the capture like any picture: their folders must exist

@@ -14,8 +14,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::error::DeviceError;
 
-/// A camera's snapshot URL, parsed: `http://[user:password@]host[:port]/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A camera's snapshot URL, parsed: `http://[user:password@]host[:port]/path`. Its `Debug`
+/// and its errors never show the credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CameraUrl {
     /// Host name or address (IPv6 without brackets).
     pub host: String,
@@ -27,14 +28,44 @@ pub struct CameraUrl {
     pub authorization: Option<String>,
 }
 
+impl std::fmt::Debug for CameraUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CameraUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
 impl CameraUrl {
     /// Parses and checks a snapshot URL. Only plain `http://`: cameras serve snapshots on the
     /// home network, and most have no certificate a client could check.
     pub fn parse(url: &str) -> Result<Self, DeviceError> {
         let bad = DeviceError::Invalid;
+        let shown = redact_url(url);
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             bad(format!(
-                "{url:?} must start with http:// (https cameras are not supported)"
+                "{shown:?} must start with http:// (https cameras are not supported)"
             ))
         })?;
         let (authority, path) = match rest.find('/') {
@@ -43,7 +74,7 @@ impl CameraUrl {
         };
         if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad(format!(
-                "{url:?}: the path has spaces or control characters (percent-encode them)"
+                "{shown:?}: the path has spaces or control characters (percent-encode them)"
             )));
         }
         let (userinfo, hostport) = match authority.rfind('@') {
@@ -53,7 +84,7 @@ impl CameraUrl {
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let end = v6
                 .find(']')
-                .ok_or_else(|| bad(format!("{url:?}: unclosed [ in the host")))?;
+                .ok_or_else(|| bad(format!("{shown:?}: unclosed [ in the host")))?;
             let port = v6[end + 1..].strip_prefix(':');
             (&v6[..end], port)
         } else {
@@ -67,7 +98,7 @@ impl CameraUrl {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control() || c == '/')
         {
-            return Err(bad(format!("{url:?} has no usable host")));
+            return Err(bad(format!("{shown:?} has no usable host")));
         }
         let port = match port {
             None => 80,
@@ -75,7 +106,7 @@ impl CameraUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|&p| p > 0)
-                .ok_or_else(|| bad(format!("{url:?}: bad port {p:?}")))?,
+                .ok_or_else(|| bad(format!("{shown:?}: bad port {p:?}")))?,
         };
         let authorization = userinfo.map(|u| format!("Basic {}", base64(u.as_bytes())));
         Ok(CameraUrl {
@@ -242,6 +273,28 @@ mod tests {
         ] {
             assert!(CameraUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn camera_passwords_never_reach_debug_output_or_errors() {
+        let u = CameraUrl::parse("http://admin:s3cret@10.0.0.5/snap").unwrap();
+        let shown = format!("{u:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("YWRtaW46czNjcmV0"),
+            "{shown}"
+        );
+        let e = CameraUrl::parse("http://admin:s3cret@cam:99999/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("s3cret") && e.contains("admin:<redacted>@cam:99999"),
+            "{e}"
+        );
+        assert_eq!(redact_url("http://cam/x"), "http://cam/x");
+        assert_eq!(
+            redact_url("http://u@cam/a@b"),
+            "http://u:<redacted>@cam/a@b"
+        );
     }
 
     #[test]

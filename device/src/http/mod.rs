@@ -1,7 +1,12 @@
 //! The device's HTTP endpoint, a thin shell over the actors: `GET /thumb/<id>` (the picture
 //! looked up in the catalog directly; thumbnails made by [`crate::thumb`] on a blocking thread
 //! and cached on disk), `GET /` (the search page), `POST /api/search` (a [`SearchRequest`]
-//! through the search actor, exactly as an MQTT search) and `GET /api/status`.
+//! through the search actor, exactly as an MQTT search), `GET /api/status` and `GET /metrics`
+//! (the status in Prometheus' text format, [`metrics`]). Every request
+//! passes [`guard`] first: only the device's own page may use it.
+
+pub mod guard;
+pub mod metrics;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -127,7 +132,7 @@ impl HttpServer {
     pub fn start(bound: Bound, context: HttpContext) -> HttpServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let addr = bound.addr;
-        let app = router(context);
+        let app = router(context, guard::Hosts::new(&bound.base_url));
         let task = tokio::spawn(async move {
             let served = axum::serve(bound.listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
@@ -150,14 +155,40 @@ impl HttpServer {
     }
 }
 
-/// The routes.
-pub fn router(context: HttpContext) -> Router {
+/// The routes, behind the guard of `hosts`.
+pub fn router(context: HttpContext, hosts: guard::Hosts) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/thumb/:id", get(thumb))
         .route("/api/search", post(search))
         .route("/api/status", get(status))
+        .route("/metrics", get(prometheus))
         .with_state(Arc::new(context))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            guarded,
+        ))
+}
+
+/// Answers a request only if [`guard::Hosts::check`] lets it through (403 otherwise; 415 for
+/// a search not sent as JSON).
+async fn guarded(
+    State(hosts): State<Arc<guard::Hosts>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let search = request.method() == axum::http::Method::POST;
+    match hosts.check(request.headers(), search) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            warn!(?refusal, uri = %request.uri(), "HTTP request refused");
+            let code = match refusal {
+                guard::Refusal::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            plain(code, refusal.message())
+        }
+    }
 }
 
 async fn page() -> impl IntoResponse {
@@ -194,6 +225,24 @@ async fn search(State(ctx): State<Arc<HttpContext>>, body: Bytes) -> Response {
         timeout
     ) {
         Ok(answer) => Json(answer).into_response(),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the device did not answer: {e}"),
+        ),
+    }
+}
+
+async fn prometheus(State(ctx): State<Arc<HttpContext>>) -> Response {
+    match ractor::call_t!(
+        ctx.index,
+        IndexMsg::Status,
+        STATUS_TIMEOUT.as_millis() as u64
+    ) {
+        Ok(status) => (
+            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            metrics::render(&status),
+        )
+            .into_response(),
         Err(e) => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the device did not answer: {e}"),

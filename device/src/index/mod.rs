@@ -32,7 +32,7 @@ pub mod vectors;
 pub use catalog::{Catalog, Compacted, Compaction, Inserted, Inventory, Switched};
 pub use indexes::{Indexes, Models};
 pub use precision::Precision;
-pub use reader::{hit, CatalogReader, Duplicates, Export, Ranking};
+pub use reader::{hit, CatalogReader, Duplicates, Export, ExportChunk, Ranking};
 pub use reindex::Layout;
 pub use store::{OpenReport, Store};
 pub use table::{keeps, picture_id, picture_key, Entry, Filter, Index, Known, Ranked};

@@ -15,27 +15,32 @@ use super::table::{keeps, Entry, Filter, Index, Known, Ranked};
 use crate::error::DeviceError;
 
 /// A ranking: the model of the vectors compared, the hits, and whether they come from an
-/// index still being built.
-#[derive(Debug, Clone)]
+/// index still being built. The result of [`CatalogReader::rank`] and [`CatalogReader::like`],
+/// handed to the search session as it is.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ranking {
     /// Model id of the vectors compared.
     pub model: String,
-    /// Best first.
+    /// Best first, without thumbnail URLs (the search session adds them: it knows the HTTP
+    /// endpoint).
     pub hits: Vec<Hit>,
     /// True when ranked by an index still being re-built (pictures may be missing).
     pub partial: bool,
 }
 
-/// Near-duplicate groups among the pictures of the serving index.
-#[derive(Debug, Clone)]
+/// Near-duplicate groups among the pictures of the serving index ([`CatalogReader::duplicates`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Duplicates {
     /// Model id of the vectors compared.
     pub model: String,
-    /// Largest groups first; in a group, the most alike first.
+    /// Largest groups first; in a group, the most alike first; each hit's score is its best
+    /// cosine within its group.
     pub groups: Vec<Vec<Hit>>,
 }
 
-/// A server-ranked search's view of the index: ids are positions in `pictures`.
+/// A server-ranked search's view of the index ([`CatalogReader::export`]): ids are positions
+/// in `pictures`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Export {
     /// Model id of the vectors.
     pub model: String,
@@ -43,8 +48,19 @@ pub struct Export {
     pub dim: usize,
     /// Picture of each id, as a hit without its score.
     pub pictures: Vec<Hit>,
-    /// Chunks: (ids, scales, int8 codes).
-    pub chunks: Vec<(Vec<u32>, Vec<f32>, Vec<i8>)>,
+    /// The vectors, int8-quantised, one chunk per rank request.
+    pub chunks: Vec<ExportChunk>,
+}
+
+/// One chunk of an [`Export`]: what one rank request carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportChunk {
+    /// Ids of the chunk's vectors (positions in [`Export::pictures`]).
+    pub ids: Vec<u32>,
+    /// Per-vector scale of the codes.
+    pub scales: Vec<f32>,
+    /// The vectors, `dim` int8 codes each.
+    pub codes: Vec<i8>,
 }
 
 /// Read access to the catalog's indexes from any thread. Cheap to clone. The methods block
@@ -292,7 +308,7 @@ pub fn export(
                 &mut codes,
             ));
         }
-        out.chunks.push((ids, scales, codes));
+        out.chunks.push(ExportChunk { ids, scales, codes });
     }
     Ok(out)
 }
@@ -302,7 +318,7 @@ fn to_hits(ranked: Vec<Ranked<'_>>) -> Vec<Hit> {
 }
 
 /// A picture as a search result: what the index knows of it, without reading the file. The
-/// thumbnail URL is added by the search actor, which knows the HTTP endpoint.
+/// thumbnail URL is added by the search session, which knows the HTTP endpoint.
 pub fn hit(entry: &Entry, score: f32) -> Hit {
     Hit {
         path: entry.path.display().to_string(),
@@ -386,11 +402,11 @@ mod tests {
             exported
                 .chunks
                 .iter()
-                .map(|c| c.0.clone())
+                .map(|c| c.ids.clone())
                 .collect::<Vec<_>>(),
             vec![vec![0, 1], vec![2]]
         );
-        let (_, scales, codes) = &exported.chunks[1];
+        let ExportChunk { scales, codes, .. } = &exported.chunks[1];
         let a3: Vec<f32> = codes.iter().map(|&c| c as f32 * scales[0]).collect();
         assert!(
             (a3[0] - 0.6).abs() < 0.01 && (a3[1] + 0.8).abs() < 0.01,

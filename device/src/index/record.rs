@@ -11,8 +11,10 @@
 //! Remove body = 2 | path
 //! path        = length u32 | bytes (the OS string's bytes on Unix)
 //! ```
-//! Every reader checks the length and checksum of each record and stops at the first one that
-//! fails: a torn tail ends the file.
+//! Every reader checks the length and checksum of each record. The snapshot is written whole
+//! and renamed, so its reader stops at the first record that fails. The journal is appended
+//! to: a bad record at its end is a torn write (cut off), while a bad stretch followed by good
+//! records is damage (a bad sector): [`read_journal`] skips it and keeps the records after it.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -167,6 +169,76 @@ pub(super) fn read_records(
         good += 8 + len as u64;
     }
     Ok((records, header, good, total))
+}
+
+/// What [`read_journal`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct JournalRead {
+    /// Records read.
+    pub records: usize,
+    /// Length up to the end of the last good record.
+    pub good: u64,
+    /// The file's length.
+    pub total: u64,
+    /// Bytes skipped between good records (damage, not a torn tail).
+    pub damaged: u64,
+}
+
+/// Feeds every good record of the journal to `each`, in order. After a record that fails its
+/// length, checksum or decoding, the next offset where a good record starts is searched byte
+/// by byte: records after a damaged stretch are kept, and what is left after the last good
+/// record is the torn tail. A false resynchronisation needs a 32-bit checksum match and a
+/// record that decodes; the search costs at most one checksum per byte of damage.
+pub(super) fn read_journal(
+    path: &Path,
+    mut each: impl FnMut(Record) -> Result<(), DeviceError>,
+) -> Result<JournalRead, DeviceError> {
+    let corrupt = |reason: String| DeviceError::Corrupt(format!("{}: {reason}", path.display()));
+    let Header {
+        len: header,
+        version,
+        dim,
+        ..
+    } = read_header(path, JOURNAL_MAGIC)
+        .map_err(|e| corrupt(e.to_string()))?
+        .ok_or_else(|| corrupt("missing".into()))?;
+    // The journal holds only the pictures since the last compaction, which the index keeps in
+    // memory anyway: reading it whole costs no more than that.
+    let bytes = std::fs::read(path).map_err(|e| DeviceError::io(path, e))?;
+    let record_at = |at: usize| -> Option<(Record, usize)> {
+        let head = bytes.get(at..at + 8)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_RECORD {
+            return None;
+        }
+        let body = bytes.get(at + 8..at + 8 + len)?;
+        if crc32fast::hash(body) != crc {
+            return None;
+        }
+        Some((decode(body, dim, version)?, 8 + len))
+    };
+    let mut read = JournalRead {
+        total: bytes.len() as u64,
+        good: header,
+        ..JournalRead::default()
+    };
+    let mut at = header as usize;
+    while at < bytes.len() {
+        let found = match record_at(at) {
+            Some(found) => Some((at, found)),
+            None => (at + 1..bytes.len()).find_map(|next| Some((next, record_at(next)?))),
+        };
+        let Some((start, (record, len))) = found else {
+            break;
+        };
+        each(record)?;
+        read.records += 1;
+        read.damaged += (start - at) as u64;
+        at = start + len;
+        read.good = at as u64;
+    }
+    Ok(read)
 }
 
 fn put_path(out: &mut Vec<u8>, path: &Path) {

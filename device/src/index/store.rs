@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use super::migrate;
 use super::precision::Precision;
 use super::record::{
-    encode_entry, encode_remove, encode_upsert, frame, read_header, read_records, write_header,
-    Record, JOURNAL_MAGIC, ROW, SNAPSHOT_MAGIC,
+    encode_entry, encode_remove, encode_upsert, frame, read_header, read_journal, read_records,
+    write_header, Record, JOURNAL_MAGIC, ROW, SNAPSHOT_MAGIC,
 };
 use super::table::{Entry, Index};
 use super::vector_file::{self, Mapped};
@@ -53,6 +53,10 @@ pub struct OpenReport {
     pub replayed: usize,
     /// Bytes of a torn journal tail that were cut off.
     pub truncated_bytes: u64,
+    /// Bytes of damage skipped inside the journal, with good records after them (kept; the
+    /// store is compacted at once so the damage is gone from disk). The records in the damage
+    /// are lost: their pictures are found again by the next scan.
+    pub damaged_bytes: u64,
     /// Why an existing index was set aside, if it was.
     pub reset: Option<String>,
 }
@@ -168,9 +172,11 @@ impl Store {
         }
         let journal_bytes = if journal_path.exists() {
             outdated |= migrate::outdated(migrate::file_version(&journal_path));
-            let (replayed, _, good, total) =
-                read_records(&journal_path, JOURNAL_MAGIC, |r| apply(&mut index, r))?;
-            report.replayed = replayed;
+            let read = read_journal(&journal_path, |r| apply(&mut index, r))?;
+            let (good, total) = (read.good, read.total);
+            report.replayed = read.records;
+            report.damaged_bytes = read.damaged;
+            outdated |= read.damaged > 0;
             if good < total {
                 report.truncated_bytes = total - good;
                 let f = OpenOptions::new()
@@ -671,7 +677,51 @@ mod tests {
         let n = bytes.len();
         bytes[n - 3] ^= 0x40;
         std::fs::write(&journal, bytes).unwrap();
-        assert_eq!(Store::open(dir.path(), "m", 3).unwrap().1.len(), 1);
+        let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!(index.len(), 1);
+        assert_eq!(report.damaged_bytes, 0, "a bad last record is a torn tail");
+    }
+
+    #[test]
+    fn damage_inside_the_journal_keeps_the_records_after_it_and_is_compacted_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.bin");
+        let (mut store, _, _) = Store::open(dir.path(), "m", 3).unwrap();
+        // Where each record starts.
+        let mut starts = Vec::new();
+        for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            starts.push(std::fs::metadata(&journal).unwrap().len() as usize);
+            store
+                .upsert(&entry(name, i as u8), &v(0.1 * i as f32))
+                .unwrap();
+        }
+        store.remove(Path::new("e")).unwrap();
+        drop(store);
+        // A bad sector's worth of garbage from inside b's record into c's.
+        let mut bytes = std::fs::read(&journal).unwrap();
+        for b in &mut bytes[starts[1] + 3..starts[2] + 5] {
+            *b = 0xA5;
+        }
+        std::fs::write(&journal, &bytes).unwrap();
+        let (_, index, report) = Store::open(dir.path(), "m", 3).unwrap();
+        let kept: Vec<String> = index
+            .entries()
+            .iter()
+            .map(|e| e.path.display().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            ["a", "d"],
+            "records after the damage kept, e's removal too"
+        );
+        assert_eq!(
+            (report.damaged_bytes, report.truncated_bytes),
+            ((starts[3] - starts[1]) as u64, 0),
+            "{report:?}"
+        );
+        // Compacted at open: the damage is gone, the next open finds the same pictures.
+        let (_, again, report) = Store::open(dir.path(), "m", 3).unwrap();
+        assert_eq!((again.len(), report.damaged_bytes), (2, 0));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! while mapped would fault on access (SIGBUS), which no format can prevent.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use memmap2::{MmapMut, MmapOptions};
@@ -208,11 +208,15 @@ impl Mapped {
                 "{len} bytes, shorter than the header"
             )));
         }
-        // SAFETY: a private mapping of a file only the device writes, and never in place
-        // (see the module's invariant); the length is checked against the header below.
-        let map = unsafe { MmapOptions::new().map_copy(&file) }
-            .map_err(|e| DeviceError::Corrupt(e.to_string()))?;
-        let h = &map[..HEADER];
+        // The header and the checksum are read with plain reads, not through the mapping: a
+        // bad sector or a file cut short is then a read error or a mismatch reported here (and
+        // its pictures encoded again), where through a mapping it would be a SIGBUS.
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        let mut header = [0u8; HEADER];
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| DeviceError::Corrupt(format!("reading the header: {e}")))?;
+        let h = &header[..];
         if &h[..4] != MAGIC {
             return Err(DeviceError::Corrupt("bad magic".into()));
         }
@@ -242,8 +246,31 @@ impl Mapped {
                 lay.end
             )));
         }
-        if crc32fast::hash(&map[HEADER..]) != crc {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut read = HEADER as u64;
+        loop {
+            let n = reader
+                .read(&mut chunk)
+                .map_err(|e| DeviceError::Corrupt(format!("reading the vectors: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&chunk[..n]);
+            read += n as u64;
+        }
+        if read != len || hasher.finalize() != crc {
             return Err(DeviceError::Corrupt("checksum mismatch".into()));
+        }
+        // SAFETY: a private mapping of a file only the device writes, and never in place (see
+        // the module's invariant; the state folder's lock keeps other devices out); its whole
+        // length was just read back and checked.
+        let map = unsafe { MmapOptions::new().map_copy(&file) }
+            .map_err(|e| DeviceError::Corrupt(e.to_string()))?;
+        if map.len() as u64 != len {
+            return Err(DeviceError::Corrupt(
+                "the file changed while it was opened".into(),
+            ));
         }
         Ok(Mapped {
             map,
@@ -425,5 +452,11 @@ mod tests {
             .to_string()
             .contains("magic"));
         assert!(Mapped::open(&dir.path().join("missing.bin"), 3, 4).is_err());
+        // A file that cannot be read (here: a folder in its place, whose reads fail as a bad
+        // sector's would) is an error with the reason, found before anything is mapped.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = Mapped::open(&path, 3, 4).unwrap_err().to_string();
+        assert!(e.contains("reading") || e.contains("header"), "{e}");
     }
 }
