@@ -34,6 +34,7 @@ mod cli;
 mod dashboards;
 mod deployment;
 mod failover;
+mod families;
 mod faults;
 mod fleet;
 mod hostile;

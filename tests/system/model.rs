@@ -38,7 +38,7 @@ fn towers() -> (ModelFolder, ImageTower, ClipTokenizer, TextTower) {
 fn encode_picture(model: &ModelFolder, tower: &ImageTower, path: &Path) -> Vec<f32> {
     let img = decode_file(path, DecodeLimits::default()).expect("decode");
     tower
-        .encode(model.preprocess.tensor(&img))
+        .encode(model.preprocess.tensor(&img).expect("preprocess"))
         .expect("encode picture")
 }
 
@@ -172,7 +172,7 @@ fn preprocessing_matches_open_clip_on_the_fixture_pictures() {
     assert!(index.pictures.len() >= 3);
     for p in &index.pictures {
         let img = decode_file(&dir.join(&p.file), DecodeLimits::default()).expect("decode");
-        let ours = model.preprocess.tensor(&img);
+        let ours = model.preprocess.tensor(&img).expect("preprocess");
         let raw = std::fs::read(dir.join(&p.tensor)).expect("tensor");
         let theirs: Vec<f32> = raw
             .chunks_exact(4)
