@@ -1,5 +1,5 @@
 //! `edgeclip`: try the whole system with `up`, search and inspect devices with `search` and
-//! `status`.
+//! `status`, check a model folder with `model check`.
 
 mod cli;
 
@@ -21,6 +21,8 @@ enum Command {
     Search(cli::search::SearchArgs),
     /// Print a device's status.
     Status(cli::status::StatusArgs),
+    /// Check a model folder as the device uses it (`model check DIR`).
+    Model(cli::model::ModelArgs),
 }
 
 #[tokio::main]
@@ -30,6 +32,7 @@ async fn main() -> std::process::ExitCode {
         Command::Up(a) => cli::up::run(a).await,
         Command::Search(a) => cli::search::run(a).await,
         Command::Status(a) => cli::status::run(a).await,
+        Command::Model(a) => cli::model::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -98,6 +98,7 @@ mod tests {
             single_ms: Some(140.0),
             batched_ms: vec![(2, 125.0), (3, 117.0), (4, 180.0)],
             single_again_ms: Some(138.0),
+            batch_1_only: None,
         };
         remember(&state, "m", "x", 3, &timings).unwrap();
         assert_eq!(recall(&state, "m", "x"), Some(3));

@@ -23,8 +23,19 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    // Errors are one line, the reason after its context (a model file and what is wrong
+    // with it), never a backtrace.
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgeclip-device: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.print_default_config {
         print!("{}", edgeclip_device::config::DEFAULTS);
         return Ok(());

@@ -37,9 +37,19 @@ impl Device {
     pub async fn start(config: DeviceConfig) -> Result<Self, DeviceError> {
         let search_timeout = config.cloud_timeout() + SEARCH_SLACK;
         let lock = crate::state_lock::StateLock::acquire(&config.state_dir)?;
-        let (supervisor, handle) = Actor::spawn(None, DeviceSupervisor, config)
-            .await
-            .map_err(|e| DeviceError::Actor(format!("device did not start: {e}")))?;
+        let (supervisor, handle) =
+            Actor::spawn(None, DeviceSupervisor, config)
+                .await
+                .map_err(|e| match e {
+                    // The device's own reason (a model file, the configuration, the state
+                    // folder), as it is: nothing panicked.
+                    ractor::SpawnErr::StartupFailed(inner) => match inner.downcast::<DeviceError>()
+                    {
+                        Ok(reason) => *reason,
+                        Err(other) => DeviceError::Actor(format!("device did not start: {other}")),
+                    },
+                    other => DeviceError::Actor(format!("device did not start: {other}")),
+                })?;
         Ok(Self {
             supervisor,
             handle,

@@ -212,7 +212,7 @@ pub fn image(
 
     // The two decode paths and their agreement.
     let full_img = decode_bytes(jpeg, limits)?;
-    let full_tensor = cfg.tensor(&full_img);
+    let full_tensor = cfg.tensor(&full_img)?;
     let (fast_tensor, fast_size) = cfg.picture(jpeg, limits)?;
     anyhow::ensure!(
         fast_size == (full_img.width(), full_img.height()),
@@ -225,13 +225,13 @@ pub fn image(
 
     let s = seconds;
     let decode_full = time(s, 3, || Ok(decode_bytes(jpeg, limits)?))?;
-    let preprocess_full = time(s, 3, || Ok(cfg.tensor(&full_img)))?;
-    let decode_preprocess_full = time(s, 3, || Ok(cfg.tensor(&decode_bytes(jpeg, limits)?)))?;
+    let preprocess_full = time(s, 3, || Ok(cfg.tensor(&full_img)?))?;
+    let decode_preprocess_full = time(s, 3, || Ok(cfg.tensor(&decode_bytes(jpeg, limits)?)?))?;
     let decode_preprocess_fast = time(s, 3, || Ok(cfg.picture(jpeg, limits)?))?;
     let model_1t = time(s, 3, || Ok(tower.encode(fast_tensor.clone())?))?;
     let device_path_fast = time(s, 3, || Ok(tower.encode(cfg.picture(jpeg, limits)?.0)?))?;
     let device_path_full = time(s, 3, || {
-        Ok(tower.encode(cfg.tensor(&decode_bytes(jpeg, limits)?))?)
+        Ok(tower.encode(cfg.tensor(&decode_bytes(jpeg, limits)?)?)?)
     })?;
 
     // All cores: N threads sharing one plan (the device's workers), tract's own threads.
@@ -247,7 +247,7 @@ pub fn image(
     })?;
     let device_parallel_full = throughput(cores, s, |_| {
         Ok(tower
-            .encode(cfg.tensor(&decode_bytes(jpeg, limits)?))
+            .encode(cfg.tensor(&decode_bytes(jpeg, limits)?)?)
             .map(|_| ())?)
     })?;
 

@@ -157,9 +157,11 @@ pub fn picture(data: &[u8]) {
         assert!(img.width() > 0 && img.height() > 0);
         assert!(img.width() <= limits.max_side && img.height() <= limits.max_side);
         let cfg = clip_cfg();
-        let t = cfg.tensor(&img);
-        assert_eq!(t.len(), cfg.tensor_len());
-        assert!(t.iter().all(|v| v.is_finite()), "non-finite model input");
+        // A picture that cannot be prepared is an error, never a wrong input.
+        if let Ok(t) = cfg.tensor(&img) {
+            assert_eq!(t.len(), cfg.tensor_len());
+            assert!(t.iter().all(|v| v.is_finite()), "non-finite model input");
+        }
     }
     // The image encoder's path: large JPEGs decoded at a reduced scale, the rest as above.
     if let Ok((t, (w, h))) = clip_cfg().picture(data, limits) {

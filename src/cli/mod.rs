@@ -1,8 +1,10 @@
 //! One file per subcommand; each turns its flags into calls of the library.
 
+pub mod model;
 pub mod search;
 pub mod status;
 pub mod up;
+pub mod up_settings;
 
 use std::time::Duration;
 

@@ -36,9 +36,16 @@ pub struct UpArgs {
     /// Device id; default: the host name.
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
-    /// Address of the device's search page and thumbnails (port 0: any free one).
-    #[arg(long, default_value = "127.0.0.1:8470", value_name = "IP:PORT")]
-    pub http: SocketAddr,
+    /// Address of the device's search page and thumbnails (port 0: any free one); default:
+    /// the configuration's `http.bind`/`http.port`, else 127.0.0.1:8470.
+    #[arg(long, value_name = "IP:PORT")]
+    pub http: Option<SocketAddr>,
+    /// A settings file for both sides: `[device]` and `[cloud]` tables laid out as each
+    /// side's own configuration file; other keys go to every side that has them. The
+    /// environment (`EDGECLIP_*`, `EDGECLIP_DEVICE__*`, `EDGECLIP_CLOUD__*`) and the flags
+    /// above win over it. See docs/configuration.md.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Do not read searches from standard input; serve until Ctrl-C.
     #[arg(long)]
     pub no_prompt: bool,
@@ -58,6 +65,52 @@ fn bundled(relative: &str) -> PathBuf {
     }
 }
 
+/// Both sides' configurations: the defaults, what `up` chooses (the bundled model and
+/// sample pictures, the search page on 127.0.0.1:8470), the `--config` file, the environment,
+/// then the flags and the embedded broker's address ([`super::up_settings`]).
+fn settings(args: &UpArgs, url: &str) -> anyhow::Result<(DeviceConfig, CloudConfig)> {
+    let bundled_model = bundled("models/clip-shapes").display().to_string();
+    let samples = vec![bundled("models/samples").display().to_string()];
+    let mut device_forced: Vec<(&str, config::Value)> = vec![("broker.url", url.into())];
+    let mut cloud_forced: Vec<(&str, config::Value)> = vec![("broker.url", url.into())];
+    if let Some(model) = &args.model {
+        let model = model.display().to_string();
+        device_forced.push(("model.dir", model.clone().into()));
+        cloud_forced.push(("model.dir", model.into()));
+    }
+    if !args.photos.is_empty() {
+        let photos: Vec<String> = args
+            .photos
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        device_forced.push(("folders", photos.into()));
+    }
+    if let Some(http) = args.http {
+        device_forced.push(("http.bind", http.ip().to_string().into()));
+        device_forced.push(("http.port", i64::from(http.port()).into()));
+    }
+    if let Some(state) = &args.state {
+        device_forced.push(("state_dir", state.display().to_string().into()));
+    }
+    if let Some(id) = &args.device_id {
+        device_forced.push(("device_id", id.clone().into()));
+    }
+    super::up_settings::load(super::up_settings::Given {
+        file: args.config.as_deref(),
+        env: std::env::vars().collect(),
+        device_chosen: vec![
+            ("model.dir", bundled_model.clone().into()),
+            ("folders", samples.into()),
+            ("http.bind", "127.0.0.1".into()),
+            ("http.port", 8470.into()),
+        ],
+        cloud_chosen: vec![("model.dir", bundled_model.into())],
+        device_forced,
+        cloud_forced,
+    })
+}
+
 /// Runs `up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -67,48 +120,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| bundled("models/clip-shapes"));
-    let photos = if args.photos.is_empty() {
-        vec![bundled("models/samples")]
-    } else {
-        args.photos.clone()
-    };
     let broker = EmbeddedBroker::start(args.listen)?;
     let url = broker.url();
-    let model_str = model.display().to_string();
-
-    let cloud_config = CloudConfig::load(
-        None,
-        &[
-            ("broker.url", url.clone().into()),
-            ("model.dir", model_str.clone().into()),
-        ],
-    )
-    .context("cloud configuration")?;
-    let mut overrides: Vec<(&str, config::Value)> = vec![
-        ("broker.url", url.clone().into()),
-        ("model.dir", model_str.into()),
-        (
-            "folders",
-            photos
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .into(),
-        ),
-        ("http.bind", args.http.ip().to_string().into()),
-        ("http.port", i64::from(args.http.port()).into()),
-    ];
-    if let Some(state) = &args.state {
-        overrides.push(("state_dir", state.display().to_string().into()));
-    }
-    if let Some(id) = &args.device_id {
-        overrides.push(("device_id", id.clone().into()));
-    }
-    let device_config = DeviceConfig::load(None, &overrides).context("device configuration")?;
+    let (device_config, cloud_config) = settings(&args, &url)?;
+    let photos = device_config.folders.clone();
     let device_id = device_config.device_id.clone();
 
     let cloud = Cloud::start(cloud_config)

@@ -35,6 +35,7 @@ mod cli;
 mod dashboards;
 mod deployment;
 mod failover;
+mod families;
 mod faults;
 mod fleet;
 mod hostile;

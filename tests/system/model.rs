@@ -38,7 +38,7 @@ fn towers() -> (ModelFolder, ImageTower, ClipTokenizer, TextTower) {
 fn encode_picture(model: &ModelFolder, tower: &ImageTower, path: &Path) -> Vec<f32> {
     let img = decode_file(path, DecodeLimits::default()).expect("decode");
     tower
-        .encode(model.preprocess.tensor(&img))
+        .encode(model.preprocess.tensor(&img).expect("preprocess"))
         .expect("encode picture")
 }
 
@@ -155,6 +155,7 @@ fn the_tokenizer_gives_open_clips_ids_on_the_parity_corpus() {
 struct PreprocessPicture {
     file: String,
     tensor: String,
+    display_size: (u32, u32),
 }
 
 #[derive(Deserialize)]
@@ -172,18 +173,40 @@ fn preprocessing_matches_open_clip_on_the_fixture_pictures() {
     assert!(index.pictures.len() >= 3);
     for p in &index.pictures {
         let img = decode_file(&dir.join(&p.file), DecodeLimits::default()).expect("decode");
-        let ours = model.preprocess.tensor(&img);
+        let ours = model.preprocess.tensor(&img).expect("preprocess");
         let raw = std::fs::read(dir.join(&p.tensor)).expect("tensor");
         let theirs: Vec<f32> = raw
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         assert_eq!(ours.len(), theirs.len(), "{}", p.file);
-        let diffs: Vec<f32> = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .collect();
+        // The reference crops at open_clip's round((side - 224) / 2), the device at Immich's
+        // int(side / 2 - 112): where they differ (an odd excess), the same pixels are one row
+        // or column apart, and the overlapping part is compared.
+        let g = model.preprocess.geometry(p.display_size);
+        let open_clip = |resized: u32| {
+            let half = f64::from(resized - 224) / 2.0;
+            let r = half.round();
+            (if (half - half.floor() - 0.5).abs() < 1e-9 && r % 2.0 != 0.0 {
+                r - 1.0
+            } else {
+                r
+            }) as i64
+        };
+        let dx = open_clip(g.resized.0) - i64::from(g.window.x);
+        let dy = open_clip(g.resized.1) - i64::from(g.window.y);
+        let mut diffs = Vec::new();
+        for c in 0..3i64 {
+            for y in 0..224i64 {
+                for x in 0..224i64 {
+                    let (ty, tx) = (y - dy, x - dx);
+                    if (0..224).contains(&ty) && (0..224).contains(&tx) {
+                        let at = |c: i64, y: i64, x: i64| ((c * 224 + y) * 224 + x) as usize;
+                        diffs.push((ours[at(c, y, x)] - theirs[at(c, ty, tx)]).abs());
+                    }
+                }
+            }
+        }
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
         let max = diffs.iter().copied().fold(0.0, f32::max);
         println!("{}: mean abs diff {mean:.5}, max {max:.4}", p.file);

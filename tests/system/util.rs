@@ -448,7 +448,9 @@ impl Reference {
         for path in names {
             let img = edgeclip_device::preprocess::decode_file(&path, Default::default())
                 .expect("decode");
-            let v = image.encode(model.preprocess.tensor(&img)).expect("encode");
+            let v = image
+                .encode(model.preprocess.tensor(&img).expect("preprocess"))
+                .expect("encode");
             pictures.push((
                 path.file_name()
                     .expect("name")

@@ -119,10 +119,10 @@ impl Destinations {
 
 /// Arguments of the image encoder.
 pub struct ImageEncoderArgs {
-    /// The loaded image tower (its batch is the number of pictures encoded per run).
-    pub tower: ImageTower,
-    /// Preprocessing of the model.
-    pub preprocess: PreprocessCfg,
+    /// The loaded image tower (its batch is the number of pictures encoded per run) and the
+    /// model's preprocessing; or why the model did not load, which every picture then fails
+    /// with (the device still answers searches from the index it has).
+    pub image: Result<(ImageTower, PreprocessCfg), String>,
     /// Decoder bounds.
     pub limits: DecodeLimits,
     /// Batches encoded at once.
@@ -196,7 +196,12 @@ impl Actor for ImageEncoderActor {
             }
         };
         state.pending.push((seen, reuse));
-        if state.pending.len() >= state.args.tower.batch() {
+        let batch = state
+            .args
+            .image
+            .as_ref()
+            .map_or(1, |(tower, _)| tower.batch());
+        if state.pending.len() >= batch {
             dispatch(state).await?;
         } else if !state.flush_queued {
             // A mailbox that takes nothing more (the actor is stopping): start at once.
@@ -218,8 +223,7 @@ async fn dispatch(state: &mut ImageEncoderState) -> Result<(), ActorProcessingEr
     // mailbox instead of piling up as decoded images in memory.
     let permit = state.slots.clone().acquire_owned().await?;
     let group = std::mem::take(&mut state.pending);
-    let tower = state.args.tower.clone();
-    let preprocess = state.args.preprocess.clone();
+    let image = state.args.image.clone();
     let limits = state.args.limits;
     let max_file_bytes = state.args.max_file_bytes;
     let catalog = state.args.catalog.clone();
@@ -258,6 +262,18 @@ async fn dispatch(state: &mut ImageEncoderState) -> Result<(), ActorProcessingEr
         }
         if !to_encode.is_empty() {
             let paths: Vec<PathBuf> = to_encode.iter().map(|p| p.seen.path.clone()).collect();
+            let (tower, preprocess) = match image {
+                Ok(image) => image,
+                Err(reason) => {
+                    for path in paths {
+                        let error =
+                            DeviceError::Invalid(format!("the image tower did not load: {reason}"));
+                        to.send(Outcome::Failed { path, error });
+                    }
+                    drop(permit);
+                    return;
+                }
+            };
             // Decoding and inference on the encoder's own low-priority threads.
             match threads
                 .run(move || encode_group(to_encode, &tower, &preprocess, limits))

@@ -44,6 +44,102 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// search actor answers at the cloud timeout at the latest; this covers ranking and queues.
 const HTTP_SEARCH_SLACK: Duration = Duration::from_secs(2);
 
+/// The model whose vectors the device serves: its folder's, or, when the folder's image tower
+/// did not load, that of the index already on disk.
+struct Served {
+    id: String,
+    dim: usize,
+}
+
+/// Opens the model folder, loads its image tower with the configured batch (a batch measured
+/// at an earlier start on this machine is recalled, a fixed-batch tower runs one picture at a
+/// time without measuring) and runs a picture through decode, preprocessing and the tower.
+/// Every failure is one error naming the file and what is wrong with it.
+async fn load_image_side(config: &DeviceConfig) -> Result<(ModelFolder, ImageTower), DeviceError> {
+    let model = ModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
+    for note in &model.notes {
+        warn!(model = %model.id, "{note}");
+    }
+    let (onnx, size, dim) = (
+        model.visual_onnx(),
+        model.preprocess.size as usize,
+        model.dim,
+    );
+    let started = std::time::Instant::now();
+    let machine = crate::batch_memo::this_machine();
+    let recalled = (config.encoder.batch == 0)
+        .then(|| crate::batch_memo::recall(&config.state_dir, &model.id, &machine))
+        .flatten();
+    let batch = recalled.unwrap_or(config.encoder.batch);
+    let (tower, timings) =
+        tokio::task::spawn_blocking(move || ImageTower::load_batched(&onnx, size, dim, batch))
+            .await
+            .map_err(|e| DeviceError::Actor(format!("the model loader crashed: {e}")))??;
+    // What was measured is kept, so that the next start does not measure again.
+    if batch == 0 && timings.single_ms.is_some() {
+        if let Err(e) = crate::batch_memo::remember(
+            &config.state_dir,
+            &model.id,
+            &machine,
+            tower.batch(),
+            &timings,
+        ) {
+            warn!(error = %e, "the measured batch is not kept; the next start measures it again");
+        }
+    }
+    if let Some(why) = &timings.batch_1_only {
+        info!("image tower runs one picture at a time: {why}");
+    }
+    let probe_model = model.clone();
+    let probe_tower = tower.clone();
+    tokio::task::spawn_blocking(move || crate::model::probe(&probe_model, &probe_tower))
+        .await
+        .map_err(|e| DeviceError::Actor(format!("the model check crashed: {e}")))??;
+    info!(
+        recalled = recalled.is_some(),
+        model = %model.id,
+        family = %model.family,
+        weights = model.weights.file_name(),
+        dim,
+        batch = tower.batch(),
+        measured_ms_per_picture = ?timings,
+        took = ?started.elapsed(),
+        "image tower loaded and checked on a picture"
+    );
+    Ok((model, tower))
+}
+
+/// The model and dimension of the index in the state folder, when there is one to serve and
+/// it can be opened without a model (no switch half done).
+fn serving_without_model(layout: &Layout) -> Option<Served> {
+    if layout.old.exists() {
+        return None;
+    }
+    match crate::index::Store::stored_model(&layout.current) {
+        Ok(Some((id, dim))) => Some(Served { id, dim }),
+        _ => None,
+    }
+}
+
+/// Opens only the index searches are answered from, for its own model: the device could not
+/// load a model, so nothing is built, and a re-index in progress (`index.next/`) is left as it
+/// is for the next start with a working model.
+fn open_serving_only(
+    layout: &Layout,
+    model: &str,
+    dim: usize,
+    precision: crate::index::Precision,
+) -> Result<crate::index::reindex::Opened, DeviceError> {
+    let (store, index, report) =
+        crate::index::Store::open_with(&layout.current, model, dim, precision)?;
+    Ok(crate::index::reindex::Opened {
+        serving: (store, index),
+        building: None,
+        report,
+        recovered: Vec::new(),
+    })
+}
+
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
     /// Run a search in-process (the answer is also published on the results topic).
@@ -86,42 +182,32 @@ impl Actor for DeviceSupervisor {
         myself: ActorRef<SupervisorMsg>,
         config: DeviceConfig,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let model = ModelFolder::open(&config.model.dir, Some(config.model.id.as_str()))?;
-        let (onnx, size, dim) = (
-            model.visual_onnx(),
-            model.preprocess.size as usize,
-            model.dim,
-        );
-        let started = std::time::Instant::now();
-        // A batch measured at an earlier start on this machine is not measured again.
-        let machine = crate::batch_memo::this_machine();
-        let recalled = (config.encoder.batch == 0)
-            .then(|| crate::batch_memo::recall(&config.state_dir, &model.id, &machine))
-            .flatten();
-        let batch = recalled.unwrap_or(config.encoder.batch);
-        let (tower, timings) =
-            tokio::task::spawn_blocking(move || ImageTower::load_batched(&onnx, size, dim, batch))
-                .await??;
-        if batch == 0 {
-            if let Err(e) = crate::batch_memo::remember(
-                &config.state_dir,
-                &model.id,
-                &machine,
-                tower.batch(),
-                &timings,
-            ) {
-                warn!(error = %e, "the measured batch is not kept; the next start measures it again");
-            }
-        }
-        info!(
-            recalled = recalled.is_some(),
-            model = %model.id,
-            dim,
-            batch = tower.batch(),
-            measured_ms_per_picture = ?timings,
-            took = ?started.elapsed(),
-            "image tower loaded"
-        );
+        // The image side: the model folder checked and its tower loaded and tried on a
+        // picture. A model that does not load leaves a device that keeps answering searches
+        // from the index it has, if it has one.
+        let layout = Layout::new(&config.state_dir);
+        let (model, image) = match load_image_side(&config).await {
+            Ok((folder, tower)) => (
+                Served {
+                    id: folder.id.clone(),
+                    dim: folder.dim,
+                },
+                Ok((tower, folder.preprocess)),
+            ),
+            Err(e) => match serving_without_model(&layout) {
+                Some(served) => {
+                    error!("{e}");
+                    warn!(
+                        serving = %served.id,
+                        "the image tower did not load: searches are answered from the index of {} as before; new pictures fail until the model folder is repaired and the device restarted",
+                        served.id
+                    );
+                    (served, Err(e.to_string()))
+                }
+                None => return Err(e.into()),
+            },
+        };
+        let tower_batch = image.as_ref().map_or(0, |(tower, _)| tower.batch());
 
         let device = config.device_id.clone();
         let presence = Some(Presence {
@@ -140,15 +226,19 @@ impl Actor for DeviceSupervisor {
         let cell = myself.get_cell();
         let (link, _) =
             Actor::spawn_linked(None, LinkActor, LinkArgs { options }, cell.clone()).await?;
-        let layout = Layout::new(&config.state_dir);
         let (store_layout, store_model, store_dim, precision) = (
             layout.clone(),
             model.id.clone(),
             model.dim,
             config.search.vectors,
         );
+        let serving_only = image.is_err();
         let opened = tokio::task::spawn_blocking(move || {
-            crate::index::reindex::open(&store_layout, &store_model, store_dim, precision)
+            if serving_only {
+                open_serving_only(&store_layout, &store_model, store_dim, precision)
+            } else {
+                crate::index::reindex::open(&store_layout, &store_model, store_dim, precision)
+            }
         })
         .await??;
         let ((store, mut index), mut building, report) =
@@ -191,7 +281,7 @@ impl Actor for DeviceSupervisor {
                     .iter()
                     .map(|f| f.display().to_string())
                     .collect(),
-                encoder_batch: tower.batch(),
+                encoder_batch: tower_batch,
             },
             cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
             status_interval: Duration::from_millis(config.status.interval_ms),
@@ -228,8 +318,7 @@ impl Actor for DeviceSupervisor {
             cameras.push(camera);
         }
         let encoder_args = ImageEncoderArgs {
-            tower,
-            preprocess: model.preprocess.clone(),
+            image,
             limits: DecodeLimits {
                 max_side: config.encoder.max_side,
                 max_alloc: config.encoder.max_alloc_mib << 20,
