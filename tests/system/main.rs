@@ -20,6 +20,11 @@
 //! - `failover`: load on two cloud workers, one of them killed.
 //! - `dashboards`: the HTTP endpoint, the search page in a real browser, Home Assistant
 //!   discovery, the Node-RED flow.
+//! - `homeassistant`: a real Home Assistant on the device's discovery: entities, device
+//!   grouping, search box, image proxy, buttons, availability.
+//! - `node_red`: a real Node-RED running the example flow, its dashboard in a real browser.
+//! - `clients`: what those two share: the installed clients (`tests/clients/install.sh`), their
+//!   processes and logs, HTTP with headers, Mosquitto with a cloud and an unwatched device.
 //! - `security`: TLS, passwords and access rules on a real Mosquitto; per-requester limits.
 //! - `faults`: a full disk and a broker restart, through the real programs.
 //! - `model`: the model files through tract, tokenizer and preprocessing parity.
@@ -27,6 +32,7 @@
 //! Fixtures are in `tests/data/`. The fuzz harness replays in its own binary
 //! (`tests/fuzz_regressions.rs`), the fuzz crate's documented bridge to stable Rust.
 
+mod clients;
 mod util;
 
 mod cameras;
@@ -36,8 +42,10 @@ mod deployment;
 mod failover;
 mod faults;
 mod fleet;
+mod homeassistant;
 mod hostile;
 mod model;
+mod node_red;
 mod persistence;
 mod reindex;
 mod search;
