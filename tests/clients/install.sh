@@ -12,11 +12,12 @@
 # cache is read or written (pip --no-cache-dir, npm's cache in a temporary folder removed
 # afterwards): every install downloads afresh, as on CI, which caches nothing across runs. Each
 # client gets a stamp file once complete; a client whose stamp matches is left as it is (safe to
-# rerun), anything else is installed afresh. EDGECLIP_CLIENTS_DIR moves target/clients
-# elsewhere (the tests read it too).
+# rerun), anything else is installed afresh. TEST_CLIENTS_DIR moves target/clients
+# elsewhere (the tests read it too; not EDGECLIP_*: the device and the cloud read every
+# EDGECLIP_* variable as configuration and refuse one they do not know).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-clients=${EDGECLIP_CLIENTS_DIR:-$PWD/target/clients}
+clients=${TEST_CLIENTS_DIR:-$PWD/target/clients}
 mkdir -p "$clients"
 
 HOMEASSISTANT=2024.3.3

@@ -24,7 +24,7 @@ const LOG_TAIL: usize = 60;
 /// The folder `tests/clients/install.sh` installed `client` in (`homeassistant`, `node-red`);
 /// fails with the command to run when it did not finish there.
 pub fn installed(client: &str, what: &str) -> PathBuf {
-    let root = std::env::var_os("EDGECLIP_CLIENTS_DIR")
+    let root = std::env::var_os("TEST_CLIENTS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/clients"));
     let dir = root.join(client);
