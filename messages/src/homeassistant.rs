@@ -155,7 +155,7 @@ pub fn discovery_configs(o: &DiscoveryOptions) -> Vec<(String, Value)> {
                     "state_topic": status,
                     "value_template": "{{ value_json.indexed }}",
                     "json_attributes_topic": status,
-                    "json_attributes_template": "{{ {'state': value_json.state, 'pending': value_json.pending, 'failed': value_json.failed, 'rate_per_s': value_json.rate_per_s, 'eta_s': value_json.eta_s | default(none), 'model': value_json.model} | tojson }}",
+                    "json_attributes_template": "{{ {'status': value_json.state, 'pending': value_json.pending, 'failed': value_json.failed, 'rate_per_s': value_json.rate_per_s, 'eta_s': value_json.eta_s | default(none), 'model': value_json.model} | tojson }}",
                     "unit_of_measurement": "pictures",
                     "state_class": "measurement",
                 }),

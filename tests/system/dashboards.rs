@@ -178,7 +178,7 @@ async fn thumbnails_are_served_by_id_cached_and_bad_ids_or_pictures_get_clean_er
 // ---- the search page in a real browser ----
 
 /// chromedriver on a free port, driving Debian's chromium.
-fn chromedriver() -> (Killed, u16) {
+pub(crate) fn chromedriver() -> (Killed, u16) {
     let chromium = Path::new("/usr/bin/chromium");
     let driver = Path::new("/usr/bin/chromedriver");
     assert!(
@@ -199,7 +199,7 @@ fn chromedriver() -> (Killed, u16) {
     (driver, port)
 }
 
-async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
+pub(crate) async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -224,7 +224,11 @@ async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
 }
 
 /// Waits until `script` (a JavaScript function body) returns something truthy; returns it.
-async fn wait_js(browser: &fantoccini::Client, what: &str, script: &str) -> serde_json::Value {
+pub(crate) async fn wait_js(
+    browser: &fantoccini::Client,
+    what: &str,
+    script: &str,
+) -> serde_json::Value {
     wait_until(
         &format!("the page to show {what}"),
         TEST_TIMEOUT,

@@ -20,14 +20,25 @@
 //! - `failover`: load on two cloud workers, one of them killed.
 //! - `dashboards`: the HTTP endpoint, the search page in a real browser, Home Assistant
 //!   discovery, the Node-RED flow.
-//! - `web`: the search page answers its own origin only (Host, Origin, content type).
+//! - `web`: the HTTP endpoint through `edgeclip up`: its own origin only (Host, Origin,
+//!   content type), and `/metrics` for Prometheus.
+//! - `homeassistant`: a real Home Assistant on the device's discovery: entities, device
+//!   grouping, search box, image proxy, buttons, availability.
+//! - `node_red`: a real Node-RED running the example flow, its dashboard in a real browser.
+//! - `clients`: what those two share: the installed clients (`tests/clients/install.sh`), their
+//!   processes and logs, HTTP with headers, Mosquitto with a cloud and an unwatched device.
 //! - `security`: TLS, passwords and access rules on a real Mosquitto; per-requester limits.
 //! - `faults`: a full disk and a broker restart, through the real programs.
 //! - `model`: the model files through tract, tokenizer and preprocessing parity.
+//! - `families`: every model family Immich ships, from fixture folders in Immich's layout,
+//!   through the device with its default settings, against Immich's own pipeline.
+//! - `multilingual`: a device indexed once, searched in English, German and Chinese through
+//!   a worker with an English and a multilingual text tower.
 //!
 //! Fixtures are in `tests/data/`. The fuzz harness replays in its own binary
 //! (`tests/fuzz_regressions.rs`), the fuzz crate's documented bridge to stable Rust.
 
+mod clients;
 mod util;
 
 mod cameras;
@@ -38,9 +49,11 @@ mod failover;
 mod families;
 mod faults;
 mod fleet;
+mod homeassistant;
 mod hostile;
 mod model;
 mod multilingual;
+mod node_red;
 mod persistence;
 mod reindex;
 mod search;
