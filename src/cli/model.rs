@@ -1,8 +1,10 @@
-//! `edgeclip model check DIR`: what the device makes of a model folder, with timings: the
-//! family, the image tower's declared input and output (names, type, shape, a fixed or free
-//! batch), the preprocessing, then one picture through the device's decode, preprocessing and
-//! tower ([`edgeclip_device::model::check`]). A broken folder is one line naming the file and
-//! what is wrong with it.
+//! `edgeclip model check DIR`: what the device and the cloud make of a model folder, with
+//! timings: the family, the image tower's declared input and output (names, type, shape, a
+//! fixed or free batch), the preprocessing, then one picture through the device's decode,
+//! preprocessing and tower ([`edgeclip_device::model::check`]); where the folder has a
+//! `textual/`, the text tower as a cloud worker loads it, with one text through its tokenizer
+//! and tower ([`edgeclip_cloud::model::check`]). A broken folder is one line naming the file
+//! and what is wrong with it.
 
 use std::path::PathBuf;
 
@@ -19,7 +21,8 @@ pub struct ModelArgs {
 /// Subcommands of `model`.
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
-    /// Load a model folder's image tower as the device does and run a picture through it.
+    /// Load a model folder's towers as the device and the cloud do and run a picture and a
+    /// text through them.
     Check(CheckArgs),
 }
 
@@ -41,16 +44,51 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Both halves' reports, as `--json` prints them.
+#[derive(serde::Serialize)]
+struct Report {
+    #[serde(flatten)]
+    image: ImageTowerReport,
+    /// The text tower's one-line report; `None`: the folder has no `textual/`.
+    text: Option<String>,
+}
+
 async fn check(args: CheckArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone();
     // Loading a tower is seconds of CPU work: off the async threads.
-    let report = tokio::task::spawn_blocking(move || edgeclip_device::model::check(&dir))
+    let image = tokio::task::spawn_blocking(move || edgeclip_device::model::check(&dir))
         .await
         .map_err(|e| anyhow::anyhow!("the model check crashed: {e}"))??;
+    let dir = args.dir.clone();
+    let text = if dir.join("textual").is_dir() {
+        let report = tokio::task::spawn_blocking(move || edgeclip_cloud::model::check(&dir))
+            .await
+            .map_err(|e| anyhow::anyhow!("the model check crashed: {e}"))??;
+        if report.space != image.model {
+            anyhow::bail!(
+                "{}: the text tower serves the embedding space {}, the image tower makes {}: \
+                 searches would be refused",
+                args.dir.display(),
+                report.space,
+                image.model
+            );
+        }
+        Some(report.to_string())
+    } else {
+        None
+    };
     if args.json {
+        let report = Report { image, text };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", summary(&report));
+        print!("{}", summary(&image));
+        match &text {
+            Some(line) => {
+                println!("text tower   {line}");
+                println!("ok: the cloud can encode searches with this model");
+            }
+            None => println!("text tower   none (no textual/: a device-only folder)"),
+        }
     }
     Ok(())
 }

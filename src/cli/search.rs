@@ -53,6 +53,10 @@ pub struct SearchArgs {
     /// its vectors and the cloud ranks); default: the device's configuration.
     #[arg(long, value_parser = ["device", "server"])]
     pub mode: Option<String>,
+    /// The text's language (`de`, `zh-CN`, `deu_Latn`...): the cloud encodes it with its text
+    /// tower for that language (M-CLIP, NLLB) where it has one; default: its English tower.
+    #[arg(long, value_name = "CODE", value_parser = parse_lang)]
+    pub lang: Option<String>,
     /// Number of pictures to return.
     #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub k: u16,
@@ -78,6 +82,13 @@ pub struct SearchArgs {
     pub json: bool,
 }
 
+/// A language code as the wire accepts it.
+fn parse_lang(code: &str) -> Result<String, String> {
+    edgeclip_messages::wire::validate_lang(code)
+        .map(|()| code.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Runs `search`.
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
     if args.all {
@@ -99,6 +110,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
             source: args.source.clone(),
         },
         duplicates: args.duplicates,
+        lang: args.lang.clone(),
         mode: args.mode.as_deref().map(|m| {
             if m == "server" {
                 SearchMode::Server
@@ -132,6 +144,7 @@ async fn run_fleet(args: SearchArgs) -> anyhow::Result<()> {
     let request = FleetSearchRequest {
         k: Some(args.k as usize),
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        lang: args.lang.clone(),
         ..FleetSearchRequest::text(args.text.clone())
     };
     // Wait past the devices' deadline: the cloud answers at the deadline at the latest.

@@ -167,3 +167,69 @@ fn command_line_failures_exit_non_zero_with_a_one_line_reason() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--device"));
 }
+
+#[test]
+fn model_check_reports_both_towers_of_an_immich_folder_and_one_line_for_a_broken_one() {
+    let vit = data("families/vit");
+    let ok = edgeclip()
+        .args(["model", "check"])
+        .arg(&vit)
+        .output()
+        .expect("model check runs");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for part in [
+        "batch fixed at 1",
+        "ok: the device can index pictures with this model",
+        "text tower",
+        "ok: the cloud can encode searches with this model",
+    ] {
+        assert!(out.contains(part), "{part:?} missing in\n{out}");
+    }
+
+    // A truncated image tower: a non-zero exit and one line naming the file.
+    let broken = tempfile::tempdir().expect("folder");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        for entry in walk(from) {
+            let target = to.join(entry.strip_prefix(from).expect("inside"));
+            std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&entry, &target).expect("copy");
+        }
+    };
+    copy(&vit, broken.path());
+    let onnx = broken.path().join("visual/model.onnx");
+    let bytes = std::fs::read(&onnx).expect("tower");
+    std::fs::write(&onnx, &bytes[..bytes.len() / 2]).expect("truncate");
+    let bad = edgeclip()
+        .args(["model", "check"])
+        .arg(broken.path())
+        .output()
+        .expect("model check runs");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("model.onnx"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("folder") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

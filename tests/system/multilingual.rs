@@ -176,7 +176,8 @@ async fn a_device_indexed_once_with_vit_b_32_is_searched_in_english_german_and_c
     );
 
     // Other languages, as fleet searches (the cloud encodes, the device ranks the vector it
-    // is sent): M-CLIP's vector, in the space the device indexed with.
+    // is sent) and as the device's own searches: M-CLIP's vector, in the space the device
+    // indexed with.
     let mut client = bounded("connect", Client::connect(&url, Duration::from_secs(5)))
         .await
         .expect("connect");
@@ -205,6 +206,20 @@ async fn a_device_indexed_once_with_vit_b_32_is_searched_in_english_german_and_c
         assert_eq!(r.model, status.model);
         let expected = mclip.scores(&mclip.text(text));
         assert_scores(&fleet_scores(&r), &expected, &format!("{text} ({lang})"));
+        // The same through the device's own search: its session passes the language on.
+        let request = SearchRequest {
+            k: Some(PICTURES.len()),
+            lang: Some(lang.to_string()),
+            ..SearchRequest::text(text)
+        };
+        let response = bounded("search", device.search(request))
+            .await
+            .expect("answer");
+        assert_scores(
+            &scored(&response),
+            &expected,
+            &format!("{text} ({lang}) on the device"),
+        );
         // without its language the text goes to the English tower: other scores
         let r = fleet(&mut client, text, None).await;
         let english_vector = english_tower.encode(text, None).expect("English tower");
