@@ -42,8 +42,9 @@ pub struct DeviceConfig {
     pub cameras: Vec<CameraConfig>,
 }
 
-/// One `[[cameras]]` entry: a camera's HTTP snapshot URL polled at an interval.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[cameras]]` entry: a camera's HTTP snapshot URL polled at an interval. Its `Debug`
+/// shows the URL without its password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// Name, and the source id of its frames (letters, digits, '.', '_', '-').
@@ -71,6 +72,22 @@ pub struct CameraConfig {
     /// At most this many frames are kept, the oldest deleted first; 0: no count limit.
     #[serde(default = "CameraConfig::default_keep_frames")]
     pub keep_frames: usize,
+}
+
+impl std::fmt::Debug for CameraConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CameraConfig")
+            .field("name", &self.name)
+            .field("url", &crate::camera::redact_url(&self.url))
+            .field("interval_ms", &self.interval_ms)
+            .field("folder", &self.folder)
+            .field("duplicate_threshold", &self.duplicate_threshold)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_frame_mib", &self.max_frame_mib)
+            .field("keep_days", &self.keep_days)
+            .field("keep_frames", &self.keep_frames)
+            .finish()
+    }
 }
 
 impl CameraConfig {
@@ -494,6 +511,11 @@ mod tests {
         std::fs::write(&file, "device_id = \"nas\"\nstate_dir = \"/var/lib/edgeclip\"\n[[cameras]]\nname = \"door\"\nurl = \"http://10.0.0.5/snap.jpg\"\n[[cameras]]\nname = \"yard\"\nurl = \"http://u:p@yard:8080/s\"\ninterval_ms = 500\nfolder = \"/srv/yard\"\nduplicate_threshold = 0.9\n").unwrap();
         let cfg = DeviceConfig::load(Some(&file), &[]).unwrap();
         assert_eq!(cfg.cameras.len(), 2);
+        let shown = format!("{:?}", cfg.cameras[1]);
+        assert!(
+            shown.contains("u:<redacted>@yard") && !shown.contains("u:p@"),
+            "{shown}"
+        );
         let door = &cfg.cameras[0];
         assert_eq!(
             (

@@ -268,6 +268,13 @@ impl Actor for DeviceSupervisor {
                 "cut a torn record off the index journal (power cut while writing)"
             );
         }
+        if report.damaged_bytes > 0 {
+            warn!(
+                bytes = report.damaged_bytes,
+                "the index journal was damaged in the middle (a bad sector?): the records after \
+                 the damage are kept, the pictures in it will be encoded again"
+            );
+        }
         info!(pictures = report.pictures, replayed = report.replayed, vectors = ?index.precision(), "index opened");
         let catalog = Catalog::new((store, index), building, layout);
         let reader = catalog.reader();
