@@ -143,8 +143,27 @@ async fn a_fleet_search_encodes_once_merges_every_device_and_lists_the_silent_on
         }
     }
     // Encoded once per search: no device asked the cloud for a vector; each device got one
-    // query per search, and all three carry the same bytes (the same vector).
-    let seen = recorder.all();
+    // query per search, and all three carry the same bytes (the same vector). The recorder is
+    // a subscriber of its own: its copies of the last queries may arrive after the answers.
+    let seen = wait_until(
+        "the recorder to have every fleet query",
+        TEST_TIMEOUT,
+        || async {
+            let seen = recorder.all();
+            let complete = ids.iter().all(|d| {
+                seen.iter()
+                    .filter(|(t, _)| *t == topics::fleet_query(d))
+                    .count()
+                    >= texts.len()
+            });
+            if complete {
+                Ok(seen)
+            } else {
+                Err(format!("{} messages so far", seen.len()))
+            }
+        },
+    )
+    .await;
     let count = |topic: &str| seen.iter().filter(|(t, _)| t == topic).count();
     assert_eq!(
         count(topics::CLOUD_ENCODE),
