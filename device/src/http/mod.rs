@@ -19,7 +19,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use edgeclip_messages::dashboard::{SearchError, SearchRequest, SearchResponse};
+use edgeclip_messages::dashboard::{DeviceStatus, SearchError, SearchRequest, SearchResponse};
 use ractor::ActorRef;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -232,35 +232,36 @@ async fn search(State(ctx): State<Arc<HttpContext>>, body: Bytes) -> Response {
     }
 }
 
-async fn prometheus(State(ctx): State<Arc<HttpContext>>) -> Response {
-    match ractor::call_t!(
+/// The device's status from the index actor, or the answer saying it did not come.
+async fn current_status(ctx: &HttpContext) -> Result<DeviceStatus, Response> {
+    ractor::call_t!(
         ctx.index,
         IndexMsg::Status,
         STATUS_TIMEOUT.as_millis() as u64
-    ) {
+    )
+    .map_err(|e| {
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the device did not answer: {e}"),
+        )
+    })
+}
+
+async fn prometheus(State(ctx): State<Arc<HttpContext>>) -> Response {
+    match current_status(&ctx).await {
         Ok(status) => (
             [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
             metrics::render(&status),
         )
             .into_response(),
-        Err(e) => plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the device did not answer: {e}"),
-        ),
+        Err(answer) => answer,
     }
 }
 
 async fn status(State(ctx): State<Arc<HttpContext>>) -> Response {
-    match ractor::call_t!(
-        ctx.index,
-        IndexMsg::Status,
-        STATUS_TIMEOUT.as_millis() as u64
-    ) {
+    match current_status(&ctx).await {
         Ok(status) => Json(status).into_response(),
-        Err(e) => plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the device did not answer: {e}"),
-        ),
+        Err(answer) => answer,
     }
 }
 
