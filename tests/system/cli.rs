@@ -1,7 +1,6 @@
 //! The command line, as a user runs it: `edgeclip up`, `search`, `status`, and their failures.
 
 use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use edgeclip_messages::dashboard::SearchResponse;
@@ -16,22 +15,8 @@ fn up_search_and_status_work_from_the_command_line() {
     let state = tempfile::tempdir().expect("state");
     let port = free_port();
     let broker = format!("mqtt://127.0.0.1:{port}");
-    let mut up = edgeclip()
-        .args([
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--device-id",
-            "cli-dev",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .arg("--photos")
-        .arg(pictures.path())
-        .arg("--state")
-        .arg(state.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+    let mut up = edgeclip_up(port, pictures.path(), state.path())
+        .args(["--device-id", "cli-dev"])
         .spawn()
         .expect("edgeclip up starts");
     let out = line_reader(up.stdout.take().expect("stdout"));

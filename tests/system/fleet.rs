@@ -37,22 +37,13 @@ async fn fleet(
     k: usize,
     deadline_ms: Option<u64>,
 ) -> edgeclip_messages::dashboard::FleetResults {
-    use edgeclip_messages::dashboard::{FleetResponse, FleetSearchRequest};
+    use edgeclip_messages::dashboard::FleetSearchRequest;
     let request = FleetSearchRequest {
         k: Some(k),
         deadline_ms,
         ..FleetSearchRequest::text(text)
     };
-    match bounded(
-        "fleet search",
-        client.fleet_search(request, Duration::from_secs(20)),
-    )
-    .await
-    .expect("fleet answer")
-    {
-        FleetResponse::Results(r) => r,
-        FleetResponse::Error(e) => panic!("fleet search failed: {}", e.error),
-    }
+    fleet_search(client, request).await
 }
 
 /// Fleet searches until the worker's view of the fleet satisfies `known`; returns the first

@@ -14,9 +14,7 @@ use edgeclip::client::Client;
 use edgeclip_cloud::config::TextTowerConfig;
 use edgeclip_cloud::Cloud;
 use edgeclip_device::Device;
-use edgeclip_messages::dashboard::{
-    FleetResponse, FleetResults, FleetSearchRequest, SearchRequest,
-};
+use edgeclip_messages::dashboard::{FleetResults, FleetSearchRequest, SearchRequest};
 use serde_json::Value;
 
 use crate::util::*;
@@ -106,16 +104,7 @@ async fn fleet(client: &mut Client, text: &str, lang: Option<&str>) -> FleetResu
         lang: lang.map(str::to_string),
         ..FleetSearchRequest::text(text)
     };
-    match bounded(
-        "fleet search",
-        client.fleet_search(request, Duration::from_secs(20)),
-    )
-    .await
-    .expect("fleet answer")
-    {
-        FleetResponse::Results(r) => r,
-        FleetResponse::Error(e) => panic!("fleet search failed: {}", e.error),
-    }
+    fleet_search(client, request).await
 }
 
 fn fleet_scores(r: &FleetResults) -> Vec<(String, f32)> {

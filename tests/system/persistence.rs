@@ -303,22 +303,8 @@ fn a_second_device_on_the_same_state_folder_is_refused_and_names_the_first() {
     let pictures = copy_pictures(&data("shapes"));
     let state = tempfile::tempdir().expect("state");
     let up = |port: u16| {
-        let mut command = edgeclip();
-        command
-            .args([
-                "up",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--http",
-                "127.0.0.1:0",
-            ])
-            .arg("--photos")
-            .arg(pictures.path())
-            .arg("--state")
-            .arg(state.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut command = edgeclip_up(port, pictures.path(), state.path());
+        command.stderr(Stdio::piped());
         command
     };
     let mut first = Killed(up(free_port()).spawn().expect("the first device starts"));

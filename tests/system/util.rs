@@ -630,6 +630,39 @@ pub fn scored(response: &SearchResponse) -> Vec<(String, f32)> {
     }
 }
 
+/// `edgeclip up` with its broker on 127.0.0.1:`port`, the page on a free loopback port, the
+/// pictures of `photos` and the state in `state`; stdin and stdout piped (the banner).
+pub fn edgeclip_up(port: u16, photos: &Path, state: &Path) -> std::process::Command {
+    use std::process::Stdio;
+    let mut c = edgeclip();
+    c.args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http", "127.0.0.1:0", "--photos"])
+        .arg(photos)
+        .arg("--state")
+        .arg(state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    c
+}
+
+/// A fleet search through `client`, its results (a panic on an error answer).
+pub async fn fleet_search(
+    client: &mut edgeclip::client::Client,
+    request: edgeclip_messages::dashboard::FleetSearchRequest,
+) -> edgeclip_messages::dashboard::FleetResults {
+    use edgeclip_messages::dashboard::FleetResponse;
+    match bounded(
+        "fleet search",
+        client.fleet_search(request, Duration::from_secs(20)),
+    )
+    .await
+    .expect("fleet answer")
+    {
+        FleetResponse::Results(r) => r,
+        FleetResponse::Error(e) => panic!("fleet search failed: {}", e.error),
+    }
+}
+
 /// The `edgeclip` program, as a user runs it (no broker from the environment).
 pub fn edgeclip() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_edgeclip"));

@@ -3,8 +3,6 @@
 //! `Origin`, a foreign `Host` through DNS rebinding, a search not sent as JSON), and serves its
 //! status to Prometheus.
 
-use std::process::Stdio;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::*;
@@ -49,20 +47,8 @@ async fn the_page_answers_its_own_origin_only() {
     let state = tempfile::tempdir().expect("state");
     let port = free_port();
     let mut up = Killed(
-        edgeclip()
-            .args([
-                "up",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--device-id",
-                "web-dev",
-            ])
-            .args(["--http", "127.0.0.1:0", "--photos"])
-            .arg(pictures.path())
-            .arg("--state")
-            .arg(state.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        edgeclip_up(port, pictures.path(), state.path())
+            .args(["--device-id", "web-dev"])
             .spawn()
             .expect("edgeclip up starts"),
     );
